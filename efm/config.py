@@ -1,0 +1,315 @@
+"""Run configuration: one frozen dataclass per concern, composed into `RunConfig`.
+
+Every default lives here. Configs validate themselves on construction (`__post_init__`), so a
+bad value fails before any data or device is touched, and round-trip through JSON so a kfp
+component can take the whole config as one string and MLflow can log it as params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DOMAINS = ("pointmass",)
+
+
+def _check(cond: bool, name: str, value: Any, rule: str) -> None:
+    if not cond:
+        raise ValueError(f"invalid config: {name}={value!r} ({rule})")
+
+
+@dataclass(frozen=True)
+class PointmassConfig:
+    """The paper's pointmass navigation domain (Section 3, Figure 4)."""
+
+    arena_half_size: float = 1.0  # positions live in [-h, h]^2
+    max_speed: float = 0.1  # displacement per step for an action of norm 1
+    success_radius: float = 0.1
+    min_start_target_distance: float = 0.6
+    num_waypoints: int = 5  # demonstrator detours before heading to the target
+    waypoint_radius: float = 0.1
+    pd_kp: float = 0.6  # demonstrator gains (on position error, in units of max_speed)
+    pd_kd: float = 0.2
+    action_noise: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.arena_half_size > 0, "pointmass.arena_half_size", self.arena_half_size, "> 0")
+        _check(self.max_speed > 0, "pointmass.max_speed", self.max_speed, "> 0")
+        _check(self.success_radius > 0, "pointmass.success_radius", self.success_radius, "> 0")
+        _check(
+            0 <= self.min_start_target_distance < 2 * self.arena_half_size,
+            "pointmass.min_start_target_distance",
+            self.min_start_target_distance,
+            "in [0, arena diameter)",
+        )
+        _check(self.num_waypoints >= 0, "pointmass.num_waypoints", self.num_waypoints, ">= 0")
+        _check(self.action_noise >= 0, "pointmass.action_noise", self.action_noise, ">= 0")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    domain: str = "pointmass"
+    max_episode_steps: int = 100
+    pointmass: PointmassConfig = field(default_factory=PointmassConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.domain in DOMAINS, "env.domain", self.domain, f"one of {DOMAINS}")
+        _check(self.max_episode_steps > 0, "env.max_episode_steps", self.max_episode_steps, "> 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    num_episodes: int = 5000  # the full dataset; fractions are taken from it
+    validation_episodes: int = 250  # held out once, shared by every fraction
+    fractions: tuple[float, ...] = (0.1, 0.2, 0.8)
+    seed: int = 0  # demonstration generation
+
+    def __post_init__(self) -> None:
+        _check(self.num_episodes > 0, "data.num_episodes", self.num_episodes, "> 0")
+        _check(
+            0 < self.validation_episodes < self.num_episodes,
+            "data.validation_episodes",
+            self.validation_episodes,
+            "in (0, num_episodes)",
+        )
+        _check(len(self.fractions) > 0, "data.fractions", self.fractions, "non-empty")
+        for f in self.fractions:
+            _check(0 < f <= 1, "data.fractions", self.fractions, "each in (0, 1]")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Appendix E. A tokenizer is data: which scheme and its bins, per domain."""
+
+    action_scheme: Literal["sign_magnitude", "uniform"] = "sign_magnitude"
+    action_dim: int = 2
+    action_max_abs: float = 1.0
+    magnitude_bins: int = 11  # sign_magnitude: magnitudes 0..10 (LanguageTable)
+    uniform_bins: int = 256  # uniform: bins over [-max_abs, max_abs] (Aloha)
+    steps_to_go_bins: int = 100
+    steps_to_go_max: float = 100.0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.action_scheme in ("sign_magnitude", "uniform"),
+            "tokenizer.action_scheme",
+            self.action_scheme,
+            "sign_magnitude or uniform",
+        )
+        _check(self.action_dim > 0, "tokenizer.action_dim", self.action_dim, "> 0")
+        _check(self.action_max_abs > 0, "tokenizer.action_max_abs", self.action_max_abs, "> 0")
+        _check(self.magnitude_bins >= 2, "tokenizer.magnitude_bins", self.magnitude_bins, ">= 2")
+        _check(self.uniform_bins >= 2, "tokenizer.uniform_bins", self.uniform_bins, ">= 2")
+        _check(self.steps_to_go_bins >= 2, "tokenizer.steps_to_go_bins", self.steps_to_go_bins, ">= 2")
+        _check(self.steps_to_go_max > 0, "tokenizer.steps_to_go_max", self.steps_to_go_max, "> 0")
+
+
+MODEL_VARIANTS: dict[str, dict[str, int]] = {
+    # name: widths of the observation encoder and the token decoder
+    "mlp-tiny": {"width": 64, "depth": 2, "token_embed": 16},
+    "mlp-small": {"width": 256, "depth": 3, "token_embed": 32},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    variant: str = "mlp-small"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.variant in MODEL_VARIANTS, "model.variant", self.variant, f"one of {sorted(MODEL_VARIANTS)}")
+        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
+
+
+OBJECTIVES = ("bc", "steps_to_go")
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    """Stage 1 (Section 2.1, Appendix A.3): each batch split uniformly over the objectives."""
+
+    objectives: tuple[str, ...] = OBJECTIVES
+    batch_size: int = 128
+    num_steps: int = 6000
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    max_checkpoints: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for o in self.objectives:
+            _check(o in OBJECTIVES, "sft.objectives", self.objectives, f"each in {OBJECTIVES}")
+        _check("bc" in self.objectives and "steps_to_go" in self.objectives, "sft.objectives",
+               self.objectives, "must include bc and steps_to_go")
+        _check(self.batch_size % len(self.objectives) == 0, "sft.batch_size", self.batch_size,
+               "divisible by the number of objectives")
+        _check(self.num_steps > 0, "sft.num_steps", self.num_steps, "> 0")
+        _check(self.learning_rate > 0, "sft.learning_rate", self.learning_rate, "> 0")
+        _check(self.eval_every > 0, "sft.eval_every", self.eval_every, "> 0")
+        _check(self.checkpoint_every > 0 and self.checkpoint_every % self.eval_every == 0,
+               "sft.checkpoint_every", self.checkpoint_every, "a positive multiple of eval_every")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Appendix B: policy and reward checkpoints are chosen separately.
+
+    policy_rule: "best_bc" (lowest BC validation loss), "last", or "step:N".
+    """
+
+    policy_rule: str = "best_bc"
+    reward_rule: str = "best_steps_to_go"
+
+    def __post_init__(self) -> None:
+        ok = self.policy_rule in ("best_bc", "best_steps_to_go", "last") or (
+            self.policy_rule.startswith("step:") and self.policy_rule[5:].isdigit()
+        )
+        _check(ok, "select.policy_rule", self.policy_rule, "best_bc, best_steps_to_go, last or step:N")
+        _check(self.reward_rule in ("best_steps_to_go", "last"), "select.reward_rule",
+               self.reward_rule, "best_steps_to_go or last")
+
+
+@dataclass(frozen=True)
+class SelfImproveConfig:
+    """Stage 2, Algorithm 1 and Appendix C."""
+
+    gamma: float = 0.9
+    loss_scale: float = 0.05  # c in -c * R_t * log pi(a_t | o_t, g)
+    batch_size: int = 64
+    updates_per_round: int = 16  # N
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    success_threshold: float = 1.0  # s: success when d(o, g) <= s
+    max_episodes: int = 250  # practice budget; 0 means "10% of the dataset"
+    max_rounds: int = 1000
+    num_envs: int = 32  # vectorized environments per actor
+    num_actors: int = 1
+    runtime: Literal["single_process", "ray"] = "single_process"
+    freeze: tuple[str, ...] = ("vision_encoder",)  # module names kept frozen in Stage 2
+    keep_best_round: bool = True  # success is not monotone (Section 6): keep the best round
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0 < self.gamma <= 1, "self_improve.gamma", self.gamma, "in (0, 1]")
+        _check(self.loss_scale > 0, "self_improve.loss_scale", self.loss_scale, "> 0")
+        _check(self.batch_size > 0, "self_improve.batch_size", self.batch_size, "> 0")
+        _check(self.updates_per_round > 0, "self_improve.updates_per_round", self.updates_per_round, "> 0")
+        _check(self.learning_rate > 0, "self_improve.learning_rate", self.learning_rate, "> 0")
+        _check(self.success_threshold >= 0, "self_improve.success_threshold", self.success_threshold, ">= 0")
+        _check(self.max_episodes > 0, "self_improve.max_episodes", self.max_episodes, "> 0")
+        _check(self.max_rounds > 0, "self_improve.max_rounds", self.max_rounds, "> 0")
+        _check(self.num_envs > 0, "self_improve.num_envs", self.num_envs, "> 0")
+        _check(self.num_actors > 0, "self_improve.num_actors", self.num_actors, "> 0")
+        _check(self.runtime in ("single_process", "ray"), "self_improve.runtime", self.runtime,
+               "single_process or ray")
+
+    @property
+    def samples_per_round(self) -> int:
+        return self.batch_size * self.updates_per_round
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_episodes: int = 200
+    num_envs: int = 50
+    plot_episodes: int = 12
+    seed: int = 12345
+
+    def __post_init__(self) -> None:
+        _check(self.num_episodes > 0, "eval.num_episodes", self.num_episodes, "> 0")
+        _check(self.num_envs > 0, "eval.num_envs", self.num_envs, "> 0")
+        _check(self.plot_episodes >= 0, "eval.plot_episodes", self.plot_episodes, ">= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    self_improve: SelfImproveConfig = field(default_factory=SelfImproveConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.tokenizer.steps_to_go_max >= self.env.max_episode_steps, "tokenizer.steps_to_go_max",
+               self.tokenizer.steps_to_go_max, "covers env.max_episode_steps")
+
+    @property
+    def domain(self) -> str:
+        return self.env.domain
+
+    def replace(self, **sections: Any) -> RunConfig:
+        return dataclasses.replace(self, **sections)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"invalid config: not JSON ({e})") from e
+        return _from_dict(cls, raw, "")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, d: dict[str, Any]) -> None:
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(f"{prefix}{k}.", v)
+                else:
+                    out[f"{prefix}{k}"] = v
+
+        walk("", dataclasses.asdict(self))
+        return out
+
+
+def _from_dict(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"invalid config: {path or 'config'} must be an object, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ValueError(f"invalid config: unknown field(s) {sorted(unknown)} in {path or 'config'}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{path}{name}.")
+        elif typing.get_origin(hint) is tuple or isinstance(hint, types.GenericAlias) and hint.__origin__ is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def debug_config(domain: str = "pointmass") -> RunConfig:
+    """A seconds-long run: tiny data, tiny model, a few updates. For tests."""
+    base = default_config(domain)
+    return base.replace(
+        data=DataConfig(num_episodes=60, validation_episodes=10, fractions=(0.5,), seed=0),
+        model=ModelConfig(variant="mlp-tiny"),
+        sft=dataclasses.replace(base.sft, batch_size=32, num_steps=40, eval_every=20, checkpoint_every=20,
+                                warmup_steps=5),
+        self_improve=dataclasses.replace(base.self_improve, batch_size=16, updates_per_round=2,
+                                         max_episodes=12, num_envs=4),
+        eval=EvalConfig(num_episodes=8, num_envs=4, plot_episodes=3),
+    )
+
+
+def default_config(domain: str = "pointmass") -> RunConfig:
+    _check(domain in DOMAINS, "domain", domain, f"one of {DOMAINS}")
+    return RunConfig(env=EnvConfig(domain=domain))

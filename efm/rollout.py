@@ -1,0 +1,99 @@
+"""The one episode loop: demonstrations, evaluation and Self-Improvement actors all use it.
+
+An agent acts on N vectorized environments; `observe` lets it attach per-observation values
+to the episode (the steps-to-go prediction d(o, g), computed once per observation and used both
+for success detection during the episode and for reward labelling after it). `end_on` decides
+which episodes end at the current observation: ground-truth success for demonstrations and
+evaluation, detected success for Self-Improvement. Episodes also end at `max_steps` actions and
+when `interrupt` says so (a human operator's stop, or the coordinator ending a round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+
+from efm.envs.base import Array, Episode, TimeStep, VectorEnv
+
+
+class Agent(Protocol):
+    def reset(self, mask: Array) -> None:
+        """New episodes start in the environments where mask [N] is True."""
+
+    def observe(self, ts: TimeStep) -> dict[str, Array]:
+        """Per-observation values to record, each [N] (may be empty)."""
+
+    def act(self, ts: TimeStep) -> Array:
+        """Actions [N, action_dim]."""
+
+
+EndFn = Callable[[TimeStep, dict[str, Array]], Array]
+
+
+def end_on_ground_truth(ts: TimeStep, extras: dict[str, Array]) -> Array:
+    del extras
+    return ts.success
+
+
+def rollout(
+    env: VectorEnv,
+    agent: Agent,
+    *,
+    max_steps: int,
+    end_on: EndFn = end_on_ground_truth,
+    episodes_per_env: int | None = None,
+    interrupt: Callable[[], Array | bool] | None = None,
+    id_prefix: str = "ep",
+) -> Iterator[Episode]:
+    """Yields finished episodes as they end, until every env ran `episodes_per_env` of them.
+
+    With `episodes_per_env=None` it runs until the caller stops iterating. A fixed quota per
+    env matters for evaluation: stopping at a total count would drop the longest episodes.
+    """
+    n = env.num_envs
+    ts = env.reset()
+    agent.reset(np.ones(n, bool))
+    obs_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
+    act_buf: list[list[Array]] = [[] for _ in range(n)]
+    ext_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
+    started = np.ones(n, np.int64)  # episodes begun per env
+    active = np.ones(n, bool) if episodes_per_env is None else np.full(n, episodes_per_env > 0)
+    while active.any():
+        extras = agent.observe(ts)
+        for i in np.flatnonzero(active):
+            obs_buf[i].append({k: v[i] for k, v in ts.observation.items()})
+            ext_buf[i].append({k: v[i] for k, v in extras.items()})
+        steps = np.array([len(a) for a in act_buf])
+        done = np.asarray(end_on(ts, extras), bool) | (steps >= max_steps)
+        if interrupt is not None:
+            done = done | np.asarray(interrupt(), bool)
+        done &= active
+        optimal = env.optimal_length() if done.any() else None
+        for i in np.flatnonzero(done):
+            yield Episode(
+                observations={k: np.stack([o[k] for o in obs_buf[i]]) for k in ts.observation},
+                actions=np.asarray(act_buf[i], np.float32).reshape(len(act_buf[i]), env.action_dim),
+                instruction=ts.instruction[i],
+                goal={k: v[i] for k, v in ts.goal.items()},
+                success=bool(ts.success[i]),
+                episode_id=f"{id_prefix}-{i}-{started[i] - 1}",
+                optimal_length=float(optimal[i]),
+                extras={k: np.asarray([e[k] for e in ext_buf[i]]) for k in extras},
+            )
+            obs_buf[i], act_buf[i], ext_buf[i] = [], [], []
+        if episodes_per_env is not None:
+            active &= ~(done & (started >= episodes_per_env))
+        if not active.any():
+            return
+        actions = agent.act(ts)
+        for i in np.flatnonzero(active & ~done):
+            act_buf[i].append(actions[i])
+        ts = env.step(actions)
+        restart = done & active
+        if restart.any():
+            ts = env.reset(restart)
+            agent.reset(restart)
+            started += restart
+

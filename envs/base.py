@@ -1,0 +1,75 @@
+"""The environment interface shared by every domain, and the in-memory episode.
+
+Environments are vectorized from the start (N copies stepped together) because actors batch
+the model's inference over them. An observation is a dict of arrays (state vectors and/or
+camera images); a goal is an instruction text plus an optional dict of goal arrays (pointmass:
+the target position), so state-based MLPs and image+language models read the same episodes.
+Episode termination is not the environment's decision: the caller ends an episode on
+ground-truth success (demonstrations, evaluation), on detected success (Self-Improvement), on
+max length, or on an external stop signal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+Array = np.ndarray
+Observation = dict[str, Array]
+
+
+@dataclass(frozen=True)
+class TimeStep:
+    """The state of N environments: every array has a leading [N] axis."""
+
+    observation: Observation
+    goal: dict[str, Array]
+    instruction: tuple[str, ...]
+    success: Array  # [N] bool, ground truth
+
+
+class VectorEnv(Protocol):
+    num_envs: int
+    action_dim: int
+
+    def reset(self, mask: Array | None = None) -> TimeStep:
+        """Start new episodes (new task) in the environments where mask is True (all if None)."""
+
+    def step(self, actions: Array) -> TimeStep:
+        """Apply actions [N, action_dim] in [-1, 1] to every environment."""
+
+    def optimal_length(self) -> Array:
+        """[N] steps a perfect policy needs for the current tasks."""
+
+
+@dataclass
+class Episode:
+    """One episode: T+1 observations and T actions (RLDS: the last step has no action).
+
+    `steps_to_go` labels follow from the layout: a successful episode reaches its goal at the
+    last observation, so observation t is T - t steps from it.
+    """
+
+    observations: Observation  # key -> [T+1, ...]
+    actions: Array  # [T, action_dim] float32
+    instruction: str
+    goal: dict[str, Array] = field(default_factory=dict)  # key -> [...] (constant in an episode)
+    success: bool = False  # ground truth at the last observation
+    episode_id: str = ""
+    optimal_length: float = float("nan")
+    extras: dict[str, Array] = field(default_factory=dict)  # per-observation, e.g. d(o, g): [T+1]
+
+    @property
+    def length(self) -> int:
+        return int(self.actions.shape[0])
+
+    def __post_init__(self) -> None:
+        t = self.actions.shape[0]
+        for k, v in self.observations.items():
+            if v.shape[0] != t + 1:
+                raise ValueError(
+                    f"episode {self.episode_id!r}: observation {k!r} has {v.shape[0]} steps, "
+                    f"expected {t + 1} (actions + 1)"
+                )
