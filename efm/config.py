@@ -111,7 +111,8 @@ class TokenizerConfig:
 MODEL_VARIANTS: dict[str, dict[str, int]] = {
     # name: widths of the observation encoder and the token decoder
     "mlp-tiny": {"width": 64, "depth": 2, "token_embed": 16},
-    "mlp-small": {"width": 256, "depth": 3, "token_embed": 32},
+    "mlp-small": {"width": 128, "depth": 3, "token_embed": 16},
+    "mlp-base": {"width": 256, "depth": 3, "token_embed": 32},
 }
 
 
@@ -289,7 +290,7 @@ def _from_dict(cls: type, raw: Any, path: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _from_dict(hint, value, f"{path}{name}.")
-        elif typing.get_origin(hint) is tuple or isinstance(hint, types.GenericAlias) and hint.__origin__ is tuple:
+        elif typing.get_origin(hint) is tuple or (isinstance(hint, types.GenericAlias) and hint.__origin__ is tuple):
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = value

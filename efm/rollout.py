@@ -25,10 +25,12 @@ class Agent(Protocol):
     def observe(self, ts: TimeStep) -> dict[str, Array]:
         """Per-observation values to record, each [N] (may be empty)."""
 
-    def act(self, ts: TimeStep) -> Array:
-        """Actions [N, action_dim]."""
+    def act(self, ts: TimeStep) -> dict[str, Array]:
+        """{"action": [N, action_dim], ...}: other keys are recorded per step (e.g. tokens)."""
 
 
+ACTION = "action"
+SUCCESS = "success"  # ground truth at each observation, recorded for evaluation only
 EndFn = Callable[[TimeStep, dict[str, Array]], Array]
 
 
@@ -56,12 +58,13 @@ def rollout(
     ts = env.reset()
     agent.reset(np.ones(n, bool))
     obs_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
-    act_buf: list[list[Array]] = [[] for _ in range(n)]
+    act_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
     ext_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
+    act_keys: tuple[str, ...] = (ACTION,)
     started = np.ones(n, np.int64)  # episodes begun per env
     active = np.ones(n, bool) if episodes_per_env is None else np.full(n, episodes_per_env > 0)
     while active.any():
-        extras = agent.observe(ts)
+        extras = {**agent.observe(ts), SUCCESS: np.asarray(ts.success, bool)}
         for i in np.flatnonzero(active):
             obs_buf[i].append({k: v[i] for k, v in ts.observation.items()})
             ext_buf[i].append({k: v[i] for k, v in extras.items()})
@@ -74,13 +77,14 @@ def rollout(
         for i in np.flatnonzero(done):
             yield Episode(
                 observations={k: np.stack([o[k] for o in obs_buf[i]]) for k in ts.observation},
-                actions=np.asarray(act_buf[i], np.float32).reshape(len(act_buf[i]), env.action_dim),
+                actions=np.asarray([a[ACTION] for a in act_buf[i]], np.float32).reshape(-1, env.action_dim),
                 instruction=ts.instruction[i],
                 goal={k: v[i] for k, v in ts.goal.items()},
                 success=bool(ts.success[i]),
                 episode_id=f"{id_prefix}-{i}-{started[i] - 1}",
                 optimal_length=float(optimal[i]),
-                extras={k: np.asarray([e[k] for e in ext_buf[i]]) for k in extras},
+                observation_extras={k: np.asarray([e[k] for e in ext_buf[i]]) for k in extras},
+                action_extras={k: np.asarray([a[k] for a in act_buf[i]]) for k in act_keys if k != ACTION},
             )
             obs_buf[i], act_buf[i], ext_buf[i] = [], [], []
         if episodes_per_env is not None:
@@ -88,9 +92,10 @@ def rollout(
         if not active.any():
             return
         actions = agent.act(ts)
+        act_keys = tuple(actions)
         for i in np.flatnonzero(active & ~done):
-            act_buf[i].append(actions[i])
-        ts = env.step(actions)
+            act_buf[i].append({k: v[i] for k, v in actions.items()})
+        ts = env.step(actions[ACTION])
         restart = done & active
         if restart.any():
             ts = env.reset(restart)

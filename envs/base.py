@@ -59,7 +59,8 @@ class Episode:
     success: bool = False  # ground truth at the last observation
     episode_id: str = ""
     optimal_length: float = float("nan")
-    extras: dict[str, Array] = field(default_factory=dict)  # per-observation, e.g. d(o, g): [T+1]
+    observation_extras: dict[str, Array] = field(default_factory=dict)  # e.g. d(o, g): [T+1]
+    action_extras: dict[str, Array] = field(default_factory=dict)  # e.g. sampled tokens: [T, ...]
 
     @property
     def length(self) -> int:

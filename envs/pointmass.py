@@ -10,9 +10,9 @@ target at least `min_start_target_distance` from the start; success is being wit
 from __future__ import annotations
 
 import numpy as np
+from efm.envs.base import Array, TimeStep
 
 from efm.config import EnvConfig, PointmassConfig
-from efm.envs.base import Array, TimeStep
 
 POSITION = "position"
 TARGET = "target"
@@ -98,7 +98,10 @@ class WaypointDemonstrator:
         self._next[idx] = 0
         self._prev_error[idx] = np.nan
 
-    def act(self, ts: TimeStep) -> Array:
+    def observe(self, ts: TimeStep) -> dict[str, Array]:
+        return {}
+
+    def act(self, ts: TimeStep) -> dict[str, Array]:
         pos, target = ts.observation[POSITION], ts.goal[TARGET]
         n, k = len(pos), self.cfg.num_waypoints
         # Advance past waypoints already reached.
@@ -118,5 +121,5 @@ class WaypointDemonstrator:
         self._prev_error = error
         u = self.cfg.pd_kp * error + self.cfg.pd_kd * d_error
         u = u + self._rng.normal(0.0, self.cfg.action_noise, u.shape)
-        return clip_to_unit_norm(np.clip(u, -1.0, 1.0)).astype(np.float32)
+        return {"action": clip_to_unit_norm(np.clip(u, -1.0, 1.0)).astype(np.float32)}
 

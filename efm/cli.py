@@ -1,0 +1,161 @@
+"""`efm`: one subcommand per pipeline stage, and `efm run` chaining them all for a domain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from efm.config import DOMAINS, RunConfig, debug_config, default_config
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    """Defaults for the domain, overridden by --config (a JSON file or string, may be partial)."""
+    base = debug_config(args.domain) if getattr(args, "debug", False) else default_config(args.domain)
+    if not getattr(args, "config", None):
+        return base
+    text = Path(args.config).read_text() if Path(args.config).is_file() else args.config
+    try:
+        override = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {args.config!r} is neither a JSON file nor JSON ({e})") from e
+    merged = json.loads(base.to_json())
+    _merge(merged, override, "")
+    return RunConfig.from_json(json.dumps(merged))
+
+
+def _merge(into: dict, override: dict, path: str) -> None:
+    for k, v in override.items():
+        if k not in into:
+            raise ValueError(f"invalid config: unknown field {path}{k}")
+        if isinstance(v, dict) and isinstance(into[k], dict):
+            _merge(into[k], v, f"{path}{k}.")
+        else:
+            into[k] = v
+
+
+def _existing(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    return p
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--domain", default="pointmass", choices=DOMAINS)
+    p.add_argument("--config", help="JSON file or string overriding the domain's default config")
+    p.add_argument("--debug", action="store_true", help="tiny sizes: a seconds-long run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="efm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dataset", help="generate demonstrations as an RLDS dataset")
+    _add_common(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--episodes", type=int, help="override data.num_episodes")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("subsample", help="nested data fractions + shared validation split")
+    _add_common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fractions", type=float, nargs="+")
+
+    p = sub.add_parser("sft", help="Stage 1: behavioural cloning + steps-to-go")
+    _add_common(p)
+    p.add_argument("--train", required=True, help="RLDS directory of training episodes")
+    p.add_argument("--validation", required=True, help="RLDS directory of validation episodes")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int)
+
+    p = sub.add_parser("select", help="pick policy and reward checkpoints by validation loss")
+    _add_common(p)
+    p.add_argument("--sft", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("self-improve", help="Stage 2: Algorithm 1")
+    _add_common(p)
+    p.add_argument("--select", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int)
+
+    p = sub.add_parser("evaluate", help="ground-truth evaluation and trajectory plot")
+    _add_common(p)
+    p.add_argument("--select", required=True)
+    p.add_argument("--self-improve", dest="self_improve")
+    p.add_argument("--dataset", help="RLDS directory whose episodes are plotted beside the policies")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("run", help="every stage for a domain, over fractions and seeds")
+    _add_common(p)
+    p.add_argument("--fractions", type=float, nargs="+")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def _with_seed(cfg: RunConfig, seed: int | None) -> RunConfig:
+    from efm.stages import seeded
+
+    return cfg if seed is None else seeded(cfg, seed)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from dataclasses import replace
+
+    from efm import stages
+
+    cfg = _config(args)
+    progress = not args.quiet
+    if args.command == "dataset":
+        if args.episodes:
+            cfg = cfg.replace(data=replace(cfg.data, num_episodes=args.episodes))
+        return stages.dataset_stage(cfg, args.out, overwrite=args.overwrite)
+    if args.command == "subsample":
+        if args.fractions:
+            cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
+        return stages.subsample_stage(cfg, _existing(args.dataset, "dataset"), args.out, args.seed)
+    if args.command == "sft":
+        cfg = _with_seed(cfg, args.seed)
+        out = stages.sft_stage(cfg, _existing(args.train, "training data"), _existing(args.validation, "validation data"),
+                               args.out, progress=progress)
+        return {"final_step": out["final_step"], "last": out["history"][-1]}
+    if args.command == "select":
+        return stages.select_stage(cfg, _existing(args.sft, "SFT directory"), args.out)
+    if args.command == "self-improve":
+        cfg = _with_seed(cfg, args.seed)
+        out = stages.self_improve_stage(cfg, _existing(args.select, "select directory"), args.out, progress=progress)
+        return {k: v for k, v in out.items() if k != "rounds"}
+    if args.command == "evaluate":
+        si = _existing(args.self_improve, "self-improve directory") if args.self_improve else None
+        data = _existing(args.dataset, "dataset") if args.dataset else None
+        return stages.evaluate_stage(cfg, _existing(args.select, "select directory"), si, args.out, data)
+    if args.command == "run":
+        if args.fractions:
+            cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
+        return stages.run_experiment(cfg, args.out, args.seeds, progress=progress)
+    raise ValueError(f"unknown command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is only our RLDS/Reverb I/O layer
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"efm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

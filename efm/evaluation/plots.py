@@ -1,0 +1,64 @@
+"""Figures people look at rather than read: trajectories (Figure 4) and training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from efm.envs.base import Episode
+
+
+def plot_trajectories(panels: dict[str, Sequence[Episode]], path: str | Path, *, position_key: str = "position",
+                      goal_key: str = "target", success_radius: float | None = None,
+                      arena_half_size: float | None = None) -> Path:
+    """One panel per policy (e.g. dataset / SFT / Self-Improved), same episodes' tasks."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, (title, episodes) in zip(axes[0], panels.items(), strict=True):
+        for i, ep in enumerate(episodes):
+            c = colors[i % len(colors)]
+            xy = ep.observations[position_key]
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=c, lw=1.2, alpha=0.85)
+            ax.plot(xy[0, 0], xy[0, 1], "o", color=c, ms=4)
+            goal = ep.goal[goal_key]
+            ax.plot(goal[0], goal[1], "*", color=c, ms=11, mec="k", mew=0.5)
+            if success_radius:
+                ax.add_patch(plt.Circle(goal, success_radius, color=c, fill=False, lw=0.6, ls="--"))
+        mean_len = np.mean([e.length for e in episodes]) if episodes else float("nan")
+        ax.set_title(f"{title}\n(mean length {mean_len:.1f} steps)", fontsize=10)
+        if arena_half_size:
+            ax.set_xlim(-arena_half_size, arena_half_size)
+            ax.set_ylim(-arena_half_size, arena_half_size)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("start o, target *; dashed circle: success radius", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, xlabel: str,
+                ylabel: str, title: str) -> Path:
+    """Line plot of named (x, y) series."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, "-o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,58 @@
+"""The paper's equations as small pure jnp functions (jit-able; shapes in comments)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def masked_mean(x: Array, mask: Array) -> Array:
+    """Mean of x over entries where mask is set (0 when none is)."""
+    mask = mask.astype(x.dtype)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_log_softmax(logits: Array, valid: Array) -> Array:
+    """log_softmax restricted to the valid tokens of each output position. [..., V]"""
+    logits = jnp.where(valid, logits, -1e9)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def token_log_likelihood(logits: Array, targets: Array, valid: Array, target_mask: Array) -> Array:
+    """log p(target sequence) = sum over positions of log p(token). logits [B, L, V] -> [B]"""
+    logp = masked_log_softmax(logits, valid)
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, L]
+    return jnp.sum(picked * target_mask, axis=-1)
+
+
+def expected_steps_to_go(stg_log_probs: Array, bin_values: Array) -> Array:
+    """Eq. 1: d(o, g), the mean of the predicted steps-to-go distribution. [B, K] -> [B]"""
+    return jnp.exp(stg_log_probs) @ bin_values
+
+
+def self_improvement_reward(stg_t: Array, stg_tp1: Array) -> Array:
+    """Eq. 2: r_t = d(o_t, g) - d(o_{t+1}, g), how much closer the step brought the goal."""
+    return stg_t - stg_tp1
+
+
+def detect_success(stg: Array, threshold: float) -> Array:
+    """Eq. 3: success(o, g) = 1[d(o, g) <= s]."""
+    return stg <= threshold
+
+
+def monte_carlo_returns(rewards: Array, gamma: float) -> Array:
+    """R_t = sum_{i >= t} gamma^(i - t) r_i, by a reverse scan. [T] -> [T]"""
+
+    def step(carry: Array, r: Array) -> tuple[Array, Array]:
+        carry = r + gamma * carry
+        return carry, carry
+
+    _, returns = jax.lax.scan(step, jnp.zeros((), rewards.dtype), rewards, reverse=True)
+    return returns
+
+
+def reinforce_loss(log_probs: Array, returns: Array, loss_scale: float) -> Array:
+    """Eq. 4: mean of -c * R_t * log pi(a_t | o_t, g); returns carry no gradient. [B] -> []"""
+    return jnp.mean(-loss_scale * jax.lax.stop_gradient(returns) * log_probs)

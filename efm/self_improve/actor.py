@@ -1,0 +1,84 @@
+"""The Self-Improvement actor (Appendix J, Version 2: local policy inference).
+
+It steps N environments with the current policy, asks the steps-to-go service for d(o, g) on
+every observation (success detection during the episode, rewards after it), labels finished
+episodes with Monte Carlo returns and writes them whole into the replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efm import math
+from efm.envs.base import Array, Episode, TimeStep, VectorEnv
+from efm.models.efm import EFMFunctions
+from efm.rollout import ACTION, rollout
+from efm.samples import episode_inputs, model_inputs
+
+STEPS_TO_GO = "steps_to_go"
+ACTION_TOKENS = "action_tokens"
+RETURN = "return"
+
+
+class StepsToGoClient(Protocol):
+    def steps_to_go(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class PolicyAgent:
+    """Samples actions from the EFM policy and records d(o, g) for each observation."""
+
+    def __init__(self, fns: EFMFunctions, params: Any, steps_to_go: StepsToGoClient | None, seed: int):
+        self._fns = fns
+        self._params = params
+        self._stg = steps_to_go
+        self._rng = jax.random.PRNGKey(seed)
+
+    def update(self, params: Any) -> None:
+        """New policy weights (broadcast by the coordinator after each round)."""
+        self._params = params
+
+    def reset(self, mask: Array) -> None:
+        del mask
+
+    def observe(self, ts: TimeStep) -> dict[str, Array]:
+        if self._stg is None:
+            return {}
+        return {STEPS_TO_GO: self._stg.steps_to_go(model_inputs(ts.observation, ts.goal))}
+
+    def act(self, ts: TimeStep) -> dict[str, Array]:
+        self._rng, key = jax.random.split(self._rng)
+        inputs = {k: jnp.asarray(v) for k, v in model_inputs(ts.observation, ts.goal).items()}
+        actions, tokens = self._fns.sample_actions(self._params, inputs, key)
+        return {ACTION: actions, ACTION_TOKENS: tokens}
+
+
+def detected_success(threshold: float) -> Callable[[TimeStep, dict[str, Array]], Array]:
+    """End an episode when the frozen model says the goal is reached (Eq. 3)."""
+
+    def end_on(ts: TimeStep, extras: dict[str, Array]) -> Array:
+        del ts
+        return np.asarray(math.detect_success(extras[STEPS_TO_GO], threshold))
+
+    return end_on
+
+
+def label_episode(episode: Episode, gamma: float) -> dict[str, np.ndarray]:
+    """Replay samples (o_t, a_t, g, R_t) for t < T, from the recorded d(o_t, g). [T, ...]"""
+    stg = jnp.asarray(episode.observation_extras[STEPS_TO_GO], jnp.float32)  # [T+1]
+    rewards = math.self_improvement_reward(stg[:-1], stg[1:])  # [T]
+    returns = np.asarray(math.monte_carlo_returns(rewards, gamma))
+    inputs = {k: v[:-1] for k, v in episode_inputs(episode).items()}
+    return {**inputs, ACTION_TOKENS: episode.action_extras[ACTION_TOKENS].astype(np.int32),
+            RETURN: returns.astype(np.float32)}
+
+
+def collect(env: VectorEnv, agent: PolicyAgent, *, max_steps: int, threshold: float,
+            interrupt: Callable[[], Array | bool] | None = None, id_prefix: str = "si") -> Iterator[Episode]:
+    """Episodes with the current policy, ending on detected success, max length or interrupt."""
+    return rollout(env, agent, max_steps=max_steps, end_on=detected_success(threshold),
+                   interrupt=interrupt, id_prefix=id_prefix)

@@ -1,0 +1,68 @@
+"""The Self-Improvement learner: REINFORCE on replay samples (Eq. 4), AdamW, frozen modules."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from efm import math
+from efm.config import SelfImproveConfig
+from efm.models.efm import EFMFunctions
+from efm.self_improve.actor import ACTION_TOKENS, RETURN
+
+
+class LearnerState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+def freeze_labels(params: Any, frozen: tuple[str, ...]) -> Any:
+    """'frozen' for parameters under a module named in `frozen` (e.g. the vision encoder)."""
+    flat = traverse_util.flatten_dict(params)
+    labels = {k: "frozen" if any(part in frozen for part in k) else "trained" for k in flat}
+    return traverse_util.unflatten_dict(labels)
+
+
+def make_optimizer(cfg: SelfImproveConfig, params: Any) -> optax.GradientTransformation:
+    return optax.multi_transform(
+        {"trained": optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay), "frozen": optax.set_to_zero()},
+        freeze_labels(params, cfg.freeze))
+
+
+class Learner:
+    def __init__(self, fns: EFMFunctions, params: Any, cfg: SelfImproveConfig):
+        self._cfg = cfg
+        self._optimizer = make_optimizer(cfg, params)
+        self.state = LearnerState(params, self._optimizer.init(params), jnp.zeros((), jnp.int32))
+
+        def loss_fn(p: Any, batch: dict) -> tuple[jax.Array, dict]:
+            inputs = {k: v for k, v in batch.items() if k.startswith(("observation/", "goal/"))}
+            log_probs = fns.action_log_prob(p, inputs, batch[ACTION_TOKENS])
+            loss = math.reinforce_loss(log_probs, batch[RETURN], cfg.loss_scale)
+            return loss, {"loss": loss, "mean_return": jnp.mean(batch[RETURN]),
+                          "mean_log_prob": jnp.mean(log_probs)}
+
+        @jax.jit
+        def sgd_step(state: LearnerState, batch: dict) -> tuple[LearnerState, dict]:
+            grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
+            updates, opt_state = self._optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return LearnerState(params, opt_state, state.step + 1), metrics
+
+        self._sgd_step = sgd_step
+
+    def step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        self.state, metrics = self._sgd_step(self.state, batch)
+        out = {k: float(v) for k, v in metrics.items()}
+        if not np.isfinite(out["loss"]):
+            raise FloatingPointError(f"non-finite REINFORCE loss at learner step {int(self.state.step)}")
+        return out
+
+    def get_variables(self) -> Any:
+        return self.state.params

@@ -1,0 +1,51 @@
+"""Checkpoint selection (Appendix B): policy and reward checkpoints are chosen separately."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from efm import checkpoints
+from efm.config import SelectConfig
+from efm.sft.trainer import load_history, restore_params
+
+SELECTION = "selection.json"
+POLICY, REWARD = "policy", "reward"
+
+
+def pick_step(history: list[dict[str, float]], rule: str) -> int:
+    """The evaluation step that a rule selects: best_<objective>, last, or step:N."""
+    if not history:
+        raise ValueError("empty SFT history: nothing to select from")
+    if rule == "last":
+        return int(history[-1]["step"])
+    if rule.startswith("step:"):
+        want = int(rule[5:])
+        steps = [int(h["step"]) for h in history]
+        if want not in steps:
+            raise ValueError(f"select rule {rule!r}: no checkpoint at step {want} (have {steps})")
+        return want
+    key = f"val/{rule.removeprefix('best_')}_loss"
+    if key not in history[0]:
+        raise ValueError(f"select rule {rule!r}: history has no {key}")
+    return int(min(history, key=lambda h: h[key])["step"])
+
+
+def run_select(sft_dir: str | Path, out_dir: str | Path, cfg: SelectConfig) -> dict[str, Any]:
+    """Writes out_dir/policy and out_dir/reward param checkpoints and selection.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = load_history(sft_dir)
+    selection: dict[str, Any] = {}
+    for role, rule in ((POLICY, cfg.policy_rule), (REWARD, cfg.reward_rule)):
+        step = pick_step(history, rule)
+        row = next(h for h in history if int(h["step"]) == step)
+        checkpoints.save_params(out_dir / role, restore_params(sft_dir, step))
+        selection[role] = {"rule": rule, "step": step, **{k: v for k, v in row.items() if k.startswith("val/")}}
+    (out_dir / SELECTION).write_text(json.dumps(selection, indent=1))
+    return selection
+
+
+def load_selected(select_dir: str | Path, role: str) -> Any:
+    return checkpoints.load_params(Path(select_dir) / role)

@@ -1,0 +1,204 @@
+"""The pipeline's stages as library functions: each reads directories and writes one.
+
+Every stage writes its outputs (and the config it ran with) into its own directory, which
+the next stage reads, so any stage can be rerun alone. `run_experiment` chains them for one
+domain over data fractions and seeds and writes summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from efm import checkpoints
+from efm.config import RunConfig
+from efm.data import rlds, subsample
+from efm.domains import make_demonstrator, make_env
+from efm.envs.base import Episode
+from efm.evaluation.evaluate import evaluate_policy
+from efm.evaluation.plots import plot_curves, plot_trajectories
+from efm.models.efm import make_functions
+from efm.models.tokenizers import make_vocabulary
+from efm.rollout import rollout
+from efm.self_improve.loop import run_self_improve
+from efm.sft.select import POLICY, REWARD, load_selected, run_select
+from efm.sft.trainer import run_sft
+
+Logger = Callable[[dict[str, float], int], None]
+CONFIG = "config.json"
+METRICS = "metrics.json"
+SUMMARY = "summary.json"
+TRAJECTORIES = "trajectories.png"
+
+
+def read_split(directory: str | Path) -> list[Episode]:
+    """The episodes of a dataset directory that holds one split (as `subsample` writes them)."""
+    splits = rlds.split_sizes(directory)
+    if len(splits) != 1:
+        raise rlds.DatasetError(f"{directory} holds splits {sorted(splits)}; expected exactly one")
+    return rlds.read_episodes(directory, next(iter(splits)))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=1, sort_keys=True))
+
+
+def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG).write_text(cfg.to_json())
+    return out
+
+
+def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64) -> list[Episode]:
+    """Scripted demonstrations, ending on ground-truth success or max length."""
+    num_envs = min(num_envs, num_episodes)
+    per_env = -(-num_episodes // num_envs)
+    source = rollout(make_env(cfg.env, num_envs, seed), make_demonstrator(cfg.env, num_envs, seed + 1),
+                     max_steps=cfg.env.max_episode_steps, episodes_per_env=per_env, id_prefix="demo")
+    episodes = sorted(source, key=lambda e: e.episode_id)[:num_episodes]
+    for i, e in enumerate(episodes):
+        e.episode_id = f"demo-{i:06d}"
+    return episodes
+
+
+def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Generates the full demonstration dataset and writes it as RLDS (TFDS format)."""
+    t0 = time.time()
+    episodes = generate_demonstrations(cfg, cfg.data.num_episodes, cfg.data.seed)
+    stats = {
+        "domain": cfg.domain,
+        "episodes": len(episodes),
+        "steps": int(sum(e.length for e in episodes)),
+        "success_rate": sum(e.success for e in episodes) / len(episodes),
+        "mean_episode_length": sum(e.length for e in episodes) / len(episodes),
+        "mean_optimal_length": sum(e.optimal_length for e in episodes) / len(episodes),
+    }
+    out = Path(out_dir)
+    rlds.write_episodes(episodes, out, metadata={"stats": stats, "config": json.loads(cfg.to_json())},
+                        overwrite=overwrite)
+    (out / CONFIG).write_text(cfg.to_json())
+    stats["seconds"] = time.time() - t0
+    return stats
+
+
+def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path, seed: int) -> dict[str, Any]:
+    """Nested fractions of the training episodes plus the shared validation split."""
+    if (Path(out_dir) / subsample.MANIFEST).exists():
+        return subsample.load_manifest(out_dir)
+    return subsample.subsample_dataset(dataset_dir, out_dir, cfg.data.fractions, cfg.data.validation_episodes, seed)
+
+
+def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
+              log: Logger | None = None, progress: bool = True) -> dict[str, Any]:
+    out = _start(cfg, out_dir)
+    train, validation = read_split(train_dir), read_split(validation_dir)
+    result = run_sft(cfg, train, validation, out, log=log, progress=progress)
+    steps = [h["step"] for h in result.history]
+    plot_curves({k: (steps, [h[k] for h in result.history]) for k in result.history[0] if k.startswith("val/")},
+                out / "validation_losses.png", xlabel="step", ylabel="NLL", title="Stage 1 validation loss per objective")
+    return {"final_step": result.final_step, "train_episodes": len(train), "history": result.history}
+
+
+def select_stage(cfg: RunConfig, sft_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    out = _start(cfg, out_dir)
+    return run_select(sft_dir, out, cfg.select)
+
+
+def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    out = _start(cfg, out_dir)
+    result = run_self_improve(cfg, select_dir, out, log=log, progress=progress)
+    x = [r["total_episodes"] for r in result.rounds]
+    plot_curves({"detected success rate": (x, [r["success_rate"] for r in result.rounds]),
+                 "ground-truth success rate": (x, [r["ground_truth_success_rate"] for r in result.rounds])},
+                out / "success_rate.png", xlabel="Self-Improvement episodes", ylabel="rate",
+                title="Success per round")
+    plot_curves({"mean episode length": (x, [r["mean_episode_length"] for r in result.rounds])},
+                out / "episode_length.png", xlabel="Self-Improvement episodes", ylabel="steps",
+                title="Episode length per round")
+    return {"total_episodes": result.total_episodes, "best_round": result.best_round, "rounds": result.rounds}
+
+
+def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str | Path | None,
+                   out_dir: str | Path, dataset_dir: str | Path | None = None) -> dict[str, Any]:
+    """Ground-truth evaluation of the SFT and Self-Improved policies, plus the trajectory plot."""
+    out = _start(cfg, out_dir)
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    reward = load_selected(select_dir, REWARD)
+    policies = {"sft": load_selected(select_dir, POLICY)}
+    if self_improve_dir is not None:
+        policies["self_improved"] = checkpoints.load_params(Path(self_improve_dir) / POLICY)
+    metrics: dict[str, Any] = {}
+    panels: dict[str, list[Episode]] = {}
+    k = cfg.eval.plot_episodes
+    if dataset_dir is not None and k:
+        panels["dataset"] = read_split(dataset_dir)[:k]
+    for name, params in policies.items():
+        policy_metrics, detector, episodes = evaluate_policy(cfg, fns, params, reward)
+        metrics[name] = policy_metrics
+        metrics[f"{name}_success_detector"] = detector
+        panels[{"sft": "SFT (Stage 1)", "self_improved": "Self-Improved (Stage 2)"}[name]] = episodes[:k]
+    metrics["success_detector"] = metrics[f"{'self_improved' if 'self_improved' in policies else 'sft'}_success_detector"]
+    if cfg.domain == "pointmass" and k:
+        pm = cfg.env.pointmass
+        plot_trajectories(panels, out / TRAJECTORIES, success_radius=pm.success_radius,
+                          arena_half_size=pm.arena_half_size)
+    _write_json(out / METRICS, metrics)
+    return metrics
+
+
+def seeded(cfg: RunConfig, seed: int) -> RunConfig:
+    """The config of one experiment branch: training and practice seeded by `seed`."""
+    return cfg.replace(sft=replace(cfg.sft, seed=seed), self_improve=replace(cfg.self_improve, seed=seed))
+
+
+def run_experiment(cfg: RunConfig, out_dir: str | Path, seeds: Sequence[int], progress: bool = True,
+                   log_factory: Callable[[str], Logger | None] | None = None) -> dict[str, Any]:
+    """dataset -> per seed: subsample -> per fraction: sft -> select -> self_improve -> evaluate."""
+    out = _start(cfg, out_dir)
+    dataset_dir = out / "dataset"
+    if not (dataset_dir / CONFIG).exists():
+        dataset_stage(cfg, dataset_dir)
+    full_size = sum(rlds.split_sizes(dataset_dir).values())
+    results = []
+    for seed in seeds:
+        scfg = seeded(cfg, seed)
+        sub_dir = out / f"seed_{seed}" / "subsample"
+        manifest = subsample_stage(scfg, dataset_dir, sub_dir, seed)
+        for fraction in cfg.data.fractions:
+            branch = out / f"seed_{seed}" / f"fraction_{fraction:g}"
+            train_dir = sub_dir / manifest["fractions"][_fraction_key(manifest, fraction)]["path"]
+            sft_stage(scfg, train_dir, sub_dir / manifest["validation"]["path"], branch / "sft", progress=progress)
+            select_stage(scfg, branch / "sft", branch / "select")
+            si = self_improve_stage(scfg, branch / "select", branch / "self_improve", progress=progress)
+            ev = evaluate_stage(scfg, branch / "select", branch / "self_improve", branch / "evaluate", train_dir)
+            results.append({
+                "domain": cfg.domain,
+                "data_fraction": fraction,
+                "seed": seed,
+                "dataset_episodes": full_size,
+                "sft_episodes": sum(rlds.split_sizes(train_dir).values()),
+                "self_improvement_episodes": si["total_episodes"],
+                "sft": _policy_keys(ev["sft"]),
+                "self_improved": _policy_keys(ev["self_improved"]),
+                "success_detector": ev["success_detector"],
+            })
+            _write_json(out / SUMMARY, {"results": results})
+    return {"results": results}
+
+
+def _policy_keys(m: dict[str, float]) -> dict[str, float]:
+    return {k: m[k] for k in ("success_rate", "mean_episode_length", "optimal_length_ratio")}
+
+
+def _fraction_key(manifest: dict[str, Any], fraction: float) -> str:
+    for key in manifest["fractions"]:
+        if abs(float(key) - fraction) < 1e-9:
+            return key
+    raise KeyError(f"fraction {fraction} not in subsample manifest (have {sorted(manifest['fractions'])})")
+

@@ -1,0 +1,165 @@
+"""Tokenizers (Appendix E): continuous actions and steps-to-go <-> discrete tokens.
+
+Each tokenizer owns a local vocabulary [0, vocab_size); `Vocabulary` places them side by side
+in the model's output space, as RT-2 maps them onto a language model's token space. Every
+output position has a set of valid tokens (a sign position only admits sign tokens), so
+log-probabilities are taken over the valid tokens of each position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from efm.config import TokenizerConfig
+
+
+class ActionTokenizer(Protocol):
+    action_dim: int
+    num_tokens: int  # tokens per action
+    vocab_size: int
+
+    def encode(self, actions: np.ndarray) -> np.ndarray: ...  # [..., A] float -> [..., L] int32
+    def decode(self, tokens: np.ndarray) -> np.ndarray: ...  # [..., L] int -> [..., A] float32
+    def valid_tokens(self) -> np.ndarray: ...  # [L, vocab_size] bool
+
+
+@dataclass(frozen=True)
+class SignMagnitudeTokenizer:
+    """LanguageTable (E.1): per dimension a sign token (+/-) and a magnitude token 0..bins-1."""
+
+    action_dim: int
+    magnitude_bins: int = 11
+    max_abs: float = 1.0
+
+    @property
+    def num_tokens(self) -> int:
+        return 2 * self.action_dim
+
+    @property
+    def vocab_size(self) -> int:
+        return 2 + self.magnitude_bins  # [+, -, m_0 .. m_{bins-1}]
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        a = np.clip(np.asarray(actions, np.float64), -self.max_abs, self.max_abs)
+        mag = np.rint(np.abs(a) / self.max_abs * (self.magnitude_bins - 1)).astype(np.int32)
+        sign = ((a < 0) & (mag > 0)).astype(np.int32)  # zero is "+" so the code is unique
+        return np.stack([sign, 2 + mag], axis=-1).reshape(*a.shape[:-1], self.num_tokens)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        t = np.asarray(tokens).reshape(*np.shape(tokens)[:-1], self.action_dim, 2)
+        sign = np.where(t[..., 0] == 1, -1.0, 1.0)
+        mag = (t[..., 1] - 2) / (self.magnitude_bins - 1) * self.max_abs
+        return (sign * mag).astype(np.float32)
+
+    def valid_tokens(self) -> np.ndarray:
+        valid = np.zeros((self.num_tokens, self.vocab_size), bool)
+        valid[0::2, :2] = True
+        valid[1::2, 2:] = True
+        return valid
+
+
+@dataclass(frozen=True)
+class UniformTokenizer:
+    """Aloha (E.2): each dimension is one token of `bins` uniform bins over [-max, max]."""
+
+    action_dim: int
+    bins: int = 256
+    max_abs: float = 1.0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.action_dim
+
+    @property
+    def vocab_size(self) -> int:
+        return self.bins
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        a = np.clip(np.asarray(actions, np.float64), -self.max_abs, self.max_abs)
+        return np.rint((a + self.max_abs) / (2 * self.max_abs) * (self.bins - 1)).astype(np.int32)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        t = np.asarray(tokens, np.float64)
+        return (t / (self.bins - 1) * 2 * self.max_abs - self.max_abs).astype(np.float32)
+
+    def valid_tokens(self) -> np.ndarray:
+        return np.ones((self.num_tokens, self.vocab_size), bool)
+
+
+@dataclass(frozen=True)
+class StepsToGoTokenizer:
+    """Steps-to-go as one token: `bins` equal bins over [0, max_steps); larger values clip."""
+
+    bins: int = 100
+    max_steps: float = 100.0
+
+    @property
+    def vocab_size(self) -> int:
+        return self.bins
+
+    @property
+    def width(self) -> float:
+        return self.max_steps / self.bins
+
+    def encode(self, steps: np.ndarray) -> np.ndarray:
+        k = np.floor(np.asarray(steps, np.float64) / self.width)
+        return np.clip(k, 0, self.bins - 1).astype(np.int32)
+
+    def bin_values(self) -> np.ndarray:
+        """Mean integer step count in each bin: bin k holds steps [k*w, (k+1)*w). [bins]"""
+        k = np.arange(self.bins)
+        return (k * self.width + (self.width - 1) / 2).clip(min=0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The model's output token space: action tokens, then steps-to-go tokens."""
+
+    action: ActionTokenizer
+    steps_to_go: StepsToGoTokenizer
+
+    @property
+    def size(self) -> int:
+        return self.action.vocab_size + self.steps_to_go.vocab_size
+
+    @property
+    def steps_to_go_offset(self) -> int:
+        return self.action.vocab_size
+
+    @property
+    def max_target_length(self) -> int:
+        return max(self.action.num_tokens, 1)
+
+    def action_targets(self, actions: np.ndarray) -> np.ndarray:
+        """[..., A] -> [..., L] global token ids."""
+        return self.action.encode(actions)
+
+    def steps_to_go_targets(self, steps: np.ndarray) -> np.ndarray:
+        """[...] -> [..., 1] global token ids."""
+        return (self.steps_to_go.encode(steps) + self.steps_to_go_offset)[..., None]
+
+    def action_from_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        return self.action.decode(tokens)
+
+    def valid_tokens(self, objective: str) -> np.ndarray:
+        """[max_target_length, size] bool: which global tokens each output position admits."""
+        valid = np.zeros((self.max_target_length, self.size), bool)
+        if objective == "bc":
+            valid[: self.action.num_tokens, : self.action.vocab_size] = self.action.valid_tokens()
+        elif objective == "steps_to_go":
+            valid[0, self.steps_to_go_offset :] = True
+        else:
+            raise ValueError(f"unknown objective {objective!r}")
+        valid[~valid.any(axis=-1), 0] = True  # padded positions: any fixed token, masked out of losses
+        return valid
+
+
+def make_vocabulary(cfg: TokenizerConfig) -> Vocabulary:
+    if cfg.action_scheme == "sign_magnitude":
+        action: ActionTokenizer = SignMagnitudeTokenizer(cfg.action_dim, cfg.magnitude_bins, cfg.action_max_abs)
+    else:
+        action = UniformTokenizer(cfg.action_dim, cfg.uniform_bins, cfg.action_max_abs)
+    return Vocabulary(action, StepsToGoTokenizer(cfg.steps_to_go_bins, cfg.steps_to_go_max))
