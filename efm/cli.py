@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs="+")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", required=True)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db)")
     return parser
 
 
@@ -140,7 +141,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "run":
         if args.fractions:
             cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
-        return stages.run_experiment(cfg, args.out, args.seeds, progress=progress)
+        from efm.tracking import Tracker, local_store
+
+        tracker = Tracker(args.tracking_uri or local_store(args.out))
+        return stages.run_experiment(cfg, args.out, args.seeds, progress=progress, tracker=tracker)
     raise ValueError(f"unknown command {args.command}")
 
 

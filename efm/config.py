@@ -63,9 +63,9 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    num_episodes: int = 5000  # the full dataset; fractions are taken from it
+    num_episodes: int = 10000  # the full dataset
     validation_episodes: int = 250  # held out once, shared by every fraction
-    fractions: tuple[float, ...] = (0.1, 0.2, 0.8)
+    fractions: tuple[float, ...] = (0.1, 0.2, 0.8)  # of the episodes left after validation
     seed: int = 0  # demonstration generation
 
     def __post_init__(self) -> None:
@@ -185,10 +185,10 @@ class SelfImproveConfig:
     loss_scale: float = 0.05  # c in -c * R_t * log pi(a_t | o_t, g)
     batch_size: int = 64
     updates_per_round: int = 16  # N
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     success_threshold: float = 1.0  # s: success when d(o, g) <= s
-    max_episodes: int = 250  # practice budget; 0 means "10% of the dataset"
+    max_episodes: int = 1000  # practice budget (10% of the default dataset)
     max_rounds: int = 1000
     num_envs: int = 32  # vectorized environments per actor
     num_actors: int = 1

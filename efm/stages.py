@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from efm.rollout import rollout
 from efm.self_improve.loop import run_self_improve
 from efm.sft.select import POLICY, REWARD, load_selected, run_select
 from efm.sft.trainer import run_sft
+from efm.tracking import StageRun, Tracker, local_store
 
 Logger = Callable[[dict[str, float], int], None]
 CONFIG = "config.json"
@@ -158,38 +160,81 @@ def seeded(cfg: RunConfig, seed: int) -> RunConfig:
 
 
 def run_experiment(cfg: RunConfig, out_dir: str | Path, seeds: Sequence[int], progress: bool = True,
-                   log_factory: Callable[[str], Logger | None] | None = None) -> dict[str, Any]:
-    """dataset -> per seed: subsample -> per fraction: sft -> select -> self_improve -> evaluate."""
+                   tracker: Tracker | None = None) -> dict[str, Any]:
+    """dataset -> per seed: subsample -> per fraction: sft -> select -> self_improve -> evaluate.
+
+    With a tracker, the experiment is a parent MLflow run and each stage of each branch a child
+    run tagged with stage, domain, fraction and seed and the ids of the runs it consumed.
+    """
     out = _start(cfg, out_dir)
-    dataset_dir = out / "dataset"
-    if not (dataset_dir / CONFIG).exists():
-        dataset_stage(cfg, dataset_dir)
-    full_size = sum(rlds.split_sizes(dataset_dir).values())
-    results = []
-    for seed in seeds:
-        scfg = seeded(cfg, seed)
-        sub_dir = out / f"seed_{seed}" / "subsample"
-        manifest = subsample_stage(scfg, dataset_dir, sub_dir, seed)
-        for fraction in cfg.data.fractions:
-            branch = out / f"seed_{seed}" / f"fraction_{fraction:g}"
-            train_dir = sub_dir / manifest["fractions"][_fraction_key(manifest, fraction)]["path"]
-            sft_stage(scfg, train_dir, sub_dir / manifest["validation"]["path"], branch / "sft", progress=progress)
-            select_stage(scfg, branch / "sft", branch / "select")
-            si = self_improve_stage(scfg, branch / "select", branch / "self_improve", progress=progress)
-            ev = evaluate_stage(scfg, branch / "select", branch / "self_improve", branch / "evaluate", train_dir)
-            results.append({
-                "domain": cfg.domain,
-                "data_fraction": fraction,
-                "seed": seed,
-                "dataset_episodes": full_size,
-                "sft_episodes": sum(rlds.split_sizes(train_dir).values()),
-                "self_improvement_episodes": si["total_episodes"],
-                "sft": _policy_keys(ev["sft"]),
-                "self_improved": _policy_keys(ev["self_improved"]),
-                "success_detector": ev["success_detector"],
-            })
-            _write_json(out / SUMMARY, {"results": results})
-    return {"results": results}
+    tracker = tracker or Tracker(local_store(out))
+    params = cfg.flat()
+    base_tags = {"domain": cfg.domain}
+
+    with tracker.run(f"experiment-{cfg.domain}", {**base_tags, "stage": "experiment"}) as parent:
+        parent.log_params(params)
+
+        @contextmanager
+        def stage(name: str, tags: dict[str, Any], upstream: list[StageRun]) -> Iterator[StageRun]:
+            label = "-".join([name, *(f"{k}{v}" for k, v in tags.items())])
+            with tracker.run(label, {**base_tags, "stage": name, **tags}, parent, upstream) as run:
+                run.log_params(params)
+                yield run
+
+        dataset_dir = out / "dataset"
+        with stage("dataset", {}, []) as dataset_run:
+            if not (dataset_dir / CONFIG).exists():
+                dataset_run.log_metrics({k: v for k, v in dataset_stage(cfg, dataset_dir).items()
+                                         if isinstance(v, int | float)})
+        full_size = sum(rlds.split_sizes(dataset_dir).values())
+        results = []
+        for seed in seeds:
+            scfg = seeded(cfg, seed)
+            sub_dir = out / f"seed_{seed}" / "subsample"
+            with stage("subsample", {"seed": seed}, [dataset_run]) as sub_run:
+                manifest = subsample_stage(scfg, dataset_dir, sub_dir, seed)
+            for fraction in cfg.data.fractions:
+                tags = {"data_fraction": fraction, "seed": seed}
+                branch = out / f"seed_{seed}" / f"fraction_{fraction:g}"
+                train_dir = sub_dir / manifest["fractions"][_fraction_key(manifest, fraction)]["path"]
+                with stage("sft", tags, [sub_run]) as sft_run:
+                    sft_stage(scfg, train_dir, sub_dir / manifest["validation"]["path"], branch / "sft",
+                              log=sft_run, progress=progress)
+                    sft_run.log_artifacts(branch / "sft", "*.png")
+                with stage("select", tags, [sft_run]) as select_run:
+                    selection = select_stage(scfg, branch / "sft", branch / "select")
+                    select_run.log_metrics({f"{role}.{k}": v for role, row in selection.items()
+                                            for k, v in row.items() if isinstance(v, int | float)})
+                with stage("self_improve", tags, [select_run]) as si_run:
+                    si = self_improve_stage(scfg, branch / "select", branch / "self_improve", log=si_run,
+                                            progress=progress)
+                    si_run.log_artifacts(branch / "self_improve", "*.png")
+                with stage("evaluate", tags, [select_run, si_run]) as eval_run:
+                    ev = evaluate_stage(scfg, branch / "select", branch / "self_improve", branch / "evaluate",
+                                        train_dir)
+                    eval_run.log_metrics({f"{policy}.{k}": v for policy in ("sft", "self_improved")
+                                          for k, v in ev[policy].items()})
+                    eval_run.log_metrics({f"success_detector.{k}": v for k, v in ev["success_detector"].items()
+                                          if v is not None})
+                    eval_run.log_artifacts(branch / "evaluate", "*.png")
+                results.append({
+                    "domain": cfg.domain,
+                    "data_fraction": fraction,
+                    "seed": seed,
+                    "dataset_episodes": full_size,
+                    "sft_episodes": sum(rlds.split_sizes(train_dir).values()),
+                    "self_improvement_episodes": si["total_episodes"],
+                    "sft": _policy_keys(ev["sft"]),
+                    "self_improved": _policy_keys(ev["self_improved"]),
+                    "success_detector": ev["success_detector"],
+                    "mlflow_run_id": eval_run.run_id,
+                })
+                _write_json(out / SUMMARY, {"results": results})
+        summary = {"results": results, "tracking_uri": tracker.tracking_uri,
+                   "tracking_failures": tracker.failures}
+        _write_json(out / SUMMARY, summary)
+        parent.log_artifacts(out, SUMMARY)
+    return summary
 
 
 def _policy_keys(m: dict[str, float]) -> dict[str, float]:

@@ -112,12 +112,14 @@ def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_p
             for i in range(num_updates):
                 batch = {k: v[i * si.batch_size:(i + 1) * si.batch_size] for k, v in data.items()}
                 losses.append(learner.step(batch))
+            complete = num_updates == si.updates_per_round
             row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes, si.success_threshold),
-                   "updates": float(num_updates),
+                   "updates": float(num_updates), "complete": float(complete),
                    **{k: float(np.mean([m[k] for m in losses])) for k in (losses[0] if losses else {})}}
             rounds.append(row)
+            # A round cut short by the budget saw fewer, shorter episodes: not a fair score.
             score = (row["success_rate"], -row["mean_episode_length"])
-            if best is None or score > best[0]:
+            if best is None or (complete and score > best[0]):
                 best = (score, r, params)
             bar.set_postfix(success=f"{row['success_rate']:.2f}", length=f"{row['mean_episode_length']:.1f}")
             if log is not None:

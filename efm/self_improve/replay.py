@@ -82,6 +82,9 @@ def _spec_from_signature(signature: Mapping[str, tf.TensorSpec]) -> SampleSpec:
     )
 
 
+_FLUSH_EVERY = 16
+
+
 class ReverbReplay:
     """`Replay` on one Reverb table: each step is one item, drawn at most once.
 
@@ -238,6 +241,8 @@ class ReverbReplay:
                 writer.create_item(
                     self._table, 1.0, {k: col[-1] for k, col in writer.history.items()}
                 )
+                if (t + 1) % _FLUSH_EVERY == 0:  # bounds the writer's pending items
+                    writer.flush(timeout_ms=self._timeout_ms())
             writer.end_episode(timeout_ms=self._timeout_ms())
 
     def size(self) -> int:

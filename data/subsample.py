@@ -1,0 +1,152 @@
+"""Nested, deterministic subsets of a demonstration dataset (the paper's 10%/20%/80% runs).
+
+Comparisons across data fractions are only fair if the small subset is part of the larger one
+and every fraction is validated on the same held-out episodes. So validation is drawn once,
+then one seeded permutation of the remaining ids is cut at each fraction's size: every subset
+is a prefix of the same permutation, hence 10% ⊂ 20% ⊂ 80%. The validation draw and the
+permutation use separate streams of the seed, so changing the fractions never moves the
+validation set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from efm.data import rlds
+
+MANIFEST = "manifest.json"
+VALIDATION_DIR = "validation"
+VALIDATION_SPLIT = "validation"
+TRAIN_SPLIT = "train"
+
+_VALIDATION_STREAM, _FRACTION_STREAM = 0, 1
+
+
+def _check_unique(ids: Sequence[str]) -> None:
+    dupes = [k for k, c in Counter(ids).items() if c > 1]
+    if dupes:
+        raise ValueError(f"episode ids must be unique; duplicated: {sorted(dupes)[:10]}")
+
+
+def split_validation(
+    ids: Sequence[str], num_validation: int, seed: int
+) -> tuple[list[str], list[str]]:
+    """(train_ids, validation_ids): a seeded draw of `num_validation` ids held out.
+
+    Both lists keep the input order, so datasets written from them keep the source order.
+    """
+    ids = list(ids)
+    _check_unique(ids)
+    if not 0 <= num_validation < len(ids):
+        raise ValueError(f"num_validation={num_validation} must be in [0, {len(ids)}) "
+                         f"for {len(ids)} episodes (at least one must remain for training)")
+    rng = np.random.default_rng([seed, _VALIDATION_STREAM])
+    held = np.zeros(len(ids), bool)
+    held[rng.permutation(len(ids))[:num_validation]] = True
+    return ([i for i, h in zip(ids, held, strict=True) if not h],
+            [i for i, h in zip(ids, held, strict=True) if h])
+
+
+def fraction_size(fraction: float, n: int) -> int:
+    """round(fraction * n), halves up, at least 1: a fraction never yields an empty dataset."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction {fraction} must be in (0, 1]")
+    return max(1, min(n, math.floor(fraction * n + 0.5)))
+
+
+def nested_fractions(
+    train_ids: Sequence[str], fractions: Iterable[float], seed: int
+) -> dict[float, list[str]]:
+    """fraction -> ids; each subset is a prefix of one seeded permutation, so they nest.
+
+    Subsets keep the input order (the prefix decides membership, not order).
+    """
+    ids = list(train_ids)
+    _check_unique(ids)
+    if not ids:
+        raise ValueError("no training ids to subsample")
+    order = np.random.default_rng([seed, _FRACTION_STREAM]).permutation(len(ids))
+    rank = np.empty(len(ids), np.int64)
+    rank[order] = np.arange(len(ids))  # position of each id in the permutation
+    out = {}
+    for f in sorted(set(fractions)):
+        k = fraction_size(f, len(ids))
+        out[f] = [i for i, r in zip(ids, rank, strict=True) if r < k]
+    return out
+
+
+def fraction_dirname(fraction: float) -> str:
+    """"fraction_0.1": the folder name is the fraction, so manifests and paths agree."""
+    return f"fraction_{fraction:g}"
+
+
+def subsample_dataset(
+    source_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    fractions: Iterable[float],
+    num_validation: int,
+    seed: int,
+    *,
+    split: str = TRAIN_SPLIT,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Writes out_dir/fraction_<f>/ (split "train") per fraction, out_dir/validation/ (split
+    "validation") and out_dir/manifest.json; returns the manifest.
+
+    The manifest is written last, so its presence marks a complete subsampling. Paths in it
+    are relative to out_dir, so the folder can be moved (e.g. between pipeline artifacts).
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise rlds.DatasetError(f"cannot subsample into {out}: it exists and is not empty "
+                                "(pass overwrite=True to replace its datasets)")
+    if num_validation < 1:
+        raise ValueError(f"num_validation={num_validation}: need at least one validation episode")
+    episodes = rlds.read_episodes(source_dir, split)
+    by_id = {ep.episode_id: ep for ep in episodes}
+    ids = [ep.episode_id for ep in episodes]
+    train_ids, val_ids = split_validation(ids, num_validation, seed)
+    subsets = nested_fractions(train_ids, fractions, seed)
+
+    source = {"path": str(Path(source_dir).absolute()), "split": split}
+    manifest: dict[str, Any] = {
+        "source": source,
+        "seed": seed,
+        "num_episodes": len(ids),
+        "num_train_pool": len(train_ids),
+        "validation": {"path": VALIDATION_DIR, "split": VALIDATION_SPLIT,
+                       "count": len(val_ids), "episode_ids": val_ids},
+        "fractions": {},
+    }
+
+    def write(ids_: list[str], name: str, split_: str, role: str) -> None:
+        meta = {"source": source, "seed": seed, "role": role, "count": len(ids_)}
+        rlds.write_episodes((by_id[i] for i in ids_), out / name, split=split_, metadata=meta,
+                            overwrite=overwrite)
+
+    write(val_ids, VALIDATION_DIR, VALIDATION_SPLIT, "validation")
+    for f, subset in subsets.items():
+        write(subset, fraction_dirname(f), TRAIN_SPLIT, f"fraction {f:g}")
+        manifest["fractions"][f"{f:g}"] = {"fraction": f, "path": fraction_dirname(f),
+                                           "split": TRAIN_SPLIT, "count": len(subset),
+                                           "episode_ids": subset}
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / MANIFEST)
+    return manifest
+
+
+def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a finished `subsample_dataset`, or a DatasetError if there is none."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise rlds.DatasetError(f"{path} does not exist: {out_dir} is not a finished subsampling")
+    return json.loads(path.read_text())

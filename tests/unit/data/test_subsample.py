@@ -1,0 +1,107 @@
+"""Nested, deterministic subsampling: the pure functions, then the dataset wrapper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from efm.data import rlds as rlds_io
+from efm.data.subsample import (
+    fraction_size,
+    load_manifest,
+    nested_fractions,
+    split_validation,
+    subsample_dataset,
+)
+from efm.envs.base import Episode
+
+IDS = [f"ep-{i}" for i in range(200)]
+
+
+def test_validation_is_held_out_disjoint_deterministic_and_seeded() -> None:
+    train, val = split_validation(IDS, 25, seed=0)
+    assert len(val) == 25 and len(train) == 175
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(IDS)
+    assert train == [i for i in IDS if i in set(train)]  # source order kept
+    assert split_validation(IDS, 25, seed=0) == (train, val)
+    assert split_validation(IDS, 25, seed=1)[1] != val
+    assert val != IDS[:25]  # a random draw, not the first episodes
+
+
+def test_fractions_nest_and_have_the_right_sizes() -> None:
+    train, val = split_validation(IDS, 25, seed=0)
+    subsets = nested_fractions(train, (0.8, 0.1, 0.2), seed=0)
+    assert list(subsets) == [0.1, 0.2, 0.8]
+    assert [len(subsets[f]) for f in (0.1, 0.2, 0.8)] == [18, 35, 140]  # round(f * 175)
+    assert set(subsets[0.1]) < set(subsets[0.2]) < set(subsets[0.8]) <= set(train)
+    assert set(subsets[0.8]).isdisjoint(val)
+    assert nested_fractions(train, (0.1, 0.2, 0.8), seed=0) == subsets
+    assert nested_fractions(train, (0.1,), seed=1)[0.1] != subsets[0.1]
+    assert nested_fractions(train, (1.0,), seed=0)[1.0] == train
+
+
+def test_fraction_sizes_round_and_never_hit_zero() -> None:
+    assert fraction_size(0.5, 5) == 3  # 2.5 rounds half up (not to even)
+    assert fraction_size(0.01, 10) == 1
+    assert fraction_size(1.0, 7) == 7
+    with pytest.raises(ValueError, match="fraction 0"):
+        fraction_size(0.0, 10)
+
+
+def test_invalid_inputs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="duplicated"):
+        split_validation(["a", "b", "a"], 1, seed=0)
+    with pytest.raises(ValueError, match="num_validation=3"):
+        split_validation(["a", "b", "c"], 3, seed=0)
+    with pytest.raises(ValueError, match=r"fraction 1\.5"):
+        nested_fractions(["a", "b"], (1.5,), seed=0)
+
+
+def _episode(i: int) -> Episode:
+    n = 2 + i % 4
+    return Episode(observations={"position": np.full((n + 1, 2), i, np.float32)},
+                   actions=np.full((n, 2), 0.1 * i, np.float32), instruction=f"go {i}",
+                   goal={"target": np.array([i, -i], np.float32)}, success=True,
+                   episode_id=f"ep-{i}", optimal_length=float(n))
+
+
+def test_subsample_dataset_writes_nested_datasets_and_manifest(tmp_path: Path) -> None:
+    episodes = [_episode(i) for i in range(30)]
+    rlds_io.write_episodes(episodes, tmp_path / "full")
+    out = tmp_path / "subsets"
+    manifest = subsample_dataset(tmp_path / "full", out, (0.1, 0.5), num_validation=5, seed=7)
+
+    assert manifest == load_manifest(out) == json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 7 and manifest["num_episodes"] == 30
+    assert manifest["source"]["path"] == str((tmp_path / "full").absolute())
+    train, val = split_validation([e.episode_id for e in episodes], 5, seed=7)
+    expected = nested_fractions(train, (0.1, 0.5), seed=7)
+    assert manifest["validation"]["episode_ids"] == val
+
+    by_id = {e.episode_id: e for e in episodes}
+    read_val = rlds_io.read_episodes(out / "validation", "validation")
+    assert [e.episode_id for e in read_val] == val
+    for f, key in ((0.1, "0.1"), (0.5, "0.5")):
+        entry = manifest["fractions"][key]
+        assert entry["episode_ids"] == expected[f] and entry["count"] == len(expected[f])
+        back = rlds_io.read_episodes(out / entry["path"], entry["split"])
+        assert [e.episode_id for e in back] == expected[f]
+        for e in back:  # the episodes themselves, not just their ids
+            np.testing.assert_array_equal(e.actions, by_id[e.episode_id].actions)
+        assert rlds_io.read_metadata(out / entry["path"])["seed"] == 7
+    assert (out / "fraction_0.1").is_dir() and (out / "fraction_0.5").is_dir()
+    assert set(manifest["fractions"]["0.1"]["episode_ids"]) < set(
+        manifest["fractions"]["0.5"]["episode_ids"])
+
+
+def test_subsample_dataset_refuses_a_non_empty_out_dir(tmp_path: Path) -> None:
+    rlds_io.write_episodes([_episode(i) for i in range(6)], tmp_path / "full")
+    out = tmp_path / "subsets"
+    out.mkdir()
+    (out / "other.txt").write_text("x")
+    with pytest.raises(rlds_io.DatasetError, match="not empty"):
+        subsample_dataset(tmp_path / "full", out, (0.5,), num_validation=1, seed=0)
+    assert [p.name for p in out.iterdir()] == ["other.txt"]
