@@ -292,6 +292,7 @@ def write_splits(
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    tfds.disable_progress_bar()  # TFDS's per-split bars are noise beside the stage's own progress
     try:
         builder = tfds.dataset_builders.store_as_tfds_dataset(
             name=name,

@@ -144,7 +144,7 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
         policy_metrics, detector, episodes = evaluate_policy(cfg, fns, params, reward)
         metrics[name] = policy_metrics
         metrics[f"{name}_success_detector"] = detector
-        panels[{"sft": "SFT (Stage 1)", "self_improved": "Self-Improved (Stage 2)"}[name]] = episodes[:k]
+        panels[{"sft": "SFT (Stage 1)", "self_improved": "Self-Improved (Stage 2)"}[name]] = first_per_env(episodes)[:k]
     metrics["success_detector"] = metrics[f"{'self_improved' if 'self_improved' in policies else 'sft'}_success_detector"]
     if cfg.domain == "pointmass" and k:
         pm = cfg.env.pointmass
@@ -152,6 +152,11 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
                           arena_half_size=pm.arena_half_size)
     _write_json(out / METRICS, metrics)
     return metrics
+
+
+def first_per_env(episodes: list[Episode]) -> list[Episode]:
+    """Each env's first episode: the same tasks for every policy, not the quickest to finish."""
+    return [e for e in episodes if e.episode_id.endswith("-0")]
 
 
 def seeded(cfg: RunConfig, seed: int) -> RunConfig:

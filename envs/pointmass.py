@@ -10,9 +10,9 @@ target at least `min_start_target_distance` from the start; success is being wit
 from __future__ import annotations
 
 import numpy as np
-from efm.envs.base import Array, TimeStep
 
 from efm.config import EnvConfig, PointmassConfig
+from efm.envs.base import Array, TimeStep
 
 POSITION = "position"
 TARGET = "target"

@@ -18,10 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from efm.models.tokenizers import Vocabulary
 
 from efm import math
 from efm.config import MODEL_VARIANTS, OBJECTIVES, ModelConfig
+from efm.models.tokenizers import Vocabulary
 
 Inputs = dict[str, jax.Array]  # "observation/<key>" and "goal/<key>" -> [B, ...]
 OBJECTIVE_ID = {name: i for i, name in enumerate(OBJECTIVES)}

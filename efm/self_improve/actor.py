@@ -15,10 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from efm import math
+from efm.config import RunConfig
+from efm.domains import make_env
 from efm.envs.base import Array, Episode, TimeStep, VectorEnv
 from efm.models.efm import EFMFunctions
-from efm.rollout import ACTION, rollout
+from efm.rollout import ACTION, SUCCESS, rollout
 from efm.samples import episode_inputs, model_inputs
+from efm.self_improve.replay import Replay
 
 STEPS_TO_GO = "steps_to_go"
 ACTION_TOKENS = "action_tokens"
@@ -82,3 +85,44 @@ def collect(env: VectorEnv, agent: PolicyAgent, *, max_steps: int, threshold: fl
     """Episodes with the current policy, ending on detected success, max length or interrupt."""
     return rollout(env, agent, max_steps=max_steps, end_on=detected_success(threshold),
                    interrupt=interrupt, id_prefix=id_prefix)
+
+
+def episode_summary(episode: Episode, threshold: float) -> dict[str, float]:
+    """What the coordinator needs to know of an episode (no arrays)."""
+    return {"length": float(episode.length),
+            "detected": float(episode.observation_extras[STEPS_TO_GO][-1] <= threshold),
+            "success": float(episode.observation_extras[SUCCESS][-1])}
+
+
+class Actor:
+    """Environments + local policy + steps-to-go client + replay writer (one per robot station).
+
+    `run_round` collects with the given weights until the shared replay holds `target_size`
+    samples or this actor has finished `max_episodes`; unfinished episodes are dropped, since
+    the next round runs a new policy.
+    """
+
+    def __init__(self, cfg: RunConfig, fns: EFMFunctions, params: Any, steps_to_go: StepsToGoClient,
+                 replay: Replay, seed: int, interrupt: Callable[[], Array | bool] | None = None):
+        self._cfg = cfg
+        self._env = make_env(cfg.env, cfg.self_improve.num_envs, seed=seed)
+        self._agent = PolicyAgent(fns, params, steps_to_go, seed=seed)
+        self._replay = replay
+        self._interrupt = interrupt
+
+    def run_round(self, params: Any, round_index: int, max_episodes: int, target_size: int) -> list[dict[str, float]]:
+        si = self._cfg.self_improve
+        self._agent.update(params)
+        summaries: list[dict[str, float]] = []
+        if max_episodes <= 0:
+            return summaries
+        source = collect(self._env, self._agent, max_steps=self._cfg.env.max_episode_steps,
+                         threshold=si.success_threshold, interrupt=self._interrupt, id_prefix=f"si-r{round_index}")
+        for episode in source:
+            summaries.append(episode_summary(episode, si.success_threshold))
+            if episode.length:
+                self._replay.add_episode(label_episode(episode, si.gamma))
+            if len(summaries) >= max_episodes or self._replay.size() >= target_size:
+                break
+        source.close()
+        return summaries

@@ -14,6 +14,7 @@ from efm import math
 from efm.config import SelfImproveConfig
 from efm.models.efm import EFMFunctions
 from efm.self_improve.actor import ACTION_TOKENS, RETURN
+from efm.self_improve.replay import Replay
 
 
 class LearnerState(NamedTuple):
@@ -66,3 +67,15 @@ class Learner:
 
     def get_variables(self) -> Any:
         return self.state.params
+
+    def run_round(self, replay: Replay) -> dict[str, float]:
+        """N updates on N*B samples drawn without replacement, then the replay is cleared."""
+        cfg = self._cfg
+        num_updates = min(cfg.updates_per_round, replay.size() // cfg.batch_size)
+        data = replay.sample(num_updates * cfg.batch_size) if num_updates else {}
+        replay.clear()  # on-policy: whatever was not drawn is discarded
+        metrics = []
+        for i in range(num_updates):
+            metrics.append(self.step({k: v[i * cfg.batch_size:(i + 1) * cfg.batch_size] for k, v in data.items()}))
+        return {"updates": float(num_updates), **{k: float(np.mean([m[k] for m in metrics])) for k in
+                                                  (metrics[0] if metrics else {})}}

@@ -20,20 +20,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from efm import checkpoints
-from efm.config import RunConfig
+from efm.config import RunConfig, SelfImproveConfig
 from efm.domains import make_env
-from efm.envs.base import Episode
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
-from efm.rollout import SUCCESS
-from efm.self_improve.actor import (
-    ACTION_TOKENS,
-    RETURN,
-    STEPS_TO_GO,
-    PolicyAgent,
-    collect,
-    label_episode,
-)
+from efm.self_improve.actor import ACTION_TOKENS, RETURN, Actor
 from efm.self_improve.learner import Learner
 from efm.self_improve.replay import ReverbReplay, SampleSpec
 from efm.self_improve.service import StepsToGoService
@@ -41,7 +32,6 @@ from efm.sft.select import POLICY, REWARD, load_selected
 
 Logger = Callable[[dict[str, float], int], None]
 ROUNDS = "rounds.json"
-LAST_POLICY = "last_policy"
 
 
 def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
@@ -56,14 +46,13 @@ def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
     return spec
 
 
-def round_metrics(episodes: list[Episode], threshold: float) -> dict[str, float]:
-    """What a round's episodes say about the policy that collected them."""
-    detected = [bool(e.observation_extras[STEPS_TO_GO][-1] <= threshold) for e in episodes]
+def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
+    """What a round's episode summaries say about the policy that collected them."""
     return {
         "episodes": float(len(episodes)),
-        "success_rate": float(np.mean(detected)),  # the learned detector: no ground truth
-        "mean_episode_length": float(np.mean([e.length for e in episodes])),
-        "ground_truth_success_rate": float(np.mean([e.observation_extras[SUCCESS][-1] for e in episodes])),
+        "success_rate": float(np.mean([e["detected"] for e in episodes])),  # learned detector, no ground truth
+        "mean_episode_length": float(np.mean([e["length"] for e in episodes])),
+        "ground_truth_success_rate": float(np.mean([e["success"] for e in episodes])),  # reported, never used
     }
 
 
@@ -75,60 +64,70 @@ class SelfImproveResult:
     policy: Any
 
 
-def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
-                 log: Logger | None = None, progress: bool = True) -> SelfImproveResult:
-    """Algorithm 1 in one process: the actor, the steps-to-go service and the learner."""
-    si = cfg.self_improve
-    service = StepsToGoService(fns, reward_params)
-    agent = PolicyAgent(fns, policy_params, service, seed=si.seed)
-    env = make_env(cfg.env, si.num_envs, seed=si.seed)
-    learner = Learner(fns, policy_params, si)
+CollectFn = Callable[[Any, int, int], list[dict[str, float]]]  # (params, round, max episodes) -> summaries
+LearnFn = Callable[[], tuple[dict[str, float], Any]]  # () -> (metrics, new params)
+
+
+def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, learn_round: LearnFn,
+               log: Logger | None = None, progress: bool = True) -> SelfImproveResult:
+    """The coordinator: rounds of collect-then-learn within the episode budget; no math."""
     rounds: list[dict[str, float]] = []
     best: tuple[tuple[float, float], int, Any] | None = None
     total = 0
-    bar = tqdm(total=si.max_episodes, desc="self-improve episodes", disable=not progress, mininterval=2.0)
-    with ReverbReplay.local(replay_spec(fns, cfg)) as replay:
-        for r in range(si.max_rounds):
-            if total >= si.max_episodes:
-                break
-            params = learner.get_variables()
-            agent.update(params)
-            episodes: list[Episode] = []
-            source = collect(env, agent, max_steps=cfg.env.max_episode_steps, threshold=si.success_threshold,
-                             id_prefix=f"si-r{r}")
-            for episode in source:
-                episodes.append(episode)
-                if episode.length:
-                    replay.add_episode(label_episode(episode, si.gamma))
-                if replay.size() >= si.samples_per_round or total + len(episodes) >= si.max_episodes:
-                    break
-            source.close()  # unfinished episodes are dropped: the next round runs a new policy
-            total += len(episodes)
-            bar.update(len(episodes))
-            num_updates = min(si.updates_per_round, replay.size() // si.batch_size)
-            data = replay.sample(num_updates * si.batch_size) if num_updates else {}
-            replay.clear()
-            losses = []
-            for i in range(num_updates):
-                batch = {k: v[i * si.batch_size:(i + 1) * si.batch_size] for k, v in data.items()}
-                losses.append(learner.step(batch))
-            complete = num_updates == si.updates_per_round
-            row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes, si.success_threshold),
-                   "updates": float(num_updates), "complete": float(complete),
-                   **{k: float(np.mean([m[k] for m in losses])) for k in (losses[0] if losses else {})}}
-            rounds.append(row)
-            # A round cut short by the budget saw fewer, shorter episodes: not a fair score.
-            score = (row["success_rate"], -row["mean_episode_length"])
-            if best is None or (complete and score > best[0]):
-                best = (score, r, params)
-            bar.set_postfix(success=f"{row['success_rate']:.2f}", length=f"{row['mean_episode_length']:.1f}")
-            if log is not None:
-                log({f"self_improve/{k}": v for k, v in row.items() if k != "round"}, r)
+    bar = tqdm(total=cfg.max_episodes, desc="self-improve episodes", disable=not progress, mininterval=2.0)
+    for r in range(cfg.max_rounds):
+        if total >= cfg.max_episodes:
+            break
+        episodes = collect_round(params, r, cfg.max_episodes - total)
+        if not episodes:
+            break
+        total += len(episodes)
+        bar.update(len(episodes))
+        metrics, new_params = learn_round()
+        complete = metrics["updates"] == cfg.updates_per_round
+        row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes), **metrics,
+               "complete": float(complete)}
+        rounds.append(row)
+        # Score the weights that collected this round. A round cut short by the budget saw
+        # fewer, shorter episodes, which is not a fair score.
+        score = (row["success_rate"], -row["mean_episode_length"])
+        if best is None or (complete and score > best[0]):
+            best = (score, r, params)
+        params = new_params
+        bar.set_postfix(success=f"{row['success_rate']:.2f}", length=f"{row['mean_episode_length']:.1f}")
+        if log is not None:
+            log({f"self_improve/{k}": v for k, v in row.items() if k != "round"}, r)
     bar.close()
     if best is None:
         raise ValueError("self-improvement ran no round: raise self_improve.max_episodes")
-    final = best[2] if si.keep_best_round else learner.get_variables()
-    return SelfImproveResult(rounds, best[1], total, final)
+    return SelfImproveResult(rounds, best[1], total, best[2] if cfg.keep_best_round else params)
+
+
+def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
+                 log: Logger | None = None, progress: bool = True,
+                 interrupt: Callable[[], np.ndarray | bool] | None = None) -> SelfImproveResult:
+    """Algorithm 1. `interrupt` is the external stop (a human operator ending episodes)."""
+    si = cfg.self_improve
+    if si.runtime == "ray":
+        from efm.self_improve.distributed import self_improve_on_ray
+
+        return self_improve_on_ray(cfg, policy_params, reward_params, log=log, progress=progress)
+    with ReverbReplay.local(replay_spec(fns, cfg)) as replay:
+        service = StepsToGoService(fns, reward_params)
+        actors = [Actor(cfg, fns, policy_params, service, replay, seed=si.seed + i, interrupt=interrupt)
+                  for i in range(si.num_actors)]
+        learner = Learner(fns, policy_params, si)
+
+        def collect_round(params: Any, r: int, budget: int) -> list[dict[str, float]]:
+            out: list[dict[str, float]] = []
+            for actor in actors:  # in turn: one process
+                out += actor.run_round(params, r, budget - len(out), si.samples_per_round)
+            return out
+
+        def learn_round() -> tuple[dict[str, float], Any]:
+            return learner.run_round(replay), learner.get_variables()
+
+        return coordinate(si, policy_params, collect_round, learn_round, log=log, progress=progress)
 
 
 def run_self_improve(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
