@@ -17,11 +17,18 @@ def _config(args: argparse.Namespace) -> RunConfig:
     base = debug_config(args.domain) if getattr(args, "debug", False) else default_config(args.domain)
     if not getattr(args, "config", None):
         return base
-    text = Path(args.config).read_text() if Path(args.config).is_file() else args.config
+    text = args.config
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no such file {path} (pass a JSON file or a JSON object)")
+        text = path.read_text()
     try:
         override = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--config {args.config!r} is neither a JSON file nor JSON ({e})") from e
+        raise ValueError(f"--config is not valid JSON ({e})") from e
+    if not isinstance(override, dict):
+        raise ValueError("--config must be a JSON object")
     merged = json.loads(base.to_json())
     _merge(merged, override, "")
     return RunConfig.from_json(json.dumps(merged))
@@ -118,7 +125,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "dataset":
         if args.episodes:
             cfg = cfg.replace(data=replace(cfg.data, num_episodes=args.episodes))
-        return stages.dataset_stage(cfg, args.out, overwrite=args.overwrite)
+        return stages.dataset_stage(cfg, args.out, overwrite=args.overwrite, progress=progress)
     if args.command == "subsample":
         if args.fractions:
             cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
@@ -141,9 +148,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "run":
         if args.fractions:
             cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
-        from efm.tracking import Tracker, local_store
+        from efm.tracking import Tracker, local_tracker
 
-        tracker = Tracker(args.tracking_uri or local_store(args.out))
+        tracker = Tracker(args.tracking_uri) if args.tracking_uri else local_tracker(args.out)
         return stages.run_experiment(cfg, args.out, args.seeds, progress=progress, tracker=tracker)
     raise ValueError(f"unknown command {args.command}")
 

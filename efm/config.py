@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -186,6 +187,7 @@ class SelfImproveConfig:
     batch_size: int = 64
     updates_per_round: int = 16  # N
     learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-4  # cosine decay over the episode budget
     weight_decay: float = 1e-4
     success_threshold: float = 1.0  # s: success when d(o, g) <= s
     max_episodes: int = 2000  # practice budget (10% of the default dataset)
@@ -203,6 +205,8 @@ class SelfImproveConfig:
         _check(self.batch_size > 0, "self_improve.batch_size", self.batch_size, "> 0")
         _check(self.updates_per_round > 0, "self_improve.updates_per_round", self.updates_per_round, "> 0")
         _check(self.learning_rate > 0, "self_improve.learning_rate", self.learning_rate, "> 0")
+        _check(0 < self.final_learning_rate <= self.learning_rate, "self_improve.final_learning_rate",
+               self.final_learning_rate, "in (0, learning_rate]")
         _check(self.success_threshold >= 0, "self_improve.success_threshold", self.success_threshold, ">= 0")
         _check(self.max_episodes > 0, "self_improve.max_episodes", self.max_episodes, "> 0")
         _check(self.max_rounds > 0, "self_improve.max_rounds", self.max_rounds, "> 0")
@@ -214,6 +218,11 @@ class SelfImproveConfig:
     @property
     def samples_per_round(self) -> int:
         return self.batch_size * self.updates_per_round
+
+    def learning_rate_at(self, progress: float) -> float:
+        """Cosine from learning_rate to final_learning_rate as the budget is spent (progress 0..1)."""
+        w = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+        return self.final_learning_rate + (self.learning_rate - self.final_learning_rate) * w
 
 
 @dataclass(frozen=True)

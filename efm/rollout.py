@@ -11,7 +11,7 @@ when `interrupt` says so (a human operator's stop, or the coordinator ending a r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,20 +39,29 @@ def end_on_ground_truth(ts: TimeStep, extras: dict[str, Array]) -> Array:
     return ts.success
 
 
-def rollout(
+def rollout(env: VectorEnv, agent: Agent, **kwargs: Any) -> Iterator[Episode]:
+    """Finished episodes one by one; see `rollout_steps` for the arguments."""
+    for finished in rollout_steps(env, agent, **kwargs):
+        yield from finished
+
+
+def rollout_steps(
     env: VectorEnv,
     agent: Agent,
     *,
     max_steps: int,
     end_on: EndFn = end_on_ground_truth,
     episodes_per_env: int | None = None,
+    max_episodes: int | None = None,
     interrupt: Callable[[], Array | bool] | None = None,
     id_prefix: str = "ep",
-) -> Iterator[Episode]:
-    """Yields finished episodes as they end, until every env ran `episodes_per_env` of them.
+) -> Iterator[list[Episode]]:
+    """Yields the episodes that end at each step, until every env ran `episodes_per_env`.
 
     With `episodes_per_env=None` it runs until the caller stops iterating. A fixed quota per
     env matters for evaluation: stopping at a total count would drop the longest episodes.
+    Yielding per step lets a caller that stops early keep every episode that already ended.
+    `max_episodes` caps the episodes started in all (a practice budget is never overshot).
     """
     n = env.num_envs
     ts = env.reset()
@@ -60,9 +69,12 @@ def rollout(
     obs_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
     act_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
     ext_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
-    act_keys: tuple[str, ...] = (ACTION,)
+    act_specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}  # per-step action extras, from the first act
     started = np.ones(n, np.int64)  # episodes begun per env
     active = np.ones(n, bool) if episodes_per_env is None else np.full(n, episodes_per_env > 0)
+    if max_episodes is not None:
+        active &= np.arange(n) < max_episodes
+    launched = int(active.sum())
     while active.any():
         extras = {**agent.observe(ts), SUCCESS: np.asarray(ts.success, bool)}
         for i in np.flatnonzero(active):
@@ -74,8 +86,9 @@ def rollout(
             done = done | np.asarray(interrupt(), bool)
         done &= active
         optimal = env.optimal_length() if done.any() else None
+        finished = []
         for i in np.flatnonzero(done):
-            yield Episode(
+            finished.append(Episode(
                 observations={k: np.stack([o[k] for o in obs_buf[i]]) for k in ts.observation},
                 actions=np.asarray([a[ACTION] for a in act_buf[i]], np.float32).reshape(-1, env.action_dim),
                 instruction=ts.instruction[i],
@@ -84,15 +97,22 @@ def rollout(
                 episode_id=f"{id_prefix}-{i}-{started[i] - 1}",
                 optimal_length=float(optimal[i]),
                 observation_extras={k: np.asarray([e[k] for e in ext_buf[i]]) for k in extras},
-                action_extras={k: np.asarray([a[k] for a in act_buf[i]]) for k in act_keys if k != ACTION},
-            )
+                action_extras={k: np.asarray([a[k] for a in act_buf[i]], dtype).reshape(-1, *shape)
+                               for k, (shape, dtype) in act_specs.items()},
+            ))
             obs_buf[i], act_buf[i], ext_buf[i] = [], [], []
+        if finished:
+            yield finished
         if episodes_per_env is not None:
             active &= ~(done & (started >= episodes_per_env))
+        if max_episodes is not None:  # restart envs in order while the budget lasts
+            restartable = np.flatnonzero(done & active)
+            allowed = max(max_episodes - launched, 0)
+            active[restartable[allowed:]] = False
         if not active.any():
             return
         actions = agent.act(ts)
-        act_keys = tuple(actions)
+        act_specs = {k: (v.shape[1:], v.dtype) for k, v in actions.items() if k != ACTION}
         for i in np.flatnonzero(active & ~done):
             act_buf[i].append({k: v[i] for k, v in actions.items()})
         ts = env.step(actions[ACTION])
@@ -101,4 +121,5 @@ def rollout(
             ts = env.reset(restart)
             agent.reset(restart)
             started += restart
+            launched += int(restart.sum())
 

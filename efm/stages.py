@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from efm import checkpoints
 from efm.config import RunConfig
 from efm.data import rlds, subsample
@@ -28,7 +30,7 @@ from efm.rollout import rollout
 from efm.self_improve.loop import run_self_improve
 from efm.sft.select import POLICY, REWARD, load_selected, run_select
 from efm.sft.trainer import run_sft
-from efm.tracking import StageRun, Tracker, local_store
+from efm.tracking import StageRun, Tracker, local_tracker
 
 Logger = Callable[[dict[str, float], int], None]
 CONFIG = "config.json"
@@ -56,22 +58,25 @@ def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
     return out
 
 
-def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64) -> list[Episode]:
+def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64,
+                            progress: bool = False) -> list[Episode]:
     """Scripted demonstrations, ending on ground-truth success or max length."""
     num_envs = min(num_envs, num_episodes)
     per_env = -(-num_episodes // num_envs)
     source = rollout(make_env(cfg.env, num_envs, seed), make_demonstrator(cfg.env, num_envs, seed + 1),
                      max_steps=cfg.env.max_episode_steps, episodes_per_env=per_env, id_prefix="demo")
-    episodes = sorted(source, key=lambda e: e.episode_id)[:num_episodes]
+    bar = tqdm(source, total=per_env * num_envs, desc="demonstrations", disable=not progress, mininterval=2.0)
+    episodes = sorted(bar, key=lambda e: e.episode_id)[:num_episodes]
     for i, e in enumerate(episodes):
         e.episode_id = f"demo-{i:06d}"
     return episodes
 
 
-def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
+                  progress: bool = True) -> dict[str, Any]:
     """Generates the full demonstration dataset and writes it as RLDS (TFDS format)."""
     t0 = time.time()
-    episodes = generate_demonstrations(cfg, cfg.data.num_episodes, cfg.data.seed)
+    episodes = generate_demonstrations(cfg, cfg.data.num_episodes, cfg.data.seed, progress=progress)
     stats = {
         "domain": cfg.domain,
         "episodes": len(episodes),
@@ -119,7 +124,7 @@ def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Pa
     plot_curves({"detected success rate": (x, [r["success_rate"] for r in result.rounds]),
                  "ground-truth success rate": (x, [r["ground_truth_success_rate"] for r in result.rounds])},
                 out / "success_rate.png", xlabel="Self-Improvement episodes", ylabel="rate",
-                title="Success per round")
+                title="Success per round", ylim=(0.0, 1.02))
     plot_curves({"mean episode length": (x, [r["mean_episode_length"] for r in result.rounds])},
                 out / "episode_length.png", xlabel="Self-Improvement episodes", ylabel="steps",
                 title="Episode length per round")
@@ -172,7 +177,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path, seeds: Sequence[int], pr
     run tagged with stage, domain, fraction and seed and the ids of the runs it consumed.
     """
     out = _start(cfg, out_dir)
-    tracker = tracker or Tracker(local_store(out))
+    tracker = tracker or local_tracker(out)
     params = cfg.flat()
     base_tags = {"domain": cfg.domain}
 
@@ -189,7 +194,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path, seeds: Sequence[int], pr
         dataset_dir = out / "dataset"
         with stage("dataset", {}, []) as dataset_run:
             if not (dataset_dir / CONFIG).exists():
-                dataset_run.log_metrics({k: v for k, v in dataset_stage(cfg, dataset_dir).items()
+                dataset_run.log_metrics({k: v for k, v in dataset_stage(cfg, dataset_dir, progress=progress).items()
                                          if isinstance(v, int | float)})
         full_size = sum(rlds.split_sizes(dataset_dir).values())
         results = []

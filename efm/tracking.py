@@ -28,6 +28,13 @@ def local_store(root: str | Path) -> str:
     return f"sqlite:///{(Path(root) / 'mlflow.db').absolute()}"
 
 
+def local_tracker(root: str | Path) -> Tracker:
+    """A tracker on the default store, with its artifacts in root/mlartifacts."""
+    root = Path(root).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    return Tracker(local_store(root), artifact_location=(root / "mlartifacts").as_uri())
+
+
 class StageRun:
     """One MLflow run; also the `(metrics, step)` logger the library functions accept."""
 
@@ -59,12 +66,14 @@ class StageRun:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, experiment: str = "efm"):
+    def __init__(self, tracking_uri: str, experiment: str = "efm", artifact_location: str | None = None):
+        """`artifact_location` (new experiments only) keeps a local store's artifacts beside it."""
         self.tracking_uri = tracking_uri
         self.failures: list[str] = []
         self._client = MlflowClient(tracking_uri)
         exp = self._call("get_experiment_by_name", experiment)
-        self._experiment_id = exp.experiment_id if exp else self._call("create_experiment", experiment)
+        self._experiment_id = exp.experiment_id if exp else self._call(
+            "create_experiment", experiment, artifact_location=artifact_location)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if method not in ("get_experiment_by_name", "create_experiment") and args and args[0] is None:

@@ -121,5 +121,6 @@ class WaypointDemonstrator:
         self._prev_error = error
         u = self.cfg.pd_kp * error + self.cfg.pd_kd * d_error
         u = u + self._rng.normal(0.0, self.cfg.action_noise, u.shape)
-        return {"action": clip_to_unit_norm(np.clip(u, -1.0, 1.0)).astype(np.float32)}
+        # Norm clipping keeps the heading (a per-axis clip would bend it towards 45 degrees).
+        return {"action": clip_to_unit_norm(u).astype(np.float32)}
 

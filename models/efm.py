@@ -135,9 +135,9 @@ class EFMFunctions:
         log_probs = jax.nn.log_softmax(logits[:, off:], axis=-1)
         return math.expected_steps_to_go(log_probs, jnp.asarray(self.vocab.steps_to_go.bin_values()))
 
-    @partial(jax.jit, static_argnums=0)
-    def sample_action_tokens(self, params: dict, inputs: Inputs, rng: jax.Array) -> jax.Array:
-        """Autoregressive sampling from pi(a | o, g). [B, L_a]"""
+    @partial(jax.jit, static_argnums=(0, 4))
+    def sample_action_tokens(self, params: dict, inputs: Inputs, rng: jax.Array, greedy: bool = False) -> jax.Array:
+        """Autoregressive sampling from pi(a | o, g), or its greedy decoding. [B, L_a]"""
         variables = {"params": params}
         context = self.model.apply(variables, inputs, method=EFM.encode)
         b, la = context.shape[0], self.vocab.action.num_tokens
@@ -148,12 +148,14 @@ class EFMFunctions:
             logits = self.model.apply(variables, context, objective, tokens, method=EFM.decode)[:, k]
             logits = jnp.where(valid[k], logits, -1e9)
             rng, key = jax.random.split(rng)
-            tokens = tokens.at[:, k].set(jax.random.categorical(key, logits).astype(jnp.int32))
+            token = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(key, logits)
+            tokens = tokens.at[:, k].set(token.astype(jnp.int32))
         return tokens[:, :la]
 
-    def sample_actions(self, params: dict, inputs: Inputs, rng: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    def sample_actions(self, params: dict, inputs: Inputs, rng: jax.Array,
+                       greedy: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Continuous actions [B, A] and their tokens [B, L_a]."""
-        tokens = np.asarray(self.sample_action_tokens(params, inputs, rng))
+        tokens = np.asarray(self.sample_action_tokens(params, inputs, rng, greedy))
         return self.vocab.action_from_tokens(tokens), tokens
 
 

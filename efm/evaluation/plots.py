@@ -47,7 +47,7 @@ def plot_trajectories(panels: dict[str, Sequence[Episode]], path: str | Path, *,
 
 
 def plot_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, xlabel: str,
-                ylabel: str, title: str) -> Path:
+                ylabel: str, title: str, ylim: tuple[float, float] | None = None) -> Path:
     """Line plot of named (x, y) series."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, (x, y) in series.items():
@@ -55,6 +55,8 @@ def plot_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -19,7 +19,7 @@ from efm.config import RunConfig
 from efm.domains import make_env
 from efm.envs.base import Array, Episode, TimeStep, VectorEnv
 from efm.models.efm import EFMFunctions
-from efm.rollout import ACTION, SUCCESS, rollout
+from efm.rollout import ACTION, SUCCESS, rollout, rollout_steps
 from efm.samples import episode_inputs, model_inputs
 from efm.self_improve.replay import Replay
 
@@ -116,12 +116,14 @@ class Actor:
         summaries: list[dict[str, float]] = []
         if max_episodes <= 0:
             return summaries
-        source = collect(self._env, self._agent, max_steps=self._cfg.env.max_episode_steps,
-                         threshold=si.success_threshold, interrupt=self._interrupt, id_prefix=f"si-r{round_index}")
-        for episode in source:
-            summaries.append(episode_summary(episode, si.success_threshold))
-            if episode.length:
-                self._replay.add_episode(label_episode(episode, si.gamma))
+        source = rollout_steps(self._env, self._agent, max_steps=self._cfg.env.max_episode_steps,
+                               end_on=detected_success(si.success_threshold), max_episodes=max_episodes,
+                               interrupt=self._interrupt, id_prefix=f"si-r{round_index}")
+        for finished in source:  # every episode that ended at this step counts and is used
+            for episode in finished:
+                summaries.append(episode_summary(episode, si.success_threshold))
+                if episode.length:
+                    self._replay.add_episode(label_episode(episode, si.gamma))
             if len(summaries) >= max_episodes or self._replay.size() >= target_size:
                 break
         source.close()

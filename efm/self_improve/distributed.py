@@ -61,8 +61,8 @@ class _LearnerWorker:
         self._learner = Learner(make_functions(cfg.model, make_vocabulary(cfg.tokenizer)), params, cfg.self_improve)
         self._replay = ReverbReplay.connect(replay_address)
 
-    def run_round(self) -> tuple[dict[str, float], Any]:
-        return self._learner.run_round(self._replay), self._learner.get_variables()
+    def run_round(self, learning_rate: float) -> tuple[dict[str, float], Any]:
+        return self._learner.run_round(self._replay, learning_rate), self._learner.get_variables()
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -92,8 +92,8 @@ def self_improve_on_ray(cfg: RunConfig, policy_params: Any, reward_params: Any, 
                 futures = [a.run_round.remote(ref, r, cap, si.samples_per_round) for a, cap in zip(actors, caps, strict=True)]
                 return [s for part in ray.get(futures) for s in part]
 
-            def learn_round() -> tuple[dict[str, float], Any]:
-                return ray.get(learner.run_round.remote())
+            def learn_round(learning_rate: float) -> tuple[dict[str, float], Any]:
+                return ray.get(learner.run_round.remote(learning_rate))
 
             return coordinate(si, policy_params, collect_round, learn_round, log=log, progress=progress)
     finally:

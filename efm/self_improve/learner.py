@@ -31,8 +31,9 @@ def freeze_labels(params: Any, frozen: tuple[str, ...]) -> Any:
 
 
 def make_optimizer(cfg: SelfImproveConfig, params: Any) -> optax.GradientTransformation:
+    """AdamW at unit learning rate: `sgd_step` scales the update by the round's learning rate."""
     return optax.multi_transform(
-        {"trained": optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay), "frozen": optax.set_to_zero()},
+        {"trained": optax.adamw(1.0, weight_decay=cfg.weight_decay), "frozen": optax.set_to_zero()},
         freeze_labels(params, cfg.freeze))
 
 
@@ -50,16 +51,18 @@ class Learner:
                           "mean_log_prob": jnp.mean(log_probs)}
 
         @jax.jit
-        def sgd_step(state: LearnerState, batch: dict) -> tuple[LearnerState, dict]:
+        def sgd_step(state: LearnerState, batch: dict, learning_rate: jax.Array) -> tuple[LearnerState, dict]:
             grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
             updates, opt_state = self._optimizer.update(grads, state.opt_state, state.params)
+            updates = jax.tree_util.tree_map(lambda u: learning_rate * u, updates)
             params = optax.apply_updates(state.params, updates)
             return LearnerState(params, opt_state, state.step + 1), metrics
 
         self._sgd_step = sgd_step
 
-    def step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        self.state, metrics = self._sgd_step(self.state, batch)
+    def step(self, batch: dict[str, np.ndarray], learning_rate: float | None = None) -> dict[str, float]:
+        lr = self._cfg.learning_rate if learning_rate is None else learning_rate
+        self.state, metrics = self._sgd_step(self.state, batch, jnp.float32(lr))
         out = {k: float(v) for k, v in metrics.items()}
         if not np.isfinite(out["loss"]):
             raise FloatingPointError(f"non-finite REINFORCE loss at learner step {int(self.state.step)}")
@@ -68,7 +71,7 @@ class Learner:
     def get_variables(self) -> Any:
         return self.state.params
 
-    def run_round(self, replay: Replay) -> dict[str, float]:
+    def run_round(self, replay: Replay, learning_rate: float | None = None) -> dict[str, float]:
         """N updates on N*B samples drawn without replacement, then the replay is cleared."""
         cfg = self._cfg
         num_updates = min(cfg.updates_per_round, replay.size() // cfg.batch_size)
@@ -76,6 +79,8 @@ class Learner:
         replay.clear()  # on-policy: whatever was not drawn is discarded
         metrics = []
         for i in range(num_updates):
-            metrics.append(self.step({k: v[i * cfg.batch_size:(i + 1) * cfg.batch_size] for k, v in data.items()}))
-        return {"updates": float(num_updates), **{k: float(np.mean([m[k] for m in metrics])) for k in
+            batch = {k: v[i * cfg.batch_size:(i + 1) * cfg.batch_size] for k, v in data.items()}
+            metrics.append(self.step(batch, learning_rate))
+        lr = cfg.learning_rate if learning_rate is None else learning_rate
+        return {"updates": float(num_updates), "learning_rate": lr, **{k: float(np.mean([m[k] for m in metrics])) for k in
                                                   (metrics[0] if metrics else {})}}

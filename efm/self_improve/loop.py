@@ -32,6 +32,7 @@ from efm.sft.select import POLICY, REWARD, load_selected
 
 Logger = Callable[[dict[str, float], int], None]
 ROUNDS = "rounds.json"
+STOP = "STOP"
 
 
 def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
@@ -65,7 +66,7 @@ class SelfImproveResult:
 
 
 CollectFn = Callable[[Any, int, int], list[dict[str, float]]]  # (params, round, max episodes) -> summaries
-LearnFn = Callable[[], tuple[dict[str, float], Any]]  # () -> (metrics, new params)
+LearnFn = Callable[[float], tuple[dict[str, float], Any]]  # (learning rate) -> (metrics, new params)
 
 
 def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, learn_round: LearnFn,
@@ -83,7 +84,7 @@ def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, le
             break
         total += len(episodes)
         bar.update(len(episodes))
-        metrics, new_params = learn_round()
+        metrics, new_params = learn_round(cfg.learning_rate_at(total / cfg.max_episodes))
         complete = metrics["updates"] == cfg.updates_per_round
         row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes), **metrics,
                "complete": float(complete)}
@@ -124,20 +125,35 @@ def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_p
                 out += actor.run_round(params, r, budget - len(out), si.samples_per_round)
             return out
 
-        def learn_round() -> tuple[dict[str, float], Any]:
-            return learner.run_round(replay), learner.get_variables()
+        def learn_round(learning_rate: float) -> tuple[dict[str, float], Any]:
+            return learner.run_round(replay, learning_rate), learner.get_variables()
 
         return coordinate(si, policy_params, collect_round, learn_round, log=log, progress=progress)
 
 
+def stop_file(path: Path) -> Callable[[], bool]:
+    """An external stop signal: True once each time `path` appears (the file is removed)."""
+
+    def interrupt() -> bool:
+        if path.exists():
+            path.unlink(missing_ok=True)
+            return True
+        return False
+
+    return interrupt
+
+
 def run_self_improve(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
                      progress: bool = True) -> SelfImproveResult:
-    """Reads the selected checkpoints, runs Stage 2, writes out_dir/policy and rounds.json."""
+    """Reads the selected checkpoints, runs Stage 2, writes out_dir/policy and rounds.json.
+
+    An operator ends the running episodes by creating out_dir/STOP (consumed when seen).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     result = self_improve(cfg, fns, load_selected(select_dir, POLICY), load_selected(select_dir, REWARD),
-                          log=log, progress=progress)
+                          log=log, progress=progress, interrupt=stop_file(out_dir / STOP))
     checkpoints.save_params(out_dir / POLICY, jax.device_get(result.policy))
     (out_dir / ROUNDS).write_text(json.dumps(
         {"best_round": result.best_round, "total_episodes": result.total_episodes, "rounds": result.rounds},

@@ -1,0 +1,181 @@
+"""`efm run --debug` end to end (run once per module), single stages from its directories, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from efm.cli import main
+from efm.config import debug_config
+
+SEED = 7
+POLICY_KEYS = {"success_rate", "mean_episode_length", "optimal_length_ratio"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    out, cwd = root / "out", root / "cwd"
+    cwd.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)  # anything written outside --out lands here, not in the repository
+        rc = main(["run", "--debug", "--quiet", "--seeds", str(SEED), "--out", str(out)])
+    assert rc == 0
+    branch = out / f"seed_{SEED}" / f"fraction_{debug_config().data.fractions[0]:g}"
+    return {"out": out, "cwd": cwd, "branch": branch}
+
+
+def test_summary_results_contract(run_dir: dict[str, Path]) -> None:
+    cfg = debug_config()
+    summary = json.loads((run_dir["out"] / "summary.json").read_text())
+    (result,) = summary["results"]
+    assert {"domain", "data_fraction", "seed", "dataset_episodes", "self_improvement_episodes", "sft",
+            "self_improved", "success_detector"} <= set(result)
+    assert result["domain"] == "pointmass"
+    assert result["data_fraction"] == cfg.data.fractions[0]
+    assert result["seed"] == SEED
+    assert result["dataset_episodes"] == cfg.data.num_episodes
+    assert result["self_improvement_episodes"] == cfg.self_improve.max_episodes
+    for policy in ("sft", "self_improved"):
+        m = result[policy]
+        assert set(m) == POLICY_KEYS
+        assert 0.0 <= m["success_rate"] <= 1.0
+        assert 0 < m["mean_episode_length"] <= cfg.env.max_episode_steps
+        assert m["optimal_length_ratio"] >= 1.0  # nothing beats the straight line
+    assert set(result["success_detector"]) == {"precision", "recall"}
+    for v in result["success_detector"].values():
+        assert v is None or 0.0 <= v <= 1.0
+
+
+def test_dataset_is_rlds_readable_by_tfds(run_dir: dict[str, Path]) -> None:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(run_dir["out"] / "dataset"))
+    assert sum(s.num_examples for s in builder.info.splits.values()) == debug_config().data.num_episodes
+    assert {"steps", "episode_metadata"} <= set(builder.info.features.keys())
+    (episode,) = tfds.as_numpy(builder.as_dataset(split="train").take(1))
+    steps = list(episode["steps"])  # as_numpy already made the nested dataset an iterable of dicts
+    assert len(steps) == int(episode["episode_metadata"]["length"]) + 1
+    assert steps[0]["is_first"] and steps[-1]["is_last"]
+    assert steps[0]["observation"]["position"].shape == (2,)
+
+
+def test_stage_directories(run_dir: dict[str, Path]) -> None:
+    branch = run_dir["branch"]
+    history = json.loads((branch / "sft" / "history.json").read_text())
+    assert history[-1]["step"] == debug_config().sft.num_steps
+    ckpts = {int(p.name) for p in (branch / "sft" / "checkpoints").iterdir() if p.name.isdigit()}
+    assert debug_config().sft.num_steps in ckpts
+    assert ckpts <= {int(h["step"]) for h in history}
+
+    selection = json.loads((branch / "select" / "selection.json").read_text())
+    assert set(selection) == {"policy", "reward"}
+    for role in ("policy", "reward"):
+        assert selection[role]["step"] in ckpts
+        assert (branch / "select" / role).is_dir()
+    best_bc = min(history, key=lambda h: h["val/bc_loss"])["step"]
+    assert selection["policy"]["step"] == best_bc
+
+    rounds = json.loads((branch / "self_improve" / "rounds.json").read_text())
+    assert rounds["total_episodes"] == debug_config().self_improve.max_episodes
+    assert rounds["rounds"] and 0 <= rounds["best_round"] < len(rounds["rounds"])
+    assert rounds["rounds"][-1]["total_episodes"] == rounds["total_episodes"]
+    assert (branch / "self_improve" / "policy").is_dir()
+
+    png = branch / "evaluate" / "trajectories.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((branch / "evaluate" / "metrics.json").read_text())
+    for policy in ("sft", "self_improved"):
+        assert set(metrics[policy]) >= POLICY_KEYS
+    for stage in ("sft", "select", "self_improve", "evaluate"):
+        assert json.loads((branch / stage / "config.json").read_text())["sft"]["seed"] == SEED
+
+
+def test_evaluate_stage_reruns_alone_from_directories(run_dir: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    branch, out = run_dir["branch"], tmp_path / "evaluate"
+    rc = main(["evaluate", "--debug", "--quiet", "--select", str(branch / "select"),
+               "--self-improve", str(branch / "self_improve"), "--out", str(out)])
+    assert rc == 0
+    assert (out / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
+    # Seeded evaluation of the same checkpoints: the same numbers as inside `efm run`.
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(
+        (branch / "evaluate" / "metrics.json").read_text())
+
+
+def test_select_stage_reruns_alone_from_directories(run_dir: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    branch = run_dir["branch"]
+    assert main(["select", "--debug", "--quiet", "--sft", str(branch / "sft"), "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "selection.json").read_text()) == json.loads(
+        (branch / "select" / "selection.json").read_text())
+
+
+def test_run_writes_nothing_outside_out(run_dir: dict[str, Path]) -> None:
+    assert list(run_dir["cwd"].iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- CLI errors
+
+
+def test_missing_dataset_path_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no_such_dataset"
+    assert main(["subsample", "--debug", "--dataset", str(missing), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "efm subsample: error" in err and str(missing) in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_stage_directories_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nothing_here"
+    assert main(["evaluate", "--debug", "--select", str(missing), "--out", str(tmp_path / "e")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert main(["select", "--debug", "--sft", str(missing), "--out", str(tmp_path / "s")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_non_dataset_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["sft", "--debug", "--quiet", "--train", str(empty), "--validation", str(empty),
+               "--out", str(tmp_path / "sft")])
+    assert rc == 2
+    assert str(empty) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("config", "needle"), [
+    ("{not json", "--config"),
+    ('{"sft": {"bogus": 1}}', "bogus"),
+    ('{"self_improve": {"gamma": 0}}', "self_improve.gamma"),
+    ('{"sft": 3}', "sft"),
+])
+def test_bad_config_exits_2(config: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["select", "--debug", "--config", config, "--sft", str(tmp_path), "--out", str(tmp_path / "s")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "efm select: error" in err and needle in err
+
+
+def test_config_file_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text('{"self_improve": {"gamma": 2.0}}')
+    assert main(["select", "--config", str(path), "--sft", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
+    assert "self_improve.gamma" in capsys.readouterr().err
+
+
+def test_long_inline_config_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = debug_config()
+    config = json.dumps({"sft": {"num_steps": cfg.sft.num_steps, "batch_size": cfg.sft.batch_size,
+                                 "eval_every": cfg.sft.eval_every, "checkpoint_every": cfg.sft.checkpoint_every,
+                                 "learning_rate": cfg.sft.learning_rate, "warmup_steps": cfg.sft.warmup_steps},
+                         "self_improve": {"gamma": 0.95, "loss_scale": 0.05, "batch_size": 16},
+                         "eval": {"num_episodes": 8, "num_envs": 4, "plot_episodes": 3}})
+    assert len(config) > 255 and "/" not in config
+    missing = tmp_path / "no_sft"
+    # The config parses; the command then fails cleanly on the missing directory.
+    assert main(["select", "--debug", "--config", config, "--sft", str(missing), "--out", str(tmp_path / "s")]) == 2
+    assert str(missing) in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""The EFM's autoregressive structure, sampling and steps-to-go head."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from efm.config import ModelConfig
+from efm.models.efm import EFM, OBJECTIVE_ID, EFMFunctions, make_functions
+from efm.models.tokenizers import SignMagnitudeTokenizer, StepsToGoTokenizer, Vocabulary
+
+B = 6
+
+
+def inputs(batch: int = B, seed: int = 0, image: bool = False) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(seed)
+    out = {"observation/position": jnp.asarray(rng.uniform(-1, 1, (batch, 2)), jnp.float32),
+           "goal/target": jnp.asarray(rng.uniform(-1, 1, (batch, 2)), jnp.float32)}
+    if image:
+        out["observation/image"] = jnp.asarray(rng.integers(0, 256, (batch, 16, 16, 3)), jnp.uint8)
+    return out
+
+
+def functions(action_dim: int = 2, magnitude_bins: int = 11, stg_bins: int = 50) -> EFMFunctions:
+    vocab = Vocabulary(SignMagnitudeTokenizer(action_dim, magnitude_bins), StepsToGoTokenizer(stg_bins, 100.0))
+    return make_functions(ModelConfig(variant="mlp-tiny"), vocab)
+
+
+@pytest.fixture(scope="module")
+def fns_params() -> tuple[EFMFunctions, dict]:
+    fns = functions()
+    return fns, fns.init(jax.random.PRNGKey(0), inputs())
+
+
+def test_teacher_forcing_is_causal(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    length = fns.vocab.max_target_length
+    assert length == 4
+    x = inputs()
+    objective = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(0, fns.vocab.size, (B, length)), jnp.int32)
+    base = np.asarray(fns.model.apply({"params": params}, x, objective, tokens))
+    for k in range(length):
+        changed = tokens.at[:, k].set((tokens[:, k] + 5) % fns.vocab.size)
+        logits = np.asarray(fns.model.apply({"params": params}, x, objective, changed))
+        np.testing.assert_array_equal(logits[:, : k + 1], base[:, : k + 1],
+                                      err_msg=f"token {k} leaked into positions <= {k}")
+        for j in range(k + 1, length):
+            assert np.abs(logits[:, j] - base[:, j]).max() > 1e-6, f"position {j} ignores token {k}"
+
+
+def test_sampled_tokens_are_valid(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    valid = fns.vocab.valid_tokens("bc")
+    x = inputs(batch=64)
+    for seed in range(3):
+        tokens = np.asarray(fns.sample_action_tokens(params, x, jax.random.PRNGKey(seed)))
+        assert tokens.shape == (64, 4)
+        for k in range(4):
+            assert valid[k, tokens[:, k]].all(), f"invalid token at position {k}"
+        actions, toks = fns.sample_actions(params, x, jax.random.PRNGKey(seed))
+        np.testing.assert_array_equal(toks, tokens)  # same key, same sample
+        assert actions.shape == (64, 2) and np.abs(actions).max() <= 1.0
+
+
+def test_action_log_prob_of_samples_is_finite_and_nonpositive(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    x = inputs(batch=32)
+    tokens = fns.sample_action_tokens(params, x, jax.random.PRNGKey(3))
+    lp = np.asarray(fns.action_log_prob(params, x, tokens))
+    assert lp.shape == (32,)
+    assert np.isfinite(lp).all() and (lp <= 0).all()
+
+
+def test_action_log_probs_sum_to_one_over_all_sequences() -> None:
+    fns = functions(action_dim=1, magnitude_bins=3, stg_bins=10)
+    x = inputs(batch=3, seed=4)
+    params = fns.init(jax.random.PRNGKey(1), x)
+    valid = fns.vocab.valid_tokens("bc")
+    seqs = list(itertools.product(np.flatnonzero(valid[0]), np.flatnonzero(valid[1])))
+    assert len(seqs) == 2 * 3
+    # Every (input, sequence) pair in one batch: row i * 6 + j is input i with sequence j.
+    tiled = {k: jnp.repeat(v, len(seqs), axis=0) for k, v in x.items()}
+    tokens = jnp.asarray(np.tile(np.array(seqs, np.int32), (3, 1)))
+    lp = np.asarray(fns.action_log_prob(params, tiled, tokens), np.float64).reshape(3, len(seqs))
+    np.testing.assert_allclose(np.exp(lp).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_sampling_follows_the_model_distribution() -> None:
+    """Empirical frequencies of sampled sequences match exp(action_log_prob)."""
+    fns = functions(action_dim=1, magnitude_bins=3, stg_bins=10)
+    one = inputs(batch=1, seed=5)
+    params = fns.init(jax.random.PRNGKey(2), one)
+    n = 4000
+    x = {k: jnp.repeat(v, n, axis=0) for k, v in one.items()}
+    tokens = np.asarray(fns.sample_action_tokens(params, x, jax.random.PRNGKey(0)))
+    seqs, counts = np.unique(tokens, axis=0, return_counts=True)
+    probs = np.exp(np.asarray(fns.action_log_prob(params, {k: v[: len(seqs)] for k, v in x.items()},
+                                                  jnp.asarray(seqs))))
+    # 4 binomial standard errors at most ~0.032 for n=4000.
+    np.testing.assert_allclose(counts / n, probs, atol=0.035)
+
+
+def test_steps_to_go_within_bin_value_range(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    values = fns.vocab.steps_to_go.bin_values()
+    stg = np.asarray(fns.steps_to_go(params, inputs(batch=64, seed=6)))
+    assert stg.shape == (64,)
+    assert (stg >= values.min()).all() and (stg <= values.max()).all()
+    assert np.ptp(stg) > 0  # depends on the input
+
+
+def test_image_input_creates_vision_encoder_params() -> None:
+    fns = functions()
+    with_image = fns.init(jax.random.PRNGKey(0), inputs(image=True))
+    assert "vision_encoder" in with_image
+    assert jax.tree.leaves(with_image["vision_encoder"])
+    without = fns.init(jax.random.PRNGKey(0), inputs())
+    assert "vision_encoder" not in without
+    # The image actually feeds the context.
+    x = inputs(image=True)
+    other = {**x, "observation/image": 255 - x["observation/image"]}
+    ctx_a = fns.model.apply({"params": with_image}, x, method=EFM.encode)
+    ctx_b = fns.model.apply({"params": with_image}, other, method=EFM.encode)
+    assert np.abs(np.asarray(ctx_a) - np.asarray(ctx_b)).max() > 1e-6

@@ -1,0 +1,146 @@
+"""Tokenizers (Appendix E) with the paper's configurations."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from efm.config import TokenizerConfig
+from efm.models.tokenizers import (
+    SignMagnitudeTokenizer,
+    StepsToGoTokenizer,
+    UniformTokenizer,
+    Vocabulary,
+    make_vocabulary,
+)
+
+# LanguageTable-like: 2 dims, magnitudes 0..10.
+LT = SignMagnitudeTokenizer(action_dim=2, magnitude_bins=11, max_abs=1.0)
+# Aloha-like: 14 joints x 5 future steps, 256 uniform bins over [-1, 1].
+ALOHA = UniformTokenizer(action_dim=70, bins=256, max_abs=1.0)
+
+
+def representable_values(tok: SignMagnitudeTokenizer) -> np.ndarray:
+    mags = np.arange(tok.magnitude_bins) / (tok.magnitude_bins - 1) * tok.max_abs
+    return np.unique(np.concatenate([mags, -mags])).astype(np.float32)  # 21: +-0 are one value
+
+
+def test_sign_magnitude_round_trips_every_representable_action() -> None:
+    values = representable_values(LT)
+    assert len(values) == 2 * LT.magnitude_bins - 1
+    actions = np.array(list(itertools.product(values, values)), np.float32)  # every pair
+    tokens = LT.encode(actions)
+    assert tokens.shape == (len(actions), 4)
+    np.testing.assert_array_equal(LT.decode(tokens), actions)
+    # And every distinct action has a distinct code.
+    assert len({tuple(t) for t in tokens}) == len(actions)
+
+
+def test_sign_magnitude_token_layout() -> None:
+    tokens = LT.encode(np.array([[0.3, -0.7]]))
+    np.testing.assert_array_equal(tokens, [[0, 2 + 3, 1, 2 + 7]])  # [+, m3, -, m7]
+
+
+def test_sign_magnitude_zero_has_canonical_plus_sign() -> None:
+    tokens = LT.encode(np.array([[0.0, -0.0], [-0.01, 0.02]]))  # all quantize to magnitude 0
+    np.testing.assert_array_equal(tokens[:, 0::2], 0)
+    np.testing.assert_array_equal(tokens[:, 1::2], 2)
+
+
+def test_sign_magnitude_quantizes_to_nearest_bin() -> None:
+    x = np.random.default_rng(0).uniform(-1, 1, size=(500, 2))
+    decoded = LT.decode(LT.encode(x))
+    grid = representable_values(LT)
+    nearest = grid[np.argmin(np.abs(x[..., None] - grid), axis=-1)]
+    np.testing.assert_allclose(decoded, nearest, atol=1e-6)
+    assert np.max(np.abs(decoded - x)) <= 0.05 + 1e-6
+
+
+def test_sign_magnitude_clips_out_of_range() -> None:
+    decoded = LT.decode(LT.encode(np.array([[3.0, -7.5], [1.2, -1.0001]])))
+    np.testing.assert_array_equal(decoded, [[1.0, -1.0], [1.0, -1.0]])
+
+
+def test_sign_magnitude_valid_tokens() -> None:
+    valid = LT.valid_tokens()
+    assert valid.shape == (4, 13)
+    for pos in (0, 2):  # sign positions: only + and -
+        np.testing.assert_array_equal(np.flatnonzero(valid[pos]), [0, 1])
+    for pos in (1, 3):  # magnitude positions: only magnitudes
+        np.testing.assert_array_equal(np.flatnonzero(valid[pos]), np.arange(2, 13))
+
+
+def test_uniform_round_trips_bin_centers() -> None:
+    centers = ALOHA.decode(np.arange(256))
+    assert centers[0] == -1.0 and centers[-1] == 1.0
+    tokens = ALOHA.encode(np.tile(centers[:, None], (1, 70)))
+    np.testing.assert_array_equal(tokens, np.tile(np.arange(256)[:, None], (1, 70)))
+
+
+def test_uniform_quantization_error_bounded_by_half_bin() -> None:
+    x = np.random.default_rng(1).uniform(-1, 1, size=(64, 70))
+    tokens = ALOHA.encode(x)
+    assert tokens.shape == (64, 70) and tokens.min() >= 0 and tokens.max() <= 255
+    half_bin = 0.5 * 2.0 / 255
+    assert np.max(np.abs(ALOHA.decode(tokens) - x)) <= half_bin + 1e-6
+    np.testing.assert_array_equal(ALOHA.encode(np.array([[-5.0] * 70, [5.0] * 70])),
+                                  [[0] * 70, [255] * 70])
+    assert ALOHA.valid_tokens().shape == (70, 256) and ALOHA.valid_tokens().all()
+
+
+def test_steps_to_go_width_one_maps_steps_to_themselves() -> None:
+    tok = StepsToGoTokenizer(bins=100, max_steps=100.0)
+    steps = np.arange(100)
+    np.testing.assert_array_equal(tok.encode(steps), steps)
+    np.testing.assert_array_equal(tok.bin_values(), steps.astype(np.float32))
+
+
+def test_steps_to_go_width_two() -> None:
+    tok = StepsToGoTokenizer(bins=50, max_steps=100.0)  # the paper's 50 bins over 0..100
+    steps = np.arange(100)
+    np.testing.assert_array_equal(tok.encode(steps), steps // 2)
+    # Bin value: the mean integer step the bin holds.
+    values = tok.bin_values()
+    for k in range(50):
+        members = steps[tok.encode(steps) == k]
+        assert values[k] == pytest.approx(members.mean())
+
+
+def test_steps_to_go_clips_past_max() -> None:
+    tok = StepsToGoTokenizer(bins=50, max_steps=100.0)
+    np.testing.assert_array_equal(tok.encode(np.array([100, 101, 250, 10**6])), [49] * 4)
+    assert tok.encode(np.array(-3)) == 0
+
+
+def test_vocabulary_offsets_and_valid_tokens() -> None:
+    vocab = Vocabulary(LT, StepsToGoTokenizer(50, 100.0))
+    assert vocab.size == 13 + 50
+    assert vocab.steps_to_go_offset == 13
+    assert vocab.max_target_length == 4
+
+    np.testing.assert_array_equal(vocab.steps_to_go_targets(np.array([0, 3, 99])), [[13], [14], [62]])
+    np.testing.assert_array_equal(vocab.action_targets(np.array([[0.5, -0.1]])), [[0, 7, 1, 3]])
+
+    bc = vocab.valid_tokens("bc")
+    assert bc.shape == (4, 63)
+    np.testing.assert_array_equal(bc[:, :13], LT.valid_tokens())
+    assert not bc[:, 13:].any()  # BC never emits steps-to-go tokens
+
+    stg = vocab.valid_tokens("steps_to_go")
+    np.testing.assert_array_equal(np.flatnonzero(stg[0]), np.arange(13, 63))
+    # Padded positions admit exactly one fixed token (masked out of losses anyway).
+    assert (stg[1:].sum(-1) == 1).all()
+
+    with pytest.raises(ValueError, match="unknown objective"):
+        vocab.valid_tokens("language")
+
+
+def test_make_vocabulary_from_config() -> None:
+    vocab = make_vocabulary(TokenizerConfig(action_scheme="uniform", action_dim=70, uniform_bins=256,
+                                            steps_to_go_bins=50, steps_to_go_max=100.0))
+    assert isinstance(vocab.action, UniformTokenizer)
+    assert vocab.size == 256 + 50 and vocab.max_target_length == 70
+    vocab = make_vocabulary(TokenizerConfig())
+    assert isinstance(vocab.action, SignMagnitudeTokenizer) and vocab.action.num_tokens == 4

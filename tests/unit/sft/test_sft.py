@@ -1,0 +1,242 @@
+"""Stage 1: samples, batches, training, validation history, selection and exact resumption."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from efm import checkpoints
+from efm.config import RunConfig, SelectConfig, debug_config
+from efm.envs.base import Episode
+from efm.models.efm import OBJECTIVE_ID, make_functions
+from efm.models.tokenizers import make_vocabulary
+from efm.samples import (
+    behavioral_cloning_samples,
+    split_inputs,
+    steps_to_go_samples,
+    training_batch,
+)
+from efm.sft.select import SELECTION, load_selected, pick_step, run_select
+from efm.sft.trainer import _per_sample_nll, load_history, make_samples, restore_params, run_sft
+from efm.stages import generate_demonstrations
+
+NUM_STEPS = 40
+
+
+def sft_config(num_steps: int = NUM_STEPS) -> RunConfig:
+    cfg = debug_config()
+    return cfg.replace(sft=dataclasses.replace(cfg.sft, num_steps=num_steps, batch_size=16, eval_every=10,
+                                               checkpoint_every=10, warmup_steps=5))
+
+
+@pytest.fixture(scope="module")
+def episodes() -> tuple[list[Episode], list[Episode]]:
+    eps = generate_demonstrations(debug_config(), 24, seed=0)
+    return eps[:20], eps[20:]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, episodes) -> tuple[Path, object]:
+    """One uninterrupted run, shared by the tests that only read it."""
+    workdir = tmp_path_factory.mktemp("sft_a")
+    result = run_sft(sft_config(), *episodes, workdir, progress=False)
+    return workdir, result
+
+
+def assert_trees_equal(a, b) -> None:
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in la] == [p for p, _ in lb]
+    for (path, x), (_, y) in zip(la, lb, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-7, err_msg=str(path))
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def test_steps_to_go_labels_are_T_minus_t(episodes) -> None:
+    train, _ = episodes
+    vocab = make_vocabulary(debug_config().tokenizer)
+    assert vocab.steps_to_go.width == 1.0  # debug: 100 bins over 0..100, a token per step
+    done = [e for e in train if e.success]
+    s = steps_to_go_samples(train, vocab)
+    assert len(s) == sum(e.length + 1 for e in done)
+    labels = s.targets[:, 0] - vocab.steps_to_go_offset
+    expected = np.concatenate([e.length - np.arange(e.length + 1) for e in done])
+    np.testing.assert_array_equal(labels, expected)
+    positions = np.concatenate([e.observations["position"] for e in done])
+    np.testing.assert_array_equal(s.inputs["observation/position"], positions)
+    np.testing.assert_array_equal(s.inputs["goal/target"],
+                                  np.concatenate([np.tile(e.goal["target"], (e.length + 1, 1)) for e in done]))
+
+
+def test_steps_to_go_samples_skip_failures_and_need_a_success(episodes) -> None:
+    train, _ = episodes
+    vocab = make_vocabulary(debug_config().tokenizer)
+    first = train[0]
+    failed = dataclasses.replace(first, success=False, episode_id="failed")
+    s = steps_to_go_samples([first, failed], vocab)
+    assert len(s) == first.length + 1
+    with pytest.raises(ValueError, match="no successful episode"):
+        steps_to_go_samples([failed], vocab)
+
+
+def test_bc_samples_exclude_the_last_observation(episodes) -> None:
+    train, _ = episodes
+    vocab = make_vocabulary(debug_config().tokenizer)
+    failed = dataclasses.replace(train[1], success=False)
+    eps = [train[0], failed, train[2]]
+    s = behavioral_cloning_samples(eps, vocab)
+    assert len(s) == sum(e.length for e in eps)  # failures are still demonstrations of actions
+    np.testing.assert_array_equal(s.inputs["observation/position"],
+                                  np.concatenate([e.observations["position"][:-1] for e in eps]))
+    np.testing.assert_array_equal(s.targets, vocab.action_targets(np.concatenate([e.actions for e in eps])))
+
+
+def test_training_batch_is_split_uniformly_across_objectives(episodes) -> None:
+    train, _ = episodes
+    cfg = debug_config()
+    vocab = make_vocabulary(cfg.tokenizer)
+    samples = {"bc": behavioral_cloning_samples(train, vocab), "steps_to_go": steps_to_go_samples(train, vocab)}
+    batch = training_batch(samples, 32, OBJECTIVE_ID, vocab.max_target_length, np.random.default_rng(0))
+    inputs, rest = split_inputs(batch)
+    assert rest["objective"].shape == (32,)
+    bc = rest["objective"] == OBJECTIVE_ID["bc"]
+    stg = rest["objective"] == OBJECTIVE_ID["steps_to_go"]
+    assert bc.sum() == 16 and stg.sum() == 16
+    assert inputs["observation/position"].shape == (32, 2)
+    np.testing.assert_array_equal(rest["target_mask"][bc], 1.0)
+    np.testing.assert_array_equal(rest["target_mask"][stg], [[1, 0, 0, 0]] * 16)
+    assert (rest["targets"][bc] < vocab.steps_to_go_offset).all()
+    assert (rest["targets"][stg][:, 0] >= vocab.steps_to_go_offset).all()
+    # The same seeded generator gives the same batch.
+    again = training_batch(samples, 32, OBJECTIVE_ID, vocab.max_target_length, np.random.default_rng(0))
+    for k in batch:
+        np.testing.assert_array_equal(batch[k], again[k])
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_lowers_loss_and_records_history(trained) -> None:
+    workdir, result = trained
+    history = result.history
+    assert result.final_step == NUM_STEPS
+    assert [h["step"] for h in history] == [10.0, 20.0, 30.0, 40.0]
+    for row in history:
+        assert {"val/bc_loss", "val/steps_to_go_loss", "train/loss", "train/bc_loss",
+                "train/steps_to_go_loss"} <= set(row)
+        assert all(np.isfinite(v) for v in row.values())
+    first, last = history[0], history[-1]
+    assert last["train/loss"] < first["train/loss"]
+    assert last["val/bc_loss"] < first["val/bc_loss"]
+    assert last["val/steps_to_go_loss"] < first["val/steps_to_go_loss"]
+    assert load_history(workdir) == history  # written to disk as returned
+
+
+def test_training_loss_below_initial_params(trained, episodes) -> None:
+    """Compared with the untrained model on the same batch (not just the first window)."""
+    workdir, _ = trained
+    cfg = sft_config()
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    samples = make_samples(episodes[0], fns)
+    batch = training_batch(samples, 256, OBJECTIVE_ID, fns.vocab.max_target_length, np.random.default_rng(9))
+    init = fns.init(jax.random.PRNGKey(cfg.sft.seed), split_inputs(batch)[0])
+    before = float(np.mean(_per_sample_nll(fns, init, batch)))
+    after = float(np.mean(_per_sample_nll(fns, restore_params(workdir, NUM_STEPS), batch)))
+    assert after < before - 0.3
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+HISTORY = [
+    {"step": 10.0, "val/bc_loss": 3.0, "val/steps_to_go_loss": 2.0},
+    {"step": 20.0, "val/bc_loss": 1.0, "val/steps_to_go_loss": 2.5},
+    {"step": 30.0, "val/bc_loss": 2.0, "val/steps_to_go_loss": 0.5},
+    {"step": 40.0, "val/bc_loss": 1.5, "val/steps_to_go_loss": 0.7},
+]
+
+
+def test_pick_step_rules() -> None:
+    assert pick_step(HISTORY, "best_bc") == 20
+    assert pick_step(HISTORY, "best_steps_to_go") == 30
+    assert pick_step(HISTORY, "last") == 40
+    assert pick_step(HISTORY, "step:10") == 10
+    with pytest.raises(ValueError, match="no checkpoint at step 15"):
+        pick_step(HISTORY, "step:15")
+    with pytest.raises(ValueError, match="no val/language_loss"):
+        pick_step(HISTORY, "best_language")
+    with pytest.raises(ValueError, match="empty"):
+        pick_step([], "last")
+
+
+def test_run_select_writes_argmin_checkpoints(trained, tmp_path: Path) -> None:
+    workdir, result = trained
+    selection = run_select(workdir, tmp_path, SelectConfig())
+    on_disk = json.loads((tmp_path / SELECTION).read_text())
+    assert on_disk == selection
+    best_bc = int(min(result.history, key=lambda h: h["val/bc_loss"])["step"])
+    best_stg = int(min(result.history, key=lambda h: h["val/steps_to_go_loss"])["step"])
+    assert selection["policy"]["step"] == best_bc and selection["policy"]["rule"] == "best_bc"
+    assert selection["reward"]["step"] == best_stg
+    row = next(h for h in result.history if h["step"] == best_bc)
+    assert selection["policy"]["val/bc_loss"] == row["val/bc_loss"]
+    assert_trees_equal(load_selected(tmp_path, "policy"), restore_params(workdir, best_bc))
+    assert_trees_equal(load_selected(tmp_path, "reward"), restore_params(workdir, best_stg))
+
+
+def test_run_select_step_and_last_rules(trained, tmp_path: Path) -> None:
+    workdir, _ = trained
+    selection = run_select(workdir, tmp_path, SelectConfig(policy_rule="step:20", reward_rule="last"))
+    assert selection["policy"]["step"] == 20 and selection["reward"]["step"] == NUM_STEPS
+    assert_trees_equal(load_selected(tmp_path, "policy"), restore_params(workdir, 20))
+    with pytest.raises(ValueError, match="step 25"):
+        run_select(workdir, tmp_path / "bad", SelectConfig(policy_rule="step:25"))
+
+
+def test_restore_missing_step_and_missing_history(trained, tmp_path: Path) -> None:
+    workdir, _ = trained
+    with pytest.raises(FileNotFoundError, match="step 15"):
+        restore_params(workdir, 15)
+    with pytest.raises(FileNotFoundError, match="run the sft stage first"):
+        load_history(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        checkpoints.load_params(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------- resumption
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_is_exact(trained, episodes, tmp_path: Path) -> None:
+    """Killed after step 30's evaluation (before its checkpoint), rerun with the same config."""
+    workdir_a, result_a = trained
+
+    def crash_at_30(metrics: dict[str, float], step: int) -> None:
+        if step == 30:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_sft(sft_config(), *episodes, tmp_path, log=crash_at_30, progress=False)
+    assert [h["step"] for h in load_history(tmp_path)] == [10.0, 20.0]  # latest checkpoint: 20
+    result_b = run_sft(sft_config(), *episodes, tmp_path, progress=False)
+    assert result_b.final_step == NUM_STEPS
+    assert result_b.history == result_a.history
+    assert load_history(tmp_path) == result_a.history
+    assert_trees_equal(restore_params(tmp_path, NUM_STEPS), restore_params(workdir_a, NUM_STEPS))
+
+
+def test_rerun_of_finished_training_is_a_no_op(trained, episodes) -> None:
+    workdir_a, result_a = trained
+    again = run_sft(sft_config(), *episodes, workdir_a, progress=False)
+    assert again.final_step == NUM_STEPS and again.history == result_a.history
+
+

@@ -1,0 +1,98 @@
+"""RunConfig: JSON round-trip, validation naming the field, partial JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from efm.config import (
+    DataConfig,
+    EnvConfig,
+    RunConfig,
+    SelectConfig,
+    SelfImproveConfig,
+    SftConfig,
+    TokenizerConfig,
+    debug_config,
+    default_config,
+)
+
+
+@pytest.mark.parametrize("make", [RunConfig, default_config, debug_config], ids=["RunConfig", "default", "debug"])
+def test_json_round_trip_is_identity(make) -> None:
+    cfg = make()
+    back = RunConfig.from_json(cfg.to_json())
+    assert back == cfg
+    assert back.to_json() == cfg.to_json()
+    assert isinstance(back.data.fractions, tuple) and isinstance(back.self_improve.freeze, tuple)
+
+
+def test_round_trip_of_non_default_values() -> None:
+    cfg = debug_config().replace(
+        data=DataConfig(num_episodes=30, validation_episodes=5, fractions=(0.25, 1.0), seed=3),
+        tokenizer=TokenizerConfig(action_scheme="uniform", action_dim=70, uniform_bins=256,
+                                  steps_to_go_bins=50),
+        select=SelectConfig(policy_rule="step:40", reward_rule="last"),
+        self_improve=dataclasses.replace(SelfImproveConfig(), gamma=1.0, freeze=(), runtime="ray"),
+    )
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: SelfImproveConfig(gamma=0.0), "self_improve.gamma"),
+        (lambda: SelfImproveConfig(gamma=1.5), "self_improve.gamma"),
+        (lambda: SftConfig(batch_size=33), "sft.batch_size"),
+        (lambda: SftConfig(eval_every=10, checkpoint_every=15), "sft.checkpoint_every"),
+        (lambda: SftConfig(objectives=("bc",), batch_size=32), "sft.objectives"),
+        (lambda: EnvConfig(domain="language_table"), "env.domain"),
+        (lambda: DataConfig(num_episodes=10, validation_episodes=10), "data.validation_episodes"),
+        (lambda: DataConfig(fractions=(0.0,)), "data.fractions"),
+        (lambda: SelectConfig(policy_rule="step:abc"), "select.policy_rule"),
+        (lambda: TokenizerConfig(action_scheme="fast"), "tokenizer.action_scheme"),
+        (lambda: RunConfig(env=EnvConfig(max_episode_steps=200)), "tokenizer.steps_to_go_max"),
+        (lambda: default_config("aloha"), "domain"),
+    ],
+)
+def test_invalid_values_raise_naming_the_field(build, field: str) -> None:
+    with pytest.raises(ValueError, match=rf"invalid config: {field}="):
+        build()
+
+
+def test_from_json_rejects_unknown_and_malformed() -> None:
+    with pytest.raises(ValueError, match=r"unknown field.*'bogus'.*sft\."):
+        RunConfig.from_json(json.dumps({"sft": {"bogus": 1}}))
+    with pytest.raises(ValueError, match=r"unknown field.*'nope'"):
+        RunConfig.from_json(json.dumps({"nope": {}}))
+    with pytest.raises(ValueError, match="not JSON"):
+        RunConfig.from_json("{not json")
+    with pytest.raises(ValueError, match="must be an object"):
+        RunConfig.from_json(json.dumps({"sft": 5}))
+    with pytest.raises(ValueError, match=r"self_improve\.gamma"):
+        RunConfig.from_json(json.dumps({"self_improve": {"gamma": 0}}))
+
+
+def test_from_json_partial_fills_defaults() -> None:
+    cfg = RunConfig.from_json(json.dumps({"sft": {"batch_size": 64}, "data": {"fractions": [0.5]}}))
+    default = RunConfig()
+    assert cfg.sft.batch_size == 64
+    assert cfg.data.fractions == (0.5,)
+    assert cfg.sft == dataclasses.replace(default.sft, batch_size=64)
+    assert cfg.data == dataclasses.replace(default.data, fractions=(0.5,))
+    assert cfg.self_improve == default.self_improve and cfg.env == default.env
+    assert RunConfig.from_json("{}") == default
+
+
+def test_flat_has_dotted_keys() -> None:
+    flat = debug_config().flat()
+    assert flat["sft.num_steps"] == 40
+    assert flat["env.pointmass.max_speed"] == 0.1
+    assert flat["self_improve.gamma"] == 0.9
+    assert not any(isinstance(v, dict) for v in flat.values())
+
+
+def test_samples_per_round() -> None:
+    assert SelfImproveConfig(batch_size=16, updates_per_round=3).samples_per_round == 48
