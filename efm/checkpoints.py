@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -21,8 +22,21 @@ def save_step(manager: ocp.CheckpointManager, step: int, state: PyTree) -> None:
     manager.wait_until_finished()
 
 
-def restore_step(manager: ocp.CheckpointManager, step: int, like: PyTree) -> PyTree:
+def restore_step(manager: ocp.CheckpointManager, step: int, like: PyTree | None = None) -> PyTree:
+    """The state saved at `step`, shaped like `like` (default: as saved, on this host's device)."""
+    if like is None:
+        with ocp.StandardCheckpointer() as ckptr:
+            like = _abstract(ckptr.metadata(Path(manager.directory) / str(step) / "default"))
     return manager.restore(step, args=ocp.args.StandardRestore(like))
+
+
+def _abstract(metadata: Any) -> PyTree:
+    """Shapes and dtypes from checkpoint metadata, placed on the default device when restored."""
+    tree = getattr(metadata, "item_metadata", metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
+        is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
 def save_params(path: str | Path, params: PyTree) -> None:
@@ -37,4 +51,4 @@ def load_params(path: str | Path, like: PyTree | None = None) -> PyTree:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path, like) if like is not None else ckptr.restore(path)
+        return ckptr.restore(path, like if like is not None else _abstract(ckptr.metadata(path)))

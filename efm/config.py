@@ -120,11 +120,9 @@ MODEL_VARIANTS: dict[str, dict[str, int]] = {
 @dataclass(frozen=True)
 class ModelConfig:
     variant: str = "mlp-small"
-    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.variant in MODEL_VARIANTS, "model.variant", self.variant, f"one of {sorted(MODEL_VARIANTS)}")
-        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
 
 
 OBJECTIVES = ("bc", "steps_to_go")

@@ -62,12 +62,10 @@ def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_en
                             progress: bool = False) -> list[Episode]:
     """Scripted demonstrations, ending on ground-truth success or max length."""
     num_envs = min(num_envs, num_episodes)
-    per_env = -(-num_episodes // num_envs)
     source = rollout(make_env(cfg.env, num_envs, seed), make_demonstrator(cfg.env, num_envs, seed + 1),
-                     max_steps=cfg.env.max_episode_steps, episodes_per_env=per_env, id_prefix="demo")
-    bar = tqdm(source, total=per_env * num_envs, desc="demonstrations", disable=not progress, mininterval=2.0)
-    episodes = sorted(bar, key=lambda e: e.episode_id)[:num_episodes]
-    for i, e in enumerate(episodes):
+                     max_steps=cfg.env.max_episode_steps, max_episodes=num_episodes, id_prefix="demo")
+    episodes = list(tqdm(source, total=num_episodes, desc="demonstrations", disable=not progress, mininterval=2.0))
+    for i, e in enumerate(episodes):  # every started episode finishes: no bias towards short ones
         e.episode_id = f"demo-{i:06d}"
     return episodes
 

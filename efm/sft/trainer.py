@@ -185,6 +185,6 @@ def restore_params(workdir: str | Path, step: int) -> Any:
     if step not in manager.all_steps():
         raise FileNotFoundError(f"SFT checkpoint for step {step} not found in {workdir}/checkpoints "
                                 f"(have {sorted(manager.all_steps())})")
-    state = manager.restore(step)
+    state = checkpoints.restore_step(manager, step)
     manager.close()
     return state["params"]
