@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -31,8 +31,8 @@ from efm.self_improve.loop import run_self_improve
 from efm.sft.select import POLICY, REWARD, load_selected, run_select
 from efm.sft.trainer import run_sft
 from efm.tracking import StageRun, Tracker, local_tracker
+from efm.types import Logger
 
-Logger = Callable[[dict[str, float], int], None]
 CONFIG = "config.json"
 METRICS = "metrics.json"
 SUMMARY = "summary.json"

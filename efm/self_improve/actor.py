@@ -7,7 +7,7 @@ episodes with Monte Carlo returns and writes them whole into the replay.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
@@ -17,9 +17,9 @@ import numpy as np
 from efm import math
 from efm.config import RunConfig
 from efm.domains import make_env
-from efm.envs.base import Array, Episode, TimeStep, VectorEnv
+from efm.envs.base import Array, Episode, TimeStep
 from efm.models.efm import EFMFunctions
-from efm.rollout import ACTION, SUCCESS, rollout, rollout_steps
+from efm.rollout import ACTION, SUCCESS, rollout_steps
 from efm.samples import episode_inputs, model_inputs
 from efm.self_improve.replay import Replay
 
@@ -78,13 +78,6 @@ def label_episode(episode: Episode, gamma: float) -> dict[str, np.ndarray]:
     inputs = {k: v[:-1] for k, v in episode_inputs(episode).items()}
     return {**inputs, ACTION_TOKENS: episode.action_extras[ACTION_TOKENS].astype(np.int32),
             RETURN: returns.astype(np.float32)}
-
-
-def collect(env: VectorEnv, agent: PolicyAgent, *, max_steps: int, threshold: float,
-            interrupt: Callable[[], Array | bool] | None = None, id_prefix: str = "si") -> Iterator[Episode]:
-    """Episodes with the current policy, ending on detected success, max length or interrupt."""
-    return rollout(env, agent, max_steps=max_steps, end_on=detected_success(threshold),
-                   interrupt=interrupt, id_prefix=id_prefix)
 
 
 def episode_summary(episode: Episode, threshold: float) -> dict[str, float]:

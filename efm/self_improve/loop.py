@@ -29,8 +29,8 @@ from efm.self_improve.learner import Learner
 from efm.self_improve.replay import ReverbReplay, SampleSpec
 from efm.self_improve.service import StepsToGoService
 from efm.sft.select import POLICY, REWARD, load_selected
+from efm.types import Logger
 
-Logger = Callable[[dict[str, float], int], None]
 ROUNDS = "rounds.json"
 STOP = "STOP"
 

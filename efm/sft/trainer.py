@@ -33,8 +33,8 @@ from efm.samples import (
     steps_to_go_samples,
     training_batch,
 )
+from efm.types import Logger
 
-Logger = Callable[[dict[str, float], int], None]  # (metrics, step)
 HISTORY = "history.json"
 
 
