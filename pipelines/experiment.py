@@ -1,0 +1,117 @@
+"""The experiment as a KFP pipeline: dataset, then per seed and data fraction a branch
+subsample -> sft -> select -> self_improve -> evaluate, then the report.
+
+kfp 2.13 runs neither dsl.ParallelFor nor dsl.If locally, so branches are unrolled with plain
+Python loops when the pipeline is defined: `make_experiment_pipeline` takes the fractions and
+seeds and returns a pipeline whose only parameter is the config (JSON). The report is a chain
+of small steps, one per branch, each adding that branch's result row to the previous step's
+summary: locally kfp 2.13 can neither collect outputs of several tasks into one input
+(dsl.Collected needs ParallelFor) nor leave an optional artifact input unset, while a chain of
+plain required inputs runs the same under kfp.local and on Vertex AI, for any number of
+branches. The last step's summary is the pipeline's output.
+
+    python -m efm.pipelines.experiment --fractions 0.1 0.2 0.8 --seeds 0 1 2 --out pipeline.yaml
+
+No `from __future__ import annotations`: kfp reads the pipeline function's annotations as types.
+"""
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kfp import compiler, dsl
+
+from efm.components import stages
+
+PIPELINE_NAME = "efm-experiment"
+
+# Retries cover preemptions and transient storage errors; training stages retry once since a
+# deterministic failure (bad config, NaN loss) would only fail again at full cost.
+RETRIES: dict[str, int] = {"dataset": 2, "subsample": 2, "sft": 1, "select": 2, "self_improve": 1,
+                           "evaluate": 2, "report": 2}
+# Every stage is a deterministic function of its inputs and the config (seeds included), so a
+# cached result is the result. Set to False per stage to force a rerun on Vertex.
+CACHING: dict[str, bool] = {"dataset": True, "subsample": True, "sft": True, "select": True,
+                            "self_improve": True, "evaluate": True, "report": True}
+
+
+def branch_label(fraction: float, seed: int) -> str:
+    """"f0.1-s7": the branch part of task display names."""
+    return f"f{fraction:g}-s{seed}"
+
+
+def _check(fractions: Sequence[float], seeds: Sequence[int]) -> tuple[list[float], list[int]]:
+    fractions, seeds = [float(f) for f in fractions], [int(s) for s in seeds]
+    if not fractions or not seeds:
+        raise ValueError(f"need at least one fraction and one seed (got {fractions}, {seeds})")
+    if any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must be in (0, 1]: {fractions}")
+    if len({f"{f:g}" for f in fractions}) != len(fractions) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"fractions and seeds must be unique: {fractions}, {seeds}")
+    return fractions, seeds
+
+
+def _configure(task: dsl.PipelineTask, stage: str, display_name: str) -> dsl.PipelineTask:
+    return (task.set_display_name(display_name)
+            .set_retry(num_retries=RETRIES[stage], backoff_duration="60s", backoff_factor=2.0)
+            .set_caching_options(enable_caching=CACHING[stage]))
+
+
+def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
+                             name: str = PIPELINE_NAME) -> Callable[..., Any]:
+    """A pipeline function with one branch per (seed, fraction); its parameter is `config_json`
+    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use."""
+    fractions, seeds = _check(fractions, seeds)
+
+    @dsl.pipeline(name=name, description="Self-Improving Embodied Foundation Models: SFT then "
+                  f"Self-Improvement for data fractions {fractions} and seeds {seeds}.")
+    def experiment_pipeline(config_json: str) -> dsl.Artifact:
+        data = _configure(stages.dataset(config_json=config_json), "dataset", "dataset")
+        summary = None
+        for seed in seeds:
+            for fraction in fractions:
+                b = branch_label(fraction, seed)
+                sub = _configure(stages.subsample(config_json=config_json, episodes=data.outputs["episodes"],
+                                                  fraction=fraction, seed=seed), "subsample", f"subsample-{b}")
+                sft = _configure(stages.sft(config_json=config_json, train=sub.outputs["train"],
+                                            validation=sub.outputs["validation"], seed=seed), "sft", f"sft-{b}")
+                sel = _configure(stages.select(config_json=config_json, sft_model=sft.outputs["model"]),
+                                 "select", f"select-{b}")
+                si = _configure(stages.self_improve(config_json=config_json, selected=sel.outputs["model"],
+                                                    seed=seed), "self_improve", f"self-improve-{b}")
+                ev = _configure(stages.evaluate(config_json=config_json, episodes=data.outputs["episodes"],
+                                                train=sub.outputs["train"], selected=sel.outputs["model"],
+                                                improved=si.outputs["model"], fraction=fraction, seed=seed),
+                                "evaluate", f"evaluate-{b}")
+                if summary is None:
+                    rep = stages.report(result=ev.outputs["result"])
+                else:
+                    rep = stages.report_append(previous=summary, result=ev.outputs["result"])
+                summary = _configure(rep, "report", f"report-{b}").outputs["summary"]
+        return summary
+
+    return experiment_pipeline
+
+
+def compile_pipeline(path: str | Path, fractions: Sequence[float], seeds: Sequence[int],
+                     name: str = PIPELINE_NAME) -> Path:
+    """Writes the pipeline spec (YAML) for Vertex AI Pipelines or any KFP backend."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(make_experiment_pipeline(fractions, seeds, name), str(path))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Compile the experiment pipeline to YAML.")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--out", default="efm_experiment_pipeline.yaml")
+    args = p.parse_args(argv)
+    print(compile_pipeline(args.out, args.fractions, args.seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""The KFP pipeline: it compiles to a strict PipelineSpec, the report functions build the right
+summary, and one local kfp run of the debug config writes summary.json with the results contract."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from efm.components import EFM_IMAGE
+from efm.components.artifacts import publish, staged
+from efm.components.report import (
+    PLOT,
+    SUMMARY,
+    TABLE,
+    TABLE_HEADER,
+    evaluation_page,
+    markdown_table,
+    merge_results,
+    result_row,
+    update_report,
+    write_report,
+)
+from efm.config import debug_config
+from efm.data.subsample import nested_fractions, split_validation
+from efm.pipelines.experiment import RETRIES, compile_pipeline, make_experiment_pipeline
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STAGES_PER_BRANCH = 6  # subsample, sft, select, self_improve, evaluate, report
+
+
+def _compiled(tmp_path: Path, fractions: list[float], seeds: list[int]) -> tuple[dict, pipeline_spec_pb2.PipelineSpec]:
+    path = compile_pipeline(tmp_path / "pipeline.yaml", fractions, seeds)
+    raw = yaml.safe_load(path.read_text())
+    return raw, json_format.ParseDict(raw, pipeline_spec_pb2.PipelineSpec())  # strict: unknown fields fail
+
+
+@pytest.mark.parametrize(("fractions", "seeds"), [([0.5], [7]), ([0.1, 0.2], [0, 1])])
+def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_seed(
+        tmp_path: Path, fractions: list[float], seeds: list[int]) -> None:
+    raw, spec = _compiled(tmp_path, fractions, seeds)
+    tasks = spec.root.dag.tasks
+    branches = len(fractions) * len(seeds)
+    assert len(tasks) == 1 + STAGES_PER_BRANCH * branches
+    assert list(spec.root.input_definitions.parameters) == ["config_json"]
+    names = {t.task_info.name for t in tasks.values()}
+    for f in fractions:
+        for s in seeds:
+            assert {f"{stage}-f{f:g}-s{s}" for stage in ("subsample", "sft", "select", "self-improve",
+                                                           "evaluate", "report")} <= names
+    for t in tasks.values():  # retries and caching are set explicitly on every task
+        assert t.retry_policy.max_retry_count >= 1
+        assert t.caching_options.enable_cache
+    assert {t.retry_policy.max_retry_count for t in tasks.values()} <= set(RETRIES.values())
+    images = {e["container"]["image"] for e in raw["deploymentSpec"]["executors"].values()}
+    assert images == {EFM_IMAGE}
+    # no task installs anything at start
+    assert not any("pip install" in " ".join(e["container"]["command"])
+                   for e in raw["deploymentSpec"]["executors"].values())
+    # the report is a chain through every branch; its last step is the pipeline's output
+    (selector,) = spec.root.dag.outputs.artifacts["Output"].artifact_selectors
+    last = tasks[selector.producer_subtask]
+    assert last.task_info.name == f"report-f{fractions[-1]:g}-s{seeds[-1]}"
+    steps, task = 1, last
+    while "previous" in task.inputs.artifacts:
+        task = tasks[task.inputs.artifacts["previous"].task_output_artifact.producer_task]
+        steps += 1
+    assert steps == branches
+
+
+def test_invalid_fan_out_is_rejected() -> None:
+    for fractions, seeds in (([], [0]), ([0.5], []), ([1.5], [0]), ([0.5, 0.5], [0]), ([0.5], [1, 1])):
+        with pytest.raises(ValueError):
+            make_experiment_pipeline(fractions, seeds)
+
+
+def test_one_fraction_subsample_is_the_same_as_within_all_fractions() -> None:
+    """The subsample component writes only its branch's fraction; nesting across branches
+    holds because a fraction's subset does not depend on which other fractions are drawn."""
+    ids = [f"ep-{i}" for i in range(100)]
+    train, _ = split_validation(ids, 10, seed=7)
+    together = nested_fractions(train, (0.1, 0.2, 0.8), seed=7)
+    for f in (0.1, 0.2, 0.8):
+        assert nested_fractions(train, (f,), seed=7)[f] == together[f]
+
+
+def _row(fraction: float, seed: int, sft: float, si: float, precision: float | None) -> dict:
+    ev = {"sft": {"success_rate": sft, "mean_episode_length": 40.0, "optimal_length_ratio": 1.6,
+                  "mean_optimal_length": 25.0},
+          "self_improved": {"success_rate": si, "mean_episode_length": 30.0, "optimal_length_ratio": 1.2,
+                            "mean_optimal_length": 25.0},
+          "success_detector": {"precision": precision, "recall": 0.9},
+          "sft_success_detector": {"precision": 0.5, "recall": 0.5}}
+    return result_row("pointmass", fraction, seed, 220, int(fraction * 200), 20, ev)
+
+
+def test_report_functions_build_summary_table_and_plot(tmp_path: Path) -> None:
+    a, b = _row(0.1, 0, 0.4, 0.7, 0.8), _row(0.2, 0, 0.6, 0.9, None)
+    assert set(a) == {"domain", "data_fraction", "seed", "dataset_episodes", "sft_episodes",
+                      "self_improvement_episodes", "sft", "self_improved", "success_detector"}
+    assert a["sft"] == {"success_rate": 0.4, "mean_episode_length": 40.0, "optimal_length_ratio": 1.6}
+    assert a["success_detector"] == {"precision": 0.8, "recall": 0.9}
+
+    rows = merge_results(merge_results([], b), a)
+    assert rows == [a, b]  # sorted by fraction
+    assert merge_results(rows, {**a, "self_improvement_episodes": 99})[0]["self_improvement_episodes"] == 99
+    assert len(merge_results(rows, a)) == 2  # a retried step replaces its row
+
+    table = markdown_table(rows).splitlines()
+    assert len(table) == 2 + 2 and table[0].count("|") == len(TABLE_HEADER) + 1
+    assert table[2] == "| pointmass | 0.1 | 0 | 20 | 20 | 40 | 0.40 | 0.70 | 1.60 | 1.20 | 0.80 | 0.90 |"
+    assert "| n/a |" in table[3]  # an undefined precision
+
+    summary = write_report(rows, tmp_path / "report")
+    assert summary == {"results": rows}
+    assert json.loads((tmp_path / "report" / SUMMARY).read_text()) == {"results": rows}
+    assert (tmp_path / "report" / TABLE).read_text() == markdown_table(rows)
+    assert (tmp_path / "report" / PLOT).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_chain_accumulates_rows_and_embeds_the_plot(tmp_path: Path) -> None:
+    rows = [_row(0.1, 0, 0.4, 0.7, 0.8), _row(0.1, 1, 0.5, 0.8, 0.9), _row(0.2, 0, 0.6, 0.9, None)]
+    previous = None
+    for i, row in enumerate(rows):
+        (tmp_path / f"result{i}").write_text(json.dumps(row))
+        update_report(tmp_path / f"result{i}", tmp_path / f"summary{i}", tmp_path / f"page{i}.html", previous)
+        previous = tmp_path / f"summary{i}"
+    final = json.loads((tmp_path / "summary2" / SUMMARY).read_text())
+    assert final == {"results": rows}
+    page = (tmp_path / "page2.html").read_text()
+    encoded = page.split("data:image/png;base64,")[1].split('"')[0]
+    assert base64.b64decode(encoded).startswith(PNG_MAGIC)
+    assert page.count("<tr>") == 1 + len(rows)
+
+
+def test_evaluation_page_without_a_trajectory_plot(tmp_path: Path) -> None:
+    page = evaluation_page(_row(0.5, 7, 0.4, 0.7, None), None)
+    assert "fraction 0.5, seed 7" in page and "<img" not in page
+
+
+def test_staged_output_replaces_an_earlier_attempt(tmp_path: Path) -> None:
+    target = tmp_path / "artifact"
+    target.mkdir()
+    (target / "stale").write_text("from a failed attempt")
+    with staged(target) as work:
+        work.mkdir()
+        (work / "a.txt").write_text("a")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with pytest.raises(RuntimeError), staged(target) as work:
+        work.mkdir()
+        (work / "b.txt").write_text("b")
+        raise RuntimeError("stage failed")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]  # a failure publishes nothing
+    publish(target, tmp_path / "copy")
+    assert (tmp_path / "copy" / "a.txt").read_text() == "a"
+
+
+def test_local_kfp_run_writes_the_summary_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole pipeline under kfp.local for one fraction and one seed (about 1-2 minutes)."""
+    from efm.pipelines.local import run_local
+
+    cfg = debug_config()
+    monkeypatch.chdir(tmp_path)  # anything written outside out/ lands here, not in the repository
+    out = tmp_path / "out"
+    summary = run_local(cfg, out, fractions=[0.5], seeds=[7])
+    assert json.loads((out / SUMMARY).read_text()) == summary
+    assert (out / PLOT).read_bytes().startswith(PNG_MAGIC)
+    (row,) = summary["results"]
+    assert {k: row[k] for k in ("domain", "data_fraction", "seed", "dataset_episodes")} == {
+        "domain": "pointmass", "data_fraction": 0.5, "seed": 7, "dataset_episodes": cfg.data.num_episodes}
+    train_pool = cfg.data.num_episodes - cfg.data.validation_episodes
+    assert row["sft_episodes"] == train_pool // 2
+    assert row["self_improvement_episodes"] == cfg.self_improve.max_episodes
+    for policy in ("sft", "self_improved"):
+        assert set(row[policy]) == {"success_rate", "mean_episode_length", "optimal_length_ratio"}
+        assert 0.0 <= row[policy]["success_rate"] <= 1.0
+        assert 0 < row[policy]["mean_episode_length"] <= cfg.env.max_episode_steps
+    assert set(row["success_detector"]) == {"precision", "recall"}
+    # every stage left its typed artifacts under the pipeline root
+    (run_root,) = (out / "pipeline_root").iterdir()
+    tasks = {p.name for p in run_root.iterdir()}
+    assert {"dataset", "subsample", "sft", "select", "self-improve", "evaluate", "report"} <= tasks
+    assert (run_root / "select" / "model" / "selection.json").is_file()
+    assert (run_root / "self-improve" / "model" / "policy").is_dir()
+    assert json.loads((run_root / "evaluate" / "result").read_text()) == row
+    assert (run_root / "evaluate" / "evaluation" / "metrics.json").is_file()
+    assert "data:image/png;base64," in (run_root / "evaluate" / "page").read_text()
+    assert list(tmp_path.iterdir()) == [out]
