@@ -64,7 +64,7 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    num_episodes: int = 20000  # the full dataset
+    num_episodes: int = 40000  # the full dataset
     validation_episodes: int = 250  # held out once, shared by every fraction
     fractions: tuple[float, ...] = (0.1, 0.2, 0.8)  # of the episodes left after validation
     seed: int = 0  # demonstration generation
@@ -188,7 +188,7 @@ class SelfImproveConfig:
     final_learning_rate: float = 1e-4  # cosine decay over the episode budget
     weight_decay: float = 1e-4
     success_threshold: float = 1.0  # s: success when d(o, g) <= s
-    max_episodes: int = 2000  # practice budget (10% of the default dataset)
+    max_episodes: int = 4000  # practice budget (10% of the default dataset)
     max_rounds: int = 1000
     num_envs: int = 32  # vectorized environments per actor
     num_actors: int = 1

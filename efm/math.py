@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -42,8 +44,12 @@ def detect_success(stg: Array, threshold: float) -> Array:
     return stg <= threshold
 
 
+@partial(jax.jit, static_argnames="gamma")
 def monte_carlo_returns(rewards: Array, gamma: float) -> Array:
-    """R_t = sum_{i >= t} gamma^(i - t) r_i, by a reverse scan. [T] -> [T]"""
+    """R_t = sum_{i >= t} gamma^(i - t) r_i, by a reverse scan. [T] -> [T]
+
+    Jitted: actors call it once per episode, and an eager scan would compile every time.
+    """
 
     def step(carry: Array, r: Array) -> tuple[Array, Array]:
         carry = r + gamma * carry

@@ -72,9 +72,9 @@ def detected_success(threshold: float) -> Callable[[TimeStep, dict[str, Array]],
 
 def label_episode(episode: Episode, gamma: float) -> dict[str, np.ndarray]:
     """Replay samples (o_t, a_t, g, R_t) for t < T, from the recorded d(o_t, g). [T, ...]"""
-    stg = jnp.asarray(episode.observation_extras[STEPS_TO_GO], jnp.float32)  # [T+1]
+    stg = np.asarray(episode.observation_extras[STEPS_TO_GO], np.float32)  # [T+1]
     rewards = math.self_improvement_reward(stg[:-1], stg[1:])  # [T]
-    returns = np.asarray(math.monte_carlo_returns(rewards, gamma))
+    returns = np.asarray(math.monte_carlo_returns(jnp.asarray(rewards), gamma))
     inputs = {k: v[:-1] for k, v in episode_inputs(episode).items()}
     return {**inputs, ACTION_TOKENS: episode.action_extras[ACTION_TOKENS].astype(np.int32),
             RETURN: returns.astype(np.float32)}

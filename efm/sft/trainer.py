@@ -78,17 +78,19 @@ def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation) 
     return train_step
 
 
-def validation_losses(fns: EFMFunctions, params: Any, val: dict[str, ObjectiveSamples],
-                      batch_size: int = 2048) -> dict[str, float]:
-    """Mean negative log-likelihood per objective over the whole validation split."""
-    nll_fn = jax.jit(lambda p, b: _per_sample_nll(fns, p, b))
-    out = {}
-    for name, s in val.items():
-        total = 0.0
-        for batch in evaluation_batches(s, name, batch_size, OBJECTIVE_ID, fns.vocab.max_target_length):
-            total += float(jnp.sum(nll_fn(params, batch)))
-        out[f"val/{name}_loss"] = total / len(s)
-    return out
+def make_validation_losses(fns: EFMFunctions, batch_size: int = 2048) -> Callable[[Any, dict], dict[str, float]]:
+    """Mean negative log-likelihood per objective over a whole validation split."""
+    nll_fn = jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b)))
+
+    def validation_losses(params: Any, val: dict[str, ObjectiveSamples]) -> dict[str, float]:
+        out = {}
+        for name, s in val.items():
+            total = sum(float(nll_fn(params, batch)) for batch in evaluation_batches(
+                s, name, batch_size, OBJECTIVE_ID, fns.vocab.max_target_length))
+            out[f"val/{name}_loss"] = total / len(s)
+        return out
+
+    return validation_losses
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def run_sft(cfg: RunConfig, train: Sequence[Episode], validation: Sequence[Episo
         history = [h for h in _read_history(workdir) if h["step"] <= int(state.step)]
 
     train_step = make_train_step(fns, optimizer)
+    validation_losses = make_validation_losses(fns)
     start = int(state.step)
     bar = tqdm(total=sft.num_steps, initial=start, desc="sft", disable=not progress, mininterval=2.0)
     running: dict[str, list[float]] = {}
@@ -144,7 +147,7 @@ def run_sft(cfg: RunConfig, train: Sequence[Episode], validation: Sequence[Episo
         done = step + 1
         if done % sft.eval_every == 0 or done == sft.num_steps:
             row = {"step": float(done), **{k: float(np.mean(jax.device_get(v))) for k, v in running.items()},
-                   **validation_losses(fns, state.params, val)}
+                   **validation_losses(state.params, val)}
             running = {}
             if not all(np.isfinite(v) for v in row.values()):
                 raise FloatingPointError(f"non-finite loss at step {done}: {row}")
