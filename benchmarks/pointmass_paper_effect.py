@@ -16,21 +16,10 @@ import time
 from pathlib import Path
 
 from efm.config import default_config
+from efm.evaluation.report import markdown_table
 from efm.stages import run_experiment
 
 RESULTS = Path(__file__).parent / "results" / "pointmass_paper_effect.json"
-
-
-def table(results: list[dict]) -> str:
-    rows = ["| data | seed | SFT success | SFT length ratio | SI success | SI length ratio | SI episodes (% of dataset) | detector P / R |",
-            "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        sft, si, det = r["sft"], r["self_improved"], r["success_detector"]
-        pct = 100 * r["self_improvement_episodes"] / r["dataset_episodes"]
-        rows.append(f"| {r['data_fraction']:.0%} | {r['seed']} | {sft['success_rate']:.2f} | "
-                    f"{sft['optimal_length_ratio']:.2f} | {si['success_rate']:.2f} | {si['optimal_length_ratio']:.2f} | "
-                    f"{r['self_improvement_episodes']} ({pct:.0f}%) | {det['precision']:.2f} / {det['recall']:.2f} |")
-    return "\n".join(rows)
 
 
 def checks(r: dict) -> dict[str, bool]:
@@ -57,7 +46,10 @@ def main() -> None:
            "all_checks_pass": all(all(r["checks"].values()) for r in results)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1))
-    print(table(results))
+    print(markdown_table(results))
+    for r in results:
+        failed = [k for k, ok in r["checks"].items() if not ok]
+        print(f"fraction {r['data_fraction']:g} seed {r['seed']}: " + (f"FAILED {failed}" if failed else "all checks pass"))
     print(f"\nall checks pass: {out['all_checks_pass']}  ({out['seconds'] / 60:.1f} min; {RESULTS})")
 
 

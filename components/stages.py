@@ -119,8 +119,8 @@ def evaluate(config_json: str, episodes: Input[Dataset], train: Input[Dataset], 
     from pathlib import Path
 
     from efm.components.artifacts import staged
-    from efm.components.report import branch_result, evaluation_page
     from efm.config import RunConfig
+    from efm.evaluation.report import branch_result, evaluation_page
     from efm.stages import TRAJECTORIES, evaluate_stage, seeded
 
     cfg = seeded(RunConfig.from_json(config_json), seed)
@@ -139,7 +139,7 @@ def evaluate(config_json: str, episodes: Input[Dataset], train: Input[Dataset], 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def report(result: Input[Artifact], summary: Output[Artifact], page: Output[HTML]):
     """The first report step: a report of one branch (summary.json, report.md, Figure 5)."""
-    from efm.components.report import update_report
+    from efm.evaluation.report import update_report
 
     update_report(result.path, summary.path, page.path)
 
@@ -148,6 +148,6 @@ def report(result: Input[Artifact], summary: Output[Artifact], page: Output[HTML
 def report_append(previous: Input[Artifact], result: Input[Artifact], summary: Output[Artifact],
                   page: Output[HTML]):
     """A later report step: the previous step's report plus one more branch."""
-    from efm.components.report import update_report
+    from efm.evaluation.report import update_report
 
     update_report(result.path, summary.path, page.path, previous_dir=previous.path)

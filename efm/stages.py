@@ -24,6 +24,7 @@ from efm.domains import make_demonstrator, make_env
 from efm.envs.base import Episode
 from efm.evaluation.evaluate import evaluate_policy
 from efm.evaluation.plots import plot_curves, plot_trajectories
+from efm.evaluation.report import SUMMARY, result_row, write_report
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.rollout import rollout
@@ -35,7 +36,6 @@ from efm.types import Logger
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
-SUMMARY = "summary.json"
 TRAJECTORIES = "trajectories.png"
 
 
@@ -225,28 +225,17 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path, seeds: Sequence[int], pr
                     eval_run.log_metrics({f"success_detector.{k}": v for k, v in ev["success_detector"].items()
                                           if v is not None})
                     eval_run.log_artifacts(branch / "evaluate", "*.png")
-                results.append({
-                    "domain": cfg.domain,
-                    "data_fraction": fraction,
-                    "seed": seed,
-                    "dataset_episodes": full_size,
-                    "sft_episodes": sum(rlds.split_sizes(train_dir).values()),
-                    "self_improvement_episodes": si["total_episodes"],
-                    "sft": _policy_keys(ev["sft"]),
-                    "self_improved": _policy_keys(ev["self_improved"]),
-                    "success_detector": ev["success_detector"],
-                    "mlflow_run_id": eval_run.run_id,
-                })
-                _write_json(out / SUMMARY, {"results": results})
-        summary = {"results": results, "tracking_uri": tracker.tracking_uri,
+                row = result_row(cfg.domain, fraction, seed, full_size, sum(rlds.split_sizes(train_dir).values()),
+                                 si["total_episodes"], ev)
+                results.append({**row, "mlflow_run_id": eval_run.run_id})
+                write_report(results, out)
+        summary = {**write_report(results, out), "tracking_uri": tracker.tracking_uri,
                    "tracking_failures": tracker.failures}
         _write_json(out / SUMMARY, summary)
+        parent.log_artifacts(out, "*.md")
+        parent.log_artifacts(out, "*.png")
         parent.log_artifacts(out, SUMMARY)
     return summary
-
-
-def _policy_keys(m: dict[str, float]) -> dict[str, float]:
-    return {k: m[k] for k in ("success_rate", "mean_episode_length", "optimal_length_ratio")}
 
 
 def _fraction_key(manifest: dict[str, Any], fraction: float) -> str:

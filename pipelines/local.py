@@ -21,8 +21,8 @@ from typing import Any
 
 from kfp import local
 
-from efm.components.report import PLOT, SUMMARY, TABLE
 from efm.config import RunConfig, debug_config, default_config
+from efm.evaluation.report import PLOT, SUMMARY, TABLE
 from efm.pipelines.experiment import make_experiment_pipeline
 
 

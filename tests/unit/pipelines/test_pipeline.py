@@ -14,7 +14,9 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from efm.components import EFM_IMAGE
 from efm.components.artifacts import publish, staged
-from efm.components.report import (
+from efm.config import debug_config
+from efm.data.subsample import nested_fractions, split_validation
+from efm.evaluation.report import (
     PLOT,
     SUMMARY,
     TABLE,
@@ -26,8 +28,6 @@ from efm.components.report import (
     update_report,
     write_report,
 )
-from efm.config import debug_config
-from efm.data.subsample import nested_fractions, split_validation
 from efm.pipelines.experiment import RETRIES, compile_pipeline, make_experiment_pipeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
