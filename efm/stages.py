@@ -52,10 +52,27 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
+    """The stage's output directory; refuses one that holds outputs of another config."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(cfg.to_json())
+    path = out / CONFIG
+    if path.exists() and path.read_text() != cfg.to_json():
+        raise ValueError(f"{out} holds outputs of a different config (see {path}): use a new output "
+                         "directory, or the same config to resume")
+    path.write_text(cfg.to_json())
     return out
+
+
+def _dataset_matches(cfg: RunConfig, dataset_dir: Path) -> bool:
+    """Whether dataset_dir already holds the demonstrations this config would generate."""
+    path = dataset_dir / CONFIG
+    if not path.exists():
+        return False
+    made = RunConfig.from_json(path.read_text())
+    if (made.env, made.data.num_episodes, made.data.seed) != (cfg.env, cfg.data.num_episodes, cfg.data.seed):
+        raise ValueError(f"{dataset_dir} was generated with another environment or data config (see {path}): "
+                         "use a new output directory")
+    return True
 
 
 def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64,
@@ -94,7 +111,13 @@ def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
 def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path, seed: int) -> dict[str, Any]:
     """Nested fractions of the training episodes plus the shared validation split."""
     if (Path(out_dir) / subsample.MANIFEST).exists():
-        return subsample.load_manifest(out_dir)
+        manifest = subsample.load_manifest(out_dir)
+        have = {float(f) for f in manifest["fractions"]}
+        if (manifest["seed"] != seed or manifest["validation"]["count"] != cfg.data.validation_episodes
+                or not set(cfg.data.fractions) <= have):
+            raise ValueError(f"{out_dir} was subsampled with another seed, validation size or fractions "
+                             f"(seed {manifest['seed']}, fractions {sorted(have)}): use a new output directory")
+        return manifest
     return subsample.subsample_dataset(dataset_dir, out_dir, cfg.data.fractions, cfg.data.validation_episodes, seed)
 
 
@@ -191,7 +214,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path, seeds: Sequence[int], pr
 
         dataset_dir = out / "dataset"
         with stage("dataset", {}, []) as dataset_run:
-            if not (dataset_dir / CONFIG).exists():
+            if not _dataset_matches(cfg, dataset_dir):
                 dataset_run.log_metrics({k: v for k, v in dataset_stage(cfg, dataset_dir, progress=progress).items()
                                          if isinstance(v, int | float)})
         full_size = sum(rlds.split_sizes(dataset_dir).values())

@@ -115,6 +115,17 @@ def test_select_stage_reruns_alone_from_directories(run_dir: dict[str, Path], tm
         (branch / "select" / "selection.json").read_text())
 
 
+def test_stage_refuses_an_output_directory_of_another_config(run_dir: dict[str, Path],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    branch = run_dir["branch"]
+    before = (branch / "select" / "selection.json").read_bytes()
+    rc = main(["select", "--debug", "--quiet", "--config", '{"select": {"policy_rule": "last"}}',
+               "--sft", str(branch / "sft"), "--out", str(branch / "select")])
+    assert rc == 2
+    assert "different config" in capsys.readouterr().err
+    assert (branch / "select" / "selection.json").read_bytes() == before  # nothing lost
+
+
 def test_run_writes_nothing_outside_out(run_dir: dict[str, Path]) -> None:
     assert list(run_dir["cwd"].iterdir()) == []
 
