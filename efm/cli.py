@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "evaluate":
         si = _existing(args.self_improve, "self-improve directory") if args.self_improve else None
         data = _existing(args.dataset, "dataset") if args.dataset else None
-        return stages.evaluate_stage(cfg, _existing(args.select, "select directory"), si, args.out, data)
+        return stages.evaluate_stage(cfg, _existing(args.select, "select directory"), si, args.out, data,
+                                     progress=progress)
     if args.command == "run":
         if args.fractions:
             cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))

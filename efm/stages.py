@@ -153,7 +153,8 @@ def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Pa
 
 
 def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str | Path | None,
-                   out_dir: str | Path, dataset_dir: str | Path | None = None) -> dict[str, Any]:
+                   out_dir: str | Path, dataset_dir: str | Path | None = None, progress: bool = False,
+                   ) -> dict[str, Any]:
     """Ground-truth evaluation of the SFT and Self-Improved policies, plus the trajectory plot."""
     out = _start(cfg, out_dir)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
@@ -167,7 +168,7 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
     if dataset_dir is not None and k:
         panels["dataset"] = read_split(dataset_dir)[:k]
     for name, params in policies.items():
-        policy_metrics, detector, episodes = evaluate_policy(cfg, fns, params, reward)
+        policy_metrics, detector, episodes = evaluate_policy(cfg, fns, params, reward, progress, name)
         metrics[name] = policy_metrics
         metrics[f"{name}_success_detector"] = detector
         panels[{"sft": "SFT (Stage 1)", "self_improved": "Self-Improved (Stage 2)"}[name]] = first_per_env(episodes)[:k]
@@ -242,7 +243,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path, seeds: Sequence[int], pr
                     si_run.log_artifacts(branch / "self_improve", "*.png")
                 with stage("evaluate", tags, [select_run, si_run]) as eval_run:
                     ev = evaluate_stage(scfg, branch / "select", branch / "self_improve", branch / "evaluate",
-                                        train_dir)
+                                        train_dir, progress=progress)
                     eval_run.log_metrics({f"{policy}.{k}": v for policy in ("sft", "self_improved")
                                           for k, v in ev[policy].items()})
                     eval_run.log_metrics({f"success_detector.{k}": v for k, v in ev["success_detector"].items()

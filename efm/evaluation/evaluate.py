@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from efm.config import RunConfig
 from efm.domains import make_env
@@ -47,12 +48,15 @@ def detector_metrics(episodes: list[Episode], threshold: float) -> dict[str, flo
 
 
 def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
+                    progress: bool = False, name: str = "policy",
                     ) -> tuple[dict[str, float], dict[str, float | None], list[Episode]]:
     """(policy metrics, detector metrics, episodes) on a fixed, seeded set of tasks."""
     ev = cfg.eval
     env = make_env(cfg.env, ev.num_envs, seed=ev.seed)
     agent = PolicyAgent(fns, policy_params, StepsToGoService(fns, reward_params), seed=ev.seed)
     per_env = -(-ev.num_episodes // ev.num_envs)
-    episodes = list(rollout(env, agent, max_steps=cfg.env.max_episode_steps, end_on=end_on_ground_truth,
-                            episodes_per_env=per_env, id_prefix="eval"))
+    source = rollout(env, agent, max_steps=cfg.env.max_episode_steps, end_on=end_on_ground_truth,
+                     episodes_per_env=per_env, id_prefix="eval")
+    episodes = list(tqdm(source, total=per_env * ev.num_envs, desc=f"evaluate {name}", disable=not progress,
+                         mininterval=2.0))
     return episode_metrics(episodes), detector_metrics(episodes, cfg.self_improve.success_threshold), episodes
