@@ -182,8 +182,10 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
 
 
 def first_per_env(episodes: list[Episode]) -> list[Episode]:
-    """Each env's first episode: the same tasks for every policy, not the quickest to finish."""
-    return [e for e in episodes if e.episode_id.endswith("-0")]
+    """Each env's first episode, in env order: the same tasks for every policy (episodes arrive
+    in the order they finish, which would favour the short ones)."""
+    firsts = [e for e in episodes if e.episode_id.endswith("-0")]
+    return sorted(firsts, key=lambda e: int(e.episode_id.split("-")[-2]))
 
 
 def seeded(cfg: RunConfig, seed: int) -> RunConfig:

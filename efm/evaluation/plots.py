@@ -31,7 +31,7 @@ def plot_trajectories(panels: dict[str, Sequence[Episode]], path: str | Path, *,
             if success_radius:
                 ax.add_patch(plt.Circle(goal, success_radius, color=c, fill=False, lw=0.6, ls="--"))
         mean_len = np.mean([e.length for e in episodes]) if episodes else float("nan")
-        ax.set_title(f"{title}\n(mean length {mean_len:.1f} steps)", fontsize=10)
+        ax.set_title(f"{title}: mean length {mean_len:.1f} steps", fontsize=10)
         if arena_half_size:
             ax.set_xlim(-arena_half_size, arena_half_size)
             ax.set_ylim(-arena_half_size, arena_half_size)
