@@ -12,7 +12,7 @@ run:
 test:
 	./scripts/bootstrap.sh
 	.venv/bin/ruff check .
-	.venv/bin/pytest -q -n 2 tests
+	.venv/bin/pytest -q -n 2 --dist loadfile tests
 
 # Re-resolve the locked dependency set after editing pyproject.toml.
 lock:
