@@ -8,8 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from efm.config import DOMAINS, RunConfig, debug_config, default_config
+
+if TYPE_CHECKING:
+    from efm.pipelines.vertex import VertexResources
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -106,7 +110,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db)")
+
+    p = sub.add_parser("compile", help="compile the experiment pipeline to YAML (Vertex AI or any KFP backend)")
+    _add_common(p)
+    _add_fan_out(p)
+    p.add_argument("--out", required=True, help="pipeline YAML to write")
+    p.add_argument("--target", choices=("vertex", "local"), default="vertex",
+                   help="vertex: SFT as a TPU custom job, sized CPU steps; local: plain components (kfp.local)")
+    _add_resources(p)
+
+    p = sub.add_parser("submit", help="compile and start one run on Vertex AI Pipelines")
+    _add_common(p)
+    _add_vertex(p)
+
+    p = sub.add_parser("schedule", help="compile and create a Vertex AI schedule running the pipeline on a cron")
+    _add_common(p)
+    _add_vertex(p)
+    p.add_argument("--cron", required=True, help="5-field cron, e.g. '0 3 * * *' (optionally 'TZ=Europe/Paris ...')")
+    p.add_argument("--max-concurrent-runs", type=int, default=1)
+    p.add_argument("--max-runs", type=int, help="stop the schedule after this many runs (default: never)")
     return parser
+
+
+def _add_fan_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fractions", type=float, nargs="+", help="data fractions (default: the config's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+
+
+def _add_resources(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Vertex machines (compiled into the pipeline)")
+    g.add_argument("--sft-machine-type", default="ct5lp-hightpu-4t", help="SFT custom job machine (TPU VM)")
+    g.add_argument("--sft-tpu-topology", help="multi-host TPU slice, e.g. 4x4 (default: one host)")
+    g.add_argument("--sft-accelerator-type", default="", help="only for machine types with attached GPUs")
+    g.add_argument("--sft-accelerator-count", type=int, default=1)
+    g.add_argument("--cpu-limit", default="4", help="CPU of every other step")
+    g.add_argument("--memory-limit", default="16G", help="memory of every other step")
+    g.add_argument("--self-improve-accelerator", help="accelerator for Self-Improvement, e.g. NVIDIA_L4")
+    g.add_argument("--self-improve-accelerator-count", type=int, default=1)
+
+
+def _add_vertex(p: argparse.ArgumentParser) -> None:
+    _add_fan_out(p)
+    _add_resources(p)
+    p.add_argument("--project", required=True)
+    p.add_argument("--region", required=True, help="e.g. us-central1")
+    p.add_argument("--pipeline-root", required=True, help="gs://BUCKET/PATH for pipeline artifacts")
+    p.add_argument("--service-account", default="", help="run-as service account (pipeline and SFT job)")
+    p.add_argument("--display-name", help="default: efm-<domain>")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="Vertex label (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help="rerun every step instead of reusing cached results")
+    p.add_argument("--out", help="where to write the compiled YAML (default: a temporary file)")
+    p.add_argument("--dry-run", action="store_true", help="print the request as JSON and send nothing")
 
 
 def _with_seed(cfg: RunConfig, seed: int | None) -> RunConfig:
@@ -115,8 +169,72 @@ def _with_seed(cfg: RunConfig, seed: int | None) -> RunConfig:
     return cfg if seed is None else seeded(cfg, seed)
 
 
+def _resources(args: argparse.Namespace) -> VertexResources:
+    from efm.pipelines.vertex import VertexResources
+
+    return VertexResources(
+        sft_machine_type=args.sft_machine_type, sft_tpu_topology=args.sft_tpu_topology,
+        sft_accelerator_type=args.sft_accelerator_type, sft_accelerator_count=args.sft_accelerator_count,
+        cpu_limit=args.cpu_limit, memory_limit=args.memory_limit,
+        self_improve_accelerator_type=args.self_improve_accelerator,
+        self_improve_accelerator_count=args.self_improve_accelerator_count)
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--label must be KEY=VALUE, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
+    """compile / submit / schedule. Every setting is checked, then the pipeline is compiled,
+    then (unless --dry-run) the request is sent: nothing reaches Vertex on a bad parameter."""
+    import tempfile
+    from dataclasses import replace
+
+    from efm.pipelines import vertex
+
+    fractions = args.fractions or list(cfg.data.fractions)
+    cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(fractions)))  # what MLflow logs matches the branches
+    if args.command == "compile":
+        from efm.pipelines.experiment import compile_pipeline
+
+        resources = _resources(args) if args.target == "vertex" else None
+        path = compile_pipeline(args.out, fractions, args.seeds, target=args.target, resources=resources)
+        return {"path": str(path), "target": args.target, "fractions": fractions, "seeds": args.seeds}
+    settings = vertex.VertexConfig(
+        project=args.project, region=args.region, pipeline_root=args.pipeline_root,
+        service_account=args.service_account, enable_caching=False if args.no_cache else None,
+        labels=_labels(args.label), resources=_resources(args))
+    if args.command == "schedule":
+        vertex.validate_cron(args.cron)
+    with tempfile.TemporaryDirectory(prefix="efm-vertex-") as tmp:
+        if args.out:
+            out = Path(args.out)
+        elif args.dry_run:  # kept, so the printed template path can be inspected
+            out = Path(tempfile.mkdtemp(prefix="efm-vertex-")) / "pipeline.yaml"
+        else:
+            out = Path(tmp) / "pipeline.yaml"
+        path = vertex.compile_for_vertex(out, fractions, args.seeds, settings.sft_resources())
+        if args.command == "schedule":
+            request = vertex.build_schedule_request(settings, path, cfg, args.cron, args.display_name,
+                                                    args.max_concurrent_runs, args.max_runs)
+        else:
+            request = vertex.build_pipeline_job_request(settings, path, cfg, args.display_name)
+        if args.dry_run:
+            return {"dry_run": True, "request": request}
+        return vertex.execute(request)
+
+
 def run(args: argparse.Namespace) -> dict:
     from dataclasses import replace
+
+    if args.command in ("compile", "submit", "schedule"):
+        return _pipeline_command(args, _config(args))
 
     from efm import stages
 

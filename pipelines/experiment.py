@@ -12,17 +12,28 @@ branches. The last step's summary is the pipeline's output.
 
     python -m efm.pipelines.experiment --fractions 0.1 0.2 0.8 --seeds 0 1 2 --out pipeline.yaml
 
+Two targets share the graph. "local" (the default) is what kfp.local runs: every step a
+lightweight component. "vertex" makes SFT a Vertex AI custom job on a TPU VM (gcpc's
+`create_custom_training_job_from_component`; kfp.local cannot run that launcher) and puts CPU
+and memory limits, and optionally an accelerator for Self-Improvement, on the other steps; the
+machines come from `efm.pipelines.vertex.VertexResources`.
+
 No `from __future__ import annotations`: kfp reads the pipeline function's annotations as types.
 """
 
 import argparse
+import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kfp import compiler, dsl
 
 from efm.components import stages
+from efm.pipelines.vertex import VertexResources
+
+Target = Literal["local", "vertex"]
+TARGETS: tuple[str, ...] = ("local", "vertex")
 
 PIPELINE_NAME = "efm-experiment"
 
@@ -58,28 +69,78 @@ def _configure(task: dsl.PipelineTask, stage: str, display_name: str) -> dsl.Pip
             .set_caching_options(enable_caching=CACHING[stage]))
 
 
+def _vertex_sft(resources: VertexResources) -> tuple[Callable[..., dsl.PipelineTask], dict[str, Any]]:
+    """The sft component as a Vertex custom job on `resources.sft_machine_type`, and the extra
+    task arguments it needs.
+
+    A single-host TPU VM is just a machine type (ct5lp-hightpu-4t: 4 v5e chips), so the gcpc
+    util's worker pool spec (the default of the op's `worker_pool_specs` input) is enough. The
+    util has no topology argument, so for a multi-host slice its spec is copied with
+    `machine_spec.tpu_topology` added and passed to each sft task as `worker_pool_specs`.
+    """
+    from google_cloud_pipeline_components.v1.custom_job import (
+        create_custom_training_job_from_component,
+    )
+
+    op = create_custom_training_job_from_component(
+        stages.sft, display_name="efm-sft", machine_type=resources.sft_machine_type,
+        accelerator_type=resources.sft_accelerator_type, accelerator_count=resources.sft_accelerator_count,
+        boot_disk_size_gb=resources.sft_boot_disk_gb, service_account=resources.sft_service_account)
+    if not resources.sft_tpu_topology:
+        return op, {}
+    pools = copy.deepcopy(op.component_spec.inputs["worker_pool_specs"].default)
+    pools[0]["machine_spec"] = resources.sft_machine_spec
+    return op, {"worker_pool_specs": pools}
+
+
+def _on_cpu(task: dsl.PipelineTask, resources: VertexResources | None) -> dsl.PipelineTask:
+    """Vertex picks a CPU machine for a step from its limits; the local target sets none."""
+    if resources is None:
+        return task
+    return task.set_cpu_limit(resources.cpu_limit).set_memory_limit(resources.memory_limit)
+
+
 def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
-                             name: str = PIPELINE_NAME) -> Callable[..., Any]:
+                             name: str = PIPELINE_NAME, target: Target = "local",
+                             resources: VertexResources | None = None) -> Callable[..., Any]:
     """A pipeline function with one branch per (seed, fraction); its parameter is `config_json`
-    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use."""
+    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use.
+
+    target "vertex" runs SFT as a TPU custom job and sizes the other steps by `resources`
+    (default `VertexResources()`); "local" uses plain components that kfp.local can run.
+    """
     fractions, seeds = _check(fractions, seeds)
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if target == "local" and resources is not None:
+        raise ValueError("resources only apply to target 'vertex'")
+    sft_op: Callable[..., dsl.PipelineTask] = stages.sft
+    sft_args: dict[str, Any] = {}
+    if target == "vertex":
+        resources = resources or VertexResources()
+        sft_op, sft_args = _vertex_sft(resources)
 
     @dsl.pipeline(name=name, description="Self-Improving Embodied Foundation Models: SFT then "
                   f"Self-Improvement for data fractions {fractions} and seeds {seeds}.")
     def experiment_pipeline(config_json: str) -> dsl.Artifact:
-        data = _configure(stages.dataset(config_json=config_json), "dataset", "dataset")
+        data = _on_cpu(_configure(stages.dataset(config_json=config_json), "dataset", "dataset"), resources)
         summary = None
         for seed in seeds:
             for fraction in fractions:
                 b = branch_label(fraction, seed)
                 sub = _configure(stages.subsample(config_json=config_json, episodes=data.outputs["episodes"],
                                                   fraction=fraction, seed=seed), "subsample", f"subsample-{b}")
-                sft = _configure(stages.sft(config_json=config_json, train=sub.outputs["train"],
-                                            validation=sub.outputs["validation"], seed=seed), "sft", f"sft-{b}")
+                job = {"display_name": f"efm-sft-{b}", **sft_args} if target == "vertex" else {}
+                sft = _configure(sft_op(config_json=config_json, train=sub.outputs["train"],
+                                        validation=sub.outputs["validation"], seed=seed, **job),
+                                 "sft", f"sft-{b}")
                 sel = _configure(stages.select(config_json=config_json, sft_model=sft.outputs["model"]),
                                  "select", f"select-{b}")
                 si = _configure(stages.self_improve(config_json=config_json, selected=sel.outputs["model"],
                                                     seed=seed), "self_improve", f"self-improve-{b}")
+                if resources is not None and resources.self_improve_accelerator_type:
+                    si.set_accelerator_type(resources.self_improve_accelerator_type).set_accelerator_limit(
+                        resources.self_improve_accelerator_count)
                 ev = _configure(stages.evaluate(config_json=config_json, episodes=data.outputs["episodes"],
                                                 train=sub.outputs["train"], selected=sel.outputs["model"],
                                                 improved=si.outputs["model"], fraction=fraction, seed=seed),
@@ -88,18 +149,24 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                     rep = stages.report(result=ev.outputs["result"])
                 else:
                     rep = stages.report_append(previous=summary, result=ev.outputs["result"])
-                summary = _configure(rep, "report", f"report-{b}").outputs["summary"]
+                rep = _configure(rep, "report", f"report-{b}")
+                for task in (sub, sel, si, ev, rep):
+                    _on_cpu(task, resources)
+                summary = rep.outputs["summary"]
         return summary
 
     return experiment_pipeline
 
 
 def compile_pipeline(path: str | Path, fractions: Sequence[float], seeds: Sequence[int],
-                     name: str = PIPELINE_NAME) -> Path:
-    """Writes the pipeline spec (YAML) for Vertex AI Pipelines or any KFP backend."""
+                     name: str = PIPELINE_NAME, target: Target = "local",
+                     resources: VertexResources | None = None) -> Path:
+    """Writes the pipeline spec (YAML): target "local" for any KFP backend, "vertex" for
+    Vertex AI Pipelines with SFT on TPU."""
+    pipeline = make_experiment_pipeline(fractions, seeds, name, target, resources)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(make_experiment_pipeline(fractions, seeds, name), str(path))
+    compiler.Compiler().compile(pipeline, str(path))
     return path
 
 
@@ -108,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.8])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", default="efm_experiment_pipeline.yaml")
+    p.add_argument("--target", choices=TARGETS, default="local",
+                   help="vertex: SFT as a TPU custom job, sized CPU steps (default machines)")
     args = p.parse_args(argv)
-    print(compile_pipeline(args.out, args.fractions, args.seeds))
+    print(compile_pipeline(args.out, args.fractions, args.seeds, target=args.target))
     return 0
 
 
