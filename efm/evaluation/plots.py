@@ -41,7 +41,7 @@ def plot_trajectories(panels: dict[str, Sequence[Episode]], path: str | Path, *,
     fig.text(0.5, 0.01, "start o, target *, dashed circle: success radius", ha="center", fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -61,6 +61,6 @@ def plot_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
