@@ -26,6 +26,7 @@ from efm.self_improve.replay import Replay
 STEPS_TO_GO = "steps_to_go"
 ACTION_TOKENS = "action_tokens"
 RETURN = "return"
+SAMPLE_ID = "sample_id"  # (actor, episode, step): lets the learner draw reproducibly
 
 
 class StepsToGoClient(Protocol):
@@ -80,6 +81,11 @@ def label_episode(episode: Episode, gamma: float) -> dict[str, np.ndarray]:
             RETURN: returns.astype(np.float32)}
 
 
+def sample_ids(actor_index: int, episode_index: int, length: int) -> np.ndarray:
+    """Unique, ordered ids of an episode's samples. [T] int64"""
+    return ((np.int64(actor_index) << 40) + (np.int64(episode_index) << 12) + np.arange(length)).astype(np.int64)
+
+
 def episode_summary(episode: Episode, threshold: float) -> dict[str, float]:
     """What the coordinator needs to know of an episode (no arrays)."""
     return {"length": float(episode.length),
@@ -96,8 +102,11 @@ class Actor:
     """
 
     def __init__(self, cfg: RunConfig, fns: EFMFunctions, params: Any, steps_to_go: StepsToGoClient,
-                 replay: Replay, seed: int, interrupt: Callable[[], Array | bool] | None = None):
+                 replay: Replay, seed: int, interrupt: Callable[[], Array | bool] | None = None,
+                 actor_index: int = 0):
         self._cfg = cfg
+        self._index = actor_index
+        self._episodes = 0
         self._env = make_env(cfg.env, cfg.self_improve.num_envs, seed=seed)
         self._agent = PolicyAgent(fns, params, steps_to_go, seed=seed)
         self._replay = replay
@@ -116,7 +125,10 @@ class Actor:
             for episode in finished:
                 summaries.append(episode_summary(episode, si.success_threshold))
                 if episode.length:
-                    self._replay.add_episode(label_episode(episode, si.gamma))
+                    samples = label_episode(episode, si.gamma)
+                    samples[SAMPLE_ID] = sample_ids(self._index, self._episodes, episode.length)
+                    self._replay.add_episode(samples)
+                self._episodes += 1
             if len(summaries) >= max_episodes or self._replay.size() >= target_size:
                 break
         source.close()

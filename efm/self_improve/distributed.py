@@ -46,11 +46,11 @@ class _RemoteStepsToGo:
 
 
 class _ActorWorker:
-    def __init__(self, cfg_json: str, params: Any, service: Any, replay_address: str, seed: int):
+    def __init__(self, cfg_json: str, params: Any, service: Any, replay_address: str, seed: int, index: int):
         cfg = RunConfig.from_json(cfg_json)
         fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
         replay = ReverbReplay.connect(replay_address)
-        self._actor = Actor(cfg, fns, params, _RemoteStepsToGo(service), replay, seed=seed)
+        self._actor = Actor(cfg, fns, params, _RemoteStepsToGo(service), replay, seed=seed, actor_index=index)
 
     def run_round(self, params: Any, round_index: int, max_episodes: int, target_size: int) -> list[dict[str, float]]:
         return self._actor.run_round(params, round_index, max_episodes, target_size)
@@ -84,7 +84,7 @@ def self_improve_on_ray(cfg: RunConfig, policy_params: Any, reward_params: Any, 
         with ReverbReplay.local(replay_spec(fns, cfg)) as replay:
             service = ray.remote(_ServiceWorker).options(num_cpus=0).remote(cfg_json, reward_params)
             actors = [ray.remote(_ActorWorker).options(num_cpus=0).remote(
-                cfg_json, policy_params, service, replay.address, si.seed + i) for i in range(si.num_actors)]
+                cfg_json, policy_params, service, replay.address, si.seed + i, i) for i in range(si.num_actors)]
             learner = ray.remote(_LearnerWorker).options(num_cpus=0).remote(cfg_json, policy_params, replay.address)
 
             def collect_round(params: Any, r: int, budget: int) -> list[dict[str, float]]:

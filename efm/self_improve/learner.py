@@ -13,7 +13,7 @@ from flax import traverse_util
 from efm import math
 from efm.config import SelfImproveConfig
 from efm.models.efm import EFMFunctions
-from efm.self_improve.actor import ACTION_TOKENS, RETURN
+from efm.self_improve.actor import ACTION_TOKENS, RETURN, SAMPLE_ID
 from efm.self_improve.replay import Replay
 
 
@@ -35,6 +35,17 @@ def make_optimizer(cfg: SelfImproveConfig, params: Any) -> optax.GradientTransfo
     return optax.multi_transform(
         {"trained": optax.adamw(1.0, weight_decay=cfg.weight_decay), "frozen": optax.set_to_zero()},
         freeze_labels(params, cfg.freeze))
+
+
+def draw_without_replacement(replay: Replay, num: int, held: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """`num` of the `held` samples, uniformly without replacement, in an order fixed by `rng`.
+
+    Everything is taken from the replay and put in sample-id order before the seeded draw, so
+    the draw does not depend on the order in which the server hands samples out.
+    """
+    data = replay.sample(held)
+    pick = np.argsort(data.pop(SAMPLE_ID), kind="stable")[rng.permutation(held)[:num]]
+    return {k: v[pick] for k, v in data.items()}
 
 
 class Learner:
@@ -74,8 +85,10 @@ class Learner:
     def run_round(self, replay: Replay, learning_rate: float | None = None) -> dict[str, float]:
         """N updates on N*B samples drawn without replacement, then the replay is cleared."""
         cfg = self._cfg
-        num_updates = min(cfg.updates_per_round, replay.size() // cfg.batch_size)
-        data = replay.sample(num_updates * cfg.batch_size) if num_updates else {}
+        held = replay.size()
+        num_updates = min(cfg.updates_per_round, held // cfg.batch_size)
+        data = draw_without_replacement(replay, num_updates * cfg.batch_size, held,
+                                        np.random.default_rng([cfg.seed, int(self.state.step)])) if num_updates else {}
         replay.clear()  # on-policy: whatever was not drawn is discarded
         metrics = []
         for i in range(num_updates):

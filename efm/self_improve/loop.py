@@ -24,7 +24,7 @@ from efm.config import RunConfig, SelfImproveConfig
 from efm.domains import make_env
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
-from efm.self_improve.actor import ACTION_TOKENS, RETURN, Actor
+from efm.self_improve.actor import ACTION_TOKENS, RETURN, SAMPLE_ID, Actor
 from efm.self_improve.learner import Learner
 from efm.self_improve.replay import ReverbReplay, SampleSpec
 from efm.self_improve.service import StepsToGoService
@@ -44,6 +44,7 @@ def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
             spec[f"{prefix}/{k}"] = (tuple(v.shape[1:]), v.dtype)
     spec[ACTION_TOKENS] = ((fns.vocab.action.num_tokens,), np.int32)
     spec[RETURN] = ((), np.float32)
+    spec[SAMPLE_ID] = ((), np.int64)
     return spec
 
 
@@ -115,8 +116,8 @@ def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_p
         return self_improve_on_ray(cfg, policy_params, reward_params, log=log, progress=progress)
     with ReverbReplay.local(replay_spec(fns, cfg)) as replay:
         service = StepsToGoService(fns, reward_params)
-        actors = [Actor(cfg, fns, policy_params, service, replay, seed=si.seed + i, interrupt=interrupt)
-                  for i in range(si.num_actors)]
+        actors = [Actor(cfg, fns, policy_params, service, replay, seed=si.seed + i, interrupt=interrupt,
+                        actor_index=i) for i in range(si.num_actors)]
         learner = Learner(fns, policy_params, si)
 
         def collect_round(params: Any, r: int, budget: int) -> list[dict[str, float]]:
