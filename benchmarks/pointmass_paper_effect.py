@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from efm.config import default_config
+from efm.cli import load_config
 from efm.evaluation.report import markdown_table
 from efm.stages import run_experiment
 
@@ -36,21 +37,23 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-pointmass")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--config", help="JSON overriding the defaults, as for efm --config")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    cfg = default_config("pointmass")
-    cfg = cfg.replace(data=type(cfg.data)(**{**cfg.data.__dict__, "fractions": tuple(args.fractions)}))
+    cfg = load_config("pointmass", args.config)
+    cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
     t0 = time.time()
     summary = run_experiment(cfg, args.out, args.seeds, progress=False)
     results = [{**r, "checks": checks(r)} for r in summary["results"]]
     out = {"seconds": time.time() - t0, "config": json.loads(cfg.to_json()), "results": results,
            "all_checks_pass": all(all(r["checks"].values()) for r in results)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(out, indent=1))
     print(markdown_table(results))
     for r in results:
         failed = [k for k, ok in r["checks"].items() if not ok]
         print(f"fraction {r['data_fraction']:g} seed {r['seed']}: " + (f"FAILED {failed}" if failed else "all checks pass"))
-    print(f"\nall checks pass: {out['all_checks_pass']}  ({out['seconds'] / 60:.1f} min; {RESULTS})")
+    print(f"\nall checks pass: {out['all_checks_pass']}  ({out['seconds'] / 60:.1f} min; {args.results})")
 
 
 if __name__ == "__main__":

@@ -17,24 +17,28 @@ if TYPE_CHECKING:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    """Defaults for the domain, overridden by --config (a JSON file or string, may be partial)."""
-    base = debug_config(args.domain) if getattr(args, "debug", False) else default_config(args.domain)
-    if not getattr(args, "config", None):
+    return load_config(args.domain, getattr(args, "config", None), getattr(args, "debug", False))
+
+
+def load_config(domain: str, override: str | None = None, debug: bool = False) -> RunConfig:
+    """Defaults for the domain, overridden by a JSON file or JSON object (may be partial)."""
+    base = debug_config(domain) if debug else default_config(domain)
+    if not override:
         return base
-    text = args.config
+    text = override
     if not text.lstrip().startswith("{"):
         path = Path(text)
         if not path.is_file():
             raise FileNotFoundError(f"--config: no such file {path} (pass a JSON file or a JSON object)")
         text = path.read_text()
     try:
-        override = json.loads(text)
+        changes = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"--config is not valid JSON ({e})") from e
-    if not isinstance(override, dict):
+    if not isinstance(changes, dict):
         raise ValueError("--config must be a JSON object")
     merged = json.loads(base.to_json())
-    _merge(merged, override, "")
+    _merge(merged, changes, "")
     return RunConfig.from_json(json.dumps(merged))
 
 
