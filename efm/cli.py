@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db)")
 
+    p = sub.add_parser("ui", help="the MLflow UI on a run's local store (loopback only)")
+    p.add_argument("--out", help="a run directory of efm run (its mlflow.db)")
+    p.add_argument("--tracking-uri", help="any MLflow backend store instead of --out")
+    p.add_argument("--port", type=int, default=5000)
+
     p = sub.add_parser("compile", help="compile the experiment pipeline to YAML (Vertex AI or any KFP backend)")
     _add_common(p)
     _add_fan_out(p)
@@ -234,8 +239,27 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
         return vertex.execute(request)
 
 
+def ui_command(out: str | None, tracking_uri: str | None, port: int) -> list[str]:
+    """The `mlflow ui` command line for a run directory's store (or a given store)."""
+    from efm.tracking import local_store
+
+    if tracking_uri is None:
+        if out is None:
+            raise ValueError("efm ui needs --out (a run directory) or --tracking-uri")
+        if not (Path(out) / "mlflow.db").is_file():
+            raise FileNotFoundError(f"no MLflow store at {Path(out) / 'mlflow.db'}: run `efm run --out {out}` first")
+        tracking_uri = local_store(out)
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
 def run(args: argparse.Namespace) -> dict:
     from dataclasses import replace
+
+    if args.command == "ui":
+        cmd = ui_command(args.out, args.tracking_uri, args.port)
+        print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+        os.execv(cmd[0], cmd)  # the server replaces this process
 
     if args.command in ("compile", "submit", "schedule"):
         return _pipeline_command(args, _config(args))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from efm.cli import main
+from efm.cli import main, ui_command
 from efm.config import debug_config
 
 SEED = 7
@@ -190,3 +190,36 @@ def test_long_inline_config_is_accepted(tmp_path: Path, capsys: pytest.CaptureFi
     # The config parses; the command then fails cleanly on the missing directory.
     assert main(["select", "--debug", "--config", config, "--sft", str(missing), "--out", str(tmp_path / "s")]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_ui_serves_the_run_store(run_dir: dict[str, Path]) -> None:
+    """`efm ui --out` starts the MLflow UI on loopback over the run's database."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = ui_command(str(run_dir["out"]), None, port)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--backend-store-uri") + 1].endswith(f"{run_dir['out'].name}/mlflow.db")
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, status = time.time() + 90, None
+        while time.time() < deadline and status is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    status = r.status
+            except OSError:
+                time.sleep(1)
+        assert status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_ui_without_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ui", "--out", str(tmp_path)]) == 2
+    assert "mlflow.db" in capsys.readouterr().err
