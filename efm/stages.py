@@ -7,6 +7,7 @@ domain over data fractions and seeds and writes summary.json.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ from efm.config import RunConfig
 from efm.data import rlds, subsample
 from efm.domains import make_demonstrator, make_env
 from efm.envs.base import Episode
-from efm.evaluation.evaluate import evaluate_policy
+from efm.evaluation.evaluate import episode_metrics, evaluate_policy
 from efm.evaluation.plots import plot_curves, plot_trajectories
 from efm.evaluation.report import SUMMARY, result_row, write_report
 from efm.models.efm import make_functions
@@ -39,12 +40,17 @@ METRICS = "metrics.json"
 TRAJECTORIES = "trajectories.png"
 
 
-def read_split(directory: str | Path) -> list[Episode]:
-    """The episodes of a dataset directory that holds one split (as `subsample` writes them)."""
+def _only_split(directory: str | Path) -> str:
     splits = rlds.split_sizes(directory)
     if len(splits) != 1:
         raise rlds.DatasetError(f"{directory} holds splits {sorted(splits)}; expected exactly one")
-    return rlds.read_episodes(directory, next(iter(splits)))
+    return next(iter(splits))
+
+
+def read_split(directory: str | Path, limit: int | None = None) -> list[Episode]:
+    """The episodes (the first `limit`) of a dataset directory holding one split, as `subsample`
+    writes them."""
+    return list(itertools.islice(rlds.iter_episodes(directory, _only_split(directory)), limit))
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -92,14 +98,8 @@ def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
     """Generates the full demonstration dataset and writes it as RLDS (TFDS format)."""
     t0 = time.time()
     episodes = generate_demonstrations(cfg, cfg.data.num_episodes, cfg.data.seed, progress=progress)
-    stats = {
-        "domain": cfg.domain,
-        "episodes": len(episodes),
-        "steps": int(sum(e.length for e in episodes)),
-        "success_rate": sum(e.success for e in episodes) / len(episodes),
-        "mean_episode_length": sum(e.length for e in episodes) / len(episodes),
-        "mean_optimal_length": sum(e.optimal_length for e in episodes) / len(episodes),
-    }
+    stats = {"domain": cfg.domain, "episodes": len(episodes), "steps": int(sum(e.length for e in episodes)),
+             **episode_metrics(episodes)}
     out = Path(out_dir)
     rlds.write_episodes(episodes, out, metadata={"stats": stats, "config": json.loads(cfg.to_json())},
                         overwrite=overwrite)
@@ -166,7 +166,7 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
     panels: dict[str, list[Episode]] = {}
     k = cfg.eval.plot_episodes
     if dataset_dir is not None and k:
-        panels["dataset"] = read_split(dataset_dir)[:k]
+        panels["dataset"] = read_split(dataset_dir, limit=k)
     for name, params in policies.items():
         policy_metrics, detector, episodes = evaluate_policy(cfg, fns, params, reward, progress, name)
         metrics[name] = policy_metrics

@@ -48,7 +48,7 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, Any], step: int = 0) -> None:
         now = int(time.time() * 1000)
         items = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, int | float) and v is not None and math.isfinite(float(v))]
+                 if isinstance(v, int | float) and math.isfinite(float(v))]
         self._tracker._call("log_batch", self.run_id, metrics=items)
 
     def log_params(self, params: dict[str, Any]) -> None:
