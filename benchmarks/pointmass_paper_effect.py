@@ -1,7 +1,7 @@
 """The paper's pointmass effect (Section 3, Figure 4) over data fractions and seeds.
 
-Runs the whole experiment (dataset -> subsample -> SFT -> select -> Self-Improvement ->
-evaluate) with the default config, then prints a table and checks the claims: SFT imitates
+Runs the experiment pipeline under kfp local, as `efm run` does (dataset -> subsample -> SFT ->
+select -> Self-Improvement -> evaluate -> report), with the default config, then prints a table and checks the claims: SFT imitates
 the detours (optimal_length_ratio >= 1.6), and Self-Improvement without ground-truth reward
 reaches success >= 0.95 and optimal_length_ratio <= 1.3 with at most 10% extra episodes.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from efm.cli import load_config
 from efm.evaluation.report import markdown_table
-from efm.stages import run_experiment
+from efm.pipelines.local import run_local
 
 RESULTS = Path(__file__).parent / "results" / "pointmass_paper_effect.json"
 
@@ -43,7 +43,7 @@ def main() -> None:
     cfg = load_config("pointmass", args.config)
     cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
     t0 = time.time()
-    summary = run_experiment(cfg, args.out, args.seeds, progress=False)
+    summary = run_local(cfg, args.out, args.fractions, args.seeds)
     results = [{**r, "checks": checks(r)} for r in summary["results"]]
     out = {"seconds": time.time() - t0, "config": json.loads(cfg.to_json()), "results": results,
            "all_checks_pass": all(all(r["checks"].values()) for r in results)}

@@ -4,14 +4,16 @@ Stages write on local disk and the result is copied to the artifact's path after
 Vertex AI artifact paths are Cloud Storage FUSE mounts (/gcs/...), where directory renames are
 not atomic (or refused), and both the RLDS writer and Orbax checkpointing rename directories
 into place. Copying only a finished stage also means a failed attempt leaves no half-written
-artifact for a retry to trip over.
+artifact for a retry to trip over; the exception is a stage that checkpoints as it goes
+(`mirrored`), whose partial artifact is exactly what a retry resumes from.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,3 +36,56 @@ def staged(artifact_path: str | Path) -> Iterator[Path]:
         work = Path(tmp) / "out"
         yield work
         publish(work, artifact_path)
+
+
+SYNC_MANIFEST = ".efm-synced.json"  # in a mirrored artifact: the files completely copied so far
+
+
+def _files(root: Path) -> dict[str, int]:
+    """Relative path -> size of the files under root, without Orbax's unfinished (tmp) saves."""
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*")
+            if p.is_file() and ".orbax-checkpoint-tmp" not in p.as_posix() and p.name != SYNC_MANIFEST}
+
+
+def sync_tree(work: Path, artifact: Path) -> None:
+    """Copies work's files to artifact, then the manifest naming them, then prunes the rest.
+
+    Only the manifest says what is complete: a task killed mid-copy leaves files it does not
+    list, and a restart copies back only what it lists.
+    """
+    artifact.mkdir(parents=True, exist_ok=True)
+    manifest_path = artifact / SYNC_MANIFEST
+    synced = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    files = _files(work)
+    for rel, size in files.items():
+        if synced.get(rel) != size or not (artifact / rel).is_file():
+            (artifact / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / rel, artifact / rel)
+    manifest_path.write_text(json.dumps(files, sort_keys=True))
+    for rel in set(_files(artifact)) - set(files):
+        (artifact / rel).unlink()
+
+
+@contextmanager
+def mirrored(artifact_path: str | Path) -> Iterator[tuple[Path, Callable[..., None]]]:
+    """A local working copy of `artifact_path` and `sync()`, which copies it back.
+
+    For stages that checkpoint as they go: a restarted task (a Vertex retry, a TPU preemption)
+    gets the same artifact path, finds what the previous attempt synced and resumes from it.
+    Everything is synced once more on success.
+    """
+    artifact = Path(artifact_path)
+    with tempfile.TemporaryDirectory(prefix="efm-stage-") as tmp:
+        work = Path(tmp) / "out"
+        work.mkdir()
+        manifest = artifact / SYNC_MANIFEST
+        if manifest.is_file():
+            for rel in json.loads(manifest.read_text()):
+                (work / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(artifact / rel, work / rel)
+
+        def sync(*_: object) -> None:
+            sync_tree(work, artifact)
+
+        yield work, sync
+        sync()

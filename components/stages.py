@@ -1,10 +1,15 @@
 """One KFP v2 lightweight component per pipeline stage, plus the report.
 
 Each body imports inside itself (kfp ships only the function's source to the task), validates
-the config, makes one call to a library stage in `efm.stages`, and writes typed outputs.
-Stages write to local scratch that is then copied into the artifact path
-(`efm.components.artifacts.staged`). `install_kfp_package=False`: the image already has kfp
-and the project, and local runs use the current environment (no pip at task time).
+the config, opens the stage's MLflow child run (`efm.components.tracking.stage_run`), makes
+one call to a library stage in `efm.stages`, and writes typed outputs. Stages write to local
+scratch that is then copied into the artifact path (`efm.components.artifacts`).
+`install_kfp_package=False`: the image already has kfp and the project, and local runs use the
+current environment (no pip at task time).
+
+Every component takes `tracking_uri` ("" for no tracking) and `parent_run_id` (the pipeline
+run's MLflow run) and learns its KFP run and task names from placeholders (spelled out in each
+signature: kfp ships the function's source alone, without module-level names).
 
 No `from __future__ import annotations` here: kfp reads the annotations as types.
 """
@@ -16,21 +21,35 @@ from efm.components import EFM_IMAGE
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def dataset(config_json: str, episodes: Output[Dataset]):
+def start_tracking(config_json: str, tracking_uri: str, branches: str, kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER) -> str:
+    """Opens the pipeline run's parent MLflow run; returns its id ("" without tracking)."""
+    from efm.components.tracking import start_experiment
+    from efm.config import RunConfig
+
+    return start_experiment(RunConfig.from_json(config_json), tracking_uri, kfp_run, branches)
+
+
+@dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
+def dataset(config_json: str, tracking_uri: str, parent_run_id: str, episodes: Output[Dataset],
+            kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """Demonstrations as an RLDS dataset; the artifact path is the dataset directory."""
     from efm.components.artifacts import staged
+    from efm.components.tracking import stage_run
     from efm.config import RunConfig
     from efm.stages import dataset_stage
 
     cfg = RunConfig.from_json(config_json)
-    with staged(episodes.path) as work:
-        stats = dataset_stage(cfg, work, progress=False)
+    with stage_run("dataset", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [], [episodes]) as run:
+        with staged(episodes.path) as work:
+            stats = dataset_stage(cfg, work)
+        run.log_metrics({f"dataset.{k}": v for k, v in stats.items()})
     episodes.metadata.update({k: v for k, v in stats.items() if isinstance(v, int | float | str)})
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed: int,
-              train: Output[Dataset], validation: Output[Dataset]):
+def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed: int, tracking_uri: str,
+              parent_run_id: str, train: Output[Dataset], validation: Output[Dataset],
+              kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """One data fraction's training episodes and the validation split, for one seed.
 
     Only `fraction` is written: every fraction is a prefix of one permutation drawn from
@@ -42,34 +61,50 @@ def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed:
     from pathlib import Path
 
     from efm.components.artifacts import publish
+    from efm.components.tracking import stage_run
     from efm.config import RunConfig
     from efm.data.subsample import fraction_dirname
-    from efm.stages import subsample_stage
+    from efm.stages import seeded, subsample_stage
 
-    cfg = RunConfig.from_json(config_json)
+    cfg = seeded(RunConfig.from_json(config_json), seed)
     cfg = cfg.replace(data=replace(cfg.data, fractions=(fraction,)))
-    with tempfile.TemporaryDirectory(prefix="efm-subsample-") as tmp:
-        manifest = subsample_stage(cfg, episodes.path, tmp, seed)
-        publish(Path(tmp) / fraction_dirname(fraction), train.path)
-        publish(Path(tmp) / manifest["validation"]["path"], validation.path)
-    entry = manifest["fractions"][f"{fraction:g}"]
+    with stage_run("subsample", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [episodes],
+                   [train, validation], fraction, seed) as run:
+        run.log_dataset(episodes.path, episodes.uri, "demonstrations", "source")
+        with tempfile.TemporaryDirectory(prefix="efm-subsample-") as tmp:
+            manifest = subsample_stage(cfg, episodes.path, tmp, seed)
+            publish(Path(tmp) / fraction_dirname(fraction), train.path)
+            publish(Path(tmp) / manifest["validation"]["path"], validation.path)
+        entry = manifest["fractions"][f"{fraction:g}"]
+        run.log_metrics({"train_episodes": entry["count"], "validation_episodes": manifest["validation"]["count"]})
     train.metadata.update({"fraction": fraction, "seed": seed, "count": entry["count"]})
     validation.metadata.update({"seed": seed, "count": manifest["validation"]["count"]})
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def sft(config_json: str, train: Input[Dataset], validation: Input[Dataset], seed: int,
-        model: Output[Model], metrics: Output[Metrics]):
-    """Stage 1; the model artifact is the SFT workdir (checkpoints and history.json)."""
-    from efm.components.artifacts import staged
+def sft(config_json: str, train: Input[Dataset], validation: Input[Dataset], fraction: float, seed: int,
+        tracking_uri: str, parent_run_id: str, model: Output[Model], metrics: Output[Metrics],
+        kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
+    """Stage 1; the model artifact is the SFT workdir (checkpoints and history.json).
+
+    Checkpoints are copied to the artifact as training goes (`mirrored`), so a restarted task
+    (retry, preemption) resumes from the last one and ends with the same result.
+    """
+    from efm.components.artifacts import mirrored
+    from efm.components.tracking import branch_label, stage_run
     from efm.config import RunConfig
     from efm.stages import seeded, sft_stage
 
     cfg = seeded(RunConfig.from_json(config_json), seed)
-    with staged(model.path) as work:
-        out = sft_stage(cfg, train.path, validation.path, work, progress=False)
-    final = out["history"][-1]
-    for k, v in final.items():
+    with stage_run("sft", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [train, validation],
+                   [model, metrics], fraction, seed) as run:
+        label = branch_label(fraction, seed)
+        run.log_dataset(train.path, train.uri, f"train-{label}", "training")
+        run.log_dataset(validation.path, validation.uri, f"validation-s{seed}", "validation")
+        with mirrored(model.path) as (work, sync):
+            out = sft_stage(cfg, train.path, validation.path, work, log=run, on_checkpoint=sync)
+        run.log_artifacts(model.path, "*.png")
+    for k, v in out["history"][-1].items():
         if k.startswith("val/"):
             metrics.log_metric(k.replace("/", "."), float(v))
     metrics.log_metric("final_step", float(out["final_step"]))
@@ -77,77 +112,118 @@ def sft(config_json: str, train: Input[Dataset], validation: Input[Dataset], see
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def select(config_json: str, sft_model: Input[Model], model: Output[Model]):
-    """Policy and reward checkpoints by validation loss: policy/, reward/ and selection.json."""
-    from efm.components.artifacts import staged
-    from efm.config import RunConfig
-    from efm.stages import select_stage
+def select(config_json: str, sft_model: Input[Model], fraction: float, seed: int, tracking_uri: str,
+           parent_run_id: str, model: Output[Model], kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
+    """Policy and reward checkpoints by validation loss (policy/, reward/, selection.json),
+    registered as versions of the branch's model with aliases policy-sft and reward-sft."""
+    from pathlib import Path
 
-    cfg = RunConfig.from_json(config_json)
-    with staged(model.path) as work:
-        selection = select_stage(cfg, sft_model.path, work)
+    from efm.components.artifacts import staged
+    from efm.components.tracking import registered_model_name, stage_run
+    from efm.config import RunConfig
+    from efm.stages import seeded, select_stage
+
+    cfg = seeded(RunConfig.from_json(config_json), seed)
+    with stage_run("select", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [sft_model], [model],
+                   fraction, seed) as run:
+        with staged(model.path) as work:
+            selection = select_stage(cfg, sft_model.path, work)
+        run.log_metrics({f"{role}.{k}": v for role, row in selection.items() for k, v in row.items()})
+        for role, row in selection.items():
+            run.register_model(registered_model_name(cfg.domain, fraction, seed), f"{role}-sft",
+                               Path(model.path) / role, f"{model.uri}/{role}", tags=row)
     model.metadata.update({f"{role}.{k}": v for role, row in selection.items() for k, v in row.items()})
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def self_improve(config_json: str, selected: Input[Model], seed: int, model: Output[Model],
-                 metrics: Output[Metrics]):
-    """Stage 2 (Algorithm 1); the model artifact holds policy/ (the kept round) and rounds.json."""
+def self_improve(config_json: str, selected: Input[Model], fraction: float, seed: int, tracking_uri: str,
+                 parent_run_id: str, model: Output[Model], metrics: Output[Metrics],
+                 kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
+    """Stage 2 (Algorithm 1); the model artifact holds policy/ (the kept round) and rounds.json,
+    registered as the branch model's policy-self-improved version."""
+    from pathlib import Path
+
     from efm.components.artifacts import staged
+    from efm.components.tracking import registered_model_name, stage_run
     from efm.config import RunConfig
+    from efm.sft.select import POLICY
     from efm.stages import seeded, self_improve_stage
 
     cfg = seeded(RunConfig.from_json(config_json), seed)
-    with staged(model.path) as work:
-        out = self_improve_stage(cfg, selected.path, work, progress=False)
-    best = out["rounds"][out["best_round"]]
-    metrics.log_metric("total_episodes", float(out["total_episodes"]))
-    metrics.log_metric("rounds", float(len(out["rounds"])))
-    metrics.log_metric("best_round", float(out["best_round"]))
-    for k in ("success_rate", "ground_truth_success_rate", "mean_episode_length"):
-        metrics.log_metric(f"best_round.{k}", float(best[k]))
+    with stage_run("self_improve", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [selected],
+                   [model, metrics], fraction, seed) as run:
+        with staged(model.path) as work:
+            out = self_improve_stage(cfg, selected.path, work, log=run)
+        best = out["rounds"][out["best_round"]]
+        summary = {"total_episodes": out["total_episodes"], "rounds": len(out["rounds"]),
+                   "best_round": out["best_round"],
+                   **{f"best_round.{k}": best[k] for k in ("success_rate", "ground_truth_success_rate",
+                                                             "mean_episode_length")}}
+        run.log_metrics(summary)
+        run.log_artifacts(model.path, "*.png")
+        run.register_model(registered_model_name(cfg.domain, fraction, seed), "policy-self-improved",
+                           Path(model.path) / POLICY, f"{model.uri}/{POLICY}",
+                           tags={"round": out["best_round"], "total_episodes": out["total_episodes"]})
+    for k, v in summary.items():
+        metrics.log_metric(k, float(v))
     model.metadata.update({"total_episodes": out["total_episodes"], "best_round": out["best_round"]})
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def evaluate(config_json: str, episodes: Input[Dataset], train: Input[Dataset], selected: Input[Model],
-             improved: Input[Model], fraction: float, seed: int, metrics: Output[Metrics],
-             page: Output[HTML], evaluation: Output[Artifact], result: Output[Artifact]):
+             improved: Input[Model], fraction: float, seed: int, tracking_uri: str, parent_run_id: str,
+             metrics: Output[Metrics], page: Output[HTML], evaluation: Output[Artifact],
+             result: Output[Artifact], kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """SFT against Self-Improved on ground truth. `evaluation`: metrics.json and plots;
-    `result`: this branch's summary row (JSON), which the report steps collect."""
+    `result`: this branch's summary row (JSON) with its MLflow run and tracking failures,
+    which the report steps collect."""
     import json
     from pathlib import Path
 
     from efm.components.artifacts import staged
+    from efm.components.tracking import FAILURES, RUN_ID, stage_run
     from efm.config import RunConfig
     from efm.evaluation.report import branch_result, evaluation_page
     from efm.stages import TRAJECTORIES, evaluate_stage, seeded
 
     cfg = seeded(RunConfig.from_json(config_json), seed)
-    with staged(evaluation.path) as work:
-        ev = evaluate_stage(cfg, selected.path, improved.path, work, train.path)
-    row = branch_result(cfg.domain, fraction, seed, episodes.path, train.path, improved.path, ev)
+    with stage_run("evaluate", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task,
+                   [selected, improved, train, episodes], [evaluation, result], fraction, seed) as run:
+        with staged(evaluation.path) as work:
+            ev = evaluate_stage(cfg, selected.path, improved.path, work, train.path)
+        row = branch_result(cfg.domain, fraction, seed, episodes.path, train.path, improved.path, ev)
+        scores = {f"{name}.{k}": v for name in ("sft", "self_improved", "success_detector")
+                  for k, v in row[name].items() if v is not None}
+        run.log_metrics(scores)
+        run.log_artifacts(evaluation.path, "*.png")
+    row |= {"mlflow_run_id": result.metadata[RUN_ID], "tracking_failures": result.metadata[FAILURES]}
     Path(result.path).write_text(json.dumps(row, indent=1, sort_keys=True))
-    for name in ("sft", "self_improved", "success_detector"):
-        for k, v in row[name].items():
-            if v is not None:
-                metrics.log_metric(f"{name}.{k}", float(v))
+    for k, v in scores.items():
+        metrics.log_metric(k, float(v))
     plot = Path(evaluation.path) / TRAJECTORIES
     Path(page.path).write_text(evaluation_page(row, plot if plot.is_file() else None))
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def report(result: Input[Artifact], summary: Output[Artifact], page: Output[HTML]):
-    """The first report step: a report of one branch (summary.json, report.md, Figure 5)."""
+def report(result: Input[Artifact], tracking_uri: str, parent_run_id: str, final: bool,
+           summary: Output[Artifact], page: Output[HTML]):
+    """The first report step: a report of one branch (summary.json, report.md, Figure 5).
+    The `final` step logs the report to the parent run and finishes it."""
+    from efm.components.tracking import finish_experiment
     from efm.evaluation.report import update_report
 
     update_report(result.path, summary.path, page.path)
+    if final:
+        finish_experiment(tracking_uri, parent_run_id, summary.path)
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def report_append(previous: Input[Artifact], result: Input[Artifact], summary: Output[Artifact],
-                  page: Output[HTML]):
+def report_append(previous: Input[Artifact], result: Input[Artifact], tracking_uri: str, parent_run_id: str,
+                  final: bool, summary: Output[Artifact], page: Output[HTML]):
     """A later report step: the previous step's report plus one more branch."""
+    from efm.components.tracking import finish_experiment
     from efm.evaluation.report import update_report
 
     update_report(result.path, summary.path, page.path, previous_dir=previous.path)
+    if final:
+        finish_experiment(tracking_uri, parent_run_id, summary.path)

@@ -108,12 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="RLDS directory whose episodes are plotted beside the policies")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("run", help="every stage for a domain, over fractions and seeds")
+    p = sub.add_parser("run", help="the experiment pipeline on this machine (kfp local), over fractions and seeds")
     _add_common(p)
     p.add_argument("--fractions", type=float, nargs="+")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db; '' for none)")
 
     p = sub.add_parser("ui", help="the MLflow UI on a run's local store (loopback only)")
     p.add_argument("--out", help="a run directory of efm run (its mlflow.db)")
@@ -168,6 +168,7 @@ def _add_vertex(p: argparse.ArgumentParser) -> None:
     p.add_argument("--display-name", help="default: efm-<domain>")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="Vertex label (repeatable)")
     p.add_argument("--no-cache", action="store_true", help="rerun every step instead of reusing cached results")
+    p.add_argument("--tracking-uri", default="", help="MLflow server the pipeline logs to (default: none)")
     p.add_argument("--out", help="where to write the compiled YAML (default: a temporary file)")
     p.add_argument("--dry-run", action="store_true", help="print the request as JSON and send nothing")
 
@@ -218,7 +219,7 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
     settings = vertex.VertexConfig(
         project=args.project, region=args.region, pipeline_root=args.pipeline_root,
         service_account=args.service_account, enable_caching=False if args.no_cache else None,
-        labels=_labels(args.label), resources=_resources(args))
+        labels=_labels(args.label), resources=_resources(args), tracking_uri=args.tracking_uri)
     if args.command == "schedule":
         vertex.validate_cron(args.cron)
     with tempfile.TemporaryDirectory(prefix="efm-vertex-") as tmp:
@@ -293,12 +294,9 @@ def run(args: argparse.Namespace) -> dict:
         return stages.evaluate_stage(cfg, _existing(args.select, "select directory"), si, args.out, data,
                                      progress=progress)
     if args.command == "run":
-        if args.fractions:
-            cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
-        from efm.tracking import Tracker, local_tracker
+        from efm.pipelines.local import run_local
 
-        tracker = Tracker(args.tracking_uri) if args.tracking_uri else local_tracker(args.out)
-        return stages.run_experiment(cfg, args.out, args.seeds, progress=progress, tracker=tracker)
+        return run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri)
     raise ValueError(f"unknown command {args.command}")
 
 

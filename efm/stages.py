@@ -1,8 +1,8 @@
 """The pipeline's stages as library functions: each reads directories and writes one.
 
 Every stage writes its outputs (and the config it ran with) into its own directory, which
-the next stage reads, so any stage can be rerun alone. `run_experiment` chains them for one
-domain over data fractions and seeds and writes summary.json.
+the next stage reads, so any stage can be rerun alone (`efm <stage>`). The experiment pipeline
+(`efm.pipelines`) chains them, one KFP component per stage.
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from efm import checkpoints
 from efm.config import RunConfig
@@ -25,14 +22,13 @@ from efm.domains import make_demonstrator, make_env
 from efm.envs.base import Episode
 from efm.evaluation.evaluate import episode_metrics, evaluate_policy
 from efm.evaluation.plots import plot_curves, plot_trajectories
-from efm.evaluation.report import SUMMARY, result_row, write_report
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
+from efm.progress import progress_bar
 from efm.rollout import rollout
 from efm.self_improve.loop import run_self_improve
 from efm.sft.select import POLICY, REWARD, load_selected, run_select
 from efm.sft.trainer import run_sft
-from efm.tracking import StageRun, Tracker, local_tracker
 from efm.types import Logger
 
 CONFIG = "config.json"
@@ -69,25 +65,13 @@ def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
     return out
 
 
-def _dataset_matches(cfg: RunConfig, dataset_dir: Path) -> bool:
-    """Whether dataset_dir already holds the demonstrations this config would generate."""
-    path = dataset_dir / CONFIG
-    if not path.exists():
-        return False
-    made = RunConfig.from_json(path.read_text())
-    if (made.env, made.data.num_episodes, made.data.seed) != (cfg.env, cfg.data.num_episodes, cfg.data.seed):
-        raise ValueError(f"{dataset_dir} was generated with another environment or data config (see {path}): "
-                         "use a new output directory")
-    return True
-
-
 def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64,
                             progress: bool = False) -> list[Episode]:
     """Scripted demonstrations, ending on ground-truth success or max length."""
     num_envs = min(num_envs, num_episodes)
     source = rollout(make_env(cfg.env, num_envs, seed), make_demonstrator(cfg.env, num_envs, seed + 1),
                      max_steps=cfg.env.max_episode_steps, max_episodes=num_episodes, id_prefix="demo")
-    episodes = list(tqdm(source, total=num_episodes, desc="demonstrations", disable=not progress, mininterval=2.0))
+    episodes = list(progress_bar(source, total=num_episodes, desc="demonstrations", enabled=progress))
     for i, e in enumerate(episodes):  # every started episode finishes: no bias towards short ones
         e.episode_id = f"demo-{i:06d}"
     return episodes
@@ -122,10 +106,11 @@ def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path
 
 
 def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
-              log: Logger | None = None, progress: bool = True) -> dict[str, Any]:
+              log: Logger | None = None, progress: bool = True,
+              on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     out = _start(cfg, out_dir)
     train, validation = read_split(train_dir), read_split(validation_dir)
-    result = run_sft(cfg, train, validation, out, log=log, progress=progress)
+    result = run_sft(cfg, train, validation, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
     steps = [h["step"] for h in result.history]
     plot_curves({k: (steps, [h[k] for h in result.history]) for k in result.history[0] if k.startswith("val/")},
                 out / "validation_losses.png", xlabel="step", ylabel="NLL", title="Stage 1 validation loss per objective")
@@ -191,82 +176,3 @@ def first_per_env(episodes: list[Episode]) -> list[Episode]:
 def seeded(cfg: RunConfig, seed: int) -> RunConfig:
     """The config of one experiment branch: training and practice seeded by `seed`."""
     return cfg.replace(sft=replace(cfg.sft, seed=seed), self_improve=replace(cfg.self_improve, seed=seed))
-
-
-def run_experiment(cfg: RunConfig, out_dir: str | Path, seeds: Sequence[int], progress: bool = True,
-                   tracker: Tracker | None = None) -> dict[str, Any]:
-    """dataset -> per seed: subsample -> per fraction: sft -> select -> self_improve -> evaluate.
-
-    With a tracker, the experiment is a parent MLflow run and each stage of each branch a child
-    run tagged with stage, domain, fraction and seed and the ids of the runs it consumed.
-    """
-    out = _start(cfg, out_dir)
-    tracker = tracker or local_tracker(out)
-    params = cfg.flat()
-    base_tags = {"domain": cfg.domain}
-
-    with tracker.run(f"experiment-{cfg.domain}", {**base_tags, "stage": "experiment"}) as parent:
-        parent.log_params(params)
-
-        @contextmanager
-        def stage(name: str, tags: dict[str, Any], upstream: list[StageRun]) -> Iterator[StageRun]:
-            label = "-".join([name, *(f"{k}{v}" for k, v in tags.items())])
-            with tracker.run(label, {**base_tags, "stage": name, **tags}, parent, upstream) as run:
-                run.log_params(params)
-                yield run
-
-        dataset_dir = out / "dataset"
-        with stage("dataset", {}, []) as dataset_run:
-            if not _dataset_matches(cfg, dataset_dir):
-                dataset_run.log_metrics({k: v for k, v in dataset_stage(cfg, dataset_dir, progress=progress).items()
-                                         if isinstance(v, int | float)})
-        full_size = sum(rlds.split_sizes(dataset_dir).values())
-        results = []
-        for seed in seeds:
-            scfg = seeded(cfg, seed)
-            sub_dir = out / f"seed_{seed}" / "subsample"
-            with stage("subsample", {"seed": seed}, [dataset_run]) as sub_run:
-                manifest = subsample_stage(scfg, dataset_dir, sub_dir, seed)
-            for fraction in cfg.data.fractions:
-                tags = {"data_fraction": fraction, "seed": seed}
-                branch = out / f"seed_{seed}" / f"fraction_{fraction:g}"
-                train_dir = sub_dir / manifest["fractions"][_fraction_key(manifest, fraction)]["path"]
-                with stage("sft", tags, [sub_run]) as sft_run:
-                    sft_stage(scfg, train_dir, sub_dir / manifest["validation"]["path"], branch / "sft",
-                              log=sft_run, progress=progress)
-                    sft_run.log_artifacts(branch / "sft", "*.png")
-                with stage("select", tags, [sft_run]) as select_run:
-                    selection = select_stage(scfg, branch / "sft", branch / "select")
-                    select_run.log_metrics({f"{role}.{k}": v for role, row in selection.items()
-                                            for k, v in row.items() if isinstance(v, int | float)})
-                with stage("self_improve", tags, [select_run]) as si_run:
-                    si = self_improve_stage(scfg, branch / "select", branch / "self_improve", log=si_run,
-                                            progress=progress)
-                    si_run.log_artifacts(branch / "self_improve", "*.png")
-                with stage("evaluate", tags, [select_run, si_run]) as eval_run:
-                    ev = evaluate_stage(scfg, branch / "select", branch / "self_improve", branch / "evaluate",
-                                        train_dir, progress=progress)
-                    eval_run.log_metrics({f"{policy}.{k}": v for policy in ("sft", "self_improved")
-                                          for k, v in ev[policy].items()})
-                    eval_run.log_metrics({f"success_detector.{k}": v for k, v in ev["success_detector"].items()
-                                          if v is not None})
-                    eval_run.log_artifacts(branch / "evaluate", "*.png")
-                row = result_row(cfg.domain, fraction, seed, full_size, sum(rlds.split_sizes(train_dir).values()),
-                                 si["total_episodes"], ev)
-                results.append({**row, "mlflow_run_id": eval_run.run_id})
-                write_report(results, out)
-        summary = {**write_report(results, out), "tracking_uri": tracker.tracking_uri,
-                   "tracking_failures": tracker.failures}
-        _write_json(out / SUMMARY, summary)
-        parent.log_artifacts(out, "*.md")
-        parent.log_artifacts(out, "*.png")
-        parent.log_artifacts(out, SUMMARY)
-    return summary
-
-
-def _fraction_key(manifest: dict[str, Any], fraction: float) -> str:
-    for key in manifest["fractions"]:
-        if abs(float(key) - fraction) < 1e-9:
-            return key
-    raise KeyError(f"fraction {fraction} not in subsample manifest (have {sorted(manifest['fractions'])})")
-

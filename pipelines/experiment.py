@@ -3,7 +3,8 @@ subsample -> sft -> select -> self_improve -> evaluate, then the report.
 
 kfp 2.13 runs neither dsl.ParallelFor nor dsl.If locally, so branches are unrolled with plain
 Python loops when the pipeline is defined: `make_experiment_pipeline` takes the fractions and
-seeds and returns a pipeline whose only parameter is the config (JSON). The report is a chain
+seeds and returns a pipeline whose parameters are the config (JSON) and the MLflow tracking
+URI ("" for none): its first step opens the parent MLflow run that every stage's run hangs under. The report is a chain
 of small steps, one per branch, each adding that branch's result row to the previous step's
 summary: locally kfp 2.13 can neither collect outputs of several tasks into one input
 (dsl.Collected needs ParallelFor) nor leave an optional artifact input unset, while a chain of
@@ -30,6 +31,7 @@ from typing import Any, Literal
 from kfp import compiler, dsl
 
 from efm.components import stages
+from efm.components.tracking import branch_label
 from efm.pipelines.vertex import VertexResources
 
 Target = Literal["local", "vertex"]
@@ -39,17 +41,14 @@ PIPELINE_NAME = "efm-experiment"
 
 # Retries cover preemptions and transient storage errors; training stages retry once since a
 # deterministic failure (bad config, NaN loss) would only fail again at full cost.
-RETRIES: dict[str, int] = {"dataset": 2, "subsample": 2, "sft": 1, "select": 2, "self_improve": 1,
+RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "subsample": 2, "sft": 1, "select": 2, "self_improve": 1,
                            "evaluate": 2, "report": 2}
 # Every stage is a deterministic function of its inputs and the config (seeds included), so a
-# cached result is the result. Set to False per stage to force a rerun on Vertex.
-CACHING: dict[str, bool] = {"dataset": True, "subsample": True, "sft": True, "select": True,
+# cached result is the result. With tracking on, every task takes the pipeline run's parent
+# MLflow run id, so a new pipeline run reruns (and logs) them all; track nothing
+# (tracking_uri "") to reuse cached stages. start-tracking must run in every pipeline run.
+CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "subsample": True, "sft": True, "select": True,
                             "self_improve": True, "evaluate": True, "report": True}
-
-
-def branch_label(fraction: float, seed: int) -> str:
-    """"f0.1-s7": the branch part of task display names."""
-    return f"f{fraction:g}-s{seed}"
 
 
 def _check(fractions: Sequence[float], seeds: Sequence[int]) -> tuple[list[float], list[int]]:
@@ -122,37 +121,41 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
 
     @dsl.pipeline(name=name, description="Self-Improving Embodied Foundation Models: SFT then "
                   f"Self-Improvement for data fractions {fractions} and seeds {seeds}.")
-    def experiment_pipeline(config_json: str) -> dsl.Artifact:
-        data = _on_cpu(_configure(stages.dataset(config_json=config_json), "dataset", "dataset"), resources)
+    def experiment_pipeline(config_json: str, tracking_uri: str = "") -> dsl.Artifact:
+        start = _on_cpu(_configure(stages.start_tracking(
+            config_json=config_json, tracking_uri=tracking_uri,
+            branches=" ".join(branch_label(f, s) for s in seeds for f in fractions)), "tracking", "start-tracking"),
+            resources)
+        track = {"tracking_uri": tracking_uri, "parent_run_id": start.output}
+        data = _on_cpu(_configure(stages.dataset(config_json=config_json, **track), "dataset", "dataset"), resources)
         summary = None
-        for seed in seeds:
-            for fraction in fractions:
-                b = branch_label(fraction, seed)
-                sub = _configure(stages.subsample(config_json=config_json, episodes=data.outputs["episodes"],
-                                                  fraction=fraction, seed=seed), "subsample", f"subsample-{b}")
-                job = {"display_name": f"efm-sft-{b}", **sft_args} if target == "vertex" else {}
-                sft = _configure(sft_op(config_json=config_json, train=sub.outputs["train"],
-                                        validation=sub.outputs["validation"], seed=seed, **job),
-                                 "sft", f"sft-{b}")
-                sel = _configure(stages.select(config_json=config_json, sft_model=sft.outputs["model"]),
-                                 "select", f"select-{b}")
-                si = _configure(stages.self_improve(config_json=config_json, selected=sel.outputs["model"],
-                                                    seed=seed), "self_improve", f"self-improve-{b}")
-                if resources is not None and resources.self_improve_accelerator_type:
-                    si.set_accelerator_type(resources.self_improve_accelerator_type).set_accelerator_limit(
-                        resources.self_improve_accelerator_count)
-                ev = _configure(stages.evaluate(config_json=config_json, episodes=data.outputs["episodes"],
-                                                train=sub.outputs["train"], selected=sel.outputs["model"],
-                                                improved=si.outputs["model"], fraction=fraction, seed=seed),
-                                "evaluate", f"evaluate-{b}")
-                if summary is None:
-                    rep = stages.report(result=ev.outputs["result"])
-                else:
-                    rep = stages.report_append(previous=summary, result=ev.outputs["result"])
-                rep = _configure(rep, "report", f"report-{b}")
-                for task in (sub, sel, si, ev, rep):
-                    _on_cpu(task, resources)
-                summary = rep.outputs["summary"]
+        branches = [(seed, fraction) for seed in seeds for fraction in fractions]
+        for i, (seed, fraction) in enumerate(branches):
+            b = branch_label(fraction, seed)
+            common = {"config_json": config_json, "fraction": fraction, "seed": seed, **track}
+            sub = _configure(stages.subsample(episodes=data.outputs["episodes"], **common), "subsample",
+                             f"subsample-{b}")
+            job = {"display_name": f"efm-sft-{b}", **sft_args} if target == "vertex" else {}
+            sft = _configure(sft_op(train=sub.outputs["train"], validation=sub.outputs["validation"],
+                                    **common, **job), "sft", f"sft-{b}")
+            sel = _configure(stages.select(sft_model=sft.outputs["model"], **common), "select", f"select-{b}")
+            si = _configure(stages.self_improve(selected=sel.outputs["model"], **common), "self_improve",
+                            f"self-improve-{b}")
+            if resources is not None and resources.self_improve_accelerator_type:
+                si.set_accelerator_type(resources.self_improve_accelerator_type).set_accelerator_limit(
+                    resources.self_improve_accelerator_count)
+            ev = _configure(stages.evaluate(episodes=data.outputs["episodes"], train=sub.outputs["train"],
+                                            selected=sel.outputs["model"], improved=si.outputs["model"], **common),
+                            "evaluate", f"evaluate-{b}")
+            final = i == len(branches) - 1
+            if summary is None:
+                rep = stages.report(result=ev.outputs["result"], final=final, **track)
+            else:
+                rep = stages.report_append(previous=summary, result=ev.outputs["result"], final=final, **track)
+            rep = _configure(rep, "report", f"report-{b}")
+            for task in (sub, sel, si, ev, rep):
+                _on_cpu(task, resources)
+            summary = rep.outputs["summary"]
         return summary
 
     return experiment_pipeline

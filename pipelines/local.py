@@ -24,15 +24,25 @@ from kfp import local
 from efm.config import RunConfig, debug_config, default_config
 from efm.evaluation.report import PLOT, SUMMARY, TABLE
 from efm.pipelines.experiment import make_experiment_pipeline
+from efm.tracking import Tracker, local_artifacts, local_store
 
 
 def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float] | None = None,
-              seeds: Sequence[int] = (0,)) -> dict[str, Any]:
+              seeds: Sequence[int] = (0,), tracking_uri: str | None = None) -> dict[str, Any]:
     """Runs every branch (fractions default to config.data.fractions) and returns the summary;
-    OUT/summary.json, report.md and the Figure 5 plot are copies of the report's artifact."""
+    OUT/summary.json, report.md and the Figure 5 plot are copies of the report's artifact.
+
+    Tracking goes to `tracking_uri`, by default a SQLite store OUT/mlflow.db with its
+    artifacts in OUT/mlartifacts; "" tracks nothing.
+    """
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     pipeline = make_experiment_pipeline(config.data.fractions if fractions is None else fractions, seeds)
+    if tracking_uri is None:
+        tracking_uri = local_store(out)
+        # The experiment is made here so that its artifacts live beside the database; tasks
+        # would otherwise create it with MLflow's default location, relative to their cwd.
+        Tracker(tracking_uri, artifact_location=local_artifacts(out))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "pipeline_root"),
                raise_on_error=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the tasks: TF is only our I/O layer
@@ -40,11 +50,14 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
         # The project image's name has no "python" in it, which kfp.local warns about per task;
         # locally the image is not used at all.
         warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
-        task = pipeline(config_json=config.to_json())
+        task = pipeline(config_json=config.to_json(), tracking_uri=tracking_uri)
     report_dir = Path(task.output.path)
     for name in (SUMMARY, TABLE, PLOT):
         shutil.copyfile(report_dir / name, out / name)
-    return json.loads((out / SUMMARY).read_text())
+    summary = json.loads((out / SUMMARY).read_text())
+    summary["tracking_uri"] = tracking_uri
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=float, nargs="+")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", required=True)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: OUT/mlflow.db; '' for none)")
     args = p.parse_args(argv)
     cfg = debug_config(args.domain) if args.debug else default_config(args.domain)
-    print(json.dumps(run_local(cfg, args.out, args.fractions, args.seeds), indent=1))
+    print(json.dumps(run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri), indent=1))
     return 0
 
 

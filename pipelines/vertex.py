@@ -30,6 +30,7 @@ DEFAULT_SFT_MACHINE_TYPE = "ct5lp-hightpu-4t"  # one TPU v5e host, 4 chips (topo
 _PROJECT = re.compile(r"^(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+(?:-[a-z]+)+[0-9]+$")  # us-central1, europe-west4, ...
 _BUCKET = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](?:/.*)?$")
+_TRACKING_SERVER = re.compile(r"^(https?://[^/\s]+(?:/\S*)?|databricks(?:://\S+)?)$")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)+$")
 _TOPOLOGY = re.compile(r"^[1-9][0-9]*(?:x[1-9][0-9]*){1,2}$")  # 2x2, 4x4, 2x2x1
@@ -128,6 +129,7 @@ class VertexConfig:
 
     enable_caching: None keeps the per-step settings compiled into the pipeline
     (`experiment.CACHING`); False reruns every step; True caches every step.
+    tracking_uri: an MLflow server the pipeline's machines can reach ("" tracks nothing).
     """
 
     project: str
@@ -137,6 +139,7 @@ class VertexConfig:
     enable_caching: bool | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     resources: VertexResources = field(default_factory=VertexResources)
+    tracking_uri: str = ""
 
     def __post_init__(self) -> None:
         _check(bool(self.project), "project", self.project, "required")
@@ -150,6 +153,9 @@ class VertexConfig:
         _check(self.enable_caching in (None, True, False), "enable_caching", self.enable_caching,
                "None, True or False")
         _check_labels(self.labels)
+        _check(not self.tracking_uri or bool(_TRACKING_SERVER.match(self.tracking_uri)), "tracking_uri",
+               self.tracking_uri, "empty, or an MLflow server such as https://mlflow.example.com: a local "
+               "store (sqlite:, file:, a path) is out of reach of Vertex machines")
 
     def sft_resources(self) -> VertexResources:
         """Resources to compile with: the SFT job runs as the pipeline's account unless set."""
@@ -223,7 +229,7 @@ def build_pipeline_job_request(vertex: VertexConfig, template_path: str | Path, 
             "display_name": _display_name(display_name or f"efm-{cfg.domain}"),
             "template_path": str(path.resolve()),
             "pipeline_root": vertex.pipeline_root,
-            "parameter_values": {"config_json": config_json},
+            "parameter_values": {"config_json": config_json, "tracking_uri": vertex.tracking_uri},
             "enable_caching": vertex.enable_caching,
             "labels": labels,
             "project": vertex.project,

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from efm.config import RunConfig
 from efm.domains import make_env
 from efm.envs.base import Episode
 from efm.models.efm import EFMFunctions
+from efm.progress import progress_bar
 from efm.rollout import SUCCESS, end_on_ground_truth, rollout
 from efm.self_improve.actor import STEPS_TO_GO, PolicyAgent
 from efm.self_improve.service import StepsToGoService
@@ -57,6 +57,5 @@ def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, rewar
     per_env = -(-ev.num_episodes // ev.num_envs)
     source = rollout(env, agent, max_steps=cfg.env.max_episode_steps, end_on=end_on_ground_truth,
                      episodes_per_env=per_env, id_prefix="eval")
-    episodes = list(tqdm(source, total=per_env * ev.num_envs, desc=f"evaluate {name}", disable=not progress,
-                         mininterval=2.0))
+    episodes = list(progress_bar(source, total=per_env * ev.num_envs, desc=f"evaluate {name}", enabled=progress))
     return episode_metrics(episodes), detector_metrics(episodes, cfg.self_improve.success_threshold), episodes

@@ -17,13 +17,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from efm import checkpoints
 from efm.config import RunConfig, SelfImproveConfig
 from efm.domains import make_env
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
+from efm.progress import progress_bar
 from efm.self_improve.actor import ACTION_TOKENS, RETURN, SAMPLE_ID, Actor
 from efm.self_improve.learner import Learner
 from efm.self_improve.replay import ReverbReplay, SampleSpec
@@ -76,7 +76,7 @@ def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, le
     rounds: list[dict[str, float]] = []
     best: tuple[tuple[float, float], int, Any] | None = None
     total = 0
-    bar = tqdm(total=cfg.max_episodes, desc="self-improve episodes", disable=not progress, mininterval=2.0)
+    bar = progress_bar(total=cfg.max_episodes, desc="self-improve episodes", enabled=progress)
     for r in range(cfg.max_rounds):
         if total >= cfg.max_episodes:
             break

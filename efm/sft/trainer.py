@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from efm import checkpoints
 from efm.config import RunConfig, SftConfig
 from efm.envs.base import Episode
 from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
+from efm.progress import progress_bar
 from efm.samples import (
     ObjectiveSamples,
     behavioral_cloning_samples,
@@ -114,8 +114,13 @@ def _keep_steps(history: list[dict[str, float]], budget: int) -> set[int]:
 
 
 def run_sft(cfg: RunConfig, train: Sequence[Episode], validation: Sequence[Episode], workdir: str | Path,
-            log: Logger | None = None, progress: bool = True) -> SftResult:
-    """Trains from scratch or resumes from `workdir`'s latest checkpoint."""
+            log: Logger | None = None, progress: bool = True,
+            on_checkpoint: Callable[[int], None] | None = None) -> SftResult:
+    """Trains from scratch or resumes from `workdir`'s latest checkpoint.
+
+    `on_checkpoint(step)` runs after each checkpoint is complete (history included), e.g. to
+    copy the workdir to durable storage that a restarted task resumes from.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     sft = cfg.sft
@@ -135,7 +140,7 @@ def run_sft(cfg: RunConfig, train: Sequence[Episode], validation: Sequence[Episo
     train_step = make_train_step(fns, optimizer)
     validation_losses = make_validation_losses(fns)
     start = int(state.step)
-    bar = tqdm(total=sft.num_steps, initial=start, desc="sft", disable=not progress, mininterval=2.0)
+    bar = progress_bar(total=sft.num_steps, initial=start, desc="sft", enabled=progress)
     running: dict[str, list[float]] = {}
     for step in range(start, sft.num_steps):
         rng = np.random.default_rng([sft.seed, step])
@@ -160,6 +165,8 @@ def run_sft(cfg: RunConfig, train: Sequence[Episode], validation: Sequence[Episo
                 _write_history(workdir, history)
                 for s in set(manager.all_steps()) - _keep_steps(history, sft.max_checkpoints):
                     manager.delete(s)
+                if on_checkpoint is not None:
+                    on_checkpoint(done)
     bar.close()
     manager.close()
     return SftResult(workdir, history, int(state.step))

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
+import mlflow
+import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
 from efm.cli import main, ui_command
 from efm.config import debug_config
+from efm.tracking import UPSTREAM
 
 SEED = 7
 POLICY_KEYS = {"success_rate", "mean_episode_length", "optimal_length_ratio"}
@@ -16,28 +21,37 @@ POLICY_KEYS = {"success_rate", "mean_episode_length", "optimal_length_ratio"}
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`efm run` (the kfp local pipeline) on the debug config, one fraction and one seed."""
     root = tmp_path_factory.mktemp("e2e")
     out, cwd = root / "out", root / "cwd"
     cwd.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)  # anything written outside --out lands here, not in the repository
-        rc = main(["run", "--debug", "--quiet", "--seeds", str(SEED), "--out", str(out)])
+        rc = main(["run", "--debug", "--seeds", str(SEED), "--out", str(out)])
     assert rc == 0
-    branch = out / f"seed_{SEED}" / f"fraction_{debug_config().data.fractions[0]:g}"
-    return {"out": out, "cwd": cwd, "branch": branch}
+    (run_root,) = (out / "pipeline_root").iterdir()
+    return {"out": out, "cwd": cwd, "run_root": run_root, "dataset": run_root / "dataset" / "episodes",
+            "train": run_root / "subsample" / "train", "sft": run_root / "sft" / "model",
+            "select": run_root / "select" / "model", "self_improve": run_root / "self-improve" / "model",
+            "evaluate": run_root / "evaluate" / "evaluation"}
 
 
 def test_summary_results_contract(run_dir: dict[str, Path]) -> None:
     cfg = debug_config()
     summary = json.loads((run_dir["out"] / "summary.json").read_text())
+    assert summary["tracking_uri"] == f"sqlite:///{run_dir['out'] / 'mlflow.db'}"
+    assert (run_dir["out"] / "success_vs_episodes.png").read_bytes()[:4] == b"\x89PNG"
     (result,) = summary["results"]
     assert {"domain", "data_fraction", "seed", "dataset_episodes", "self_improvement_episodes", "sft",
-            "self_improved", "success_detector"} <= set(result)
+            "self_improved", "success_detector", "mlflow_run_id"} <= set(result)
     assert result["domain"] == "pointmass"
     assert result["data_fraction"] == cfg.data.fractions[0]
     assert result["seed"] == SEED
     assert result["dataset_episodes"] == cfg.data.num_episodes
+    assert result["sft_episodes"] == int((cfg.data.num_episodes - cfg.data.validation_episodes)
+                                         * cfg.data.fractions[0])
     assert result["self_improvement_episodes"] == cfg.self_improve.max_episodes
+    assert result["tracking_failures"] == []
     for policy in ("sft", "self_improved"):
         m = result[policy]
         assert set(m) == POLICY_KEYS
@@ -47,12 +61,14 @@ def test_summary_results_contract(run_dir: dict[str, Path]) -> None:
     assert set(result["success_detector"]) == {"precision", "recall"}
     for v in result["success_detector"].values():
         assert v is None or 0.0 <= v <= 1.0
+    assert json.loads((run_dir["run_root"] / "evaluate" / "result").read_text()) == result
+    assert "data:image/png;base64," in (run_dir["run_root"] / "evaluate" / "page").read_text()
 
 
 def test_dataset_is_rlds_readable_by_tfds(run_dir: dict[str, Path]) -> None:
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder_from_directory(str(run_dir["out"] / "dataset"))
+    builder = tfds.builder_from_directory(str(run_dir["dataset"]))
     assert sum(s.num_examples for s in builder.info.splits.values()) == debug_config().data.num_episodes
     assert {"steps", "episode_metadata"} <= set(builder.info.features.keys())
     (episode,) = tfds.as_numpy(builder.as_dataset(split="train").take(1))
@@ -62,68 +78,146 @@ def test_dataset_is_rlds_readable_by_tfds(run_dir: dict[str, Path]) -> None:
     assert steps[0]["observation"]["position"].shape == (2,)
 
 
-def test_stage_directories(run_dir: dict[str, Path]) -> None:
-    branch = run_dir["branch"]
-    history = json.loads((branch / "sft" / "history.json").read_text())
+def test_stage_artifacts(run_dir: dict[str, Path]) -> None:
+    history = json.loads((run_dir["sft"] / "history.json").read_text())
     assert history[-1]["step"] == debug_config().sft.num_steps
-    ckpts = {int(p.name) for p in (branch / "sft" / "checkpoints").iterdir() if p.name.isdigit()}
+    ckpts = {int(p.name) for p in (run_dir["sft"] / "checkpoints").iterdir() if p.name.isdigit()}
     assert debug_config().sft.num_steps in ckpts
     assert ckpts <= {int(h["step"]) for h in history}
 
-    selection = json.loads((branch / "select" / "selection.json").read_text())
+    selection = json.loads((run_dir["select"] / "selection.json").read_text())
     assert set(selection) == {"policy", "reward"}
     for role in ("policy", "reward"):
         assert selection[role]["step"] in ckpts
-        assert (branch / "select" / role).is_dir()
+        assert (run_dir["select"] / role).is_dir()
     best_bc = min(history, key=lambda h: h["val/bc_loss"])["step"]
     assert selection["policy"]["step"] == best_bc
 
-    rounds = json.loads((branch / "self_improve" / "rounds.json").read_text())
+    rounds = json.loads((run_dir["self_improve"] / "rounds.json").read_text())
     assert rounds["total_episodes"] == debug_config().self_improve.max_episodes
     assert rounds["rounds"] and 0 <= rounds["best_round"] < len(rounds["rounds"])
     assert rounds["rounds"][-1]["total_episodes"] == rounds["total_episodes"]
-    assert (branch / "self_improve" / "policy").is_dir()
+    assert (run_dir["self_improve"] / "policy").is_dir()
 
-    png = branch / "evaluate" / "trajectories.png"
+    png = run_dir["evaluate"] / "trajectories.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    metrics = json.loads((branch / "evaluate" / "metrics.json").read_text())
+    metrics = json.loads((run_dir["evaluate"] / "metrics.json").read_text())
     for policy in ("sft", "self_improved"):
         assert set(metrics[policy]) >= POLICY_KEYS
     for stage in ("sft", "select", "self_improve", "evaluate"):
-        assert json.loads((branch / stage / "config.json").read_text())["sft"]["seed"] == SEED
+        assert json.loads((run_dir[stage] / "config.json").read_text())["sft"]["seed"] == SEED
+
+
+def _client(run_dir: dict[str, Path]) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{run_dir['out'] / 'mlflow.db'}")
+
+
+def test_mlflow_lineage_walks_from_evaluate_back_to_dataset(run_dir: dict[str, Path]) -> None:
+    client = _client(run_dir)
+    (result,) = json.loads((run_dir["out"] / "summary.json").read_text())["results"]
+    evaluate = client.get_run(result["mlflow_run_id"])
+    # Follow the first upstream run at each step: the chain the artifacts took.
+    chain, run = [], evaluate
+    while True:
+        chain.append(run)
+        upstream = [i for i in run.data.tags.get(UPSTREAM, "").split(",") if i]
+        if not upstream:
+            break
+        run = client.get_run(upstream[0])
+    assert [r.data.tags["stage"] for r in chain] == ["evaluate", "select", "sft", "subsample", "dataset"]
+    # evaluate consumed select and self_improve (and the data); self_improve consumed select
+    ups = {client.get_run(i).data.tags["stage"] for i in evaluate.data.tags[UPSTREAM].split(",")}
+    assert ups == {"select", "self_improve", "subsample", "dataset"}
+
+    parent = client.get_run(evaluate.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["stage"] == "experiment"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["kfp.run_name"] == run_dir["run_root"].name
+    assert {"report.md", "summary.json", "success_vs_episodes.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = {r.data.tags["stage"]: r for r in children}
+    assert set(stages) == {"dataset", "subsample", "sft", "select", "self_improve", "evaluate"}
+    for stage, r in stages.items():
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["domain"] == "pointmass"
+        assert r.data.tags["kfp.run_name"] == run_dir["run_root"].name
+        assert r.data.tags["kfp.task_name"] == stage.replace("_", "-")
+        if stage != "dataset":
+            assert (r.data.tags["data_fraction"], r.data.tags["seed"]) == ("0.5", str(SEED))
+            assert r.data.params["sft.seed"] == str(SEED)
+
+
+def test_mlflow_records_datasets_models_and_comparable_metrics(run_dir: dict[str, Path]) -> None:
+    from efm import checkpoints
+    from efm.tracking import dataset_digest
+
+    cfg = debug_config()
+    client = _client(run_dir)
+    (result,) = json.loads((run_dir["out"] / "summary.json").read_text())["results"]
+    runs = {r.data.tags["stage"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("efm").experiment_id], "tags.stage != 'experiment'")}
+
+    inputs = {i.dataset.name: i for i in runs["sft"].inputs.dataset_inputs}
+    assert set(inputs) == {f"train-f0.5-s{SEED}", f"validation-s{SEED}"}
+    assert inputs[f"train-f0.5-s{SEED}"].dataset.digest == dataset_digest(run_dir["train"])
+    assert {t.value for t in inputs[f"train-f0.5-s{SEED}"].tags} == {"training"}
+    (source,) = runs["subsample"].inputs.dataset_inputs
+    assert source.dataset.digest == dataset_digest(run_dir["dataset"])
+
+    name = f"efm-pointmass-f0.5-s{SEED}"
+    model = client.get_registered_model(name)
+    assert set(model.aliases) == {"policy-sft", "reward-sft", "policy-self-improved"}
+    improved = client.get_model_version_by_alias(name, "policy-self-improved")
+    assert improved.run_id == runs["self_improve"].info.run_id
+    assert client.get_model_version_by_alias(name, "policy-sft").run_id == runs["select"].info.run_id
+    downloaded = mlflow.artifacts.download_artifacts(improved.source, tracking_uri=client.tracking_uri)
+    registered = checkpoints.load_params(downloaded)
+    produced = checkpoints.load_params(run_dir["self_improve"] / "policy")
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, registered, produced))
+
+    curves = {k: client.get_metric_history(runs["sft"].info.run_id, k) for k in ("val.bc_loss", "val.steps_to_go_loss")}
+    for history in curves.values():
+        assert [m.step for m in history] == list(range(cfg.sft.eval_every, cfg.sft.num_steps + 1, cfg.sft.eval_every))
+    rounds = json.loads((run_dir["self_improve"] / "rounds.json").read_text())["rounds"]
+    per_round = client.get_metric_history(runs["self_improve"].info.run_id, "self_improve.success_rate")
+    assert [m.value for m in sorted(per_round, key=lambda m: m.step)] == [r["success_rate"] for r in rounds]
+    scores = runs["evaluate"].data.metrics
+    for policy in ("sft", "self_improved"):
+        for k in POLICY_KEYS:
+            assert scores[f"{policy}.{k}"] == pytest.approx(result[policy][k])
 
 
 def test_evaluate_stage_reruns_alone_from_directories(run_dir: dict[str, Path], tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    branch, out = run_dir["branch"], tmp_path / "evaluate"
-    rc = main(["evaluate", "--debug", "--quiet", "--select", str(branch / "select"),
-               "--self-improve", str(branch / "self_improve"), "--out", str(out)])
+    out = tmp_path / "evaluate"
+    rc = main(["evaluate", "--debug", "--quiet", "--config", json.dumps({"sft": {"seed": SEED}, "self_improve": {"seed": SEED}}),
+               "--select", str(run_dir["select"]), "--self-improve", str(run_dir["self_improve"]), "--out", str(out)])
     assert rc == 0
     assert (out / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
     # Seeded evaluation of the same checkpoints: the same numbers as inside `efm run`.
     assert json.loads((out / "metrics.json").read_text()) == json.loads(
-        (branch / "evaluate" / "metrics.json").read_text())
+        (run_dir["evaluate"] / "metrics.json").read_text())
 
 
 def test_select_stage_reruns_alone_from_directories(run_dir: dict[str, Path], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    branch = run_dir["branch"]
-    assert main(["select", "--debug", "--quiet", "--sft", str(branch / "sft"), "--out", str(tmp_path / "s")]) == 0
+    assert main(["select", "--debug", "--quiet", "--sft", str(run_dir["sft"]), "--out", str(tmp_path / "s")]) == 0
     assert json.loads((tmp_path / "s" / "selection.json").read_text()) == json.loads(
-        (branch / "select" / "selection.json").read_text())
+        (run_dir["select"] / "selection.json").read_text())
 
 
 def test_stage_refuses_an_output_directory_of_another_config(run_dir: dict[str, Path],
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    branch = run_dir["branch"]
-    before = (branch / "select" / "selection.json").read_bytes()
+    before = (run_dir["select"] / "selection.json").read_bytes()
     rc = main(["select", "--debug", "--quiet", "--config", '{"select": {"policy_rule": "last"}}',
-               "--sft", str(branch / "sft"), "--out", str(branch / "select")])
+               "--sft", str(run_dir["sft"]), "--out", str(run_dir["select"])])
     assert rc == 2
     assert "different config" in capsys.readouterr().err
-    assert (branch / "select" / "selection.json").read_bytes() == before  # nothing lost
+    assert (run_dir["select"] / "selection.json").read_bytes() == before  # nothing lost
 
 
 def test_run_writes_nothing_outside_out(run_dir: dict[str, Path]) -> None:

@@ -14,7 +14,6 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from efm.components import EFM_IMAGE
 from efm.components.artifacts import publish, staged
-from efm.config import debug_config
 from efm.data.subsample import nested_fractions, split_validation
 from efm.evaluation.report import (
     PLOT,
@@ -46,16 +45,21 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
     raw, spec = _compiled(tmp_path, fractions, seeds)
     tasks = spec.root.dag.tasks
     branches = len(fractions) * len(seeds)
-    assert len(tasks) == 1 + STAGES_PER_BRANCH * branches
-    assert list(spec.root.input_definitions.parameters) == ["config_json"]
+    assert len(tasks) == 2 + STAGES_PER_BRANCH * branches  # + start-tracking and dataset
+    assert list(spec.root.input_definitions.parameters) == ["config_json", "tracking_uri"]
+    for key, t in tasks.items():  # every stage logs under the parent run that start-tracking opens
+        if key != "start-tracking":
+            parent = t.inputs.parameters["parent_run_id"].task_output_parameter
+            assert parent.producer_task == "start-tracking"
+            assert t.inputs.parameters["tracking_uri"].component_input_parameter == "tracking_uri"
     names = {t.task_info.name for t in tasks.values()}
     for f in fractions:
         for s in seeds:
             assert {f"{stage}-f{f:g}-s{s}" for stage in ("subsample", "sft", "select", "self-improve",
                                                            "evaluate", "report")} <= names
-    for t in tasks.values():  # retries and caching are set explicitly on every task
+    for key, t in tasks.items():  # retries and caching are set explicitly on every task
         assert t.retry_policy.max_retry_count >= 1
-        assert t.caching_options.enable_cache
+        assert t.caching_options.enable_cache == (key != "start-tracking")  # a new parent run per run
     assert {t.retry_policy.max_retry_count for t in tasks.values()} <= set(RETRIES.values())
     images = {e["container"]["image"] for e in raw["deploymentSpec"]["executors"].values()}
     assert images == {EFM_IMAGE}
@@ -158,36 +162,3 @@ def test_staged_output_replaces_an_earlier_attempt(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]  # a failure publishes nothing
     publish(target, tmp_path / "copy")
     assert (tmp_path / "copy" / "a.txt").read_text() == "a"
-
-
-def test_local_kfp_run_writes_the_summary_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The whole pipeline under kfp.local for one fraction and one seed (about 1-2 minutes)."""
-    from efm.pipelines.local import run_local
-
-    cfg = debug_config()
-    monkeypatch.chdir(tmp_path)  # anything written outside out/ lands here, not in the repository
-    out = tmp_path / "out"
-    summary = run_local(cfg, out, fractions=[0.5], seeds=[7])
-    assert json.loads((out / SUMMARY).read_text()) == summary
-    assert (out / PLOT).read_bytes().startswith(PNG_MAGIC)
-    (row,) = summary["results"]
-    assert {k: row[k] for k in ("domain", "data_fraction", "seed", "dataset_episodes")} == {
-        "domain": "pointmass", "data_fraction": 0.5, "seed": 7, "dataset_episodes": cfg.data.num_episodes}
-    train_pool = cfg.data.num_episodes - cfg.data.validation_episodes
-    assert row["sft_episodes"] == train_pool // 2
-    assert row["self_improvement_episodes"] == cfg.self_improve.max_episodes
-    for policy in ("sft", "self_improved"):
-        assert set(row[policy]) == {"success_rate", "mean_episode_length", "optimal_length_ratio"}
-        assert 0.0 <= row[policy]["success_rate"] <= 1.0
-        assert 0 < row[policy]["mean_episode_length"] <= cfg.env.max_episode_steps
-    assert set(row["success_detector"]) == {"precision", "recall"}
-    # every stage left its typed artifacts under the pipeline root
-    (run_root,) = (out / "pipeline_root").iterdir()
-    tasks = {p.name for p in run_root.iterdir()}
-    assert {"dataset", "subsample", "sft", "select", "self-improve", "evaluate", "report"} <= tasks
-    assert (run_root / "select" / "model" / "selection.json").is_file()
-    assert (run_root / "self-improve" / "model" / "policy").is_dir()
-    assert json.loads((run_root / "evaluate" / "result").read_text()) == row
-    assert (run_root / "evaluate" / "evaluation" / "metrics.json").is_file()
-    assert "data:image/png;base64," in (run_root / "evaluate" / "page").read_text()
-    assert list(tmp_path.iterdir()) == [out]

@@ -114,7 +114,7 @@ def test_vertex_yaml_parses_strictly_and_runs_sft_as_a_tpu_custom_job(vertex_yam
 def test_vertex_yaml_puts_cpu_and_memory_limits_on_the_other_steps(vertex_yaml) -> None:
     raw, spec = vertex_yaml
     others = [t for t in spec.root.dag.tasks.values() if not t.task_info.name.startswith("sft-")]
-    assert len(others) == 1 + 5 * 2
+    assert len(others) == 2 + 5 * 2  # start-tracking, dataset, and 5 steps per branch
     for task in others:
         container = _executor(raw, spec, task)
         assert container["image"] == EFM_IMAGE
@@ -146,7 +146,7 @@ def test_local_target_is_unchanged_plain_components(tmp_path: Path) -> None:
     assert not any("CustomJob" in e["container"].get("args", []) for e in executors)
     assert not any("resources" in e["container"] for e in executors)
     (sft,) = _tasks(spec, "sft")
-    assert set(sft.inputs.parameters) == {"config_json", "seed"}
+    assert set(sft.inputs.parameters) == {"config_json", "fraction", "seed", "tracking_uri", "parent_run_id"}
     with pytest.raises(ValueError, match="target"):
         make_experiment_pipeline([0.5], [0], target="cloud")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="resources"):
@@ -205,17 +205,19 @@ def test_submit_records_exactly_the_request(tmp_path: Path) -> None:
     template.write_text("{}")
     cfg = debug_config()
     client = FakeClient()
-    out = vertex.submit(_settings(labels={"team": "robots"}), template, cfg, client_factory=lambda: client)
+    settings = _settings(labels={"team": "robots"}, tracking_uri="https://mlflow.example.com")
+    out = vertex.submit(settings, template, cfg, client_factory=lambda: client)
     assert client.calls == [
         ("init", {"project": PROJECT, "location": REGION, "staging_bucket": ROOT}),
         ("pipeline_job", {"display_name": "efm-pointmass", "template_path": str(template.resolve()),
-                          "pipeline_root": ROOT, "parameter_values": {"config_json": cfg.to_json()},
+                          "pipeline_root": ROOT, "parameter_values": {"config_json": cfg.to_json(),
+                                                                      "tracking_uri": "https://mlflow.example.com"},
                           "enable_caching": None, "labels": {"app": "efm", "domain": "pointmass", "team": "robots"},
                           "project": PROJECT, "location": REGION}),
         ("submit", {"service_account": SA}),
     ]
     assert out["pipeline_job"] == RESOURCE
-    assert out["request"] == vertex.build_pipeline_job_request(_settings(labels={"team": "robots"}), template, cfg)
+    assert out["request"] == vertex.build_pipeline_job_request(settings, template, cfg)
     assert RunConfig.from_json(client.calls[1][1]["parameter_values"]["config_json"]) == cfg
 
 
@@ -229,7 +231,7 @@ def test_schedule_records_exactly_the_request(tmp_path: Path) -> None:
     assert [name for name, _ in client.calls] == ["init", "pipeline_job", "create_schedule"]
     job = client.calls[1][1]
     assert job["display_name"] == "nightly" and job["enable_caching"] is False
-    assert job["parameter_values"] == {"config_json": cfg.to_json()}
+    assert job["parameter_values"] == {"config_json": cfg.to_json(), "tracking_uri": ""}
     assert client.calls[2][1] == {"cron": "0 3 * * *", "display_name": "nightly-schedule",
                                   "max_concurrent_run_count": 1, "max_run_count": 30, "service_account": SA}
     assert out["schedule"].endswith("/schedules/efm-fake")
@@ -317,6 +319,7 @@ def test_cli_submit_sends_through_the_client(fake: FakeClient, capsys: pytest.Ca
     (["--config", '{"sft": {"num_steps": 0}}'], "sft.num_steps"),
     (["--sft-tpu-topology", "3x3"], "sft_tpu_topology"),
     (["--label", "novalue"], "--label"),
+    (["--tracking-uri", "sqlite:///mlflow.db"], "tracking_uri"),
 ])
 def test_cli_bad_parameters_exit_2_and_send_nothing(fake: FakeClient, capsys: pytest.CaptureFixture[str],
                                                     change: list[str], field: str) -> None:

@@ -1,0 +1,121 @@
+"""Task-side MLflow glue and durable SFT artifacts, without running a pipeline."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from efm.components.artifacts import SYNC_MANIFEST, mirrored, sync_tree
+from efm.components.tracking import FAILURES, RUN_ID, stage_run, start_experiment
+from efm.config import debug_config
+from efm.tracking import UPSTREAM, Tracker, dataset_digest, local_artifacts, local_store
+
+
+@dataclass
+class FakeArtifact:
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _dead_server() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket closes
+
+
+def test_stage_run_links_parent_and_upstream_and_stamps_outputs(tmp_path: Path) -> None:
+    uri, cfg = local_store(tmp_path), debug_config()
+    Tracker(uri, artifact_location=local_artifacts(tmp_path))
+    parent = start_experiment(cfg, uri, "kfp-run-1", "f0.5-s3")
+    inputs = [FakeArtifact({RUN_ID: "aaa", FAILURES: ["x: old"]}), FakeArtifact({RUN_ID: "bbb"}),
+              FakeArtifact({RUN_ID: "aaa"}), FakeArtifact()]
+    out = FakeArtifact()
+    with stage_run("sft", cfg, uri, parent, "kfp-run-1", "sft-2", inputs, [out], 0.5, 3) as run:
+        run.log_metrics({"val/bc_loss": 1.5, "skipped": float("nan")}, step=10)
+    r = MlflowClient(uri).get_run(out.metadata[RUN_ID])
+    assert r.info.run_name == "sft-f0.5-s3" and r.info.status == "FINISHED"
+    assert r.data.tags[UPSTREAM] == "aaa,bbb"  # unique, in input order
+    assert r.data.tags["mlflow.parentRunId"] == parent
+    assert {k: r.data.tags[k] for k in ("stage", "domain", "data_fraction", "seed", "kfp.run_name",
+                                        "kfp.task_name")} == {
+        "stage": "sft", "domain": "pointmass", "data_fraction": "0.5", "seed": "3", "kfp.run_name": "kfp-run-1",
+        "kfp.task_name": "sft-2"}
+    assert r.data.metrics == {"val.bc_loss": 1.5}
+    assert out.metadata[FAILURES] == ["x: old"]  # inherited, nothing new
+
+
+def test_a_failing_stage_marks_its_run_failed(tmp_path: Path) -> None:
+    uri = local_store(tmp_path)
+    out = FakeArtifact()
+    with pytest.raises(RuntimeError), stage_run("sft", debug_config(), uri, "", "r", "t", [], [out]):
+        raise RuntimeError("diverged")
+    assert MlflowClient(uri).get_run(out.metadata[RUN_ID]).info.status == "FAILED"
+
+
+def test_unreachable_server_costs_nothing_but_a_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    out, ran = FakeArtifact(), []
+    with stage_run("evaluate", debug_config(), _dead_server(), "p", "r", "t", [FakeArtifact({FAILURES: ["a: b"]})],
+                   [out], 0.1, 0) as run:
+        run.log_metrics({"x": 1.0})  # a no-op: the run could not be created
+        ran.append(True)
+    assert ran == [True]
+    assert out.metadata[RUN_ID] == ""
+    (inherited, *mine) = out.metadata[FAILURES]
+    assert inherited == "a: b"
+    assert mine and all(f.startswith("evaluate-f0.1-s0: get_experiment_by_name") for f in mine)
+
+
+def test_tracking_off_is_silent() -> None:
+    out = FakeArtifact()
+    with stage_run("dataset", debug_config(), "", "", "r", "t", [], [out]) as run:
+        run.log_metrics({"x": 1.0})
+    assert out.metadata == {RUN_ID: "", FAILURES: []}
+
+
+def test_dataset_digest_follows_content(tmp_path: Path) -> None:
+    (tmp_path / "dataset_info.json").write_text('{"a": 1}')
+    (tmp_path / "data.tfrecord").write_bytes(b"12345")
+    before = dataset_digest(tmp_path)
+    (tmp_path / "data.tfrecord").write_bytes(b"123456")
+    assert dataset_digest(tmp_path) != before
+    (tmp_path / "data.tfrecord").write_bytes(b"12345")
+    assert dataset_digest(tmp_path) == before
+    (tmp_path / "dataset_info.json").write_text('{"a": 2}')
+    assert dataset_digest(tmp_path) != before
+
+
+def test_sync_tree_copies_then_lists_then_prunes(tmp_path: Path) -> None:
+    work, artifact = tmp_path / "work", tmp_path / "artifact"
+    (work / "checkpoints" / "10").mkdir(parents=True)
+    (work / "checkpoints" / "10" / "params").write_text("p10")
+    (work / "checkpoints" / "20.orbax-checkpoint-tmp-1").mkdir()
+    (work / "checkpoints" / "20.orbax-checkpoint-tmp-1" / "params").write_text("partial")
+    sync_tree(work, artifact)
+    assert json.loads((artifact / SYNC_MANIFEST).read_text()) == {"checkpoints/10/params": 3}
+    assert not (artifact / "checkpoints" / "20.orbax-checkpoint-tmp-1").exists()
+    (work / "checkpoints" / "10" / "params").unlink()
+    (work / "history.json").write_text("[]")
+    sync_tree(work, artifact)
+    assert json.loads((artifact / SYNC_MANIFEST).read_text()) == {"history.json": 2}
+    assert not (artifact / "checkpoints" / "10" / "params").exists()
+
+
+def test_mirrored_resumes_only_what_was_completely_synced(tmp_path: Path) -> None:
+    artifact = tmp_path / "artifact"
+    with pytest.raises(KeyboardInterrupt), mirrored(artifact) as (work, sync):
+        (work / "a").write_text("1")
+        sync(10)
+        (work / "b").write_text("2")  # never synced: the task dies first
+        raise KeyboardInterrupt
+    (artifact / "stray").write_text("half-copied")  # a copy the kill interrupted, not in the manifest
+    with mirrored(artifact) as (work, _):
+        assert sorted(p.name for p in work.iterdir()) == ["a"]
+        (work / "c").write_text("3")
+    assert sorted(p.name for p in artifact.iterdir()) == sorted([SYNC_MANIFEST, "a", "c"])
