@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db; '' for none)")
 
+    p = sub.add_parser("data", help="look at datasets")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("inspect", help="what an RLDS directory holds: episodes, steps, features, instructions")
+    q.add_argument("path", help="an RLDS/TFDS dataset directory (or its parent holding one version)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.add_argument("--examples", type=int, default=3, help="instruction examples to show")
+    q.add_argument("--max-episodes", type=int, help="count steps over at most this many episodes per split")
+
     p = sub.add_parser("ui", help="the MLflow UI on a run's local store (loopback only)")
     p.add_argument("--out", help="a run directory of efm run (its mlflow.db)")
     p.add_argument("--tracking-uri", help="any MLflow backend store instead of --out")
@@ -262,6 +270,11 @@ def run(args: argparse.Namespace) -> dict:
         print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", file=sys.stderr)
         os.execv(cmd[0], cmd)  # the server replaces this process
 
+    if args.command == "data":
+        from efm.data.inspect import inspect_dataset
+
+        return inspect_dataset(args.path, args.examples, max_episodes=args.max_episodes)
+
     if args.command in ("compile", "submit", "schedule"):
         return _pipeline_command(args, _config(args))
 
@@ -309,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"efm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=1, default=str))
+    if args.command == "data" and not args.json:
+        from efm.data.inspect import format_inspection
+
+        print(format_inspection(result))
+    else:
+        print(json.dumps(result, indent=1, default=str))
     return 0
 
 

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-DOMAINS = ("pointmass",)
+DOMAINS = ("pointmass", "tabletop", "bananatable")
 
 
 def _check(cond: bool, name: str, value: Any, rule: str) -> None:
@@ -51,11 +51,82 @@ class PointmassConfig:
         _check(self.action_noise >= 0, "pointmass.action_noise", self.action_noise, ">= 0")
 
 
+TABLETOP_TASK_FAMILIES = ("block2block", "block2location", "block2relative")
+
+
+@dataclass(frozen=True)
+class TabletopConfig:
+    """LanguageTable-like block pushing in PyBullet (Appendix D.1). Lengths in metres."""
+
+    image_height: int = 72  # the 360x640 camera aspect, scaled down
+    image_width: int = 128
+    render_images: bool = True  # False: no "rgb" observation (fast, state-based runs)
+    state_observation: bool = True  # privileged block positions (the demonstrator reads them)
+    num_blocks: int = 4  # on the board, of the 16 colour x shape blocks
+    max_delta: float = 0.03  # effector displacement per step for an action of 1 on an axis
+    physics_substeps: int = 10  # simulation steps per 0.1 s control step
+    block2block_threshold: float = 0.06  # block centres closer than this: success
+    location_threshold: float = 0.1  # block centre within this of a board location
+    relative_threshold: float = 0.05  # block centre within this of its offset target
+    stable_speed: float = 0.02  # m/s: success also needs the task blocks at rest
+    task_families: tuple[str, ...] = TABLETOP_TASK_FAMILIES
+    demo_action_noise: float = 0.1  # scripted demonstrator, in action units
+    demo_detour_prob: float = 0.2  # chance per episode of a random waypoint first
+
+    def __post_init__(self) -> None:
+        _check_scene("tabletop", self)
+        _check(1 <= self.num_blocks <= 8, "tabletop.num_blocks", self.num_blocks, "in [1, 8]")
+        _check(len(self.task_families) > 0, "tabletop.task_families", self.task_families, "non-empty")
+        for f in self.task_families:
+            _check(f in TABLETOP_TASK_FAMILIES, "tabletop.task_families", self.task_families,
+                   f"each in {TABLETOP_TASK_FAMILIES}")
+        _check(self.num_blocks >= 2 or "block2block" not in self.task_families, "tabletop.num_blocks",
+               self.num_blocks, ">= 2 for block2block")
+        for name in ("block2block_threshold", "location_threshold", "relative_threshold"):
+            value = getattr(self, name)
+            _check(0 < value < 0.15, f"tabletop.{name}", value, "in (0, 0.15)")
+
+
+@dataclass(frozen=True)
+class BananaTableConfig:
+    """BananaTable (Appendix D.2): one banana pushed to one of 9 regions of the table."""
+
+    image_height: int = 72
+    image_width: int = 128
+    render_images: bool = True
+    state_observation: bool = True  # privileged banana pose (the demonstrator reads it)
+    max_delta: float = 0.03
+    physics_substeps: int = 10
+    stable_speed: float = 0.02
+    banana_mass: float = 0.12  # kg
+    banana_friction: float = 0.5  # lateral friction against the table
+    demo_action_noise: float = 0.1
+    demo_detour_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_scene("bananatable", self)
+        _check(self.banana_mass > 0, "bananatable.banana_mass", self.banana_mass, "> 0")
+        _check(self.banana_friction > 0, "bananatable.banana_friction", self.banana_friction, "> 0")
+
+
+def _check_scene(prefix: str, cfg: TabletopConfig | BananaTableConfig) -> None:
+    """Fields shared by the PyBullet table domains."""
+    _check(cfg.image_height >= 8, f"{prefix}.image_height", cfg.image_height, ">= 8")
+    _check(cfg.image_width >= 8, f"{prefix}.image_width", cfg.image_width, ">= 8")
+    _check(0 < cfg.max_delta <= 0.1, f"{prefix}.max_delta", cfg.max_delta, "in (0, 0.1]")
+    _check(cfg.physics_substeps >= 1, f"{prefix}.physics_substeps", cfg.physics_substeps, ">= 1")
+    _check(cfg.stable_speed > 0, f"{prefix}.stable_speed", cfg.stable_speed, "> 0")
+    _check(cfg.demo_action_noise >= 0, f"{prefix}.demo_action_noise", cfg.demo_action_noise, ">= 0")
+    _check(0 <= cfg.demo_detour_prob <= 1, f"{prefix}.demo_detour_prob", cfg.demo_detour_prob, "in [0, 1]")
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     domain: str = "pointmass"
     max_episode_steps: int = 100
     pointmass: PointmassConfig = field(default_factory=PointmassConfig)
+    tabletop: TabletopConfig = field(default_factory=TabletopConfig)
+    bananatable: BananaTableConfig = field(default_factory=BananaTableConfig)
 
     def __post_init__(self) -> None:
         _check(self.domain in DOMAINS, "env.domain", self.domain, f"one of {DOMAINS}")

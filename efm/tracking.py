@@ -14,8 +14,6 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -200,15 +198,3 @@ class Tracker:
         run_id = run.run_id if isinstance(run, StageRun) else run
         if run_id:
             self.call("set_terminated", run_id, status)
-
-    @contextmanager
-    def run(self, name: str, tags: dict[str, Any], parent_id: str | None = None,
-            upstream_ids: list[str] | None = None) -> Iterator[StageRun]:
-        """A run that ends FINISHED, or FAILED if the body raises."""
-        run = self.start_run(name, tags, parent_id, upstream_ids)
-        status = "FAILED"
-        try:
-            yield run
-            status = "FINISHED"
-        finally:
-            self.end_run(run, status)
