@@ -43,6 +43,7 @@ def dataset(config_json: str, tracking_uri: str, parent_run_id: str, episodes: O
         with staged(episodes.path) as work:
             stats = dataset_stage(cfg, work)
         run.log_metrics({f"dataset.{k}": v for k, v in stats.items()})
+        run.log_artifacts(episodes.path, "*.gif")  # camera domains: the first demonstrations
     episodes.metadata.update({k: v for k, v in stats.items() if isinstance(v, int | float | str)})
 
 

@@ -390,3 +390,35 @@ def write_languagetable_fixture(
             compute_stats=tfds.download.ComputeStatsMode.SKIP),
     )
     return Path(os.fspath(builder.data_dir))
+
+
+MAX_ACTION = 0.1  # LanguageTable's action bound (metres per step); the project's actions are in [-1, 1]
+
+
+def import_languagetable(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    split: str = "train",
+    image_size: tuple[int, int] | None = (72, 128),
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Converts a LanguageTable split into this project's RLDS format (streaming), ready for
+    `efm subsample`: images resized to `image_size`, actions divided by `MAX_ACTION` into the
+    project's [-1, 1]. Returns the dataset statistics, also stored in its metadata."""
+    count = {"episodes": 0, "steps": 0, "successes": 0}
+    metadata: dict[str, Any] = {"source": {"path": str(Path(source).absolute()), "format": DATASET_NAME,
+                                           "split": split, "action_scale": 1.0 / MAX_ACTION,
+                                           "image_size": list(image_size) if image_size else None}}
+
+    def scaled() -> Iterator[Episode]:
+        for e in read_languagetable(source, split, image_size, limit):
+            e.actions = np.clip(e.actions / MAX_ACTION, -1.0, 1.0).astype(np.float32)
+            count["episodes"] += 1
+            count["steps"] += e.length
+            count["successes"] += int(e.success)
+            yield e
+        metadata["stats"] = {**count, "success_rate": count["successes"] / max(count["episodes"], 1)}
+
+    rlds_io.write_episodes(scaled(), out_dir, metadata=metadata, overwrite=overwrite)
+    return metadata["stats"]

@@ -23,11 +23,13 @@ so `tfds.builder_from_directory(directory)` opens it without this module.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -273,11 +275,12 @@ def write_splits(
 
     Episodes are consumed lazily (no list is built here) and stored in order. The dataset is
     built in a temporary sibling directory and renamed into place, so a failed write leaves
-    any previous dataset intact. `metadata` (JSON-serializable) goes to efm_metadata.json.
+    any previous dataset intact. `metadata` (JSON-serializable) goes to efm_metadata.json; it
+    is read once every episode is written, so a caller streaming episodes may fill it in as
+    they pass (statistics of the whole dataset).
     """
     directory = Path(directory).absolute()
     _check_target(directory, overwrite)
-    meta_text = json.dumps(dict(metadata or {}), indent=2, sort_keys=True)
     first, iters = _peek(splits)
     spec = _Spec(first)
     seen: set[str] = set()
@@ -294,19 +297,22 @@ def write_splits(
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     tfds.disable_progress_bar()  # TFDS's per-split bars are noise beside the stage's own progress
     try:
-        builder = tfds.dataset_builders.store_as_tfds_dataset(
-            name=name,
-            version=VERSION,
-            features=spec.features(),
-            split_datasets={s: examples(it) for s, it in iters.items()},
-            data_dir=tmp / "build",
-            description="Episodes in RLDS format, written by efm.data.rlds.",
-            disable_shuffling=True,  # keep episode order: fractions and reads are reproducible
-            download_config=tfds.download.DownloadConfig(
-                compute_stats=tfds.download.ComputeStatsMode.SKIP),
-        )
+        # TFDS prints "Downloading and preparing dataset ..." on stdout, which is the CLI's
+        # result (JSON) channel: its chatter goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            builder = tfds.dataset_builders.store_as_tfds_dataset(
+                name=name,
+                version=VERSION,
+                features=spec.features(),
+                split_datasets={s: examples(it) for s, it in iters.items()},
+                data_dir=tmp / "build",
+                description="Episodes in RLDS format, written by efm.data.rlds.",
+                disable_shuffling=True,  # keep episode order: fractions and reads are reproducible
+                download_config=tfds.download.DownloadConfig(
+                    compute_stats=tfds.download.ComputeStatsMode.SKIP),
+            )
         built = Path(os.fspath(builder.data_dir))
-        (built / METADATA_FILE).write_text(meta_text)
+        (built / METADATA_FILE).write_text(json.dumps(dict(metadata or {}), indent=2, sort_keys=True))
         old = tmp / "old"
         if directory.exists():  # empty, or a dataset the caller allowed us to replace
             directory.rename(old)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from efm.config import DOMAINS, RunConfig, debug_config, default_config
+from efm.config import DOMAINS, RunConfig, check_trainable, debug_config, default_config
 
 if TYPE_CHECKING:
     from efm.pipelines.vertex import VertexResources
@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
     q.add_argument("--examples", type=int, default=3, help="instruction examples to show")
     q.add_argument("--max-episodes", type=int, help="count steps over at most this many episodes per split")
+    q = data_sub.add_parser("import-languagetable",
+                            help="convert published LanguageTable RLDS data into this project's RLDS format")
+    q.add_argument("source", help="the dataset's version directory, e.g. .../language_table/0.0.1")
+    q.add_argument("--out", required=True)
+    q.add_argument("--split", default="train")
+    q.add_argument("--image-size", type=int, nargs=2, default=[72, 128], metavar=("HEIGHT", "WIDTH"))
+    q.add_argument("--limit", type=int, help="the first N episodes only")
+    q.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("ui", help="the MLflow UI on a run's local store (loopback only)")
     p.add_argument("--out", help="a run directory of efm run (its mlflow.db)")
@@ -216,6 +224,7 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
 
     from efm.pipelines import vertex
 
+    check_trainable(cfg)
     fractions = args.fractions or list(cfg.data.fractions)
     cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(fractions)))  # what MLflow logs matches the branches
     if args.command == "compile":
@@ -270,6 +279,11 @@ def run(args: argparse.Namespace) -> dict:
         print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", file=sys.stderr)
         os.execv(cmd[0], cmd)  # the server replaces this process
 
+    if args.command == "data" and args.data_command == "import-languagetable":
+        from efm.data.languagetable import import_languagetable
+
+        return import_languagetable(_existing(args.source, "LanguageTable dataset"), args.out, args.split,
+                                    tuple(args.image_size), args.limit, args.overwrite)
     if args.command == "data":
         from efm.data.inspect import inspect_dataset
 
@@ -322,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"efm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    if args.command == "data" and not args.json:
+    if args.command == "data" and args.data_command == "inspect" and not args.json:
         from efm.data.inspect import format_inspection
 
         print(format_inspection(result))

@@ -375,6 +375,18 @@ def _from_dict(cls: type, raw: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
+INSTRUCTION_GOAL_DOMAINS = ("tabletop", "bananatable")  # the goal is the instruction text alone
+
+
+def check_trainable(cfg: RunConfig) -> None:
+    """Refuses, before any work, what the model cannot learn: the EFM here reads observations
+    and goal arrays but no text, so domains whose goal is only an instruction wait for the
+    vision-language model. Their environments, demonstrations and datasets work already."""
+    _check(cfg.domain not in INSTRUCTION_GOAL_DOMAINS, "env.domain", cfg.domain,
+           f"cannot be trained yet: its goal is an instruction and model variant {cfg.model.variant!r} reads "
+           "no text; `efm dataset` and `efm data inspect` work for it, training runs on pointmass")
+
+
 def debug_config(domain: str = "pointmass") -> RunConfig:
     """A seconds-long run: tiny data, tiny model, a few updates. For tests."""
     base = default_config(domain)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from efm import checkpoints
-from efm.config import RunConfig
+from efm.config import RunConfig, check_trainable
 from efm.data import rlds, subsample
 from efm.domains import make_demonstrator, make_env
 from efm.envs.base import Episode
+from efm.envs.render import RGB, write_episodes_gif
 from efm.evaluation.evaluate import episode_metrics, evaluate_policy
 from efm.evaluation.plots import plot_curves, plot_trajectories
 from efm.models.efm import make_functions
@@ -32,6 +33,8 @@ from efm.sft.trainer import run_sft
 from efm.types import Logger
 
 CONFIG = "config.json"
+PREVIEW = "demonstrations.gif"
+PREVIEW_EPISODES = 3
 METRICS = "metrics.json"
 TRAJECTORIES = "trajectories.png"
 
@@ -66,30 +69,54 @@ def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
 
 
 def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64,
-                            progress: bool = False) -> list[Episode]:
-    """Scripted demonstrations, ending on ground-truth success or max length."""
+                            progress: bool = False) -> Iterator[Episode]:
+    """Scripted demonstrations, ending on ground-truth success or max length, one at a time (an
+    image dataset of any size never sits in memory)."""
     num_envs = min(num_envs, num_episodes)
     source = rollout(make_env(cfg.env, num_envs, seed), make_demonstrator(cfg.env, num_envs, seed + 1),
                      max_steps=cfg.env.max_episode_steps, max_episodes=num_episodes, id_prefix="demo")
-    episodes = list(progress_bar(source, total=num_episodes, desc="demonstrations", enabled=progress))
-    for i, e in enumerate(episodes):  # every started episode finishes: no bias towards short ones
+    # Every started episode finishes (no bias towards short ones); ids follow arrival order.
+    for i, e in enumerate(progress_bar(source, total=num_episodes, desc="demonstrations", enabled=progress)):
         e.episode_id = f"demo-{i:06d}"
-    return episodes
+        yield e
+
+
+def _summary(e: Episode) -> Episode:
+    """What dataset statistics need of an episode, without its observations."""
+    return Episode(observations={}, actions=e.actions, instruction=e.instruction, success=e.success,
+                   episode_id=e.episode_id, optimal_length=e.optimal_length)
 
 
 def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
                   progress: bool = True) -> dict[str, Any]:
-    """Generates the full demonstration dataset and writes it as RLDS (TFDS format)."""
+    """Generates the full demonstration dataset and writes it as RLDS (TFDS format), streaming.
+
+    Camera domains also get PREVIEW: a GIF of the first demonstrations, for reports and MLflow.
+    """
     t0 = time.time()
-    episodes = generate_demonstrations(cfg, cfg.data.num_episodes, cfg.data.seed, progress=progress)
-    stats = {"domain": cfg.domain, "episodes": len(episodes), "steps": int(sum(e.length for e in episodes)),
-             **episode_metrics(episodes)}
+    summaries: list[Episode] = []
+    preview: list[Episode] = []
+    metadata: dict[str, Any] = {"config": json.loads(cfg.to_json())}
+
+    def episodes() -> Iterator[Episode]:
+        for e in generate_demonstrations(cfg, cfg.data.num_episodes, cfg.data.seed, progress=progress):
+            summaries.append(_summary(e))
+            if RGB in e.observations and len(preview) < PREVIEW_EPISODES:
+                preview.append(e)
+            yield e
+        metadata["stats"] = dataset_stats(cfg, summaries)
+
     out = Path(out_dir)
-    rlds.write_episodes(episodes, out, metadata={"stats": stats, "config": json.loads(cfg.to_json())},
-                        overwrite=overwrite)
+    rlds.write_episodes(episodes(), out, metadata=metadata, overwrite=overwrite)
     (out / CONFIG).write_text(cfg.to_json())
-    stats["seconds"] = time.time() - t0
-    return stats
+    if preview:
+        write_episodes_gif(preview, out / PREVIEW)
+    return {**metadata["stats"], "seconds": time.time() - t0}
+
+
+def dataset_stats(cfg: RunConfig, episodes: list[Episode]) -> dict[str, Any]:
+    return {"domain": cfg.domain, "episodes": len(episodes), "steps": int(sum(e.length for e in episodes)),
+            **episode_metrics(episodes)}
 
 
 def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path, seed: int) -> dict[str, Any]:
@@ -108,6 +135,7 @@ def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path
 def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
               log: Logger | None = None, progress: bool = True,
               on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    check_trainable(cfg)
     out = _start(cfg, out_dir)
     train, validation = read_split(train_dir), read_split(validation_dir)
     result = run_sft(cfg, train, validation, out, log=log, progress=progress, on_checkpoint=on_checkpoint)

@@ -7,6 +7,7 @@ an encoder library, which this project does not depend on.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,16 @@ def episode_frames(episode: Episode, scale: int = 3) -> list[Image.Image]:
 
 def write_episode_gif(episode: Episode, path: str | Path, fps: float = 10, scale: int = 3) -> Path:
     """Write the episode's "rgb" observations as a looping, captioned GIF; returns the path."""
+    return write_episodes_gif([episode], path, fps, scale)
+
+
+def write_episodes_gif(episodes: Sequence[Episode], path: str | Path, fps: float = 10, scale: int = 3) -> Path:
+    """Several episodes one after another in one looping GIF (e.g. a dataset's first few)."""
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    frames = episode_frames(episode, scale)
+    if not episodes:
+        raise ValueError("no episodes to render")
+    frames = [f for e in episodes for f in episode_frames(e, scale)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(

@@ -21,7 +21,7 @@ from typing import Any
 
 from kfp import local
 
-from efm.config import RunConfig, debug_config, default_config
+from efm.config import RunConfig, check_trainable, debug_config, default_config
 from efm.evaluation.report import PLOT, SUMMARY, TABLE
 from efm.pipelines.experiment import make_experiment_pipeline
 from efm.tracking import Tracker, local_artifacts, local_store
@@ -35,6 +35,7 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     Tracking goes to `tracking_uri`, by default a SQLite store OUT/mlflow.db with its
     artifacts in OUT/mlartifacts; "" tracks nothing.
     """
+    check_trainable(config)
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     pipeline = make_experiment_pipeline(config.data.fractions if fractions is None else fractions, seeds)

@@ -286,6 +286,29 @@ def test_long_inline_config_is_accepted(tmp_path: Path, capsys: pytest.CaptureFi
     assert str(missing) in capsys.readouterr().err
 
 
+def test_tabletop_dataset_is_rlds_with_a_preview_gif(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from efm.data.inspect import inspect_dataset
+
+    out = tmp_path / "dataset"
+    assert main(["dataset", "--domain", "tabletop", "--episodes", "3", "--quiet", "--config",
+                 '{"data": {"validation_episodes": 1}}', "--out", str(out)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["episodes"] == 3 and stats["domain"] == "tabletop"
+    info = inspect_dataset(out)
+    assert info["total_episodes"] == 3
+    assert info["features"]["steps"]["feature"]["features"]["observation"]["features"]["rgb"]["shape"] == [72, 128, 3]
+    assert (out / "demonstrations.gif").read_bytes()[:6] == b"GIF89a"
+
+
+@pytest.mark.parametrize("command", [["run", "--out", "OUT"], ["compile", "--out", "OUT/p.yaml"]])
+def test_domains_the_model_cannot_learn_are_refused_before_any_work(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a.replace("OUT", str(tmp_path / "o")) for a in command]
+    assert main([*args, "--domain", "bananatable", "--debug"]) == 2
+    assert "env.domain='bananatable'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_ui_serves_the_run_store(run_dir: dict[str, Path]) -> None:
     """`efm ui --out` starts the MLflow UI on loopback over the run's database."""
     import socket

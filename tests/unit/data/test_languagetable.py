@@ -240,3 +240,25 @@ def test_success_is_terminal_or_a_final_reward() -> None:
     assert not success(terminal=False, reward_at=None)
     with pytest.raises(DatasetError, match="last step is not is_last"):
         lt._to_episode(_steps(4, terminal=False, reward_at=None, last=False), "e")
+
+
+def test_import_converts_to_project_rlds_for_the_pipeline(small: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from efm.cli import main
+    from efm.data import subsample
+
+    out = tmp_path / "imported"
+    assert main(["data", "import-languagetable", str(small), "--out", str(out), "--image-size", "18", "32"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"episodes": 3, "steps": sum(LENGTHS) - 3, "successes": 2,
+                                                   "success_rate": 2 / 3}
+    source, imported = list(lt.read_languagetable(small)), rlds_io.read_episodes(out)
+    assert [e.instruction for e in imported] == [e.instruction for e in source]
+    for a, b in zip(imported, source, strict=True):
+        np.testing.assert_allclose(a.actions, np.clip(b.actions / lt.MAX_ACTION, -1, 1), rtol=1e-6)
+        assert a.observations["rgb"].shape == (b.length + 1, 18, 32, 3)
+    meta = rlds_io.read_metadata(out)
+    assert meta["source"]["action_scale"] == pytest.approx(10.0) and meta["stats"]["episodes"] == 3
+    manifest = subsample.subsample_dataset(out, tmp_path / "sub", (0.5,), 1, seed=0)  # the pipeline's next step
+    assert manifest["validation"]["count"] == 1
+    assert main(["data", "import-languagetable", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "LanguageTable dataset not found" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def sft_config(num_steps: int = NUM_STEPS) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def episodes() -> tuple[list[Episode], list[Episode]]:
-    eps = generate_demonstrations(debug_config(), 24, seed=0)
+    eps = list(generate_demonstrations(debug_config(), 24, seed=0))
     return eps[:20], eps[20:]
 
 
