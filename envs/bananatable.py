@@ -24,8 +24,7 @@ from efm.envs.tabletop import (
     RGB,
     WORKSPACE,
     BodySpec,
-    PushController,
-    PushParams,
+    PushingDemonstrator,
     TableEnvBase,
     arc_shape,
     distance_to_boundary,
@@ -199,7 +198,7 @@ class BananaTableEnv(TableEnvBase):
         )
 
 
-class BananaDemonstrator:
+class BananaDemonstrator(PushingDemonstrator):
     """Scripted BananaTable pushing: through the banana's centroid towards the region's centre,
     re-approaching whenever it turns off the line; stops once safely inside the region."""
 
@@ -208,25 +207,7 @@ class BananaDemonstrator:
 
     def __init__(self, cfg: EnvConfig, num_envs: int, seed: int):
         self.cfg = cfg.bananatable
-        self._ctl = PushController(
-            PushParams(
-                self.cfg.max_delta,
-                self.cfg.demo_action_noise,
-                self.cfg.demo_detour_prob,
-                self.LATERAL_TOLERANCE,
-            ),
-            num_envs,
-            seed,
-        )
-        self._regions: list[str | None] = [None] * num_envs
-
-    def reset(self, mask: Array | None = None) -> None:
-        self._ctl.reset(mask)
-        for i in range(len(self._regions)) if mask is None else np.flatnonzero(mask):
-            self._regions[i] = None
-
-    def observe(self, ts: TimeStep) -> dict[str, Array]:
-        return {}
+        super().__init__(self.cfg, num_envs, seed)
 
     def act(self, ts: TimeStep) -> dict[str, Array]:
         if BANANA_TRANSLATION not in ts.observation:
@@ -235,11 +216,11 @@ class BananaDemonstrator:
                 "enable bananatable.state_observation"
             )
         obs = ts.observation
-        moves = np.zeros((len(self._regions), 2))
+        moves = np.zeros((len(self._goals), 2))
         for i, text in enumerate(ts.instruction):
-            region = self._regions[i]
+            region = self._goals[i]
             if region is None:
-                region = self._regions[i] = parse_banana_instruction(text)
+                region = self._goals[i] = parse_banana_instruction(text)
             center = obs[BANANA_TRANSLATION][i].astype(float)
             # Aim at the region's centre; done once the centroid is STOP_MARGIN inside it.
             outside = distance_to_region(center, region, self.STOP_MARGIN)

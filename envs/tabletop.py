@@ -33,6 +33,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pybullet as pb
@@ -1206,34 +1207,34 @@ class PushController:
 BLOCK_FOOTPRINT = regular_polygon(16, BLOCK_RADIUS)
 
 
-class TabletopDemonstrator:
-    """Scripted pushing for every tabletop family: parses the instruction, reads the privileged
-    block positions, and drives a `PushController`."""
+class PushingDemonstrator:
+    """What the table demonstrators share: a `PushController`, and each env's goal parsed from
+    its instruction once per episode (None until its first observation)."""
 
     LATERAL_TOLERANCE = 0.012
 
-    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int):
-        self.cfg = cfg.tabletop
-        self._ctl = PushController(
-            PushParams(
-                self.cfg.max_delta,
-                self.cfg.demo_action_noise,
-                self.cfg.demo_detour_prob,
-                self.LATERAL_TOLERANCE,
-            ),
-            num_envs,
-            seed,
-        )
-        self._tasks: list[Task | None] = [None] * num_envs
-        self._start = np.zeros((num_envs, 2))
+    def __init__(self, scene: TabletopConfig | BananaTableConfig, num_envs: int, seed: int):
+        params = PushParams(scene.max_delta, scene.demo_action_noise, scene.demo_detour_prob, self.LATERAL_TOLERANCE)
+        self._ctl = PushController(params, num_envs, seed)
+        self._goals: list[Any] = [None] * num_envs
 
     def reset(self, mask: Array | None = None) -> None:
         self._ctl.reset(mask)
-        for i in range(len(self._tasks)) if mask is None else np.flatnonzero(mask):
-            self._tasks[i] = None
+        for i in range(len(self._goals)) if mask is None else np.flatnonzero(mask):
+            self._goals[i] = None
 
     def observe(self, ts: TimeStep) -> dict[str, Array]:
         return {}
+
+
+class TabletopDemonstrator(PushingDemonstrator):
+    """Scripted pushing for every tabletop family: parses the instruction, reads the privileged
+    block positions, and drives a `PushController`."""
+
+    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int):
+        self.cfg = cfg.tabletop
+        super().__init__(self.cfg, num_envs, seed)
+        self._start = np.zeros((num_envs, 2))
 
     def act(self, ts: TimeStep) -> dict[str, Array]:
         if BLOCK_TRANSLATION not in ts.observation:
@@ -1242,11 +1243,11 @@ class TabletopDemonstrator:
                 "enable tabletop.state_observation"
             )
         blocks, effector = ts.observation[BLOCK_TRANSLATION], ts.observation[EFFECTOR_TRANSLATION]
-        moves = np.zeros((len(self._tasks), 2))
+        moves = np.zeros((len(self._goals), 2))
         for i, text in enumerate(ts.instruction):
-            task = self._tasks[i]
+            task = self._goals[i]
             if task is None:  # first observation of the episode
-                task = self._tasks[i] = parse_instruction(text)
+                task = self._goals[i] = parse_instruction(text)
                 self._start[i] = blocks[i, BLOCKS.index(task.block)]
             positions = {b: blocks[i, BLOCKS.index(b)].astype(float) for b in task.blocks}
             target = task_target(task, positions, self._start[i])
