@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "run":
         from efm.pipelines.local import run_local
 
-        return run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri)
+        return run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri, progress=progress)
     raise ValueError(f"unknown command {args.command}")
 
 

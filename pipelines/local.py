@@ -15,7 +15,8 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,32 @@ from kfp import local
 from efm.config import RunConfig, check_trainable, debug_config, default_config
 from efm.evaluation.report import PLOT, SUMMARY, TABLE
 from efm.pipelines.experiment import make_experiment_pipeline
+from efm.progress import QUIET_ENV
 from efm.tracking import Tracker, local_artifacts, local_store
 
 
+@contextmanager
+def _environ(name: str, value: str | None) -> Iterator[None]:
+    """`name` set to `value` (unset if None) for the tasks started meanwhile, then restored."""
+    before = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if before is not None:
+            os.environ[name] = before
+
+
 def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float] | None = None,
-              seeds: Sequence[int] = (0,), tracking_uri: str | None = None) -> dict[str, Any]:
+              seeds: Sequence[int] = (0,), tracking_uri: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Runs every branch (fractions default to config.data.fractions) and returns the summary;
     OUT/summary.json, report.md and the Figure 5 plot are copies of the report's artifact.
 
     Tracking goes to `tracking_uri`, by default a SQLite store OUT/mlflow.db with its
-    artifacts in OUT/mlartifacts; "" tracks nothing.
+    artifacts in OUT/mlartifacts; "" tracks nothing. `progress` False silences the steps'
+    progress lines.
     """
     check_trainable(config)
     out = Path(out_dir).absolute()
@@ -47,7 +64,7 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "pipeline_root"),
                raise_on_error=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the tasks: TF is only our I/O layer
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _environ(QUIET_ENV, None if progress else "1"):
         # The project image's name has no "python" in it, which kfp.local warns about per task;
         # locally the image is not used at all.
         warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)

@@ -119,3 +119,12 @@ def test_mirrored_resumes_only_what_was_completely_synced(tmp_path: Path) -> Non
         assert sorted(p.name for p in work.iterdir()) == ["a"]
         (work / "c").write_text("3")
     assert sorted(p.name for p in artifact.iterdir()) == sorted([SYNC_MANIFEST, "a", "c"])
+
+
+def test_quiet_reaches_progress_bars_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from efm.progress import QUIET_ENV, progress_bar
+
+    monkeypatch.delenv(QUIET_ENV, raising=False)
+    assert not progress_bar(range(3), total=3, desc="x", enabled=True).disable
+    monkeypatch.setenv(QUIET_ENV, "1")
+    assert progress_bar(range(3), total=3, desc="x", enabled=True).disable
