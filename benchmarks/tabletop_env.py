@@ -150,7 +150,7 @@ def main() -> None:
         )
     out = {
         "seconds": time.perf_counter() - t0,
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": {k: str(v) for k, v in vars(args).items() if k != "out"},  # no machine paths in results
         "machine": {
             "cpus": os.cpu_count(),
             "load_average_1m": os.getloadavg()[0],
