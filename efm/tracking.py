@@ -19,7 +19,7 @@ from typing import Any
 
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -88,9 +88,6 @@ class StageRun:
         for i in range(0, len(items), 100):
             self._call("log_batch", params=items[i:i + 100])
 
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        self._call("log_batch", tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
     def log_artifacts(self, directory: str | Path, pattern: str = "*", artifact_path: str | None = None) -> None:
         """The files directly in `directory` that match `pattern`."""
         for path in sorted(Path(directory).glob(pattern)):
@@ -154,10 +151,6 @@ class Tracker:
         if self._experiment_id is None:  # a concurrent task may have created it meanwhile
             exp = self.call("get_experiment_by_name", experiment)
             self._experiment_id = exp.experiment_id if exp else None
-
-    @property
-    def enabled(self) -> bool:
-        return self._experiment_id is not None
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """`MlflowClient.<method>(...)`, or None (recorded in `failures`) if it fails."""
