@@ -164,6 +164,7 @@ class TokenizerConfig:
     uniform_bins: int = 256  # uniform: bins over [-max_abs, max_abs] (Aloha)
     steps_to_go_bins: int = 100
     steps_to_go_max: float = 100.0
+    text_tokens: int = 0  # instruction bytes (UTF-8) the model reads; 0: it reads no text
 
     def __post_init__(self) -> None:
         _check(
@@ -178,32 +179,98 @@ class TokenizerConfig:
         _check(self.uniform_bins >= 2, "tokenizer.uniform_bins", self.uniform_bins, ">= 2")
         _check(self.steps_to_go_bins >= 2, "tokenizer.steps_to_go_bins", self.steps_to_go_bins, ">= 2")
         _check(self.steps_to_go_max > 0, "tokenizer.steps_to_go_max", self.steps_to_go_max, "> 0")
+        _check(0 <= self.text_tokens <= 512, "tokenizer.text_tokens", self.text_tokens, "in [0, 512]")
 
 
-MODEL_VARIANTS: dict[str, dict[str, int]] = {
-    # name: widths of the observation encoder and the token decoder
-    "mlp-tiny": {"width": 64, "depth": 2, "token_embed": 16},
-    "mlp-small": {"width": 128, "depth": 3, "token_embed": 16},
-    "mlp-base": {"width": 256, "depth": 3, "token_embed": 32},
+@dataclass(frozen=True)
+class MlpVariant:
+    """State-based EFM (pointmass, Section 3): an observation MLP and a small token decoder."""
+
+    width: int
+    depth: int
+    token_embed: int
+
+
+@dataclass(frozen=True)
+class TransformerVariant:
+    """Vision-language EFM (RT-2 / PaliGemma): a ViT image tower and a decoder-only text tower.
+
+    The ViT cuts each camera frame into `patch` patches (fewer image tokens are what makes a
+    CPU-sized model fast); its tokens are projected to the text tower's `width`.
+    """
+
+    patch: tuple[int, int]
+    vit_width: int
+    vit_depth: int
+    vit_heads: int
+    vit_mlp: int
+    width: int
+    depth: int
+    heads: int
+    head_dim: int
+    mlp: int
+
+
+MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
+    "mlp-tiny": MlpVariant(width=64, depth=2, token_embed=16),
+    "mlp-small": MlpVariant(width=128, depth=3, token_embed=16),
+    "mlp-base": MlpVariant(width=256, depth=3, token_embed=32),
+    # trains in seconds (tests)
+    "vl-tiny": TransformerVariant(patch=(18, 32), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,
+                                  width=32, depth=1, heads=2, head_dim=16, mlp=64),
+    # the 2-core CPU benchmarks: 4x4 = 16 tokens per 72x128 frame
+    "vl-cpu": TransformerVariant(patch=(18, 32), vit_width=128, vit_depth=2, vit_heads=4, vit_mlp=256,
+                                 width=192, depth=4, heads=4, head_dim=48, mlp=512),
+    # accelerators: 6x8 = 48 tokens per frame
+    "vl-base": TransformerVariant(patch=(12, 16), vit_width=384, vit_depth=6, vit_heads=6, vit_mlp=1536,
+                                  width=512, depth=8, heads=8, head_dim=64, mlp=2048),
+    "vl-large": TransformerVariant(patch=(12, 16), vit_width=768, vit_depth=12, vit_heads=12, vit_mlp=3072,
+                                   width=1024, depth=18, heads=8, head_dim=128, mlp=4096),
 }
+
+MODEL_INITS = ("scratch", "big_vision", "orbax")
+MODEL_PARTS = ("vision_encoder", "llm")  # the towers a starting checkpoint may provide
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Which network, and what it starts from.
+
+    init: "scratch", or the parts in `init_parts` loaded from `init_path`: a big_vision .npz
+    (PaliGemma's published layout) or one of this project's Orbax params checkpoints.
+    """
+
     variant: str = "mlp-small"
+    init: str = "scratch"
+    init_path: str = ""
+    init_parts: tuple[str, ...] = MODEL_PARTS
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # params stay float32
 
     def __post_init__(self) -> None:
         _check(self.variant in MODEL_VARIANTS, "model.variant", self.variant, f"one of {sorted(MODEL_VARIANTS)}")
+        _check(self.init in MODEL_INITS, "model.init", self.init, f"one of {MODEL_INITS}")
+        _check(self.init == "scratch" or bool(self.init_path), "model.init_path", self.init_path,
+               f"required with init={self.init!r}")
+        for part in self.init_parts:
+            _check(part in MODEL_PARTS, "model.init_parts", self.init_parts, f"each in {MODEL_PARTS}")
+        _check(self.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", self.compute_dtype,
+               "float32 or bfloat16")
+
+    @property
+    def reads_text(self) -> bool:
+        return isinstance(MODEL_VARIANTS[self.variant], TransformerVariant)
 
 
-OBJECTIVES = ("bc", "steps_to_go")
+# bc: action tokens; steps_to_go: one token; instruction: LanguageTable's auxiliary objective
+# (Appendix A.3), the instruction predicted from an episode's first and last frame.
+OBJECTIVES = ("bc", "steps_to_go", "instruction")
 
 
 @dataclass(frozen=True)
 class SftConfig:
     """Stage 1 (Section 2.1, Appendix A.3): each batch split uniformly over the objectives."""
 
-    objectives: tuple[str, ...] = OBJECTIVES
+    objectives: tuple[str, ...] = ("bc", "steps_to_go")
     batch_size: int = 128
     num_steps: int = 6000
     learning_rate: float = 1e-3
@@ -212,6 +279,10 @@ class SftConfig:
     eval_every: int = 500
     checkpoint_every: int = 500
     max_checkpoints: int = 20
+    shuffle_buffer: int = 20000  # samples (still encoded); memory is bounded by it, not the dataset
+    data_threads: int = 2  # tf.data's thread pool; small on 2 cores so it does not starve XLA
+    validation_batch_size: int = 512
+    fsdp: int = 1  # devices per parameter shard group; the rest of the mesh is data-parallel
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -226,6 +297,10 @@ class SftConfig:
         _check(self.eval_every > 0, "sft.eval_every", self.eval_every, "> 0")
         _check(self.checkpoint_every > 0 and self.checkpoint_every % self.eval_every == 0,
                "sft.checkpoint_every", self.checkpoint_every, "a positive multiple of eval_every")
+        _check(self.shuffle_buffer > 0, "sft.shuffle_buffer", self.shuffle_buffer, "> 0")
+        _check(self.data_threads > 0, "sft.data_threads", self.data_threads, "> 0")
+        _check(self.validation_batch_size > 0, "sft.validation_batch_size", self.validation_batch_size, "> 0")
+        _check(self.fsdp > 0, "sft.fsdp", self.fsdp, "> 0")
 
 
 @dataclass(frozen=True)
@@ -321,6 +396,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check(self.tokenizer.steps_to_go_max >= self.env.max_episode_steps, "tokenizer.steps_to_go_max",
                self.tokenizer.steps_to_go_max, "covers env.max_episode_steps")
+        reads_text = self.model.reads_text
+        _check(reads_text == (self.tokenizer.text_tokens > 0), "tokenizer.text_tokens", self.tokenizer.text_tokens,
+               f"> 0 exactly when the model reads text (model.variant={self.model.variant!r})")
+        _check(reads_text or "instruction" not in self.sft.objectives, "sft.objectives", self.sft.objectives,
+               f"the instruction objective needs a vision-language model, not {self.model.variant!r}")
+        _check(self.sft.batch_size % len(self.sft.objectives) == 0, "sft.batch_size", self.sft.batch_size,
+               "divisible by the number of objectives")
 
     @property
     def domain(self) -> str:
@@ -379,12 +461,11 @@ INSTRUCTION_GOAL_DOMAINS = ("tabletop", "bananatable")  # the goal is the instru
 
 
 def check_trainable(cfg: RunConfig) -> None:
-    """Refuses, before any work, what the model cannot learn: the EFM here reads observations
-    and goal arrays but no text, so domains whose goal is only an instruction wait for the
-    vision-language model. Their environments, demonstrations and datasets work already."""
-    _check(cfg.domain not in INSTRUCTION_GOAL_DOMAINS, "env.domain", cfg.domain,
-           f"cannot be trained yet: its goal is an instruction and model variant {cfg.model.variant!r} reads "
-           "no text; `efm dataset` and `efm data inspect` work for it, training runs on pointmass")
+    """Refuses, before any work, what the model cannot learn: a domain whose goal is only an
+    instruction needs a model that reads text (and camera frames)."""
+    _check(cfg.domain not in INSTRUCTION_GOAL_DOMAINS or cfg.model.reads_text, "model.variant", cfg.model.variant,
+           f"reads no text, and the goal in {cfg.domain!r} is an instruction: use a vision-language variant "
+           f"({sorted(k for k, v in MODEL_VARIANTS.items() if isinstance(v, TransformerVariant))})")
 
 
 def debug_config(domain: str = "pointmass") -> RunConfig:
@@ -392,8 +473,8 @@ def debug_config(domain: str = "pointmass") -> RunConfig:
     base = default_config(domain)
     return base.replace(
         data=DataConfig(num_episodes=60, validation_episodes=10, fractions=(0.5,), seed=0),
-        model=ModelConfig(variant="mlp-tiny"),
-        sft=dataclasses.replace(base.sft, batch_size=32, num_steps=40, eval_every=20, checkpoint_every=20,
+        model=ModelConfig(variant="vl-tiny" if base.model.reads_text else "mlp-tiny"),
+        sft=dataclasses.replace(base.sft, batch_size=16 * len(base.sft.objectives), num_steps=40, eval_every=20, checkpoint_every=20,
                                 warmup_steps=5),
         self_improve=dataclasses.replace(base.self_improve, batch_size=16, updates_per_round=2,
                                          max_episodes=12, num_envs=4),
@@ -403,4 +484,13 @@ def debug_config(domain: str = "pointmass") -> RunConfig:
 
 def default_config(domain: str = "pointmass") -> RunConfig:
     _check(domain in DOMAINS, "domain", domain, f"one of {DOMAINS}")
-    return RunConfig(env=EnvConfig(domain=domain))
+    if domain not in INSTRUCTION_GOAL_DOMAINS:
+        return RunConfig(env=EnvConfig(domain=domain))
+    # The table domains (Appendix D.1/D.2, E.1): camera frames + instruction in, the paper's
+    # 50 steps-to-go bins over 0..100, LanguageTable's auxiliary instruction objective.
+    return RunConfig(
+        env=EnvConfig(domain=domain),
+        tokenizer=TokenizerConfig(steps_to_go_bins=50, text_tokens=64),
+        model=ModelConfig(variant="vl-cpu"),
+        sft=SftConfig(objectives=OBJECTIVES, batch_size=48, shuffle_buffer=8000),
+    )

@@ -1,18 +1,21 @@
 """The embodied foundation model (EFM): one network, every objective, token outputs.
 
-RT-2 style: the model reads an observation (state vectors and/or camera images), the goal, and
-an objective prompt, and emits tokens in one shared vocabulary. Behavioural cloning asks for
-the action tokens, steps-to-go for one token. Decoding is autoregressive (each output token
-sees the ones before it), so log pi(a | o, g) is the sum of the action tokens' log-probs.
+RT-2 style: the model reads an observation, the goal and an objective prompt, and emits tokens
+in one shared vocabulary. Behavioural cloning asks for the action tokens, steps-to-go for one
+token, LanguageTable's auxiliary objective for the instruction's bytes. Decoding is
+autoregressive, so log pi(a | o, g) is the sum of the action tokens' log-probs.
 
-The state-based MLP variants here are the pointmass model of the paper's Section 3; an image +
-language backbone replaces `encode` without changing the decoder, objectives or callers.
+Two networks honour one contract (`__call__` teacher-forced, `first_logits`, `prefill`,
+`decode_step`): the state MLP of the pointmass domain (`mlp.py`) and the vision-language
+transformer of the table domains (`vlm.py`). Everything else (trainer, actors, learner,
+evaluation) sees only `EFMFunctions`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,85 +23,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from efm import math
-from efm.config import MODEL_VARIANTS, OBJECTIVES, ModelConfig
+from efm.config import MODEL_VARIANTS, OBJECTIVES, MlpVariant, ModelConfig
+from efm.models.mlp import MlpEFM
 from efm.models.tokenizers import Vocabulary
+from efm.models.vlm import VisionLanguageEFM
 
-Inputs = dict[str, jax.Array]  # "observation/<key>" and "goal/<key>" -> [B, ...]
+Inputs = dict[str, jax.Array]
 OBJECTIVE_ID = {name: i for i, name in enumerate(OBJECTIVES)}
 
 
-class VisionEncoder(nn.Module):
-    """A small conv net for uint8 camera images (frozen in Stage 2 by name)."""
-
-    width: int
-
-    @nn.compact
-    def __call__(self, image: jax.Array) -> jax.Array:
-        x = image.astype(jnp.float32) / 255.0
-        for features in (32, 64):
-            x = nn.relu(nn.Conv(features, (3, 3), strides=(2, 2))(x))
-        return nn.Dense(self.width)(jnp.mean(x, axis=(-3, -2)))
-
-
-class EFM(nn.Module):
-    width: int
-    depth: int
-    token_embed: int
-    vocab_size: int
-    max_target_length: int
-
-    def setup(self) -> None:
-        self.vision_encoder = VisionEncoder(self.width)
-        self.observation_encoder = [nn.Dense(self.width) for _ in range(self.depth)]
-        self.token_embedding = nn.Embed(self.vocab_size, self.token_embed)
-        self.objective_embedding = nn.Embed(len(OBJECTIVES), self.token_embed)
-        self.position_embedding = nn.Embed(self.max_target_length, self.token_embed)
-        self.decoder = [nn.Dense(self.width) for _ in range(self.depth)]
-        self.head = nn.Dense(self.vocab_size)
-
-    def encode(self, inputs: Inputs) -> jax.Array:
-        """Observation + goal -> context [B, width]."""
-        parts = []
-        for key in sorted(inputs):
-            x = inputs[key]
-            if x.dtype == jnp.uint8:  # camera image [B, H, W, C]
-                parts.append(self.vision_encoder(x))
-            else:
-                parts.append(x.reshape(x.shape[0], -1).astype(jnp.float32))
-        h = jnp.concatenate(parts, axis=-1)
-        for layer in self.observation_encoder:
-            h = nn.gelu(layer(h))
-        return h
-
-    def decode(self, context: jax.Array, objective: jax.Array, tokens: jax.Array) -> jax.Array:
-        """Teacher-forced logits: position k sees tokens[:, :k]. [B, L] -> [B, L, V]"""
-        b, length = tokens.shape
-        emb = self.token_embedding(tokens)  # [B, L, E]
-        causal = jnp.tril(jnp.ones((length, length), bool), k=-1)  # [k, j]: j < k
-        prefix = jnp.where(causal[None, :, :, None], emb[:, None, :, :], 0.0)  # [B, L, L, E]
-        prefix = prefix.reshape(b, length, length * self.token_embed)
-        pos = jnp.broadcast_to(self.position_embedding(jnp.arange(length)), (b, length, self.token_embed))
-        obj = jnp.broadcast_to(self.objective_embedding(objective)[:, None], (b, length, self.token_embed))
-        ctx = jnp.broadcast_to(context[:, None], (b, length, context.shape[-1]))
-        h = jnp.concatenate([ctx, obj, pos, prefix], axis=-1)
-        for layer in self.decoder:
-            h = nn.gelu(layer(h))
-        return self.head(h)
-
-    def __call__(self, inputs: Inputs, objective: jax.Array, tokens: jax.Array) -> jax.Array:
-        return self.decode(self.encode(inputs), objective, tokens)
-
-
-def make_model(cfg: ModelConfig, vocab: Vocabulary) -> EFM:
+def make_model(cfg: ModelConfig, vocab: Vocabulary) -> nn.Module:
     v = MODEL_VARIANTS[cfg.variant]
-    return EFM(v["width"], v["depth"], v["token_embed"], vocab.size, vocab.max_target_length)
+    if isinstance(v, MlpVariant):
+        return MlpEFM(v, vocab.size, vocab.max_target_length)
+    if vocab.text is None:
+        raise ValueError(f"model variant {cfg.variant!r} reads text: set tokenizer.text_tokens > 0")
+    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    return VisionLanguageEFM(v, vocab.size, vocab.text_offset, vocab.begin, dtype)
 
 
 @dataclass(frozen=True)
 class EFMFunctions:
     """The model's jitted uses: losses, action sampling and steps-to-go, given params."""
 
-    model: EFM
+    model: nn.Module
     vocab: Vocabulary
 
     def init(self, rng: jax.Array, inputs: Inputs) -> dict:
@@ -106,51 +54,75 @@ class EFMFunctions:
         tokens = jnp.zeros((b, self.vocab.max_target_length), jnp.int32)
         return self.model.init(rng, inputs, jnp.zeros((b,), jnp.int32), tokens)["params"]
 
-    def _valid(self, objective: str) -> jax.Array:
-        return jnp.asarray(self.vocab.valid_tokens(objective))
+    def _valid(self, objective: str, length: int | None = None) -> jax.Array:
+        return jnp.asarray(self.vocab.valid_tokens(objective)[:length])
 
     def log_likelihood(self, params: dict, inputs: Inputs, objective: jax.Array, targets: jax.Array,
                        target_mask: jax.Array) -> jax.Array:
         """log p(targets | o, g, objective) for a batch mixing objectives. [B]"""
         logits = self.model.apply({"params": params}, inputs, objective, targets)
-        valid = jnp.stack([self._valid(o) for o in OBJECTIVES])[objective]  # [B, L, V]
+        length = targets.shape[1]
+        valid = jnp.stack([self._valid(o, length) for o in OBJECTIVES])[objective]  # [B, L, V]
         return math.token_log_likelihood(logits, targets, valid, target_mask)
 
     def action_log_prob(self, params: dict, inputs: Inputs, action_tokens: jax.Array) -> jax.Array:
         """log pi(a | o, g) of tokenized actions. [B, L_a] -> [B]"""
         b, la = action_tokens.shape
-        targets = jnp.zeros((b, self.vocab.max_target_length), jnp.int32).at[:, :la].set(action_tokens)
-        mask = jnp.zeros(targets.shape, jnp.float32).at[:, :la].set(1.0)
         objective = jnp.full((b,), OBJECTIVE_ID["bc"], jnp.int32)
-        return self.log_likelihood(params, inputs, objective, targets, mask)
+        logits = self.model.apply({"params": params}, inputs, objective, action_tokens)
+        return math.token_log_likelihood(logits, action_tokens, self._valid("bc", la), jnp.ones((b, la)))
 
     @partial(jax.jit, static_argnums=0)
     def steps_to_go(self, params: dict, inputs: Inputs) -> jax.Array:
-        """Eq. 1: d(o, g) for a batch. [B]"""
+        """Eq. 1: d(o, g) for a batch, from one forward pass. [B]"""
         b = next(iter(inputs.values())).shape[0]
-        tokens = jnp.zeros((b, self.vocab.max_target_length), jnp.int32)
         objective = jnp.full((b,), OBJECTIVE_ID["steps_to_go"], jnp.int32)
-        logits = self.model.apply({"params": params}, inputs, objective, tokens)[:, 0]
-        off = self.vocab.steps_to_go_offset
-        log_probs = jax.nn.log_softmax(logits[:, off:], axis=-1)
+        logits = self.model.apply({"params": params}, inputs, objective, method="first_logits")
+        off, n = self.vocab.steps_to_go_offset, self.vocab.steps_to_go.vocab_size
+        log_probs = jax.nn.log_softmax(logits[:, off:off + n], axis=-1)
         return math.expected_steps_to_go(log_probs, jnp.asarray(self.vocab.steps_to_go.bin_values()))
+
+    def _decode(self, params: dict, inputs: Inputs, objective_name: str, length: int, rng: jax.Array,
+                greedy: bool) -> jax.Array:
+        """Autoregressive decoding of `length` tokens: the prefix is encoded once. [B, length]"""
+        variables = {"params": params}
+        b = next(iter(inputs.values())).shape[0]
+        objective = jnp.full((b,), OBJECTIVE_ID[objective_name], jnp.int32)
+        valid = self._valid(objective_name, length)
+
+        def pick(logits: jax.Array, k: jax.Array, key: jax.Array) -> jax.Array:
+            logits = jnp.where(valid[k], logits, -1e9)
+            token = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(key, logits)
+            return token.astype(jnp.int32)
+
+        keys = []
+        for _ in range(length):  # one split per token, as a sequential sampler would
+            rng, key = jax.random.split(rng)
+            keys.append(key)
+        keys = jnp.stack(keys)
+        logits, state = self.model.apply(variables, inputs, objective, length, method="prefill")
+        first = pick(logits, 0, keys[0])
+
+        def step(carry: tuple[jax.Array, Any], k: jax.Array) -> tuple[tuple[jax.Array, Any], jax.Array]:
+            token, state = carry
+            logits, state = self.model.apply(variables, state, token, k, method="decode_step")
+            nxt = pick(logits, k + 1, keys[k + 1])
+            return (nxt, state), nxt
+
+        _, rest = jax.lax.scan(step, (first, state), jnp.arange(length - 1))
+        return jnp.concatenate([first[:, None], rest.T], axis=1)
 
     @partial(jax.jit, static_argnums=(0, 4))
     def sample_action_tokens(self, params: dict, inputs: Inputs, rng: jax.Array, greedy: bool = False) -> jax.Array:
-        """Autoregressive sampling from pi(a | o, g), or its greedy decoding. [B, L_a]"""
-        variables = {"params": params}
-        context = self.model.apply(variables, inputs, method=EFM.encode)
-        b, la = context.shape[0], self.vocab.action.num_tokens
-        tokens = jnp.zeros((b, self.vocab.max_target_length), jnp.int32)
-        objective = jnp.full((b,), OBJECTIVE_ID["bc"], jnp.int32)
-        valid = self._valid("bc")
-        for k in range(la):  # L_a is small and static: unrolled
-            logits = self.model.apply(variables, context, objective, tokens, method=EFM.decode)[:, k]
-            logits = jnp.where(valid[k], logits, -1e9)
-            rng, key = jax.random.split(rng)
-            token = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(key, logits)
-            tokens = tokens.at[:, k].set(token.astype(jnp.int32))
-        return tokens[:, :la]
+        """Samples from pi(a | o, g), or decodes greedily. [B, L_a]"""
+        return self._decode(params, inputs, "bc", self.vocab.action.num_tokens, rng, greedy)
+
+    @partial(jax.jit, static_argnums=0)
+    def predict_instruction(self, params: dict, inputs: Inputs) -> jax.Array:
+        """Greedy byte tokens of the instruction (auxiliary objective). [B, text length]"""
+        assert self.vocab.text is not None
+        tokens = self._decode(params, inputs, "instruction", self.vocab.text.length, jax.random.PRNGKey(0), True)
+        return tokens - self.vocab.text_offset
 
     def sample_actions(self, params: dict, inputs: Inputs, rng: jax.Array,
                        greedy: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,9 @@ log-probabilities are taken over the valid tokens of each position.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -115,23 +116,79 @@ class StepsToGoTokenizer:
 
 
 @dataclass(frozen=True)
+class TextTokenizer:
+    """Byte-level UTF-8 text: no vocabulary file, and LanguageTable stores instructions as UTF-8
+    codes already. Token b is byte b; 0 pads and, as a target, ends the text."""
+
+    length: int  # bytes per text, padded or truncated
+
+    vocab_size: ClassVar[int] = 256
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """[N] strings -> [N, length] int32 (truncated on a character boundary)."""
+        out = np.zeros((len(texts), self.length), np.int32)
+        for i, text in enumerate(texts):
+            data = text.encode("utf-8")[: self.length]
+            data = data.decode("utf-8", errors="ignore").encode("utf-8")  # no split character
+            out[i, : len(data)] = np.frombuffer(data, np.uint8)
+        return out
+
+    def decode(self, tokens: np.ndarray) -> list[str]:
+        """[N, L] byte tokens -> strings, each ending at its first 0."""
+        out = []
+        for row in np.asarray(tokens).reshape(-1, np.shape(tokens)[-1]):
+            row = row.astype(np.int64)
+            end = int(np.argmin(row != 0)) if (row == 0).any() else len(row)
+            out.append(bytes(row[:end].clip(0, 255).astype(np.uint8)).decode("utf-8", errors="replace"))
+        return out
+
+
+@dataclass(frozen=True)
 class Vocabulary:
-    """The model's output token space: action tokens, then steps-to-go tokens."""
+    """The model's token space: action tokens, steps-to-go tokens, and for models that read text
+    the 256 byte tokens and a begin-of-output token (RT-2 places actions in a language model's
+    vocabulary the same way)."""
 
     action: ActionTokenizer
     steps_to_go: StepsToGoTokenizer
+    text: TextTokenizer | None = None
 
     @property
     def size(self) -> int:
-        return self.action.vocab_size + self.steps_to_go.vocab_size
+        base = self.action.vocab_size + self.steps_to_go.vocab_size
+        return base if self.text is None else base + self.text.vocab_size + 1
 
     @property
     def steps_to_go_offset(self) -> int:
         return self.action.vocab_size
 
     @property
+    def text_offset(self) -> int:
+        return self.action.vocab_size + self.steps_to_go.vocab_size
+
+    @property
+    def begin(self) -> int:
+        """The token that starts every output sequence (text models)."""
+        if self.text is None:
+            raise ValueError("this vocabulary has no text tokens, hence no begin token")
+        return self.size - 1
+
+    @property
     def max_target_length(self) -> int:
-        return max(self.action.num_tokens, 1)
+        return max(self.action.num_tokens, 1, 0 if self.text is None else self.text.length)
+
+    def text_tokens(self, byte_tokens: np.ndarray) -> np.ndarray:
+        """Byte tokens [..., L] -> global ids."""
+        assert self.text is not None
+        return np.asarray(byte_tokens, np.int32) + self.text_offset
+
+    def instruction_targets(self, byte_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[N, L] instruction bytes -> (global ids [N, L], mask [N, L]): the text and the one
+        0 that ends it (when it fits)."""
+        b = np.asarray(byte_tokens)
+        n_chars = (b != 0).sum(axis=-1)
+        mask = (np.arange(b.shape[-1]) <= n_chars[..., None]).astype(np.float32)
+        return self.text_tokens(b), mask
 
     def action_targets(self, actions: np.ndarray) -> np.ndarray:
         """[..., A] -> [..., L] global token ids."""
@@ -150,7 +207,10 @@ class Vocabulary:
         if objective == "bc":
             valid[: self.action.num_tokens, : self.action.vocab_size] = self.action.valid_tokens()
         elif objective == "steps_to_go":
-            valid[0, self.steps_to_go_offset :] = True
+            valid[0, self.steps_to_go_offset : self.steps_to_go_offset + self.steps_to_go.vocab_size] = True
+        elif objective == "instruction":  # a vocabulary without text admits only the padding token
+            if self.text is not None:
+                valid[: self.text.length, self.text_offset : self.text_offset + self.text.vocab_size] = True
         else:
             raise ValueError(f"unknown objective {objective!r}")
         valid[~valid.any(axis=-1), 0] = True  # padded positions: any fixed token, masked out of losses
@@ -162,4 +222,5 @@ def make_vocabulary(cfg: TokenizerConfig) -> Vocabulary:
         action: ActionTokenizer = SignMagnitudeTokenizer(cfg.action_dim, cfg.magnitude_bins, cfg.action_max_abs)
     else:
         action = UniformTokenizer(cfg.action_dim, cfg.uniform_bins, cfg.action_max_abs)
-    return Vocabulary(action, StepsToGoTokenizer(cfg.steps_to_go_bins, cfg.steps_to_go_max))
+    text = TextTokenizer(cfg.text_tokens) if cfg.text_tokens else None
+    return Vocabulary(action, StepsToGoTokenizer(cfg.steps_to_go_bins, cfg.steps_to_go_max), text)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from efm.config import ModelConfig
-from efm.models.efm import EFM, OBJECTIVE_ID, EFMFunctions, make_functions
+from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
+from efm.models.mlp import MlpEFM
 from efm.models.tokenizers import SignMagnitudeTokenizer, StepsToGoTokenizer, Vocabulary
 
 B = 6
@@ -125,6 +126,6 @@ def test_image_input_creates_vision_encoder_params() -> None:
     # The image actually feeds the context.
     x = inputs(image=True)
     other = {**x, "observation/image": 255 - x["observation/image"]}
-    ctx_a = fns.model.apply({"params": with_image}, x, method=EFM.encode)
-    ctx_b = fns.model.apply({"params": with_image}, other, method=EFM.encode)
+    ctx_a = fns.model.apply({"params": with_image}, x, method=MlpEFM.encode)
+    ctx_b = fns.model.apply({"params": with_image}, other, method=MlpEFM.encode)
     assert np.abs(np.asarray(ctx_a) - np.asarray(ctx_b)).max() > 1e-6

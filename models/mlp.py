@@ -1,0 +1,99 @@
+"""The state-based EFM (pointmass, Section 3): an observation MLP and a small token decoder.
+
+It reads state vectors and goal arrays (`observation/<key>`, `goal/<key>`); uint8 arrays are
+camera images, read by a small conv net. Decoding is autoregressive: output position k sees
+the tokens before it, through a zero-padded copy of them.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from efm.config import OBJECTIVES, MlpVariant
+
+Inputs = dict[str, jax.Array]
+Cache = dict[str, jax.Array]
+
+
+class VisionEncoder(nn.Module):
+    """A small conv net for uint8 camera images (frozen in Stage 2 by name)."""
+
+    width: int
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = image.astype(jnp.float32) / 255.0
+        for features in (32, 64):
+            x = nn.relu(nn.Conv(features, (3, 3), strides=(2, 2))(x))
+        return nn.Dense(self.width)(jnp.mean(x, axis=(-3, -2)))
+
+
+class MlpEFM(nn.Module):
+    variant: MlpVariant
+    vocab_size: int
+    max_target_length: int
+
+    def setup(self) -> None:
+        v = self.variant
+        self.vision_encoder = VisionEncoder(v.width)
+        self.observation_encoder = [nn.Dense(v.width) for _ in range(v.depth)]
+        self.token_embedding = nn.Embed(self.vocab_size, v.token_embed)
+        self.objective_embedding = nn.Embed(len(OBJECTIVES), v.token_embed)
+        self.position_embedding = nn.Embed(self.max_target_length, v.token_embed)
+        self.decoder = [nn.Dense(v.width) for _ in range(v.depth)]
+        self.head = nn.Dense(self.vocab_size)
+
+    def encode(self, inputs: Inputs) -> jax.Array:
+        """Observation + goal -> context [B, width]."""
+        parts = []
+        for key in sorted(inputs):
+            x = inputs[key]
+            if x.dtype == jnp.uint8:  # camera image [B, H, W, C]
+                parts.append(self.vision_encoder(x))
+            else:
+                parts.append(x.reshape(x.shape[0], -1).astype(jnp.float32))
+        h = jnp.concatenate(parts, axis=-1)
+        for layer in self.observation_encoder:
+            h = nn.gelu(layer(h))
+        return h
+
+    def decode(self, context: jax.Array, objective: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Teacher-forced logits: position k sees tokens[:, :k]. [B, L] -> [B, L, V] (L <= max)"""
+        e = self.variant.token_embed
+        b, given = tokens.shape
+        length = self.max_target_length  # the decoder's input width is fixed: pad, then cut
+        tokens = jnp.pad(tokens, ((0, 0), (0, length - given)))
+        emb = self.token_embedding(tokens)  # [B, L, E]
+        causal = jnp.tril(jnp.ones((length, length), bool), k=-1)  # [k, j]: j < k
+        prefix = jnp.where(causal[None, :, :, None], emb[:, None, :, :], 0.0)  # [B, L, L, E]
+        prefix = prefix.reshape(b, length, length * e)
+        pos = jnp.broadcast_to(self.position_embedding(jnp.arange(length)), (b, length, e))
+        obj = jnp.broadcast_to(self.objective_embedding(objective)[:, None], (b, length, e))
+        ctx = jnp.broadcast_to(context[:, None], (b, length, context.shape[-1]))
+        h = jnp.concatenate([ctx, obj, pos, prefix], axis=-1)
+        for layer in self.decoder:
+            h = nn.gelu(layer(h))
+        return self.head(h[:, :given])
+
+    def __call__(self, inputs: Inputs, objective: jax.Array, tokens: jax.Array) -> jax.Array:
+        return self.decode(self.encode(inputs), objective, tokens)
+
+    def first_logits(self, inputs: Inputs, objective: jax.Array) -> jax.Array:
+        """Logits of the first output token. [B, V]"""
+        b = objective.shape[0]
+        return self.decode(self.encode(inputs), objective, jnp.zeros((b, 1), jnp.int32))[:, 0]
+
+    def prefill(self, inputs: Inputs, objective: jax.Array, length: int) -> tuple[jax.Array, Cache]:
+        """(first logits [B, V], decoding state) for `length` output tokens."""
+        context = self.encode(inputs)
+        tokens = jnp.zeros((objective.shape[0], length), jnp.int32)
+        logits = self.decode(context, objective, tokens[:, :1])[:, 0]
+        return logits, {"context": context, "objective": objective, "tokens": tokens}
+
+    def decode_step(self, cache: Cache, token: jax.Array, k: jax.Array) -> tuple[jax.Array, Cache]:
+        """Output token k [B] in; logits of token k + 1 [B, V] out."""
+        tokens = cache["tokens"].at[:, k].set(token)
+        logits = self.decode(cache["context"], cache["objective"], tokens)
+        return jnp.take(logits, k + 1, axis=1), {**cache, "tokens": tokens}

@@ -1,0 +1,114 @@
+"""The vision-language EFM (RT-2 / PaliGemma pattern): frames and an instruction in, tokens out.
+
+Sequence = prefix + suffix. The prefix is read with full attention: the image tokens of two
+camera frames (the current and the previous one, Appendix D.1; the first and the last for the
+auxiliary instruction objective), the instruction's byte tokens, and the objective named in
+words ("act", "steps to go", "instruction"). The suffix is causal: a begin token, then the
+output tokens, so output k is predicted at suffix position k from the prefix and outputs < k.
+
+Decoding encodes the prefix once into a KV cache, then runs one token per output.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efm.config import OBJECTIVES, TransformerVariant
+from efm.models.llm import LLM, LayerCache
+from efm.models.tokenizers import TextTokenizer
+from efm.models.vit import ViT
+
+Inputs = dict[str, jax.Array]  # IMAGE [B, F, H, W, C] uint8, TEXT [B, L] int32 bytes
+IMAGE, TEXT = "image", "text"
+OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction"}
+PROMPT_LENGTH = max(len(p) for p in OBJECTIVE_PROMPTS.values())
+
+
+def objective_prompts() -> np.ndarray:
+    """[num objectives, PROMPT_LENGTH] byte tokens, in OBJECTIVES order."""
+    return TextTokenizer(PROMPT_LENGTH).encode([OBJECTIVE_PROMPTS[o] for o in OBJECTIVES])
+
+
+def make_attn_mask(input_mask: jax.Array, mask_ar: jax.Array) -> jax.Array:
+    """big_vision's prefix-LM mask. input_mask [B, N] valid tokens; mask_ar [B, N] 0 for tokens
+    attending with the prefix (full attention), 1 where a causal block starts. -> [B, N, N]"""
+    cumsum = jnp.cumsum(mask_ar, axis=1)
+    attn = cumsum[:, None, :] <= cumsum[:, :, None]
+    valid = input_mask[:, None, :] & input_mask[:, :, None]
+    return attn & valid
+
+
+class VisionLanguageEFM(nn.Module):
+    variant: TransformerVariant
+    vocab_size: int
+    text_offset: int
+    begin_token: int
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        v = self.variant
+        self.vision_encoder = ViT(v.patch, v.vit_width, v.vit_depth, v.vit_mlp, v.vit_heads, v.width, self.dtype)
+        self.llm = LLM(self.vocab_size, v.width, v.depth, v.heads, v.head_dim, v.mlp, self.dtype)
+
+    def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(embeddings [B, P, D], valid [B, P])."""
+        frames = inputs[IMAGE]  # [B, F, H, W, C]
+        b, f = frames.shape[:2]
+        img = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]))
+        img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D]
+        text = inputs[TEXT]
+        prompt = jnp.asarray(objective_prompts())[objective]  # [B, PROMPT_LENGTH]
+        words = jnp.concatenate([text, prompt], axis=1)
+        emb = jnp.concatenate([img.astype(self.dtype), self.llm.embed(words + self.text_offset)], axis=1)
+        valid = jnp.concatenate([jnp.ones(img.shape[:2], bool), words != 0], axis=1)
+        return emb, valid
+
+    def _sequence(self, inputs: Inputs, objective: jax.Array, suffix: jax.Array) -> tuple[jax.Array, jax.Array, int]:
+        """Prefix + [begin, suffix...]: (embeddings, attention mask, prefix length)."""
+        emb, valid = self.prefix(inputs, objective)
+        b, p = valid.shape
+        begin = jnp.full((b, 1), self.begin_token, jnp.int32)
+        out = self.llm.embed(jnp.concatenate([begin, suffix], axis=1))
+        x = jnp.concatenate([emb, out], axis=1)
+        input_mask = jnp.concatenate([valid, jnp.ones(out.shape[:2], bool)], axis=1)
+        mask_ar = jnp.concatenate([jnp.zeros((b, p), jnp.int32), jnp.ones(out.shape[:2], jnp.int32)], axis=1)
+        return x, make_attn_mask(input_mask, mask_ar), p
+
+    def __call__(self, inputs: Inputs, objective: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Teacher-forced logits: output k sees the prefix and tokens[:, :k]. [B, L] -> [B, L, V]"""
+        x, mask, p = self._sequence(inputs, objective, tokens[:, :-1])
+        positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+        h, _ = self.llm(x, positions, mask)
+        return self.llm.logits(h[:, p:])
+
+    def first_logits(self, inputs: Inputs, objective: jax.Array) -> jax.Array:
+        """Logits of the first output token, one forward pass over the prefix. [B, V]"""
+        b = objective.shape[0]
+        return self(inputs, objective, jnp.zeros((b, 1), jnp.int32))[:, 0]
+
+    def prefill(self, inputs: Inputs, objective: jax.Array, length: int) -> tuple[jax.Array, dict]:
+        """Encodes prefix + begin into a KV cache with room for `length` outputs.
+        -> (logits of output 0 [B, V], decoding state)"""
+        x, mask, p = self._sequence(inputs, objective, jnp.zeros((objective.shape[0], 0), jnp.int32))
+        b, n = x.shape[:2]  # n = p + 1
+        size = p + length
+        key_valid = jnp.concatenate([mask[:, -1], jnp.zeros((b, size - n), bool)], axis=1)  # what `begin` sees
+        v = self.variant
+        cache = [(jnp.zeros((b, size, v.heads, v.head_dim), self.dtype),) * 2 for _ in range(v.depth)]
+        full_mask = jnp.concatenate([mask, jnp.zeros((b, n, size - n), bool)], axis=2)
+        positions = jnp.broadcast_to(jnp.arange(n), (b, n))
+        h, cache = self.llm(x, positions, full_mask, cache, 0)
+        return self.llm.logits(h[:, -1]), {"cache": cache, "key_valid": key_valid, "prefix_length": jnp.int32(p)}
+
+    def decode_step(self, state: dict, token: jax.Array, k: jax.Array) -> tuple[jax.Array, dict]:
+        """Output token k [B] in (at sequence position p + 1 + k); logits of output k + 1 out."""
+        pos = state["prefix_length"] + 1 + k
+        key_valid = state["key_valid"].at[:, pos].set(True)
+        x = self.llm.embed(token[:, None])
+        positions = jnp.full((*token.shape, 1), pos)
+        cache: list[LayerCache] = state["cache"]
+        h, cache = self.llm(x, positions, key_valid[:, None, :], cache, pos)
+        return self.llm.logits(h[:, 0]), {**state, "cache": cache, "key_valid": key_valid}

@@ -1,0 +1,145 @@
+"""The vision-language EFM: prefix-LM mask, causal suffix, KV-cached decoding, text tokens."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from efm.config import ModelConfig, TokenizerConfig
+from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
+from efm.models.tokenizers import TextTokenizer, make_vocabulary
+from efm.models.vlm import IMAGE, TEXT, make_attn_mask
+
+B, H, W, TEXT_LEN = 3, 36, 64, 24
+
+
+def inputs(seed: int = 0, batch: int = B) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(seed)
+    text = TextTokenizer(TEXT_LEN).encode(["push the red moon to the blue cube", "slide it left", "ß→ünïcode"][:batch])
+    return {IMAGE: jnp.asarray(rng.integers(0, 256, (batch, 2, H, W, 3)), jnp.uint8), TEXT: jnp.asarray(text)}
+
+
+@pytest.fixture(scope="module")
+def fns_params() -> tuple[EFMFunctions, dict]:
+    vocab = make_vocabulary(TokenizerConfig(steps_to_go_bins=50, text_tokens=TEXT_LEN))
+    fns = make_functions(ModelConfig(variant="vl-tiny"), vocab)
+    params = fns.init(jax.random.PRNGKey(0), inputs())
+    # Untrained embeddings are tiny; scale them up so logits differ clearly between tokens.
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: x * 100 if "input_embedding" in jax.tree_util.keystr(p) else x, params)
+    return fns, params
+
+
+def test_prefix_lm_mask() -> None:
+    valid = jnp.array([[1, 1, 0, 1, 1, 1]], bool)  # token 2 is padding
+    ar = jnp.array([[0, 0, 0, 0, 1, 1]])  # prefix of 4, then 2 causal tokens
+    m = np.asarray(make_attn_mask(valid, ar))[0]
+    want = np.array([
+        [1, 1, 0, 1, 0, 0],
+        [1, 1, 0, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 1, 0, 0],
+        [1, 1, 0, 1, 1, 0],
+        [1, 1, 0, 1, 1, 1],
+    ], bool)
+    np.testing.assert_array_equal(m, want)
+
+
+def test_teacher_forcing_is_causal_and_reads_the_prefix(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    x = inputs()
+    length = 5
+    objective = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, fns.vocab.size, (B, length)), jnp.int32)
+    base = np.asarray(fns.model.apply({"params": params}, x, objective, tokens))
+    for k in range(length):
+        changed = tokens.at[:, k].set((tokens[:, k] + 7) % fns.vocab.size)
+        logits = np.asarray(fns.model.apply({"params": params}, x, objective, changed))
+        np.testing.assert_allclose(logits[:, : k + 1], base[:, : k + 1], atol=1e-5,
+                                   err_msg=f"token {k} leaked into positions <= {k}")
+        assert np.abs(logits[:, k + 1:] - base[:, k + 1:]).max(initial=1.0) > 1e-4
+    for key in (IMAGE, TEXT):  # every output reads both frames and the instruction
+        other = dict(x)
+        other[key] = jnp.roll(x[key], 1, axis=0)
+        logits = np.asarray(fns.model.apply({"params": params}, other, objective, tokens))
+        assert np.abs(logits - base).max(axis=(1, 2)).min() > 1e-4, key
+    previous_frame = dict(x)
+    previous_frame[IMAGE] = x[IMAGE].at[:, 1].set(0)
+    logits = np.asarray(fns.model.apply({"params": params}, previous_frame, objective, tokens))
+    assert np.abs(logits - base).max() > 1e-4, "the previous frame is ignored"
+
+
+def test_objective_prompt_changes_the_prediction(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    x = inputs()
+    a = fns.model.apply({"params": params}, x, jnp.full((B,), 0), method="first_logits")
+    b = fns.model.apply({"params": params}, x, jnp.full((B,), 1), method="first_logits")
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
+
+
+def naive_greedy(fns: EFMFunctions, params: dict, x: dict, objective: str, length: int) -> np.ndarray:
+    """Greedy decoding by re-running the whole sequence for every token (no cache)."""
+    valid = fns.vocab.valid_tokens(objective)
+    obj = jnp.full((B,), OBJECTIVE_ID[objective], jnp.int32)
+    forward = jax.jit(lambda t: fns.model.apply({"params": params}, x, obj, t))  # causal: zeros after k are unseen
+    tokens = np.zeros((B, length), np.int32)
+    for k in range(length):
+        logits = np.asarray(forward(jnp.asarray(tokens)))[:, k]
+        tokens[:, k] = np.where(valid[k], logits, -1e9).argmax(-1)
+    return tokens
+
+
+def test_cached_decoding_equals_full_decoding(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    x = inputs()
+    cached = np.asarray(fns.sample_action_tokens(params, x, jax.random.PRNGKey(0), True))
+    np.testing.assert_array_equal(cached, naive_greedy(fns, params, x, "bc", fns.vocab.action.num_tokens))
+    text = np.asarray(fns.predict_instruction(params, x)) + fns.vocab.text_offset
+    np.testing.assert_array_equal(text, naive_greedy(fns, params, x, "instruction", TEXT_LEN))
+
+
+def test_cached_logits_equal_teacher_forced_logits(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    x = inputs()
+    obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, fns.vocab.size, (B, 4)), jnp.int32)
+    full = np.asarray(fns.model.apply({"params": params}, x, obj, tokens))
+    logits, state = fns.model.apply({"params": params}, x, obj, 4, method="prefill")
+    got = [np.asarray(logits)]
+    for k in range(3):
+        logits, state = fns.model.apply({"params": params}, state, tokens[:, k], jnp.int32(k), method="decode_step")
+        got.append(np.asarray(logits))
+    np.testing.assert_allclose(np.stack(got, axis=1), full, rtol=1e-4, atol=1e-3)
+
+
+def test_sampled_actions_and_steps_to_go(fns_params: tuple[EFMFunctions, dict]) -> None:
+    fns, params = fns_params
+    x = inputs()
+    actions, tokens = fns.sample_actions(params, x, jax.random.PRNGKey(3))
+    assert actions.shape == (B, 2) and np.all(np.abs(actions) <= 1)
+    valid = fns.vocab.valid_tokens("bc")
+    assert all(valid[k, tokens[:, k]].all() for k in range(tokens.shape[1]))
+    d = np.asarray(fns.steps_to_go(params, x))
+    assert d.shape == (B,) and np.all((d >= 0) & (d <= 100))
+
+
+def test_text_round_trip() -> None:
+    tok = TextTokenizer(12)
+    texts = ["push left", "", "ünï→ß", "a much longer instruction than fits"]
+    enc = tok.encode(texts)
+    assert enc.shape == (4, 12) and enc.dtype == np.int32
+    dec = tok.decode(enc)
+    assert dec[:3] == texts[:3]
+    assert dec[3] == texts[3][:12]
+    cut = tok.decode(TextTokenizer(4).encode(["aü→"]))  # "a" + 2-byte "ü" + (3-byte "→" does not fit)
+    assert cut == ["aü"]
+
+
+def test_instruction_targets_end_with_one_terminator() -> None:
+    vocab = make_vocabulary(TokenizerConfig(text_tokens=8))
+    ids, mask = vocab.instruction_targets(TextTokenizer(8).encode(["abc", "abcdefgh"]))
+    np.testing.assert_array_equal(mask[0], [1, 1, 1, 1, 0, 0, 0, 0])  # 3 bytes + the 0 that ends it
+    np.testing.assert_array_equal(mask[1], np.ones(8))
+    assert ids[0, 3] == vocab.text_offset and vocab.valid_tokens("instruction")[3, ids[0, 3]]
