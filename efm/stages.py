@@ -137,12 +137,12 @@ def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path,
               on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     check_trainable(cfg)
     out = _start(cfg, out_dir)
-    train, validation = read_split(train_dir), read_split(validation_dir)
-    result = run_sft(cfg, train, validation, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
+    result = run_sft(cfg, train_dir, validation_dir, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
     steps = [h["step"] for h in result.history]
     plot_curves({k: (steps, [h[k] for h in result.history]) for k in result.history[0] if k.startswith("val/")},
                 out / "validation_losses.png", xlabel="step", ylabel="NLL", title="Stage 1 validation loss per objective")
-    return {"final_step": result.final_step, "train_episodes": len(train), "history": result.history}
+    return {"final_step": result.final_step, "train_episodes": sum(rlds.split_sizes(train_dir).values()),
+            "history": result.history}
 
 
 def select_stage(cfg: RunConfig, sft_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:

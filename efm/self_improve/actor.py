@@ -16,16 +16,17 @@ import numpy as np
 
 from efm import math
 from efm.config import RunConfig
+from efm.data.features import FrameHistory, InputSpec
 from efm.domains import make_env
 from efm.envs.base import Array, Episode, TimeStep
 from efm.models.efm import EFMFunctions
 from efm.rollout import ACTION, SUCCESS, rollout_steps
-from efm.samples import episode_inputs, model_inputs
 from efm.self_improve.replay import Replay
 
 STEPS_TO_GO = "steps_to_go"
 ACTION_TOKENS = "action_tokens"
 RETURN = "return"
+INPUTS = "inputs/"  # prefix of the model's inputs among a replay sample's fields
 SAMPLE_ID = "sample_id"  # (actor, episode, step): lets the learner draw reproducibly
 
 
@@ -41,22 +42,33 @@ class PolicyAgent:
         self._params = params
         self._stg = steps_to_go
         self._rng = jax.random.PRNGKey(seed)
+        self._spec = InputSpec(fns.vocab.text)  # a vocabulary with text: the model reads frames + text
+        self._history = FrameHistory()
+        self._last: tuple[TimeStep, dict[str, np.ndarray]] | None = None
+
+    def inputs(self, ts: TimeStep) -> dict[str, np.ndarray]:
+        """The model's inputs for this time step (computed once; frame pairs need history)."""
+        if self._last is None or self._last[0] is not ts:
+            previous = self._history(ts.observation)
+            self._last = (ts, self._spec.inputs(ts.observation, previous, ts.goal, ts.instruction))
+        return self._last[1]
 
     def update(self, params: Any) -> None:
         """New policy weights (broadcast by the coordinator after each round)."""
         self._params = params
 
     def reset(self, mask: Array) -> None:
-        del mask
+        self._history.reset(mask)
 
     def observe(self, ts: TimeStep) -> dict[str, Array]:
+        inputs = self.inputs(ts)
         if self._stg is None:
             return {}
-        return {STEPS_TO_GO: self._stg.steps_to_go(model_inputs(ts.observation, ts.goal))}
+        return {STEPS_TO_GO: self._stg.steps_to_go(inputs)}
 
     def act(self, ts: TimeStep) -> dict[str, Array]:
         self._rng, key = jax.random.split(self._rng)
-        inputs = {k: jnp.asarray(v) for k, v in model_inputs(ts.observation, ts.goal).items()}
+        inputs = {k: jnp.asarray(v) for k, v in self.inputs(ts).items()}
         actions, tokens = self._fns.sample_actions(self._params, inputs, key)
         return {ACTION: actions, ACTION_TOKENS: tokens}
 
@@ -71,12 +83,12 @@ def detected_success(threshold: float) -> Callable[[TimeStep, dict[str, Array]],
     return end_on
 
 
-def label_episode(episode: Episode, gamma: float) -> dict[str, np.ndarray]:
+def label_episode(episode: Episode, gamma: float, spec: InputSpec) -> dict[str, np.ndarray]:
     """Replay samples (o_t, a_t, g, R_t) for t < T, from the recorded d(o_t, g). [T, ...]"""
     stg = np.asarray(episode.observation_extras[STEPS_TO_GO], np.float32)  # [T+1]
     rewards = math.self_improvement_reward(stg[:-1], stg[1:])  # [T]
     returns = np.asarray(math.monte_carlo_returns(jnp.asarray(rewards), gamma))
-    inputs = {k: v[:-1] for k, v in episode_inputs(episode).items()}
+    inputs = {f"{INPUTS}{k}": v[:-1] for k, v in spec.episode_inputs(episode).items()}
     return {**inputs, ACTION_TOKENS: episode.action_extras[ACTION_TOKENS].astype(np.int32),
             RETURN: returns.astype(np.float32)}
 
@@ -109,6 +121,7 @@ class Actor:
         self._episodes = 0
         self._env = make_env(cfg.env, cfg.self_improve.num_envs, seed=seed)
         self._agent = PolicyAgent(fns, params, steps_to_go, seed=seed)
+        self._spec = InputSpec(fns.vocab.text)
         self._replay = replay
         self._interrupt = interrupt
 
@@ -125,7 +138,7 @@ class Actor:
             for episode in finished:
                 summaries.append(episode_summary(episode, si.success_threshold))
                 if episode.length:
-                    samples = label_episode(episode, si.gamma)
+                    samples = label_episode(episode, si.gamma, self._spec)
                     samples[SAMPLE_ID] = sample_ids(self._index, self._episodes, episode.length)
                     self._replay.add_episode(samples)
                 self._episodes += 1

@@ -13,7 +13,7 @@ from flax import traverse_util
 from efm import math
 from efm.config import SelfImproveConfig
 from efm.models.efm import EFMFunctions
-from efm.self_improve.actor import ACTION_TOKENS, RETURN, SAMPLE_ID
+from efm.self_improve.actor import ACTION_TOKENS, INPUTS, RETURN, SAMPLE_ID
 from efm.self_improve.replay import Replay
 
 
@@ -55,7 +55,7 @@ class Learner:
         self.state = LearnerState(params, self._optimizer.init(params), jnp.zeros((), jnp.int32))
 
         def loss_fn(p: Any, batch: dict) -> tuple[jax.Array, dict]:
-            inputs = {k: v for k, v in batch.items() if k.startswith(("observation/", "goal/"))}
+            inputs = {k.removeprefix(INPUTS): v for k, v in batch.items() if k.startswith(INPUTS)}
             log_probs = fns.action_log_prob(p, inputs, batch[ACTION_TOKENS])
             loss = math.reinforce_loss(log_probs, batch[RETURN], cfg.loss_scale)
             return loss, {"loss": loss, "mean_return": jnp.mean(batch[RETURN]),

@@ -20,11 +20,12 @@ import numpy as np
 
 from efm import checkpoints
 from efm.config import RunConfig, SelfImproveConfig
+from efm.data.features import InputSpec
 from efm.domains import make_env
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.progress import progress_bar
-from efm.self_improve.actor import ACTION_TOKENS, RETURN, SAMPLE_ID, Actor
+from efm.self_improve.actor import ACTION_TOKENS, INPUTS, RETURN, SAMPLE_ID, Actor
 from efm.self_improve.learner import Learner
 from efm.self_improve.replay import ReverbReplay, SampleSpec
 from efm.self_improve.service import StepsToGoService
@@ -38,10 +39,9 @@ STOP = "STOP"
 def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
     """Shapes of one replay sample (o_t, a_t, g, R_t), read off a reset environment."""
     ts = make_env(cfg.env, 1, 0).reset()
-    spec: dict[str, tuple[tuple[int, ...], Any]] = {}
-    for prefix, arrays in (("observation", ts.observation), ("goal", ts.goal)):
-        for k, v in arrays.items():
-            spec[f"{prefix}/{k}"] = (tuple(v.shape[1:]), v.dtype)
+    inputs = InputSpec(fns.vocab.text).inputs(ts.observation, None, ts.goal, ts.instruction)
+    spec: dict[str, tuple[tuple[int, ...], Any]] = {f"{INPUTS}{k}": (tuple(v.shape[1:]), v.dtype)
+                                                     for k, v in inputs.items()}
     spec[ACTION_TOKENS] = ((fns.vocab.action.num_tokens,), np.int32)
     spec[RETURN] = ((), np.float32)
     spec[SAMPLE_ID] = ((), np.int64)

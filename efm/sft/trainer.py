@@ -1,15 +1,18 @@
 """Stage 1: supervised fine-tuning on behavioural cloning + steps-to-go (Section 2.1).
 
-One model; each batch is split uniformly over the objectives (Appendix A.3); AdamW; Orbax
-checkpoints at every evaluation; per-objective validation losses recorded for checkpoint
-selection. A restarted run resumes from its latest checkpoint and, because each step's batch
-is drawn from an RNG keyed by (seed, step), ends exactly where an uninterrupted run would.
+One model; each batch is split uniformly over the objectives (Appendix A.3) and streamed from
+the RLDS directories (`efm.data.stage1`); AdamW; the step runs on a device mesh (data-parallel,
+FSDP by config, `efm.sharding`); Orbax checkpoints (sharded) at every evaluation; per-objective
+validation losses recorded for checkpoint selection. A restarted run resumes from its latest
+checkpoint and, because the batch stream is fixed by the seed and skips the batches already
+trained on, ends exactly where an uninterrupted run would.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,20 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from efm import checkpoints
-from efm.config import RunConfig, SftConfig
-from efm.envs.base import Episode
+from efm import checkpoints, sharding
+from efm.config import OBJECTIVES, RunConfig, SftConfig
+from efm.data.stage1 import Batch, Stage1Data
 from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
+from efm.models.weights import load_initial
 from efm.progress import progress_bar
-from efm.samples import (
-    ObjectiveSamples,
-    behavioral_cloning_samples,
-    evaluation_batches,
-    split_inputs,
-    steps_to_go_samples,
-    training_batch,
-)
 from efm.types import Logger
 
 HISTORY = "history.json"
@@ -51,46 +47,79 @@ def make_optimizer(cfg: SftConfig) -> optax.GradientTransformation:
     return optax.adamw(schedule, weight_decay=cfg.weight_decay)
 
 
-def make_samples(episodes: Sequence[Episode], fns: EFMFunctions) -> dict[str, ObjectiveSamples]:
-    return {"bc": behavioral_cloning_samples(episodes, fns.vocab),
-            "steps_to_go": steps_to_go_samples(episodes, fns.vocab)}
+def split_inputs(batch: Batch) -> tuple[dict[str, Any], Batch]:
+    inputs = {k.removeprefix("inputs/"): v for k, v in batch.items() if k.startswith("inputs/")}
+    rest = {k: v for k, v in batch.items() if not k.startswith("inputs/")}
+    return inputs, rest
 
 
 def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict) -> jax.Array:
+    """Negative log-likelihood per sample; the auxiliary instruction's is per token, so a
+    40-byte instruction weighs like one output rather than forty. [B]"""
     inputs, rest = split_inputs(batch)
-    return -fns.log_likelihood(params, inputs, rest["objective"], rest["targets"], rest["target_mask"])
+    nll = -fns.log_likelihood(params, inputs, rest["objective"], rest["targets"], rest["target_mask"])
+    per_token = rest["objective"] == OBJECTIVE_ID["instruction"]
+    return nll / jnp.where(per_token, jnp.maximum(jnp.sum(rest["target_mask"], axis=-1), 1.0), 1.0)
 
 
-def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, objectives: tuple[str, ...],
+                    mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
     def loss_fn(params: Any, batch: dict) -> tuple[jax.Array, dict]:
         nll = _per_sample_nll(fns, params, batch)
-        metrics = {f"train/{name}_loss": jnp.sum(nll * (batch["objective"] == i)) / jnp.maximum(
-            jnp.sum(batch["objective"] == i), 1) for name, i in OBJECTIVE_ID.items()}
+        is_ = {name: batch["objective"] == OBJECTIVE_ID[name] for name in objectives}
+        metrics = {f"train/{name}_loss": jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1) for name, m in is_.items()}
         return jnp.mean(nll), metrics
 
-    @jax.jit
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1), {"train/loss": loss, **metrics}
 
-    return train_step
+    return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def make_validation_losses(fns: EFMFunctions, batch_size: int = 2048) -> Callable[[Any, dict], dict[str, float]]:
+def _pad(batch: Batch, size: int) -> Batch:
+    """Pads a short batch to `size` rows with target_mask 0 (they add nothing to a sum)."""
+    n = len(batch["objective"])
+    if n == size:
+        return batch
+    out = {k: np.concatenate([v, np.repeat(v[:1], size - n, axis=0)]) for k, v in batch.items()}
+    out["target_mask"][n:] = 0.0
+    return out
+
+
+def make_validation_losses(fns: EFMFunctions, data: Stage1Data, cfg: SftConfig, mesh: jax.sharding.Mesh,
+                           ) -> Callable[[Any, str | os.PathLike[str]], dict[str, float]]:
     """Mean negative log-likelihood per objective over a whole validation split."""
-    nll_fn = jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b)))
+    nll_fn = jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b)), out_shardings=sharding.replicated(mesh))
+    size = -(-cfg.validation_batch_size // mesh.size) * mesh.size
 
-    def validation_losses(params: Any, val: dict[str, ObjectiveSamples]) -> dict[str, float]:
+    def validation_losses(params: Any, directory: str | os.PathLike[str]) -> dict[str, float]:
         out = {}
-        for name, s in val.items():
-            total = sum(float(nll_fn(params, batch)) for batch in evaluation_batches(
-                s, name, batch_size, OBJECTIVE_ID, fns.vocab.max_target_length))
-            out[f"val/{name}_loss"] = total / len(s)
+        for name in cfg.objectives:
+            total, count = 0.0, 0
+            for batch in data.validation(directory, name):
+                count += len(batch["objective"])
+                total += float(nll_fn(params, sharding.put_batch(mesh, _pad(batch, size))))
+            out[f"val/{name}_loss"] = total / max(count, 1)
         return out
 
     return validation_losses
+
+
+def init_state(cfg: RunConfig, fns: EFMFunctions, optimizer: optax.GradientTransformation, example: Batch,
+               mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+    """(initial state placed on the mesh, its shardings): scratch or `model.init` weights."""
+    inputs = {k: jnp.asarray(v[:1]) for k, v in split_inputs(example)[0].items()}
+    params = load_initial(cfg.model, jax.device_get(fns.init(jax.random.PRNGKey(cfg.sft.seed), inputs)))
+
+    def make(p: Any) -> TrainState:
+        return TrainState(p, optimizer.init(p), jnp.zeros((), jnp.int32))
+
+    shardings = sharding.state_shardings(mesh, jax.eval_shape(make, params))
+    return jax.jit(make, out_shardings=shardings)(params), shardings
 
 
 @dataclass(frozen=True)
@@ -113,23 +142,27 @@ def _keep_steps(history: list[dict[str, float]], budget: int) -> set[int]:
     return keep
 
 
-def run_sft(cfg: RunConfig, train: Sequence[Episode], validation: Sequence[Episode], workdir: str | Path,
-            log: Logger | None = None, progress: bool = True,
+def run_sft(cfg: RunConfig, train_dir: str | os.PathLike[str], validation_dir: str | os.PathLike[str],
+            workdir: str | Path, log: Logger | None = None, progress: bool = True,
             on_checkpoint: Callable[[int], None] | None = None) -> SftResult:
-    """Trains from scratch or resumes from `workdir`'s latest checkpoint.
+    """Trains from scratch (or `model.init`) or resumes from `workdir`'s latest checkpoint.
 
     `on_checkpoint(step)` runs after each checkpoint is complete (history included), e.g. to
     copy the workdir to durable storage that a restarted task resumes from.
     """
+    sharding.initialize_distributed()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     sft = cfg.sft
+    mesh = sharding.make_mesh(sft.fsdp)
+    sharding.check_batch(mesh, sft.batch_size)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
-    samples, val = make_samples(train, fns), make_samples(validation, fns)
+    data = Stage1Data(cfg, fns.vocab)
+    data.check(train_dir)
+    data.check(validation_dir)
     optimizer = make_optimizer(sft)
-    example = training_batch(samples, 2, OBJECTIVE_ID, fns.vocab.max_target_length, np.random.default_rng(0))
-    params = fns.init(jax.random.PRNGKey(sft.seed), split_inputs(example)[0])
-    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    example = next(data.validation(validation_dir, OBJECTIVES[0]))
+    state, shardings = init_state(cfg, fns, optimizer, example, mesh)
 
     manager = checkpoints.training_manager(workdir / "checkpoints")
     history: list[dict[str, float]] = []
@@ -137,22 +170,22 @@ def run_sft(cfg: RunConfig, train: Sequence[Episode], validation: Sequence[Episo
         state = TrainState(**checkpoints.restore_step(manager, manager.latest_step(), state._asdict()))
         history = [h for h in _read_history(workdir) if h["step"] <= int(state.step)]
 
-    train_step = make_train_step(fns, optimizer)
-    validation_losses = make_validation_losses(fns)
+    train_step = make_train_step(fns, optimizer, sft.objectives, mesh, shardings)
+    validation_losses = make_validation_losses(fns, data, sft, mesh)
     start = int(state.step)
     bar = progress_bar(total=sft.num_steps, initial=start, desc="sft", enabled=progress)
-    running: dict[str, list[float]] = {}
+    running: dict[str, list[Any]] = {}
+    batches = data.training(train_dir, seed=sft.seed, start_step=start,
+                            shard=(jax.process_count(), jax.process_index()))
     for step in range(start, sft.num_steps):
-        rng = np.random.default_rng([sft.seed, step])
-        batch = training_batch(samples, sft.batch_size, OBJECTIVE_ID, fns.vocab.max_target_length, rng)
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, sharding.put_batch(mesh, next(batches)))
         for k, v in metrics.items():
             running.setdefault(k, []).append(v)
         bar.update(1)
         done = step + 1
         if done % sft.eval_every == 0 or done == sft.num_steps:
             row = {"step": float(done), **{k: float(np.mean(jax.device_get(v))) for k, v in running.items()},
-                   **validation_losses(state.params, val)}
+                   **validation_losses(state.params, validation_dir)}
             running = {}
             if not all(np.isfinite(v) for v in row.values()):
                 raise FloatingPointError(f"non-finite loss at step {done}: {row}")
@@ -162,7 +195,8 @@ def run_sft(cfg: RunConfig, train: Sequence[Episode], validation: Sequence[Episo
                 log({k: v for k, v in row.items() if k != "step"}, done)
             if done % sft.checkpoint_every == 0 or done == sft.num_steps:
                 checkpoints.save_step(manager, done, state._asdict())
-                _write_history(workdir, history)
+                if jax.process_index() == 0:
+                    _write_history(workdir, history)
                 for s in set(manager.all_steps()) - _keep_steps(history, sft.max_checkpoints):
                     manager.delete(s)
                 if on_checkpoint is not None:

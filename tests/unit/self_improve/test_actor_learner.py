@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from efm.config import SelfImproveConfig, debug_config
+from efm.data.features import InputSpec
 from efm.envs.base import Episode
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
@@ -44,13 +45,13 @@ def test_label_episode_returns_match_loop(gamma: float) -> None:
     d = e.observation_extras[STEPS_TO_GO].astype(np.float64)
     rewards = [d[t] - d[t + 1] for t in range(12)]
     expected = [sum(gamma ** (i - t) * rewards[i] for i in range(t, 12)) for t in range(12)]
-    out = label_episode(e, gamma)
+    out = label_episode(e, gamma, InputSpec(None))
     np.testing.assert_allclose(out[RETURN], expected, rtol=1e-5, atol=1e-4)
     if gamma == 1.0:  # telescoping: R_t = d(o_t) - d(o_T)
         np.testing.assert_allclose(out[RETURN], d[:-1] - d[-1], rtol=1e-5, atol=1e-4)
     # (o_t, a_t, g) for t < T: the last observation has no action.
-    np.testing.assert_array_equal(out["observation/position"], e.observations["position"][:-1])
-    np.testing.assert_array_equal(out["goal/target"], np.tile(e.goal["target"], (12, 1)))
+    np.testing.assert_array_equal(out["inputs/observation/position"], e.observations["position"][:-1])
+    np.testing.assert_array_equal(out["inputs/goal/target"], np.tile(e.goal["target"], (12, 1)))
     np.testing.assert_array_equal(out[ACTION_TOKENS], e.action_extras[ACTION_TOKENS])
     assert out[ACTION_TOKENS].dtype == np.int32 and out[RETURN].dtype == np.float32
     assert {v.shape[0] for v in out.values()} == {12}
@@ -78,11 +79,11 @@ def make_batch(fns: EFMFunctions, params, ret: float, image: bool = False) -> di
     inputs = batch_inputs(image)
     tokens = np.asarray(fns.sample_action_tokens(params, {k: jnp.asarray(v) for k, v in inputs.items()},
                                                  jax.random.PRNGKey(1)))
-    return {**inputs, ACTION_TOKENS: tokens, RETURN: np.full(B, ret, np.float32)}
+    return {**{f"inputs/{k}": v for k, v in inputs.items()}, ACTION_TOKENS: tokens, RETURN: np.full(B, ret, np.float32)}
 
 
 def mean_log_prob(fns: EFMFunctions, params, batch: dict[str, np.ndarray]) -> float:
-    inputs = {k: v for k, v in batch.items() if k.startswith(("observation/", "goal/"))}
+    inputs = {k.removeprefix("inputs/"): v for k, v in batch.items() if k.startswith("inputs/")}
     return float(jnp.mean(fns.action_log_prob(params, inputs, jnp.asarray(batch[ACTION_TOKENS]))))
 
 

@@ -1,4 +1,4 @@
-"""Stage 1: samples, batches, training, validation history, selection and exact resumption."""
+"""Stage 1: training, validation history, selection and exact resumption."""
 
 from __future__ import annotations
 
@@ -12,17 +12,12 @@ import pytest
 
 from efm import checkpoints
 from efm.config import RunConfig, SelectConfig, debug_config
-from efm.envs.base import Episode
-from efm.models.efm import OBJECTIVE_ID, make_functions
+from efm.data import rlds
+from efm.data.stage1 import Stage1Data
+from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
-from efm.samples import (
-    behavioral_cloning_samples,
-    split_inputs,
-    steps_to_go_samples,
-    training_batch,
-)
 from efm.sft.select import SELECTION, load_selected, pick_step, run_select
-from efm.sft.trainer import _per_sample_nll, load_history, make_samples, restore_params, run_sft
+from efm.sft.trainer import _per_sample_nll, load_history, restore_params, run_sft, split_inputs
 from efm.stages import generate_demonstrations
 
 NUM_STEPS = 40
@@ -35,9 +30,12 @@ def sft_config(num_steps: int = NUM_STEPS) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def episodes() -> tuple[list[Episode], list[Episode]]:
+def episodes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(train, validation) RLDS directories of debug pointmass demonstrations."""
     eps = list(generate_demonstrations(debug_config(), 24, seed=0))
-    return eps[:20], eps[20:]
+    root = tmp_path_factory.mktemp("episodes")
+    return (rlds.write_episodes(eps[:20], root / "train"),
+            rlds.write_episodes(eps[20:], root / "validation", split="validation"))
 
 
 @pytest.fixture(scope="module")
@@ -53,70 +51,6 @@ def assert_trees_equal(a, b) -> None:
     assert [p for p, _ in la] == [p for p, _ in lb]
     for (path, x), (_, y) in zip(la, lb, strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-7, err_msg=str(path))
-
-
-# ----------------------------------------------------------------------------- samples
-
-
-def test_steps_to_go_labels_are_T_minus_t(episodes) -> None:
-    train, _ = episodes
-    vocab = make_vocabulary(debug_config().tokenizer)
-    assert vocab.steps_to_go.width == 1.0  # debug: 100 bins over 0..100, a token per step
-    done = [e for e in train if e.success]
-    s = steps_to_go_samples(train, vocab)
-    assert len(s) == sum(e.length + 1 for e in done)
-    labels = s.targets[:, 0] - vocab.steps_to_go_offset
-    expected = np.concatenate([e.length - np.arange(e.length + 1) for e in done])
-    np.testing.assert_array_equal(labels, expected)
-    positions = np.concatenate([e.observations["position"] for e in done])
-    np.testing.assert_array_equal(s.inputs["observation/position"], positions)
-    np.testing.assert_array_equal(s.inputs["goal/target"],
-                                  np.concatenate([np.tile(e.goal["target"], (e.length + 1, 1)) for e in done]))
-
-
-def test_steps_to_go_samples_skip_failures_and_need_a_success(episodes) -> None:
-    train, _ = episodes
-    vocab = make_vocabulary(debug_config().tokenizer)
-    first = train[0]
-    failed = dataclasses.replace(first, success=False, episode_id="failed")
-    s = steps_to_go_samples([first, failed], vocab)
-    assert len(s) == first.length + 1
-    with pytest.raises(ValueError, match="no successful episode"):
-        steps_to_go_samples([failed], vocab)
-
-
-def test_bc_samples_exclude_the_last_observation(episodes) -> None:
-    train, _ = episodes
-    vocab = make_vocabulary(debug_config().tokenizer)
-    failed = dataclasses.replace(train[1], success=False)
-    eps = [train[0], failed, train[2]]
-    s = behavioral_cloning_samples(eps, vocab)
-    assert len(s) == sum(e.length for e in eps)  # failures are still demonstrations of actions
-    np.testing.assert_array_equal(s.inputs["observation/position"],
-                                  np.concatenate([e.observations["position"][:-1] for e in eps]))
-    np.testing.assert_array_equal(s.targets, vocab.action_targets(np.concatenate([e.actions for e in eps])))
-
-
-def test_training_batch_is_split_uniformly_across_objectives(episodes) -> None:
-    train, _ = episodes
-    cfg = debug_config()
-    vocab = make_vocabulary(cfg.tokenizer)
-    samples = {"bc": behavioral_cloning_samples(train, vocab), "steps_to_go": steps_to_go_samples(train, vocab)}
-    batch = training_batch(samples, 32, OBJECTIVE_ID, vocab.max_target_length, np.random.default_rng(0))
-    inputs, rest = split_inputs(batch)
-    assert rest["objective"].shape == (32,)
-    bc = rest["objective"] == OBJECTIVE_ID["bc"]
-    stg = rest["objective"] == OBJECTIVE_ID["steps_to_go"]
-    assert bc.sum() == 16 and stg.sum() == 16
-    assert inputs["observation/position"].shape == (32, 2)
-    np.testing.assert_array_equal(rest["target_mask"][bc], 1.0)
-    np.testing.assert_array_equal(rest["target_mask"][stg], [[1, 0, 0, 0]] * 16)
-    assert (rest["targets"][bc] < vocab.steps_to_go_offset).all()
-    assert (rest["targets"][stg][:, 0] >= vocab.steps_to_go_offset).all()
-    # The same seeded generator gives the same batch.
-    again = training_batch(samples, 32, OBJECTIVE_ID, vocab.max_target_length, np.random.default_rng(0))
-    for k in batch:
-        np.testing.assert_array_equal(batch[k], again[k])
 
 
 # ----------------------------------------------------------------------------- training
@@ -143,8 +77,8 @@ def test_training_loss_below_initial_params(trained, episodes) -> None:
     workdir, _ = trained
     cfg = sft_config()
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
-    samples = make_samples(episodes[0], fns)
-    batch = training_batch(samples, 256, OBJECTIVE_ID, fns.vocab.max_target_length, np.random.default_rng(9))
+    batch = next(Stage1Data(cfg.replace(sft=dataclasses.replace(cfg.sft, batch_size=256))).training(
+        episodes[0], seed=9))
     init = fns.init(jax.random.PRNGKey(cfg.sft.seed), split_inputs(batch)[0])
     before = float(np.mean(_per_sample_nll(fns, init, batch)))
     after = float(np.mean(_per_sample_nll(fns, restore_params(workdir, NUM_STEPS), batch)))

@@ -1,0 +1,253 @@
+"""Stage-1 samples streamed from RLDS through tf.data: (o_t, a_t, g, T - t) and the auxiliary.
+
+Per objective, every episode becomes step samples inside the tf.data graph:
+  bc            (o_t, g) -> a_t             for t < T
+  steps_to_go   (o_t, g) -> T - t           for t <= T, successful episodes (goal reached at T)
+  instruction   (o_0, o_T) -> instruction   one per episode (LanguageTable's auxiliary, A.3)
+Camera frames stay PNG-encoded through the shuffle and are decoded after it, in parallel (as
+Octo does), so memory is bounded by the shuffle buffer, not by the dataset. Each training
+batch takes batch_size / K samples from each of the K objectives (Appendix A.3); tokenization
+happens per batch in numpy with the model's tokenizers (one implementation of each).
+
+Training streams are infinite and deterministic for a seed; `start_step` skips the batches a
+resumed run has already trained on before any frame is decoded, so a restarted SFT sees the
+batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from efm.config import OBJECTIVES, RunConfig
+from efm.data import rlds
+from efm.data.features import InputSpec, input_spec
+from efm.models.tokenizers import Vocabulary, make_vocabulary
+from efm.models.vlm import IMAGE, TEXT
+
+Batch = dict[str, np.ndarray]
+EPISODE_BUFFER = 64  # encoded episodes mixed before they are cut into samples
+_f = tfds.features
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which step features a dataset has, and which are camera frames (kept encoded)."""
+
+    observation_keys: tuple[str, ...]
+    image_shapes: dict[str, tuple[int, ...]]
+    goal_keys: tuple[str, ...]
+    has_instruction_metadata: bool
+
+
+def _layout(builder: tfds.core.DatasetBuilder) -> _Layout:
+    steps = builder.info.features["steps"].feature
+    obs = steps["observation"]
+    keys = tuple(obs.keys()) if isinstance(obs, _f.FeaturesDict) else ()
+    images = {k: tuple(obs[k].shape) for k in keys if isinstance(obs[k], _f.Image)}
+    features = builder.info.features
+    md = features["episode_metadata"] if "episode_metadata" in features else {}  # noqa: SIM401 (no .get)
+    goal = tuple(md["goal"].keys()) if "goal" in md else ()
+    return _Layout(keys, images, goal, "instruction" in md)
+
+
+def _episodes(directory: str | os.PathLike[str], split: str | None, layout_only: bool = False,
+              shuffle_seed: int | None = None, shard: tuple[int, int] = (1, 0)) -> tuple[tf.data.Dataset, _Layout]:
+    builder = rlds._open(directory)
+    if split is None:
+        splits = sorted(builder.info.splits.keys())
+        if len(splits) != 1:
+            raise rlds.DatasetError(f"{directory} holds splits {splits}; expected exactly one")
+        split = splits[0]
+    rlds._check_split(builder, split, directory)
+    layout = _layout(builder)
+    if layout_only:
+        return tf.data.Dataset.range(0), layout
+    decoders = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in layout.image_shapes}}}
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    if shard[0] > 1:  # multi-host: each process reads its own episodes
+        ds = ds.shard(*shard)
+    if shuffle_seed is not None:  # datasets are stored in order: mix episodes, then samples
+        ds = ds.repeat().shuffle(EPISODE_BUFFER, seed=shuffle_seed)
+    return ds, layout
+
+
+def _step_samples(spec: InputSpec, layout: _Layout, objective: str) -> Any:
+    """episode -> dataset of raw step samples for one objective (inside the tf.data graph)."""
+    camera = spec.camera
+
+    def fn(episode: dict[str, Any]) -> tf.data.Dataset:
+        steps = episode["steps"].batch(2**31 - 1).get_single_element()
+        md = episode.get("episode_metadata", {})
+        n = tf.shape(steps["action"])[0]  # T + 1
+        if layout.has_instruction_metadata:
+            instruction = md["instruction"]
+        else:
+            instruction = steps["language_instruction"][0]
+        t = tf.range(n - 1) if objective == "bc" else tf.range(n)
+        prev = tf.maximum(t - 1, 0)
+        count = tf.shape(t)[:1]
+        out: dict[str, tf.Tensor] = {}
+        if spec.reads_images:
+            frames = steps["observation"][camera]
+            if objective == "instruction":  # first and last frame, instruction hidden
+                out[IMAGE] = tf.gather(frames, tf.stack([0, n - 1]))[None]
+                out[TEXT] = tf.constant([""])
+                out["target_text"] = tf.reshape(instruction, [1])
+                return tf.data.Dataset.from_tensor_slices(out)
+            out[IMAGE] = tf.stack([tf.gather(frames, t), tf.gather(frames, prev)], axis=1)
+            out[TEXT] = tf.fill(count, instruction)
+        else:
+            for k in layout.observation_keys:
+                out[f"observation/{k}"] = tf.gather(steps["observation"][k], t)
+            for k in layout.goal_keys:
+                g = md["goal"][k]
+                out[f"goal/{k}"] = tf.broadcast_to(g, tf.concat([count, tf.shape(g)], 0))
+        if objective == "bc":
+            out["action"] = tf.gather(steps["action"], t)
+        else:
+            out["steps_to_go"] = tf.cast(n - 1 - t, tf.int32)
+        return tf.data.Dataset.from_tensor_slices(out)
+
+    return fn
+
+
+def _successful(layout: _Layout) -> Any:
+    def fn(episode: dict[str, Any]) -> tf.Tensor:
+        md = episode.get("episode_metadata", {})
+        if "success" in md:
+            return md["success"]
+        return episode["steps"].reduce(False, lambda acc, s: tf.logical_or(acc, s["is_terminal"]))
+
+    return fn
+
+
+def _decode_frames(layout: _Layout, camera: str) -> Any:
+    shape = layout.image_shapes[camera]
+
+    def decode(png: tf.Tensor) -> tf.Tensor:
+        img = tf.io.decode_image(png, channels=shape[-1], expand_animations=False)
+        img.set_shape(shape)
+        return img
+
+    def fn(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        flat = tf.reshape(batch[IMAGE], [-1])
+        images = tf.map_fn(decode, flat, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+        return {**batch, IMAGE: tf.reshape(images, tf.concat([tf.shape(batch[IMAGE]), shape], 0))}
+
+    return fn
+
+
+def _objective_dataset(directory: str | os.PathLike[str], split: str | None, spec: InputSpec, objective: str,
+                       threads: int, shuffle: tuple[int, int] | None, shard: tuple[int, int]) -> tuple[
+                           tf.data.Dataset, _Layout]:
+    """Raw (still encoded) samples of one objective; shuffled and repeated when `shuffle` is
+    (buffer, seed)."""
+    episodes, layout = _episodes(directory, split, shuffle_seed=None if shuffle is None else shuffle[1], shard=shard)
+    if spec.reads_images and spec.camera not in layout.image_shapes:
+        raise rlds.DatasetError(f"{directory}: the vision-language model reads camera frames {spec.camera!r}, "
+                                f"the dataset's observations are {list(layout.observation_keys)}")
+    if objective == "steps_to_go":
+        episodes = episodes.filter(_successful(layout))
+    cycle = 1 if shuffle is None else threads  # unshuffled: samples in stored order
+    ds = episodes.interleave(_step_samples(spec, layout, objective), cycle_length=cycle, block_length=1,
+                             num_parallel_calls=cycle, deterministic=True)
+    if shuffle is not None:
+        ds = ds.shuffle(shuffle[0], seed=shuffle[1])
+    return ds, layout
+
+
+def _options(threads: int) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = threads
+    options.autotune.ram_budget = 2 * 1024**3
+    return options
+
+
+class Stage1Data:
+    """Batches for SFT from RLDS directories, with the model's inputs and target tokens.
+
+    A batch: `inputs/<key>` (model inputs), `objective` [B] ids, `targets` [B, L] global token
+    ids and `target_mask` [B, L], L = the vocabulary's max_target_length.
+    """
+
+    def __init__(self, cfg: RunConfig, vocab: Vocabulary | None = None):
+        self._cfg = cfg
+        self._vocab = vocab or make_vocabulary(cfg.tokenizer)
+        self._spec = input_spec(cfg)
+
+    def check(self, directory: str | os.PathLike[str]) -> None:
+        """Fails with a DatasetError naming what is missing, before any training."""
+        for objective in self._cfg.sft.objectives:
+            _objective_dataset(directory, None, self._spec, objective, 1, None, (1, 0))
+
+    def training(self, directory: str | os.PathLike[str], *, seed: int, start_step: int = 0,
+                 shard: tuple[int, int] = (1, 0)) -> Iterator[Batch]:
+        """Endless batches of `sft.batch_size / shard count`, the same for a seed; starts at
+        `start_step` (resumption) without decoding what it skips."""
+        sft = self._cfg.sft
+        per = sft.batch_size // len(sft.objectives) // shard[0]
+        parts, layout = [], None
+        for i, objective in enumerate(sft.objectives):
+            ds, layout = _objective_dataset(directory, None, self._spec, objective, sft.data_threads,
+                                            (sft.shuffle_buffer, seed * 1000 + i), shard)
+            parts.append(ds.batch(per, drop_remainder=True))
+        ds = tf.data.Dataset.zip(tuple(parts)).skip(start_step)
+        if self._spec.reads_images:
+            assert layout is not None
+            decode = _decode_frames(layout, self._spec.camera)
+            ds = ds.map(lambda *b: tuple(decode(x) for x in b), num_parallel_calls=sft.data_threads,
+                        deterministic=True)
+        ds = ds.prefetch(2).with_options(_options(sft.data_threads))
+        for batch in ds.as_numpy_iterator():
+            yield self._to_batch(dict(zip(sft.objectives, batch, strict=True)))
+
+    def validation(self, directory: str | os.PathLike[str], objective: str) -> Iterator[Batch]:
+        """Every sample of one objective once, in stored order."""
+        sft = self._cfg.sft
+        ds, layout = _objective_dataset(directory, None, self._spec, objective, sft.data_threads, None, (1, 0))
+        ds = ds.batch(sft.validation_batch_size)
+        if self._spec.reads_images:
+            ds = ds.map(_decode_frames(layout, self._spec.camera), num_parallel_calls=sft.data_threads,
+                        deterministic=True)
+        ds = ds.prefetch(2).with_options(_options(sft.data_threads))
+        for batch in ds.as_numpy_iterator():
+            yield self._to_batch({objective: batch})
+
+    def _to_batch(self, parts: dict[str, dict[str, np.ndarray]]) -> Batch:
+        """Raw samples per objective -> one batch with tokenized targets, objectives in order."""
+        vocab, length = self._vocab, self._vocab.max_target_length
+        out: dict[str, list[np.ndarray]] = {}
+        for objective, raw in parts.items():
+            raw = dict(raw)
+            n = len(next(iter(raw.values())))
+            targets = np.zeros((n, length), np.int32)
+            mask = np.zeros((n, length), np.float32)
+            if objective == "bc":
+                t = vocab.action_targets(raw.pop("action"))
+                m = np.ones_like(t, np.float32)
+            elif objective == "steps_to_go":
+                t = vocab.steps_to_go_targets(raw.pop("steps_to_go"))
+                m = np.ones_like(t, np.float32)
+            else:
+                assert vocab.text is not None
+                t, m = vocab.instruction_targets(vocab.text.encode(_strings(raw.pop("target_text"))))
+            targets[:, : t.shape[1]], mask[:, : t.shape[1]] = t, m
+            if TEXT in raw:
+                assert vocab.text is not None
+                raw[TEXT] = vocab.text.encode(_strings(raw[TEXT]))
+            for k, v in {**{f"inputs/{k}": v for k, v in raw.items()}, "targets": targets, "target_mask": mask,
+                         "objective": np.full(n, OBJECTIVES.index(objective), np.int32)}.items():
+                out.setdefault(k, []).append(v)
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _strings(x: np.ndarray) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in np.asarray(x).reshape(-1)]

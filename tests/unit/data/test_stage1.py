@@ -1,0 +1,138 @@
+"""Stage-1 samples streamed through tf.data: equal to the episodes they come from."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from efm.config import OBJECTIVES, RunConfig, debug_config
+from efm.data import rlds
+from efm.data.features import InputSpec
+from efm.data.stage1 import Stage1Data
+from efm.envs.base import Episode
+from efm.models.tokenizers import make_vocabulary
+from efm.models.vlm import IMAGE, TEXT
+
+
+def table_episode(t: int, seed: int, success: bool = True) -> Episode:
+    rng = np.random.default_rng(seed)
+    return Episode(
+        observations={"rgb": rng.integers(0, 256, (t + 1, 12, 16, 3)).astype(np.uint8),
+                      "effector_translation": rng.normal(size=(t + 1, 2)).astype(np.float32),
+                      "block_translation": rng.normal(size=(t + 1, 16, 2)).astype(np.float32)},
+        actions=rng.uniform(-1, 1, (t, 2)).astype(np.float32),
+        instruction=f"push the red moon to the blue cube {seed}",
+        success=success, episode_id=f"ep-{seed}")
+
+
+def point_episode(t: int, seed: int, success: bool = True) -> Episode:
+    rng = np.random.default_rng(seed)
+    return Episode(observations={"position": rng.normal(size=(t + 1, 2)).astype(np.float32)},
+                   actions=rng.uniform(-1, 1, (t, 2)).astype(np.float32), instruction="reach",
+                   goal={"target": rng.normal(size=2).astype(np.float32)}, success=success,
+                   episode_id=f"ep-{seed}")
+
+
+TABLE = [table_episode(3, 0), table_episode(5, 1, success=False), table_episode(1, 2), table_episode(4, 3)]
+POINT = [point_episode(6, 0), point_episode(2, 1, success=False), point_episode(4, 2)]
+
+
+def table_config() -> RunConfig:
+    cfg = debug_config("tabletop")
+    return cfg.replace(sft=dataclasses.replace(cfg.sft, validation_batch_size=5, batch_size=6, shuffle_buffer=50))
+
+
+def expected(episodes: list[Episode], cfg: RunConfig, objective: str) -> dict[str, np.ndarray]:
+    """The in-memory construction: every sample of an objective, in episode order."""
+    vocab = make_vocabulary(cfg.tokenizer)
+    spec = InputSpec(vocab.text)
+    if objective == "instruction":
+        inputs = spec.first_last_inputs(episodes)
+        targets, mask = vocab.instruction_targets(vocab.text.encode([e.instruction for e in episodes]))
+        return {**inputs, "targets": targets, "target_mask": mask}
+    used = episodes if objective == "bc" else [e for e in episodes if e.success]
+    parts = [spec.episode_inputs(e) for e in used]
+    if objective == "bc":
+        parts = [{k: v[:-1] for k, v in p.items()} for p in parts]
+        targets = vocab.action_targets(np.concatenate([e.actions for e in used]))
+    else:
+        targets = vocab.steps_to_go_targets(np.concatenate([np.arange(e.length, -1, -1) for e in used]))
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    length = vocab.max_target_length
+    padded = np.zeros((len(targets), length), np.int32)
+    padded[:, : targets.shape[1]] = targets
+    mask = np.zeros_like(padded, np.float32)
+    mask[:, : targets.shape[1]] = 1
+    return {**out, "targets": padded, "target_mask": mask}
+
+
+def streamed(directory: Path, cfg: RunConfig, objective: str) -> dict[str, np.ndarray]:
+    batches = list(Stage1Data(cfg).validation(directory, objective))
+    return {k.removeprefix("inputs/"): np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+@pytest.fixture(scope="module")
+def table_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return rlds.write_episodes(TABLE, tmp_path_factory.mktemp("table") / "ds")
+
+
+@pytest.fixture(scope="module")
+def point_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return rlds.write_episodes(POINT, tmp_path_factory.mktemp("point") / "ds")
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_streamed_table_samples_equal_in_memory_ones(table_dir: Path, objective: str) -> None:
+    cfg = table_config()
+    got, want = streamed(table_dir, cfg, objective), expected(TABLE, cfg, objective)
+    assert set(got) == set(want) | {"objective"}
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert (got["objective"] == OBJECTIVES.index(objective)).all()
+
+
+def test_frame_pairs_and_no_privileged_state(table_dir: Path) -> None:
+    got = streamed(table_dir, table_config(), "bc")
+    assert set(got) == {IMAGE, TEXT, "targets", "target_mask", "objective"}  # no block poses
+    frames = TABLE[0].observations["rgb"]
+    np.testing.assert_array_equal(got[IMAGE][0], np.stack([frames[0], frames[0]]))  # t = 0: previous = first
+    np.testing.assert_array_equal(got[IMAGE][2], np.stack([frames[2], frames[1]]))
+
+
+@pytest.mark.parametrize("objective", ["bc", "steps_to_go"])
+def test_streamed_state_samples_equal_in_memory_ones(point_dir: Path, objective: str) -> None:
+    cfg = debug_config()
+    got, want = streamed(point_dir, cfg, objective), expected(POINT, cfg, objective)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_training_batches_split_objectives_shuffle_and_resume(table_dir: Path) -> None:
+    cfg = table_config()
+    data = Stage1Data(cfg)
+    stream = data.training(table_dir, seed=3)
+    first = [next(stream) for _ in range(6)]
+    for b in first:
+        counts = np.bincount(b["objective"], minlength=3)
+        np.testing.assert_array_equal(counts, [2, 2, 2])  # batch_size / 3 objectives each
+    again = Stage1Data(cfg).training(table_dir, seed=3, start_step=4)
+    for want in first[4:]:
+        got = next(again)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    other = next(Stage1Data(cfg).training(table_dir, seed=4))
+    assert not np.array_equal(other[f"inputs/{IMAGE}"], first[0][f"inputs/{IMAGE}"])
+    # Every training sample is a real sample: its frame pair appears among the objective's samples.
+    bc = expected(TABLE, cfg, "bc")
+    pairs = {bc[IMAGE][i].tobytes() for i in range(len(bc[IMAGE]))}
+    for b in first:
+        for img in b[f"inputs/{IMAGE}"][b["objective"] == 0]:
+            assert img.tobytes() in pairs
+
+
+def test_a_dataset_without_frames_is_refused_by_the_vision_language_model(point_dir: Path) -> None:
+    with pytest.raises(rlds.DatasetError, match="camera frames 'rgb'"):
+        Stage1Data(table_config()).check(point_dir)
