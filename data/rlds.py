@@ -484,6 +484,22 @@ def iter_episodes(
             i += 1
 
 
+def read_episode_ids(directory: str | os.PathLike[str], split: str = "train") -> list[str]:
+    """The split's episode ids in stored order, without decoding any step (camera frames stay
+    encoded). Foreign datasets without ids get "<split>-<index>", as `iter_episodes` names them."""
+    builder = _open(directory)
+    _check_split(builder, split, Path(directory))
+    md = builder.info.features["episode_metadata"] if "episode_metadata" in builder.info.features else {}  # noqa: SIM401
+    if "episode_id" not in md:
+        return [f"{split}-{i}" for i in range(builder.info.splits[split].num_examples)]
+    steps = builder.info.features["steps"].feature
+    images = {k: tfds.decode.SkipDecoding() for k, f in steps["observation"].items() if isinstance(f, _f.Image)} \
+        if isinstance(steps["observation"], _f.FeaturesDict) else {}
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"steps": {"observation": images}})
+    ds = ds.map(lambda e: e["episode_metadata"]["episode_id"]).batch(4096)
+    return [_text(x) for batch in ds.as_numpy_iterator() for x in batch]
+
+
 def read_episodes(directory: str | os.PathLike[str], split: str = "train") -> list[Episode]:
     """All of a split's episodes, in stored order."""
     return list(iter_episodes(directory, split))

@@ -110,9 +110,7 @@ def subsample_dataset(
                                 "(pass overwrite=True to replace its datasets)")
     if num_validation < 1:
         raise ValueError(f"num_validation={num_validation}: need at least one validation episode")
-    episodes = rlds.read_episodes(source_dir, split)
-    by_id = {ep.episode_id: ep for ep in episodes}
-    ids = [ep.episode_id for ep in episodes]
+    ids = rlds.read_episode_ids(source_dir, split)  # one pass over the ids; episodes stream below
     train_ids, val_ids = split_validation(ids, num_validation, seed)
     subsets = nested_fractions(train_ids, fractions, seed)
 
@@ -128,9 +126,11 @@ def subsample_dataset(
     }
 
     def write(ids_: list[str], name: str, split_: str, role: str) -> None:
+        """Streams the source once, keeping `ids_` (in source order): nothing is held in memory."""
         meta = {"source": source, "seed": seed, "role": role, "count": len(ids_)}
-        rlds.write_episodes((by_id[i] for i in ids_), out / name, split=split_, metadata=meta,
-                            overwrite=overwrite)
+        keep = set(ids_)
+        episodes = (ep for ep in rlds.iter_episodes(source_dir, split, batch_size=8) if ep.episode_id in keep)
+        rlds.write_episodes(episodes, out / name, split=split_, metadata=meta, overwrite=overwrite)
 
     write(val_ids, VALIDATION_DIR, VALIDATION_SPLIT, "validation")
     for f, subset in subsets.items():

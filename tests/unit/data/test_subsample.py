@@ -105,3 +105,21 @@ def test_subsample_dataset_refuses_a_non_empty_out_dir(tmp_path: Path) -> None:
     with pytest.raises(rlds_io.DatasetError, match="not empty"):
         subsample_dataset(tmp_path / "full", out, (0.5,), num_validation=1, seed=0)
     assert [p.name for p in out.iterdir()] == ["other.txt"]
+
+
+def test_subsample_streams_instead_of_reading_the_whole_dataset(tmp_path: Path, monkeypatch) -> None:
+    """Memory must not grow with the dataset: episodes are streamed, never read as a list."""
+    rlds_io.write_episodes([_episode(i) for i in range(40)], tmp_path / "full")
+    streamed = []
+    real_iter = rlds_io.iter_episodes
+
+    def counting_iter(*args, **kwargs):
+        for ep in real_iter(*args, **kwargs):
+            streamed.append(ep.episode_id)
+            yield ep
+
+    monkeypatch.setattr(rlds_io, "read_episodes", lambda *a, **k: pytest.fail("read the whole dataset"))
+    monkeypatch.setattr(rlds_io, "iter_episodes", counting_iter)
+    manifest = subsample_dataset(tmp_path / "full", tmp_path / "out", (0.25, 1.0), num_validation=4, seed=1)
+    assert manifest["fractions"]["1"]["count"] == 36
+    assert len(streamed) == 3 * 40  # one streamed pass per output dataset
