@@ -138,19 +138,20 @@ def select(config_json: str, sft_model: Input[Model], fraction: float, seed: int
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def self_improve(config_json: str, selected: Input[Model], fraction: float, seed: int, tracking_uri: str,
-                 parent_run_id: str, model: Output[Model], metrics: Output[Metrics],
+                 parent_run_id: str, model: Output[Model], metrics: Output[Metrics], practice_domain: str = "",
                  kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """Stage 2 (Algorithm 1); the model artifact holds policy/ (the kept round) and rounds.json,
-    registered as the branch model's policy-self-improved version."""
+    registered as the branch model's policy-self-improved version. `practice_domain`: practise
+    in a transfer domain (BananaTable) from the same checkpoints."""
     from pathlib import Path
 
     from efm.components.artifacts import staged
     from efm.components.tracking import registered_model_name, stage_run
-    from efm.config import RunConfig
+    from efm.config import RunConfig, practice_config
     from efm.sft.select import POLICY
     from efm.stages import seeded, self_improve_stage
 
-    cfg = seeded(RunConfig.from_json(config_json), seed)
+    cfg = practice_config(seeded(RunConfig.from_json(config_json), seed), practice_domain)
     with stage_run("self_improve", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [selected],
                    [model, metrics], fraction, seed) as run:
         with staged(model.path) as work:
@@ -174,7 +175,7 @@ def self_improve(config_json: str, selected: Input[Model], fraction: float, seed
 def evaluate(config_json: str, episodes: Input[Dataset], train: Input[Dataset], selected: Input[Model],
              improved: Input[Model], fraction: float, seed: int, tracking_uri: str, parent_run_id: str,
              metrics: Output[Metrics], page: Output[HTML], evaluation: Output[Artifact],
-             result: Output[Artifact], kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
+             result: Output[Artifact], practice_domain: str = "", kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """SFT against Self-Improved on ground truth. `evaluation`: metrics.json and plots;
     `result`: this branch's summary row (JSON) with its MLflow run and tracking failures,
     which the report steps collect."""
@@ -183,11 +184,11 @@ def evaluate(config_json: str, episodes: Input[Dataset], train: Input[Dataset], 
 
     from efm.components.artifacts import staged
     from efm.components.tracking import FAILURES, RUN_ID, stage_run
-    from efm.config import RunConfig
+    from efm.config import RunConfig, practice_config
     from efm.evaluation.report import branch_result, evaluation_page
     from efm.stages import TRAJECTORIES, evaluate_stage, seeded
 
-    cfg = seeded(RunConfig.from_json(config_json), seed)
+    cfg = practice_config(seeded(RunConfig.from_json(config_json), seed), practice_domain)
     with stage_run("evaluate", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task,
                    [selected, improved, train, episodes], [evaluation, result], fraction, seed) as run:
         with staged(evaluation.path) as work:

@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from efm.config import DOMAINS, RunConfig, check_trainable, debug_config, default_config
+from efm.config import (
+    DOMAINS,
+    RunConfig,
+    check_trainable,
+    debug_config,
+    default_config,
+    practice_config,
+)
 
 if TYPE_CHECKING:
     from efm.pipelines.vertex import VertexResources
@@ -100,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int)
+    _add_practice_domain(p)
 
     p = sub.add_parser("evaluate", help="ground-truth evaluation and trajectory plot")
     _add_common(p)
+    _add_practice_domain(p)
     p.add_argument("--select", required=True)
     p.add_argument("--self-improve", dest="self_improve")
     p.add_argument("--dataset", help="RLDS directory whose episodes are plotted beside the policies")
@@ -155,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent-runs", type=int, default=1)
     p.add_argument("--max-runs", type=int, help="stop the schedule after this many runs (default: never)")
     return parser
+
+
+def _add_practice_domain(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--practice-domain", default="",
+                   help="practise in another domain from the same checkpoints (one of self_improve.transfer_domains)")
 
 
 def _add_fan_out(p: argparse.ArgumentParser) -> None:
@@ -231,7 +245,8 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
         from efm.pipelines.experiment import compile_pipeline
 
         resources = _resources(args) if args.target == "vertex" else None
-        path = compile_pipeline(args.out, fractions, args.seeds, target=args.target, resources=resources)
+        path = compile_pipeline(args.out, fractions, args.seeds, target=args.target, resources=resources,
+                                transfer_domains=cfg.self_improve.transfer_domains)
         return {"path": str(path), "target": args.target, "fractions": fractions, "seeds": args.seeds}
     settings = vertex.VertexConfig(
         project=args.project, region=args.region, pipeline_root=args.pipeline_root,
@@ -246,7 +261,8 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
             out = Path(tempfile.mkdtemp(prefix="efm-vertex-")) / "pipeline.yaml"
         else:
             out = Path(tmp) / "pipeline.yaml"
-        path = vertex.compile_for_vertex(out, fractions, args.seeds, settings.sft_resources())
+        path = vertex.compile_for_vertex(out, fractions, args.seeds, settings.sft_resources(),
+                                         cfg.self_improve.transfer_domains)
         if args.command == "schedule":
             request = vertex.build_schedule_request(settings, path, cfg, args.cron, args.display_name,
                                                     args.max_concurrent_runs, args.max_runs)
@@ -312,10 +328,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "select":
         return stages.select_stage(cfg, _existing(args.sft, "SFT directory"), args.out)
     if args.command == "self-improve":
-        cfg = _with_seed(cfg, args.seed)
+        cfg = practice_config(_with_seed(cfg, args.seed), args.practice_domain)
         out = stages.self_improve_stage(cfg, _existing(args.select, "select directory"), args.out, progress=progress)
         return {k: v for k, v in out.items() if k != "rounds"}
     if args.command == "evaluate":
+        cfg = practice_config(cfg, args.practice_domain)
         si = _existing(args.self_improve, "self-improve directory") if args.self_improve else None
         data = _existing(args.dataset, "dataset") if args.dataset else None
         return stages.evaluate_stage(cfg, _existing(args.select, "select directory"), si, args.out, data,

@@ -340,6 +340,10 @@ class SelfImproveConfig:
     num_actors: int = 1
     runtime: Literal["single_process", "ray"] = "single_process"
     freeze: tuple[str, ...] = ("vision_encoder",)  # module names kept frozen in Stage 2
+    # Tabletop: the task families practised and evaluated (the paper's Block2Block); () = all.
+    task_families: tuple[str, ...] = ()
+    # Practice in other domains from the same Stage-1 checkpoints (Section 4.3.2: BananaTable).
+    transfer_domains: tuple[str, ...] = ()
     keep_best_round: bool = True  # success is not monotone (Section 6): keep the best round
     seed: int = 0
 
@@ -358,6 +362,11 @@ class SelfImproveConfig:
         _check(self.num_actors > 0, "self_improve.num_actors", self.num_actors, "> 0")
         _check(self.runtime in ("single_process", "ray"), "self_improve.runtime", self.runtime,
                "single_process or ray")
+        for f in self.task_families:
+            _check(f in TABLETOP_TASK_FAMILIES, "self_improve.task_families", self.task_families,
+                   f"each in {TABLETOP_TASK_FAMILIES}")
+        for d in self.transfer_domains:
+            _check(d in DOMAINS, "self_improve.transfer_domains", self.transfer_domains, f"each in {DOMAINS}")
 
     @property
     def samples_per_round(self) -> int:
@@ -403,6 +412,10 @@ class RunConfig:
                f"the instruction objective needs a vision-language model, not {self.model.variant!r}")
         _check(self.sft.batch_size % len(self.sft.objectives) == 0, "sft.batch_size", self.sft.batch_size,
                "divisible by the number of objectives")
+        for d in self.self_improve.transfer_domains:
+            _check(d != self.domain and (d in INSTRUCTION_GOAL_DOMAINS) == (self.domain in INSTRUCTION_GOAL_DOMAINS),
+                   "self_improve.transfer_domains", self.self_improve.transfer_domains,
+                   f"other domains with the same observations and goals as {self.domain!r}")
 
     @property
     def domain(self) -> str:
@@ -468,6 +481,21 @@ def check_trainable(cfg: RunConfig) -> None:
            f"({sorted(k for k, v in MODEL_VARIANTS.items() if isinstance(v, TransformerVariant))})")
 
 
+def practice_config(cfg: RunConfig, domain: str = "") -> RunConfig:
+    """The config Self-Improvement and its evaluation run with: in `domain` ("" = the data's
+    domain, else one of self_improve.transfer_domains) and on the task families practised."""
+    if domain and domain != cfg.domain:
+        _check(domain in cfg.self_improve.transfer_domains, "practice domain", domain,
+               f"one of self_improve.transfer_domains {cfg.self_improve.transfer_domains}")
+        cfg = cfg.replace(env=dataclasses.replace(cfg.env, domain=domain),
+                          self_improve=dataclasses.replace(cfg.self_improve, transfer_domains=()))
+    families = cfg.self_improve.task_families
+    if cfg.domain == "tabletop" and families:
+        cfg = cfg.replace(env=dataclasses.replace(
+            cfg.env, tabletop=dataclasses.replace(cfg.env.tabletop, task_families=families)))
+    return cfg
+
+
 def debug_config(domain: str = "pointmass") -> RunConfig:
     """A seconds-long run: tiny data, tiny model, a few updates. For tests."""
     base = default_config(domain)
@@ -493,4 +521,6 @@ def default_config(domain: str = "pointmass") -> RunConfig:
         tokenizer=TokenizerConfig(steps_to_go_bins=50, text_tokens=64),
         model=ModelConfig(variant="vl-cpu"),
         sft=SftConfig(objectives=OBJECTIVES, batch_size=48, shuffle_buffer=8000),
+        self_improve=SelfImproveConfig(task_families=("block2block",) if domain == "tabletop" else (),
+                                       transfer_domains=("bananatable",) if domain == "tabletop" else ()),
     )

@@ -101,9 +101,12 @@ def _on_cpu(task: dsl.PipelineTask, resources: VertexResources | None) -> dsl.Pi
 
 def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                              name: str = PIPELINE_NAME, target: Target = "local",
-                             resources: VertexResources | None = None) -> Callable[..., Any]:
+                             resources: VertexResources | None = None,
+                             transfer_domains: Sequence[str] = ()) -> Callable[..., Any]:
     """A pipeline function with one branch per (seed, fraction); its parameter is `config_json`
-    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use.
+    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use. Each branch
+    also self-improves in `transfer_domains` (the config's self_improve.transfer_domains) from
+    its selected checkpoints.
 
     target "vertex" runs SFT as a TPU custom job and sizes the other steps by `resources`
     (default `VertexResources()`); "local" uses plain components that kfp.local can run.
@@ -139,23 +142,28 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
             sft = _configure(sft_op(train=sub.outputs["train"], validation=sub.outputs["validation"],
                                     **common, **job), "sft", f"sft-{b}")
             sel = _configure(stages.select(sft_model=sft.outputs["model"], **common), "select", f"select-{b}")
-            si = _configure(stages.self_improve(selected=sel.outputs["model"], **common), "self_improve",
-                            f"self-improve-{b}")
-            if resources is not None and resources.self_improve_accelerator_type:
-                si.set_accelerator_type(resources.self_improve_accelerator_type).set_accelerator_limit(
-                    resources.self_improve_accelerator_count)
-            ev = _configure(stages.evaluate(episodes=data.outputs["episodes"], train=sub.outputs["train"],
-                                            selected=sel.outputs["model"], improved=si.outputs["model"], **common),
-                            "evaluate", f"evaluate-{b}")
-            final = i == len(branches) - 1
-            if summary is None:
-                rep = stages.report(result=ev.outputs["result"], final=final, **track)
-            else:
-                rep = stages.report_append(previous=summary, result=ev.outputs["result"], final=final, **track)
-            rep = _configure(rep, "report", f"report-{b}")
-            for task in (sub, sel, si, ev, rep):
-                _on_cpu(task, resources)
-            summary = rep.outputs["summary"]
+            _on_cpu(sub, resources)
+            _on_cpu(sel, resources)
+            for domain in ("", *transfer_domains):  # the data's domain, then transfer (Section 4.3.2)
+                name = f"{b}-{domain}" if domain else b
+                si = _configure(stages.self_improve(selected=sel.outputs["model"], practice_domain=domain, **common),
+                                "self_improve", f"self-improve-{name}")
+                if resources is not None and resources.self_improve_accelerator_type:
+                    si.set_accelerator_type(resources.self_improve_accelerator_type).set_accelerator_limit(
+                        resources.self_improve_accelerator_count)
+                ev = _configure(stages.evaluate(episodes=data.outputs["episodes"], train=sub.outputs["train"],
+                                                selected=sel.outputs["model"], improved=si.outputs["model"],
+                                                practice_domain=domain, **common),
+                                "evaluate", f"evaluate-{name}")
+                final = i == len(branches) - 1 and domain == ("", *transfer_domains)[-1]
+                if summary is None:
+                    rep = stages.report(result=ev.outputs["result"], final=final, **track)
+                else:
+                    rep = stages.report_append(previous=summary, result=ev.outputs["result"], final=final, **track)
+                rep = _configure(rep, "report", f"report-{name}")
+                for task in (si, ev, rep):
+                    _on_cpu(task, resources)
+                summary = rep.outputs["summary"]
         return summary
 
     return experiment_pipeline
@@ -163,10 +171,10 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
 
 def compile_pipeline(path: str | Path, fractions: Sequence[float], seeds: Sequence[int],
                      name: str = PIPELINE_NAME, target: Target = "local",
-                     resources: VertexResources | None = None) -> Path:
+                     resources: VertexResources | None = None, transfer_domains: Sequence[str] = ()) -> Path:
     """Writes the pipeline spec (YAML): target "local" for any KFP backend, "vertex" for
     Vertex AI Pipelines with SFT on TPU."""
-    pipeline = make_experiment_pipeline(fractions, seeds, name, target, resources)
+    pipeline = make_experiment_pipeline(fractions, seeds, name, target, resources, transfer_domains)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(path))

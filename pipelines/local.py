@@ -55,7 +55,8 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     check_trainable(config)
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    pipeline = make_experiment_pipeline(config.data.fractions if fractions is None else fractions, seeds)
+    pipeline = make_experiment_pipeline(config.data.fractions if fractions is None else fractions, seeds,
+                                        transfer_domains=config.self_improve.transfer_domains)
     if tracking_uri is None:
         tracking_uri = local_store(out)
         # The experiment is made here so that its artifacts live beside the database; tasks

@@ -311,11 +311,12 @@ def execute(request: Mapping[str, Any], client_factory: Callable[[], VertexClien
 
 
 def compile_for_vertex(path: str | Path, fractions: Sequence[float], seeds: Sequence[int],
-                       resources: VertexResources | None = None) -> Path:
+                       resources: VertexResources | None = None, transfer_domains: Sequence[str] = ()) -> Path:
     """The experiment pipeline with SFT as a TPU custom job and sized CPU steps."""
     from efm.pipelines.experiment import compile_pipeline
 
-    return compile_pipeline(path, fractions, seeds, target="vertex", resources=resources or VertexResources())
+    return compile_pipeline(path, fractions, seeds, target="vertex", resources=resources or VertexResources(),
+                            transfer_domains=transfer_domains)
 
 
 def submit(vertex: VertexConfig, template_path: str | Path, config: RunConfig | str, *,

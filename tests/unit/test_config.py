@@ -10,6 +10,7 @@ import pytest
 from efm.config import (
     DataConfig,
     EnvConfig,
+    ModelConfig,
     RunConfig,
     SelectConfig,
     SelfImproveConfig,
@@ -96,3 +97,32 @@ def test_flat_has_dotted_keys() -> None:
 
 def test_samples_per_round() -> None:
     assert SelfImproveConfig(batch_size=16, updates_per_round=3).samples_per_round == 48
+
+
+def test_practice_config_restricts_tasks_and_switches_domain() -> None:
+    from efm.config import practice_config
+
+    cfg = default_config("tabletop")
+    assert cfg.self_improve.task_families == ("block2block",) and cfg.self_improve.transfer_domains == ("bananatable",)
+    own = practice_config(cfg)
+    assert own.domain == "tabletop" and own.env.tabletop.task_families == ("block2block",)
+    assert cfg.env.tabletop.task_families != ("block2block",)  # Stage-1 data keeps every family
+    banana = practice_config(cfg, "bananatable")
+    assert banana.domain == "bananatable" and banana.model == cfg.model
+    with pytest.raises(ValueError, match="practice domain"):
+        practice_config(cfg, "pointmass")
+    with pytest.raises(ValueError, match="transfer_domains"):
+        cfg.replace(self_improve=dataclasses.replace(cfg.self_improve, transfer_domains=("pointmass",)))
+    with pytest.raises(ValueError, match="task_families"):
+        dataclasses.replace(cfg.self_improve, task_families=("block2moon",))
+
+
+def test_vision_language_config_needs_text_and_vice_versa() -> None:
+    cfg = default_config("tabletop")
+    with pytest.raises(ValueError, match=r"tokenizer\.text_tokens"):
+        cfg.replace(tokenizer=dataclasses.replace(cfg.tokenizer, text_tokens=0))
+    with pytest.raises(ValueError, match="instruction objective"):
+        debug_config().replace(sft=dataclasses.replace(debug_config().sft, objectives=("bc", "steps_to_go", "instruction"),
+                                                      batch_size=48))
+    with pytest.raises(ValueError, match=r"model\.init_path"):
+        ModelConfig(variant="vl-tiny", init="big_vision")
