@@ -383,12 +383,14 @@ class EvalConfig:
     num_episodes: int = 200
     num_envs: int = 50
     plot_episodes: int = 12
+    strip_frames: int = 8  # frames in the steps-to-go strips of camera domains (Figures 2-3)
     seed: int = 12345
 
     def __post_init__(self) -> None:
         _check(self.num_episodes > 0, "eval.num_episodes", self.num_episodes, "> 0")
         _check(self.num_envs > 0, "eval.num_envs", self.num_envs, "> 0")
         _check(self.plot_episodes >= 0, "eval.plot_episodes", self.plot_episodes, ">= 0")
+        _check(self.strip_frames >= 1, "eval.strip_frames", self.strip_frames, ">= 1")
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+import numpy as np
+
 from efm import checkpoints
 from efm.config import RunConfig, check_trainable
 from efm.data import rlds, subsample
+from efm.data.features import InputSpec
 from efm.domains import make_demonstrator, make_env
 from efm.envs.base import Episode
 from efm.envs.render import RGB, write_episodes_gif
 from efm.evaluation.evaluate import episode_metrics, evaluate_policy
-from efm.evaluation.plots import plot_curves, plot_trajectories
-from efm.models.efm import make_functions
+from efm.evaluation.plots import plot_curves, plot_steps_to_go_strip, plot_trajectories
+from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.progress import progress_bar
 from efm.rollout import rollout
@@ -186,12 +190,32 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
         metrics[f"{name}_success_detector"] = detector
         panels[{"sft": "SFT (Stage 1)", "self_improved": "Self-Improved (Stage 2)"}[name]] = first_per_env(episodes)[:k]
     metrics["success_detector"] = metrics[f"{'self_improved' if 'self_improved' in policies else 'sft'}_success_detector"]
+    if k and RGB in next(iter(panels.values()))[0].observations:
+        write_camera_figures(fns, reward, panels, out, cfg.eval.strip_frames)
     if cfg.domain == "pointmass" and k:
         pm = cfg.env.pointmass
         plot_trajectories(panels, out / TRAJECTORIES, success_radius=pm.success_radius,
                           arena_half_size=pm.arena_half_size)
     _write_json(out / METRICS, metrics)
     return metrics
+
+
+def write_camera_figures(fns: EFMFunctions, reward: Any, panels: dict[str, list[Episode]], out: Path,
+                         num_frames: int) -> None:
+    """Per panel (dataset, SFT, Self-Improved): a captioned GIF of its episodes and a Figure 2-3
+    steps-to-go strip of its first episode under the frozen reward model."""
+    spec = InputSpec(fns.vocab.text)
+    bins = fns.vocab.steps_to_go.bin_values()
+    for title, episodes in panels.items():
+        slug = title.split(" (")[0].lower().replace("-", "_").replace(" ", "_")
+        write_episodes_gif(episodes, out / f"episodes_{slug}.gif")
+        episode = episodes[0]
+        steps = np.unique(np.linspace(0, episode.length, min(num_frames, episode.length + 1)).round().astype(int))
+        inputs = {k: jnp.asarray(v[steps]) for k, v in spec.episode_inputs(episode).items()}
+        probs = np.exp(np.asarray(fns.steps_to_go_log_probs(reward, inputs)))
+        plot_steps_to_go_strip(episode.observations[RGB][steps], probs, bins, probs @ bins,
+                               out / f"steps_to_go_{slug}.png", f"{title}: {episode.instruction}",
+                               steps=list(steps), success=episode.success)
 
 
 def first_per_env(episodes: list[Episode]) -> list[Episode]:

@@ -73,13 +73,18 @@ class EFMFunctions:
         return math.token_log_likelihood(logits, action_tokens, self._valid("bc", la), jnp.ones((b, la)))
 
     @partial(jax.jit, static_argnums=0)
-    def steps_to_go(self, params: dict, inputs: Inputs) -> jax.Array:
-        """Eq. 1: d(o, g) for a batch, from one forward pass. [B]"""
+    def steps_to_go_log_probs(self, params: dict, inputs: Inputs) -> jax.Array:
+        """The predicted steps-to-go distribution over the bins, one forward pass. [B, K]"""
         b = next(iter(inputs.values())).shape[0]
         objective = jnp.full((b,), OBJECTIVE_ID["steps_to_go"], jnp.int32)
         logits = self.model.apply({"params": params}, inputs, objective, method="first_logits")
         off, n = self.vocab.steps_to_go_offset, self.vocab.steps_to_go.vocab_size
-        log_probs = jax.nn.log_softmax(logits[:, off:off + n], axis=-1)
+        return jax.nn.log_softmax(logits[:, off:off + n], axis=-1)
+
+    @partial(jax.jit, static_argnums=0)
+    def steps_to_go(self, params: dict, inputs: Inputs) -> jax.Array:
+        """Eq. 1: d(o, g) for a batch. [B]"""
+        log_probs = self.steps_to_go_log_probs(params, inputs)
         return math.expected_steps_to_go(log_probs, jnp.asarray(self.vocab.steps_to_go.bin_values()))
 
     def _decode(self, params: dict, inputs: Inputs, objective_name: str, length: int, rng: jax.Array,

@@ -64,3 +64,33 @@ def plot_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_steps_to_go_strip(frames: np.ndarray, probs: np.ndarray, bin_values: np.ndarray, d: np.ndarray,
+                           path: str | Path, title: str, *, steps: Sequence[int] | None = None,
+                           success: bool | None = None) -> Path:
+    """Figures 2-3: an episode's frames, each with the predicted steps-to-go distribution and
+    d(o, g) under it. frames [N, H, W, 3], probs [N, K], d [N]; `steps` label the frames."""
+    n = len(frames)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 3.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.1, 1.0]})
+    top = float(probs.max()) * 1.1
+    width = float(bin_values[1] - bin_values[0]) if len(bin_values) > 1 else 1.0
+    for i in range(n):
+        ax = axes[0, i]
+        ax.imshow(frames[i])
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_title(f"t = {steps[i] if steps is not None else i}", fontsize=8)
+        ax = axes[1, i]
+        ax.bar(bin_values, probs[i], width=width, color="tab:blue")
+        ax.axvline(d[i], color="tab:red", lw=1)
+        ax.set_ylim(0, top)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel(f"d(o, g) = {d[i]:.1f}", fontsize=8)
+    outcome = "" if success is None else ("  (success)" if success else "  (failure)")
+    fig.suptitle(title + outcome, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
