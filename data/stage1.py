@@ -70,7 +70,10 @@ def _episodes(directory: str | os.PathLike[str], split: str | None, layout_only:
     if layout_only:
         return tf.data.Dataset.range(0), layout
     decoders = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in layout.image_shapes}}}
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    # No TFDS auto-cache: it would hold a small dataset's encoded episodes in memory (and warn
+    # when a partial read drops it); memory must stay bounded by the shuffle buffers.
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                            read_config=tfds.ReadConfig(try_autocache=False))
     if shard[0] > 1:  # multi-host: each process reads its own episodes
         ds = ds.shard(*shard)
     if shuffle_seed is not None:  # datasets are stored in order: mix episodes, then samples
