@@ -219,8 +219,8 @@ MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
     "vl-tiny": TransformerVariant(patch=(18, 32), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,
                                   width=32, depth=1, heads=2, head_dim=16, mlp=64),
     # the 2-core CPU benchmarks: 4x4 = 16 tokens per 72x128 frame
-    "vl-cpu": TransformerVariant(patch=(18, 32), vit_width=128, vit_depth=2, vit_heads=4, vit_mlp=256,
-                                 width=192, depth=4, heads=4, head_dim=48, mlp=512),
+    "vl-cpu": TransformerVariant(patch=(18, 32), vit_width=96, vit_depth=1, vit_heads=4, vit_mlp=192,
+                                 width=128, depth=3, heads=4, head_dim=32, mlp=384),
     # accelerators: 6x8 = 48 tokens per frame
     "vl-base": TransformerVariant(patch=(12, 16), vit_width=384, vit_depth=6, vit_heads=6, vit_mlp=1536,
                                   width=512, depth=8, heads=8, head_dim=64, mlp=2048),

@@ -53,22 +53,46 @@ def split_inputs(batch: Batch) -> tuple[dict[str, Any], Batch]:
     return inputs, rest
 
 
-def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict) -> jax.Array:
-    """Negative log-likelihood per sample; the auxiliary instruction's is per token, so a
-    40-byte instruction weighs like one output rather than forty. [B]"""
+def target_length(fns: EFMFunctions, objective: str) -> int:
+    """Output tokens an objective has (batches pad every objective to the longest)."""
+    vocab = fns.vocab
+    return {"bc": vocab.action.num_tokens, "steps_to_go": 1,
+            "instruction": vocab.text.length if vocab.text is not None else 0}[objective]
+
+
+def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, length: int | None = None) -> jax.Array:
+    """Negative log-likelihood per sample of the first `length` output tokens; the auxiliary
+    instruction's is per token, so a 40-byte instruction weighs like one output rather than
+    forty. [B]"""
     inputs, rest = split_inputs(batch)
-    nll = -fns.log_likelihood(params, inputs, rest["objective"], rest["targets"], rest["target_mask"])
+    targets, mask = rest["targets"][:, :length], rest["target_mask"][:, :length]
+    nll = -fns.log_likelihood(params, inputs, rest["objective"], targets, mask)
     per_token = rest["objective"] == OBJECTIVE_ID["instruction"]
-    return nll / jnp.where(per_token, jnp.maximum(jnp.sum(rest["target_mask"], axis=-1), 1.0), 1.0)
+    return nll / jnp.where(per_token, jnp.maximum(jnp.sum(mask, axis=-1), 1.0), 1.0)
+
+
+def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple[str, ...]) -> dict[str, jax.Array]:
+    """Per-sample NLL of each objective's share of a training batch (B / K samples each).
+
+    The batch is grouped by objective (a stable sort: its layout across hosts does not matter)
+    and each group decodes only its own outputs: 4 action tokens, not the 64 an instruction has.
+    """
+    names = sorted(objectives, key=OBJECTIVE_ID.__getitem__)
+    per = batch["objective"].shape[0] // len(names)
+    order = jnp.argsort(batch["objective"], stable=True)
+    out = {}
+    for j, name in enumerate(names):
+        group = {k: v[order[j * per:(j + 1) * per]] for k, v in batch.items()}
+        out[name] = _per_sample_nll(fns, params, group, target_length(fns, name))
+    return out
 
 
 def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, objectives: tuple[str, ...],
                     mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
     def loss_fn(params: Any, batch: dict) -> tuple[jax.Array, dict]:
-        nll = _per_sample_nll(fns, params, batch)
-        is_ = {name: batch["objective"] == OBJECTIVE_ID[name] for name in objectives}
-        metrics = {f"train/{name}_loss": jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1) for name, m in is_.items()}
-        return jnp.mean(nll), metrics
+        nll = objective_nll(fns, params, batch, objectives)
+        metrics = {f"train/{name}_loss": jnp.mean(v) for name, v in nll.items()}
+        return jnp.mean(jnp.concatenate(list(nll.values()))), metrics
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
@@ -93,7 +117,10 @@ def _pad(batch: Batch, size: int) -> Batch:
 def make_validation_losses(fns: EFMFunctions, data: Stage1Data, cfg: SftConfig, mesh: jax.sharding.Mesh,
                            ) -> Callable[[Any, str | os.PathLike[str]], dict[str, float]]:
     """Mean negative log-likelihood per objective over a whole validation split."""
-    nll_fn = jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b)), out_shardings=sharding.replicated(mesh))
+    def summed(length: int) -> Callable:
+        return jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b, length)), out_shardings=sharding.replicated(mesh))
+
+    nll_fns = {name: summed(target_length(fns, name)) for name in cfg.objectives}
     size = -(-cfg.validation_batch_size // mesh.size) * mesh.size
 
     def validation_losses(params: Any, directory: str | os.PathLike[str]) -> dict[str, float]:
@@ -102,7 +129,7 @@ def make_validation_losses(fns: EFMFunctions, data: Stage1Data, cfg: SftConfig, 
             total, count = 0.0, 0
             for batch in data.validation(directory, name):
                 count += len(batch["objective"])
-                total += float(nll_fn(params, sharding.put_batch(mesh, _pad(batch, size))))
+                total += float(nll_fns[name](params, sharding.put_batch(mesh, _pad(batch, size))))
             out[f"val/{name}_loss"] = total / max(count, 1)
         return out
 

@@ -11,7 +11,14 @@ import pytest
 
 from efm.config import debug_config, practice_config
 from efm.envs.tabletop import parse_instruction
-from efm.stages import dataset_stage, evaluate_stage, select_stage, self_improve_stage, sft_stage, subsample_stage
+from efm.stages import (
+    dataset_stage,
+    evaluate_stage,
+    select_stage,
+    self_improve_stage,
+    sft_stage,
+    subsample_stage,
+)
 
 
 @pytest.fixture(scope="module")
