@@ -76,12 +76,13 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
         steps += 1
     assert steps == branches
     # the data gate runs after the dataset and before every branch (so before any training)
-    gate = tasks["validate"]
-    assert gate.inputs.artifacts["episodes"].task_output_artifact.producer_task == "dataset"
-    assert gate.inputs.parameters["seeds"].runtime_value.constant == " ".join(map(str, seeds))
+    key = {t.task_info.name: k for k, t in tasks.items()}
+    gate = tasks[key["validate"]]
+    assert gate.inputs.artifacts["episodes"].task_output_artifact.producer_task == key["dataset"]
+    assert gate.inputs.parameters["seeds"].runtime_value.constant.string_value == " ".join(map(str, seeds))
     for f in fractions:
         for s in seeds:
-            assert "validate" in tasks[f"subsample-f{f:g}-s{s}"].dependent_tasks
+            assert key["validate"] in tasks[key[f"subsample-f{f:g}-s{s}"]].dependent_tasks
 
 
 def test_invalid_fan_out_is_rejected() -> None:
