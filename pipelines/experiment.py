@@ -1,5 +1,6 @@
-"""The experiment as a KFP pipeline: dataset, then per seed and data fraction a branch
-subsample -> sft -> select -> self_improve -> evaluate, then the report.
+"""The experiment as a KFP pipeline: dataset, the data validation gate (validate), then per
+seed and data fraction a branch subsample -> sft -> select -> self_improve -> evaluate, then the
+report.
 
 kfp 2.13 runs neither dsl.ParallelFor nor dsl.If locally, so branches are unrolled with plain
 Python loops when the pipeline is defined: `make_experiment_pipeline` takes the fractions and
