@@ -33,6 +33,7 @@ fail the gate.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import itertools
@@ -682,6 +683,11 @@ class ValidationReport:
         lines += [f"  not checked: {s}" for s in self.skipped]
         return "\n".join(lines)
 
+    def accepting(self, accept: Sequence[str]) -> ValidationReport:
+        """The same report with the anomalies that `accept` names marked accepted."""
+        marked = [dataclasses.replace(a, accepted=a.accepted or is_accepted(a.name, accept)) for a in self.anomalies]
+        return dataclasses.replace(self, anomalies=marked)
+
     def to_json(self) -> dict[str, Any]:
         return {"domain": self.domain, "path": self.path, "ok": self.ok, "counts": self.counts,
                 "seconds": self.seconds, "skipped": self.skipped,
@@ -853,9 +859,8 @@ def validate_dataset(
     # the reference statistics, so drift compares like with like.
     stats = compute_statistics(directory, stats_dir, slices, settings, make_pipeline=make_pipeline)
     found, skipped = validate_statistics(stats, schemas, reference, pairs)
-    anomalies = [Anomaly(**{**a.__dict__, "accepted": is_accepted(a.name, accept)}) for a in found]
-    report = ValidationReport(domain, str(directory), anomalies, dataset_counts(stats), time.time() - t0,
-                              skipped)
+    report = ValidationReport(domain, str(directory), found, dataset_counts(stats), time.time() - t0,
+                              skipped).accepting(accept)
     write_report(report, stats, reference, out)
     return report
 
@@ -1038,6 +1043,16 @@ def run_validation(cfg: Any, dataset_dir: str | os.PathLike[str], out_dir: str |
     return validate_dataset(dataset_dir, cfg.domain, out_dir, accept=v.accept,
                             settings=beam_settings(v, temp_root, job_name), branches=branches,
                             schema_root=schema_root, make_pipeline=make_pipeline)
+
+
+def on_dataflow_of(cfg: Any, project: str, region: str) -> Any:
+    """`cfg` whose Dataflow validation (if that is its runner) runs in `project`/`region` unless
+    set: `efm submit`/`schedule` pass the pipeline's own."""
+    v = cfg.validation
+    if v.runner != "DataflowRunner":
+        return cfg
+    return cfg.replace(validation=dataclasses.replace(
+        v, dataflow_project=v.dataflow_project or project, dataflow_region=v.dataflow_region or region))
 
 
 def schema_rules(cfg: Any) -> SchemaRules:

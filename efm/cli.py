@@ -253,9 +253,9 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
         labels=_labels(args.label), resources=_resources(args), tracking_uri=args.tracking_uri)
     if args.command == "schedule":
         vertex.validate_cron(args.cron)
-    if cfg.validation.runner == "DataflowRunner":  # the validate step's Dataflow job runs where the pipeline does
-        cfg = cfg.replace(validation=replace(cfg.validation, dataflow_project=cfg.validation.dataflow_project or args.project,
-                                             dataflow_region=cfg.validation.dataflow_region or args.region))
+    from efm.data.validation import on_dataflow_of
+
+    cfg = on_dataflow_of(cfg, args.project, args.region)  # a Dataflow validation runs where the pipeline does
     with tempfile.TemporaryDirectory(prefix="efm-vertex-") as tmp:
         if args.out:
             out = Path(args.out)

@@ -110,6 +110,9 @@ def test_injected_anomalies_are_caught_by_name(schema_root: Path, tmp_path: Path
     assert not report.ok
     assert expected <= {a.name for a in report.failed}, report.summary()
     assert all(e in report.summary() for e in expected)
+    # known drift, accepted by name, prefix or glob: reported, but passes
+    accepted = report.accepting(["steps:action", "steps:observation/*", "episodes:length:INT_TYPE_SMALL_INT"])
+    assert accepted.ok and len(accepted.anomalies) == len(report.anomalies) and "(accepted)" in accepted.summary()
     page = (tmp_path / "report" / validation.REPORT_HTML).read_text()
     assert all(e in page for e in expected) and "FAILED" in page
     assert set(json.loads((tmp_path / "report" / validation.REPORT_JSON).read_text())["failed"]) >= expected
@@ -209,39 +212,72 @@ def test_dataflow_options_are_built_from_the_config_and_the_step(tmp_path: Path)
         ValidationConfig(runner="SparkRunner")
 
 
-def test_submit_passes_project_and_region_to_a_dataflow_validation(tmp_path: Path) -> None:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = main(["submit", "--project", "my-project", "--region", "us-central1", "--pipeline-root",
-                     "gs://bucket/efm", "--fractions", "0.5", "--dry-run", "--out", str(tmp_path / "p.yaml"),
-                     "--config", '{"validation": {"runner": "DataflowRunner"}}'])
-    assert code == 0
-    text = out.getvalue()
-    config = json.loads(json.loads(text[text.index("{"):])["request"]["pipeline_job"]["parameter_values"]["config_json"])
-    assert config["validation"]["dataflow_project"] == "my-project"
-    assert config["validation"]["dataflow_region"] == "us-central1"
+def test_submit_passes_project_and_region_to_a_dataflow_validation() -> None:
+    cfg = debug_config().replace(validation=ValidationConfig(runner="DataflowRunner"))
+    v = validation.on_dataflow_of(cfg, "my-project", "us-central1").validation
+    assert (v.dataflow_project, v.dataflow_region) == ("my-project", "us-central1")
+    pinned = cfg.replace(validation=ValidationConfig(runner="DataflowRunner", dataflow_region="europe-west4"))
+    assert validation.on_dataflow_of(pinned, "p", "us-central1").validation.dataflow_region == "europe-west4"
+    assert validation.on_dataflow_of(debug_config(), "p", "r") == debug_config()  # DirectRunner: unchanged
 
 
-def test_the_gate_exits_0_on_the_domain_schema_and_2_with_named_anomalies(tmp_path: Path) -> None:
-    """`efm data validate` against the repository's reviewed pointmass schema."""
+@pytest.fixture(scope="module")
+def pointmass(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A clean debug pointmass dataset, and a copy whose first episodes have a wrong action scale."""
     from efm.stages import dataset_stage
 
-    clean = tmp_path / "clean"
-    dataset_stage(debug_config(), clean, progress=False)
+    tmp = tmp_path_factory.mktemp("pointmass")
+    dataset_stage(debug_config(), tmp / "clean", progress=False)
+    bad = list(rlds_io.iter_episodes(tmp / "clean"))
+    for e in bad[:3]:
+        e.actions = e.actions * 10.0
+    rlds_io.write_episodes(bad, tmp / "bad")
+    return {"clean": tmp / "clean", "bad": tmp / "bad"}
+
+
+def test_the_gate_exits_0_on_the_domain_schema_and_2_with_named_anomalies(pointmass: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """`efm data validate` against the repository's reviewed pointmass schema."""
     with redirect_stdout(io.StringIO()) as out, redirect_stderr(io.StringIO()):
-        assert main(["data", "validate", str(clean), "--domain", "pointmass", "--debug",
+        assert main(["data", "validate", str(pointmass["clean"]), "--domain", "pointmass", "--debug",
                      "--fractions", "0.5", "--seeds", "0", "--out", str(tmp_path / "report")]) == 0
     assert json.loads(out.getvalue())["ok"] is True
-    bad = [e for e in rlds_io.iter_episodes(clean)]
-    for e in bad[:3]:
-        e.actions = e.actions * 10.0  # a wrong action scale
-    rlds_io.write_episodes(bad, tmp_path / "bad")
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
-        assert main(["data", "validate", str(tmp_path / "bad"), "--domain", "pointmass", "--debug"]) == 2
+        assert main(["data", "validate", str(pointmass["bad"]), "--domain", "pointmass", "--debug"]) == 2
     assert "steps:action:FLOAT_TYPE_BIG_FLOAT" in err.getvalue()
-    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        assert main(["data", "validate", str(tmp_path / "bad"), "--domain", "pointmass", "--debug",
-                     "--accept", "steps:action"]) == 0
+
+
+def test_the_pipeline_step_fails_with_its_report_in_the_log_outputs_and_mlflow(
+        pointmass: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The validate component's body on a dataset with a wrong action scale (kfp artifacts as
+    plain objects, a local MLflow store)."""
+    from kfp.dsl import HTML, Artifact, Dataset, Metrics
+    from mlflow.tracking import MlflowClient
+
+    from efm.components import stages
+    from efm.components.tracking import RUN_ID, start_experiment
+    from efm.tracking import Tracker, local_artifacts, local_store
+
+    uri = local_store(tmp_path)
+    Tracker(uri, artifact_location=local_artifacts(tmp_path))
+    cfg = debug_config()
+    parent = start_experiment(cfg, uri, "run-1", "f0.5-s0")
+    art = {n: cls(name=n, uri=str(tmp_path / "kfp" / n)) for n, cls in
+           (("statistics", Artifact), ("page", HTML), ("facets", HTML), ("metrics", Metrics))}
+    (tmp_path / "kfp").mkdir()
+    episodes = Dataset(name="episodes", uri=str(pointmass["bad"]), metadata={RUN_ID: ""})
+    with pytest.raises(validation.ValidationError, match="steps:action:FLOAT_TYPE_BIG_FLOAT"):
+        stages.validate.python_func(config_json=cfg.to_json(), episodes=episodes, fractions="0.5", seeds="0",
+                                    tracking_uri=uri, parent_run_id=parent, kfp_run="run-1", kfp_task="validate",
+                                    **art)
+    assert "steps:action:FLOAT_TYPE_BIG_FLOAT" in capsys.readouterr().out  # the step's log
+    assert "steps:action:FLOAT_TYPE_BIG_FLOAT" in Path(art["page"].path).read_text()  # its KFP outputs
+    assert art["statistics"].metadata["ok"] is False and art["metrics"].metadata["validation.anomalies"] >= 1
+    assert (Path(art["statistics"].path) / "steps_stats.pb").is_file()
+    client = MlflowClient(uri)  # and MLflow: a failed run with the report
+    run = client.get_run(art["statistics"].metadata[RUN_ID])
+    assert run.info.status == "FAILED" and run.data.metrics["validation.anomalies"] >= 1
+    assert {"validation.html", "validation.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_languagetable_import_reports_clipping_and_refuses_a_wrong_scale(tmp_path: Path,
