@@ -31,7 +31,9 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "validation_time.json"
 BASELINE = Path(__file__).parent / "results" / "efm_run_time.json"
 EFM = Path(sys.executable).with_name("efm")
-_TIME = re.compile(r"(\d\d:\d\d:\d\d\.\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"(\d\d:\d\d:\d\d\.\d+) - INFO - Executing task '([^']+)'")
+_END = re.compile(r"(\d\d:\d\d:\d\d\.\d+) - INFO - Task '([^']+)' finished")
 
 
 def _save(part: str, result: dict) -> None:
@@ -41,31 +43,51 @@ def _save(part: str, result: dict) -> None:
     RESULTS.write_text(json.dumps(results, indent=1))
 
 
-def _task_seconds(log: str, task: str) -> float | None:
-    """Wall time of a kfp.local task from the timestamps of its first and last log lines."""
-    stamps = [datetime.strptime(m.group(1)[:12], "%H:%M:%S.%f") for line in log.splitlines()
-              if f"'{task}'" in line and (m := _TIME.search(line))]
-    return (stamps[-1] - stamps[0]).total_seconds() if len(stamps) >= 2 else None
+def task_seconds(log: str) -> dict[str, float]:
+    """Wall time of every kfp.local task, from its "Executing task" and "finished" log lines."""
+    starts, out = {}, {}
+    for line in _ANSI.sub("", log).splitlines():
+        if m := _START.match(line):
+            starts[m.group(2)] = datetime.strptime(m.group(1)[:12], "%H:%M:%S.%f")
+        elif (m := _END.match(line)) and m.group(2) in starts:
+            end = datetime.strptime(m.group(1)[:12], "%H:%M:%S.%f")
+            out[m.group(2)] = (end - starts[m.group(2)]).total_seconds()
+    return out
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
 
 
 def run_part(out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(EFM), "run", "--domain", "pointmass", "--fractions", "0.1", "--seeds", "7", "--out", str(out), "--quiet"]
-    t0 = time.time()
+    t0, load = time.time(), _load()
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     seconds = time.time() - t0
     log = proc.stdout + proc.stderr
     (out / "run.log").write_text(log)
+    _save("run", run_result(out, " ".join(["efm", *cmd[1:]]), seconds, [load, _load()]))
+
+
+def run_result(out: Path, command: str, seconds: float, load: list[float]) -> dict:
+    """The run part's figures, from the run's directory (its saved log and validation.json)."""
+    log = (out / "run.log").read_text()
     (report,) = out.glob("pipeline_root/*/validate/statistics/validation.json")
     validation = json.loads(report.read_text())
     baseline = json.loads(BASELINE.read_text())["seconds"] if BASELINE.is_file() else None
-    result = {"command": " ".join(["efm", *cmd[1:]]), "seconds": seconds, "cpus": os.cpu_count(),
-              "validate_task_seconds": _task_seconds(log, "validate"),
+    tasks = task_seconds(log)
+    share = tasks["validate"] / sum(tasks.values())
+    result = {"command": command, "seconds": seconds, "cpus": os.cpu_count(), "load_average_1min": load,
+              "task_seconds": tasks, "validate_task_seconds": tasks["validate"],
+              "validate_share_of_task_time": share,
               "validate_library_seconds": validation["seconds"], "validation_ok": validation["ok"],
-              "counts": validation["counts"], "baseline_seconds_without_validate": baseline}
-    _save("run", result)
-    print(f"efm run with validate: {seconds:.0f} s; the validate task {result['validate_task_seconds']} s "
-          f"(statistics and checks {validation['seconds']:.1f} s); before: {baseline and round(baseline)} s")
+              "counts": validation["counts"], "baseline_seconds_without_validate": baseline,
+              "estimate_seconds_added_to_baseline": baseline * share / (1 - share) if baseline else None}
+    print(f"efm run with validate: {seconds:.0f} s (load average {load}); the validate task "
+          f"{tasks['validate']:.0f} s, {share:.1%} of the tasks' time (statistics and checks "
+          f"{validation['seconds']:.1f} s); the run before the step: {baseline and round(baseline)} s")
+    return result
 
 
 def images_part(root: Path, episodes: int) -> None:
@@ -76,7 +98,7 @@ def images_part(root: Path, episodes: int) -> None:
                         "--quiet", "--overwrite"], check=True, stdout=subprocess.DEVNULL)
         print(f"generated {episodes} tabletop episodes in {time.time() - t0:.0f} s")
     cmd = [str(EFM), "data", "validate", str(data), "--domain", "tabletop", "--out", str(root / "report"), "--quiet"]
-    t0 = time.time()
+    t0, load = time.time(), _load()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.time() - t0
     if proc.returncode not in (0, 2):
@@ -86,6 +108,7 @@ def images_part(root: Path, episodes: int) -> None:
     result = {"command": " ".join(["efm", *cmd[1:]]), "exit_code": proc.returncode, "seconds": seconds,
               "library_seconds": report["seconds"], "episodes": report["counts"]["all"]["episodes"],
               "steps": steps, "steps_per_second": steps / report["seconds"], "cpus": os.cpu_count(),
+              "load_average_1min": [load, _load()],
               "anomalies": report["failed"]}
     _save(f"images_{episodes}", result)
     print(f"efm data validate, {episodes} tabletop image episodes ({steps} steps): {seconds:.0f} s "
