@@ -48,6 +48,44 @@ def dataset(config_json: str, tracking_uri: str, parent_run_id: str, episodes: O
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
+def validate(config_json: str, episodes: Input[Dataset], fractions: str, seeds: str, tracking_uri: str,
+             parent_run_id: str, statistics: Output[Artifact], page: Output[HTML], facets: Output[HTML],
+             metrics: Output[Metrics], kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+             kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
+    """The data gate (TFDV): statistics, schema anomalies, drift against the domain's reference
+    and the train/validation skew of every branch (`fractions`, `seeds`: space-separated).
+    Fails, before any subsampling or training, with the report in the log, in `statistics`
+    (validation.json, stats protos), `page` (tables and plots) and MLflow; `facets` is TFDV's
+    own page. Anomalies in `validation.accept` are reported but pass."""
+    import shutil
+    from pathlib import Path
+
+    from efm.components.tracking import stage_run
+    from efm.config import RunConfig
+    from efm.data.validation import FACETS_HTML, REPORT_HTML, ValidationError, run_validation
+
+    cfg = RunConfig.from_json(config_json)
+    with stage_run("validate", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [episodes], [statistics]) as run:
+        report = run_validation(cfg, episodes.path, statistics.path, [float(f) for f in fractions.split()],
+                                [int(s) for s in seeds.split()], temp_root=statistics.uri, job_name=kfp_run)
+        print(report.summary())
+        shutil.copyfile(Path(statistics.path) / REPORT_HTML, page.path)
+        shutil.copyfile(Path(statistics.path) / FACETS_HTML, facets.path)
+        scores = {"validation.anomalies": len(report.failed), "validation.accepted": len(report.anomalies) - len(report.failed),
+                  "validation.seconds": report.seconds}
+        run.log_metrics(scores)
+        run.log_params({"validation.accepted_anomalies": ",".join(a.name for a in report.anomalies if a.accepted)})
+        run.log_artifacts(statistics.path, "*.html")
+        run.log_artifacts(statistics.path, "*.json")
+        for k, v in scores.items():
+            metrics.log_metric(k, float(v))
+        statistics.metadata.update({"ok": report.ok, "anomalies": [a.name for a in report.failed],
+                                    "accepted": [a.name for a in report.anomalies if a.accepted]})
+        if not report.ok:
+            raise ValidationError(report)
+
+
+@dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed: int, tracking_uri: str,
               parent_run_id: str, train: Output[Dataset], validation: Output[Dataset],
               kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):

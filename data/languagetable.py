@@ -402,23 +402,46 @@ def import_languagetable(
     image_size: tuple[int, int] | None = (72, 128),
     limit: int | None = None,
     overwrite: bool = False,
+    max_clipped_fraction: float = 0.01,
 ) -> dict[str, Any]:
     """Converts a LanguageTable split into this project's RLDS format (streaming), ready for
     `efm subsample`: images resized to `image_size`, actions divided by `MAX_ACTION` into the
-    project's [-1, 1]. Returns the dataset statistics, also stored in its metadata."""
+    project's [-1, 1]. Returns the dataset statistics, also stored in its metadata.
+
+    Values that scaling leaves outside [-1, 1] are clipped and counted (`clipped` in the
+    statistics); if more than `max_clipped_fraction` of the action values had to be clipped,
+    the import fails naming the feature and writes nothing: a wrong action scale must not become
+    a dataset of saturated actions."""
+    if not 0 <= max_clipped_fraction <= 1:
+        raise ValueError(f"max_clipped_fraction must be in [0, 1], got {max_clipped_fraction!r}")
     count = {"episodes": 0, "steps": 0, "successes": 0}
+    clipped = {"values": 0, "total": 0, "max_abs": 0.0}
     metadata: dict[str, Any] = {"source": {"path": str(Path(source).absolute()), "format": DATASET_NAME,
                                            "split": split, "action_scale": 1.0 / MAX_ACTION,
                                            "image_size": list(image_size) if image_size else None}}
 
     def scaled() -> Iterator[Episode]:
         for e in read_languagetable(source, split, image_size, limit):
-            e.actions = np.clip(e.actions / MAX_ACTION, -1.0, 1.0).astype(np.float32)
+            scaled_actions = e.actions / MAX_ACTION
+            outside = np.abs(scaled_actions) > 1.0
+            clipped["values"] += int(outside.sum())
+            clipped["total"] += int(scaled_actions.size)
+            if scaled_actions.size:
+                clipped["max_abs"] = max(clipped["max_abs"], float(np.abs(scaled_actions).max()))
+            e.actions = np.clip(scaled_actions, -1.0, 1.0).astype(np.float32)
             count["episodes"] += 1
             count["steps"] += e.length
             count["successes"] += int(e.success)
             yield e
-        metadata["stats"] = {**count, "success_rate": count["successes"] / max(count["episodes"], 1)}
+        share = clipped["values"] / max(clipped["total"], 1)
+        if share > max_clipped_fraction:
+            raise DatasetError(
+                f"{source}: feature {ACTION!r}: {clipped['values']} of {clipped['total']} values "
+                f"({share:.1%}) lie outside [-1, 1] after scaling by 1/{MAX_ACTION} (largest "
+                f"{clipped['max_abs']:.3g}) and would be clipped, more than the allowed "
+                f"{max_clipped_fraction:.1%}: the action scale is wrong for this data")
+        metadata["stats"] = {**count, "success_rate": count["successes"] / max(count["episodes"], 1),
+                             "clipped": {ACTION: {**clipped, "fraction": share}}}
 
     rlds_io.write_episodes(scaled(), out_dir, metadata=metadata, overwrite=overwrite)
     return metadata["stats"]

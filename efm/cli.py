@@ -139,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image-size", type=int, nargs=2, default=[72, 128], metavar=("HEIGHT", "WIDTH"))
     q.add_argument("--limit", type=int, help="the first N episodes only")
     q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--max-clipped", type=float, default=0.01, metavar="SHARE",
+                   help="error if more than this share of action values is clipped into [-1, 1] (default 0.01)")
+    q = data_sub.add_parser("validate", help="TFDV statistics, schema anomalies, drift and skew of an RLDS "
+                            "dataset against its domain's schema (exit 2 with a report on anomalies)")
+    q.add_argument("path", help="an RLDS/TFDS dataset directory")
+    _add_common(q)
+    q.add_argument("--out", help="write statistics, validation.json, validation.html and facets.html here")
+    q.add_argument("--accept", nargs="+", default=[], metavar="ANOMALY",
+                   help="accept known drift: anomaly names, prefixes (steps:action) or globs (adds to validation.accept)")
+    q.add_argument("--fractions", type=float, nargs="+", help="with --seeds: train/validation skew of these branches")
+    q.add_argument("--seeds", type=int, nargs="+")
+    q.add_argument("--write-schema", action="store_true",
+                   help="infer the domain's schema and reference statistics from this (clean) dataset into "
+                        "data/schemas/DOMAIN/ instead of validating")
 
     p = sub.add_parser("ui", help="the MLflow UI on a run's local store (loopback only)")
     p.add_argument("--out", help="a run directory of efm run (its mlflow.db)")
@@ -254,6 +268,9 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
         labels=_labels(args.label), resources=_resources(args), tracking_uri=args.tracking_uri)
     if args.command == "schedule":
         vertex.validate_cron(args.cron)
+    from efm.data.validation import on_dataflow_of
+
+    cfg = on_dataflow_of(cfg, args.project, args.region)  # a Dataflow validation runs where the pipeline does
     with tempfile.TemporaryDirectory(prefix="efm-vertex-") as tmp:
         if args.out:
             out = Path(args.out)
@@ -287,6 +304,31 @@ def ui_command(out: str | None, tracking_uri: str | None, port: int) -> list[str
             "--host", "127.0.0.1", "--port", str(port)]
 
 
+def _validate_command(args: argparse.Namespace) -> dict:
+    """`efm data validate`: the report (JSON) on success; a ValidationError (exit 2) naming
+    every anomaly otherwise."""
+    import tempfile
+    from dataclasses import replace
+
+    from efm.data import validation
+
+    cfg = _config(args)
+    path = _existing(args.path, "dataset")
+    if args.write_schema:
+        return {"schema": str(validation.infer_and_write_schema(cfg, path))}
+    if args.accept:
+        cfg = cfg.replace(validation=replace(cfg.validation, accept=(*cfg.validation.accept, *args.accept)))
+    if bool(args.fractions) != bool(args.seeds):
+        raise ValueError("--fractions and --seeds go together (the branches whose skew is checked)")
+    with tempfile.TemporaryDirectory(prefix="efm-validate-") as tmp:
+        report = validation.run_validation(cfg, path, args.out or tmp, args.fractions or (), args.seeds or ())
+    if not report.ok:
+        raise validation.ValidationError(report)
+    if not args.quiet:
+        print(report.summary(), file=sys.stderr)
+    return report.to_json()
+
+
 def run(args: argparse.Namespace) -> dict:
     from dataclasses import replace
 
@@ -299,7 +341,10 @@ def run(args: argparse.Namespace) -> dict:
         from efm.data.languagetable import import_languagetable
 
         return import_languagetable(_existing(args.source, "LanguageTable dataset"), args.out, args.split,
-                                    tuple(args.image_size), args.limit, args.overwrite)
+                                    tuple(args.image_size), args.limit, args.overwrite,
+                                    max_clipped_fraction=args.max_clipped)
+    if args.command == "data" and args.data_command == "validate":
+        return _validate_command(args)
     if args.command == "data":
         from efm.data.inspect import inspect_dataset
 

@@ -393,6 +393,39 @@ class EvalConfig:
         _check(self.strip_frames >= 1, "eval.strip_frames", self.strip_frames, ">= 1")
 
 
+VALIDATION_RUNNERS = ("DirectRunner", "DataflowRunner")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """The data validation gate (TFDV) between the dataset and any training.
+
+    accept: anomalies accepted as known drift (a new domain, a deliberate change), by name
+    "<table>:<feature>:<TYPE>", a prefix such as "steps:action", a glob, or "*"; they are
+    reported and recorded in the run but do not fail the step. runner: where TFDV's Beam
+    pipeline runs (the DirectRunner in-process, or Dataflow in dataflow_project/region, which
+    `efm submit` fills in from its --project/--region).
+    """
+
+    enabled: bool = True
+    accept: tuple[str, ...] = ()
+    runner: str = "DirectRunner"
+    direct_num_workers: int = 1
+    dataflow_project: str = ""
+    dataflow_region: str = ""
+    dataflow_temp_location: str = ""  # gs://...; default: the pipeline root's dataflow/ folder
+    dataflow_max_workers: int = 0  # 0: Dataflow decides
+
+    def __post_init__(self) -> None:
+        _check(self.runner in VALIDATION_RUNNERS, "validation.runner", self.runner, f"one of {VALIDATION_RUNNERS}")
+        _check(self.direct_num_workers >= 1, "validation.direct_num_workers", self.direct_num_workers, ">= 1")
+        _check(self.dataflow_max_workers >= 0, "validation.dataflow_max_workers", self.dataflow_max_workers, ">= 0")
+        _check(not self.dataflow_temp_location or self.dataflow_temp_location.startswith("gs://"),
+               "validation.dataflow_temp_location", self.dataflow_temp_location, "gs://...")
+        for a in self.accept:
+            _check(isinstance(a, str) and a.strip() != "", "validation.accept", self.accept, "non-empty names")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -403,6 +436,7 @@ class RunConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     self_improve: SelfImproveConfig = field(default_factory=SelfImproveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
         _check(self.tokenizer.steps_to_go_max >= self.env.max_episode_steps, "tokenizer.steps_to_go_max",

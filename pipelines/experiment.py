@@ -1,5 +1,6 @@
-"""The experiment as a KFP pipeline: dataset, then per seed and data fraction a branch
-subsample -> sft -> select -> self_improve -> evaluate, then the report.
+"""The experiment as a KFP pipeline: dataset, the data validation gate (validate), then per
+seed and data fraction a branch subsample -> sft -> select -> self_improve -> evaluate, then the
+report.
 
 kfp 2.13 runs neither dsl.ParallelFor nor dsl.If locally, so branches are unrolled with plain
 Python loops when the pipeline is defined: `make_experiment_pipeline` takes the fractions and
@@ -40,14 +41,15 @@ TARGETS: tuple[str, ...] = ("local", "vertex")
 PIPELINE_NAME = "efm-experiment"
 
 # Retries cover preemptions and transient storage errors; training stages retry once since a
-# deterministic failure (bad config, NaN loss) would only fail again at full cost.
-RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "subsample": 2, "sft": 1, "select": 2, "self_improve": 1,
+# deterministic failure (bad config, NaN loss) would only fail again at full cost; so does
+# the data gate (validate), whose anomalies are deterministic.
+RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "validate": 1, "subsample": 2, "sft": 1, "select": 2, "self_improve": 1,
                            "evaluate": 2, "report": 2}
 # Every stage is a deterministic function of its inputs and the config (seeds included), so a
 # cached result is the result. With tracking on, every task takes the pipeline run's parent
 # MLflow run id, so a new pipeline run reruns (and logs) them all; track nothing
 # (tracking_uri "") to reuse cached stages. start-tracking must run in every pipeline run.
-CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "subsample": True, "sft": True, "select": True,
+CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "validate": True, "subsample": True, "sft": True, "select": True,
                             "self_improve": True, "evaluate": True, "report": True}
 
 
@@ -131,13 +133,18 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
             resources)
         track = {"tracking_uri": tracking_uri, "parent_run_id": start.output}
         data = _on_cpu(_configure(stages.dataset(config_json=config_json, **track), "dataset", "dataset"), resources)
+        # The data gate: every branch's subsample (hence SFT) waits for it; it also checks the
+        # train/validation skew of the branches, drawn as subsample will draw them.
+        gate = _on_cpu(_configure(stages.validate(
+            config_json=config_json, episodes=data.outputs["episodes"], fractions=" ".join(f"{f:g}" for f in fractions),
+            seeds=" ".join(str(s) for s in seeds), **track), "validate", "validate"), resources)
         summary = None
         branches = [(seed, fraction) for seed in seeds for fraction in fractions]
         for i, (seed, fraction) in enumerate(branches):
             b = branch_label(fraction, seed)
             common = {"config_json": config_json, "fraction": fraction, "seed": seed, **track}
             sub = _configure(stages.subsample(episodes=data.outputs["episodes"], **common), "subsample",
-                             f"subsample-{b}")
+                             f"subsample-{b}").after(gate)
             job = {"display_name": f"efm-sft-{b}", **sft_args} if target == "vertex" else {}
             sft = _configure(sft_op(train=sub.outputs["train"], validation=sub.outputs["validation"],
                                     **common, **job), "sft", f"sft-{b}")

@@ -138,15 +138,20 @@ def test_mlflow_lineage_walks_from_evaluate_back_to_dataset(run_dir: dict[str, P
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     stages = {r.data.tags["stage"]: r for r in children}
-    assert set(stages) == {"dataset", "subsample", "sft", "select", "self_improve", "evaluate"}
+    assert set(stages) == {"dataset", "validate", "subsample", "sft", "select", "self_improve", "evaluate"}
     for stage, r in stages.items():
         assert r.info.status == "FINISHED"
         assert r.data.tags["domain"] == "pointmass"
         assert r.data.tags["kfp.run_name"] == run_dir["run_root"].name
         assert r.data.tags["kfp.task_name"] == stage.replace("_", "-")
-        if stage != "dataset":
+        if stage not in ("dataset", "validate"):
             assert (r.data.tags["data_fraction"], r.data.tags["seed"]) == ("0.5", str(SEED))
             assert r.data.params["sft.seed"] == str(SEED)
+    # the data gate ran on the dataset and left its report in MLflow
+    gate = stages["validate"]
+    assert gate.data.tags["efm.upstream_run_ids"] == stages["dataset"].info.run_id
+    assert gate.data.metrics["validation.anomalies"] == 0
+    assert {"validation.html", "validation.json"} <= {a.path for a in client.list_artifacts(gate.info.run_id)}
 
 
 def test_mlflow_records_datasets_models_and_comparable_metrics(run_dir: dict[str, Path]) -> None:

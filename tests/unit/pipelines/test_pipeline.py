@@ -45,7 +45,7 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
     raw, spec = _compiled(tmp_path, fractions, seeds)
     tasks = spec.root.dag.tasks
     branches = len(fractions) * len(seeds)
-    assert len(tasks) == 2 + STAGES_PER_BRANCH * branches  # + start-tracking and dataset
+    assert len(tasks) == 3 + STAGES_PER_BRANCH * branches  # + start-tracking, dataset and validate
     assert list(spec.root.input_definitions.parameters) == ["config_json", "tracking_uri"]
     for key, t in tasks.items():  # every stage logs under the parent run that start-tracking opens
         if key != "start-tracking":
@@ -75,6 +75,14 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
         task = tasks[task.inputs.artifacts["previous"].task_output_artifact.producer_task]
         steps += 1
     assert steps == branches
+    # the data gate runs after the dataset and before every branch (so before any training)
+    key = {t.task_info.name: k for k, t in tasks.items()}
+    gate = tasks[key["validate"]]
+    assert gate.inputs.artifacts["episodes"].task_output_artifact.producer_task == key["dataset"]
+    assert gate.inputs.parameters["seeds"].runtime_value.constant.string_value == " ".join(map(str, seeds))
+    for f in fractions:
+        for s in seeds:
+            assert key["validate"] in tasks[key[f"subsample-f{f:g}-s{s}"]].dependent_tasks
 
 
 def test_invalid_fan_out_is_rejected() -> None:
