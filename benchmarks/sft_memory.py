@@ -69,7 +69,8 @@ def main() -> None:
     cfg = config(args.steps)
     src = root / "source"
     if not (src / "dataset_info.json").exists():
-        dataset_stage(cfg.replace(data=dataclasses.replace(cfg.data, num_episodes=args.source_episodes)), src,
+        dataset_stage(cfg.replace(data=dataclasses.replace(cfg.data, num_episodes=args.source_episodes,
+                                                           validation_episodes=10)), src,
                       overwrite=True, progress=True)
     source = rlds.read_episodes(src)
     validation = root / "validation"
