@@ -94,6 +94,9 @@ _STEPS_COLUMN = "__steps"
 _TALLY_SIGNATURE = {_STEPS_COLUMN: tf.TensorSpec((), tf.int32)}
 
 
+_FLUSH_EVERY = 16  # tally items per flush: the episode item is sent (whole) by the first one
+
+
 def _tally(table: str) -> str:
     return f"{table}.steps"
 
@@ -255,8 +258,10 @@ class ReverbReplay:
             writer.append({**arrays, _STEPS_COLUMN: np.int32(length)})
             writer.create_item(self._table, 1.0, {k: writer.history[k][-1] for k in arrays})
             steps = {_STEPS_COLUMN: writer.history[_STEPS_COLUMN][-1]}
-            for _ in range(length):
+            for t in range(length):
                 writer.create_item(_tally(self._table), 1.0, steps)
+                if (t + 1) % _FLUSH_EVERY == 0:  # bounds the writer's pending tally items
+                    writer.flush(timeout_ms=self._timeout_ms())
             writer.end_episode(timeout_ms=self._timeout_ms())
 
     def _info(self) -> Any:
