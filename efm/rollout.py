@@ -5,7 +5,14 @@ to the episode (the steps-to-go prediction d(o, g), computed once per observatio
 for success detection during the episode and for reward labelling after it). `end_on` decides
 which episodes end at the current observation: ground-truth success for demonstrations and
 evaluation, detected success for Self-Improvement. Episodes also end at `max_steps` actions and
-when `interrupt` says so (a human operator's stop, or the coordinator ending a round).
+when `interrupt` says so (a human operator's stop).
+
+Two controls make the episodes a caller gets independent of timing. `may_start` lets a caller
+stop *starting* episodes (the Self-Improvement actor, once its replay will hold N*B samples)
+while every episode already started still runs to its end: nothing is ever cut or dropped.
+`fixed_tasks` hands env i its k-th task as task index k * num_envs + i (the env's `reset`
+maps a task index to a task deterministically), so two policies evaluated with the same seed
+see the same task list however long their episodes take.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ def rollout_steps(
     episodes_per_env: int | None = None,
     max_episodes: int | None = None,
     interrupt: Callable[[], Array | bool] | None = None,
+    may_start: Callable[[int], bool] | None = None,
+    fixed_tasks: bool = False,
     id_prefix: str = "ep",
 ) -> Iterator[list[Episode]]:
     """Yields the episodes that end at each step, until every env ran `episodes_per_env`.
@@ -62,9 +71,16 @@ def rollout_steps(
     env matters for evaluation: stopping at a total count would drop the longest episodes.
     Yielding per step lets a caller that stops early keep every episode that already ended.
     `max_episodes` caps the episodes started in all (a practice budget is never overshot).
+    `may_start(in_flight)` is asked before episodes start (at the beginning, and after the
+    episodes ending at a step have been yielded and consumed); `in_flight` is a lower bound on
+    the samples the running episodes will still deliver: their steps so far plus the one each
+    takes next. When it answers False no episode starts any more; the running ones finish.
+    Episode k of env i is `{id_prefix}-{i}-{k}`; with `fixed_tasks` it runs task k * N + i.
     """
     n = env.num_envs
-    ts = env.reset()
+    if may_start is not None and not may_start(0):
+        return
+    ts = env.reset(tasks=np.arange(n)) if fixed_tasks else env.reset()
     agent.reset(np.ones(n, bool))
     obs_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
     act_buf: list[list[dict[str, Array]]] = [[] for _ in range(n)]
@@ -109,6 +125,10 @@ def rollout_steps(
             restartable = np.flatnonzero(done & active)
             allowed = max(max_episodes - launched, 0)
             active[restartable[allowed:]] = False
+        if may_start is not None and (done & active).any():
+            running = np.flatnonzero(active & ~done)
+            if not may_start(int(sum(len(act_buf[i]) + 1 for i in running))):
+                active &= ~done
         if not active.any():
             return
         actions = agent.act(ts)
@@ -118,7 +138,7 @@ def rollout_steps(
         ts = env.step(actions[ACTION])
         restart = done & active
         if restart.any():
-            ts = env.reset(restart)
+            ts = env.reset(restart, tasks=started * n + np.arange(n)) if fixed_tasks else env.reset(restart)
             agent.reset(restart)
             started += restart
             launched += int(restart.sum())

@@ -166,7 +166,8 @@ def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Pa
     plot_curves({"mean episode length": (x, [r["mean_episode_length"] for r in result.rounds])},
                 out / "episode_length.png", xlabel="Self-Improvement episodes", ylabel="steps",
                 title="Episode length per round")
-    return {"total_episodes": result.total_episodes, "best_round": result.best_round, "rounds": result.rounds}
+    return {"total_episodes": result.total_episodes, "total_env_steps": result.total_env_steps,
+            "best_round": result.best_round, "rounds": result.rounds}
 
 
 def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str | Path | None,

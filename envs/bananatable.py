@@ -140,8 +140,8 @@ class BananaTableEnv(TableEnvBase):
         """Teleport env i's banana (at rest); the next step's observation shows it."""
         self._scenes[i].place(BANANA, xy, yaw)
 
-    def _reset_one(self, i: int) -> None:
-        rng, scene = self._rng, self._scenes[i]
+    def _reset_one(self, i: int, rng: np.random.Generator) -> None:
+        scene = self._scenes[i]
         lo, hi = WORKSPACE[0] + START_MARGIN, WORKSPACE[1] - START_MARGIN
         for _ in range(1000):
             xy, yaw = rng.uniform(WORKSPACE[0], WORKSPACE[1]), float(rng.uniform(-np.pi, np.pi))

@@ -34,8 +34,14 @@ class VectorEnv(Protocol):
     num_envs: int
     action_dim: int
 
-    def reset(self, mask: Array | None = None) -> TimeStep:
-        """Start new episodes (new task) in the environments where mask is True (all if None)."""
+    def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
+        """Start new episodes (new task) in the environments where mask is True (all if None).
+
+        Without `tasks` the tasks come from the env's own seeded stream, in the order of the
+        resets. With `tasks` ([N] ints, read where mask is True) env i gets the task that
+        `tasks[i]` names, a pure function of the env's seed and that index: the way to give
+        two policies the same task list (evaluation).
+        """
 
     def step(self, actions: Array) -> TimeStep:
         """Apply actions [N, action_dim] in [-1, 1] to every environment."""

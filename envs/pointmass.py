@@ -41,18 +41,19 @@ class PointmassEnv:
     def __init__(self, cfg: EnvConfig, num_envs: int, seed: int):
         self.cfg = cfg.pointmass
         self.num_envs = num_envs
+        self._seed = seed
         self._rng = np.random.default_rng(seed)
         self._pos = np.zeros((num_envs, 2), np.float32)
         self._target = np.zeros((num_envs, 2), np.float32)
         self._start = np.zeros((num_envs, 2), np.float32)
 
-    def _sample_tasks(self, n: int) -> tuple[Array, Array]:
+    def _sample_tasks(self, n: int, rng: np.random.Generator) -> tuple[Array, Array]:
         h, min_d = self.cfg.arena_half_size, self.cfg.min_start_target_distance
-        start = self._rng.uniform(-h, h, (n, 2))
-        target = self._rng.uniform(-h, h, (n, 2))
+        start = rng.uniform(-h, h, (n, 2))
+        target = rng.uniform(-h, h, (n, 2))
         bad = np.linalg.norm(target - start, axis=-1) < min_d
         while bad.any():  # rejection sampling; terminates fast for min_d well below the diameter
-            target[bad] = self._rng.uniform(-h, h, (int(bad.sum()), 2))
+            target[bad] = rng.uniform(-h, h, (int(bad.sum()), 2))
             bad = np.linalg.norm(target - start, axis=-1) < min_d
         return start.astype(np.float32), target.astype(np.float32)
 
@@ -65,9 +66,14 @@ class PointmassEnv:
             success=success,
         )
 
-    def reset(self, mask: Array | None = None) -> TimeStep:
+    def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
         idx = np.arange(self.num_envs) if mask is None else np.flatnonzero(mask)
-        start, target = self._sample_tasks(len(idx))
+        if tasks is None:
+            start, target = self._sample_tasks(len(idx), self._rng)
+        else:  # task k is a pure function of (seed, k)
+            pairs = [self._sample_tasks(1, np.random.default_rng([self._seed, int(tasks[i])])) for i in idx]
+            start = np.concatenate([p[0] for p in pairs]).reshape(-1, 2)
+            target = np.concatenate([p[1] for p in pairs]).reshape(-1, 2)
         self._pos[idx], self._start[idx], self._target[idx] = start, start, target
         return self._timestep()
 

@@ -906,15 +906,17 @@ class TableEnvBase:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.num_envs = num_envs
         self._max_delta = cfg.max_delta
+        self._seed = seed
         self._rng = np.random.default_rng(seed)
         self._scenes = [TableScene(scene_params(cfg), bodies) for _ in range(num_envs)]
         self._instructions = [""] * num_envs
         self._optimal = np.zeros(num_envs)
 
-    def reset(self, mask: Array | None = None) -> TimeStep:
+    def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
         idx = range(self.num_envs) if mask is None else np.flatnonzero(mask)
-        for i in idx:
-            self._reset_one(int(i))
+        for i in idx:  # with `tasks`, task k is a pure function of (seed, k)
+            rng = self._rng if tasks is None else np.random.default_rng([self._seed, int(tasks[i])])
+            self._reset_one(int(i), rng)
         return self._timestep()
 
     def step(self, actions: Array) -> TimeStep:
@@ -952,7 +954,7 @@ class TableEnvBase:
         with contextlib.suppress(Exception):  # at interpreter shutdown pybullet may be gone
             self.close()
 
-    def _reset_one(self, i: int) -> None:
+    def _reset_one(self, i: int, rng: np.random.Generator) -> None:
         raise NotImplementedError
 
     def _timestep(self) -> TimeStep:
@@ -1001,8 +1003,8 @@ class TabletopEnv(TableEnvBase):
 
     # -- Internals --
 
-    def _reset_one(self, i: int) -> None:
-        cfg, rng, scene = self.cfg, self._rng, self._scenes[i]
+    def _reset_one(self, i: int, rng: np.random.Generator) -> None:
+        cfg, scene = self.cfg, self._scenes[i]
         for _ in range(100):
             chosen = rng.choice(len(BLOCKS), size=cfg.num_blocks, replace=False)
             names = tuple(BLOCKS[k] for k in sorted(chosen))

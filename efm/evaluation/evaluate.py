@@ -50,12 +50,14 @@ def detector_metrics(episodes: list[Episode], threshold: float) -> dict[str, flo
 def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
                     progress: bool = False, name: str = "policy",
                     ) -> tuple[dict[str, float], dict[str, float | None], list[Episode]]:
-    """(policy metrics, detector metrics, episodes) on a fixed, seeded set of tasks."""
+    """(policy metrics, detector metrics, episodes) on a fixed task list, deterministic per eval seed."""
     ev = cfg.eval
     env = make_env(cfg.env, ev.num_envs, seed=ev.seed)
     agent = PolicyAgent(fns, policy_params, StepsToGoService(fns, reward_params), seed=ev.seed)
     per_env = -(-ev.num_episodes // ev.num_envs)
+    # fixed_tasks: env i's k-th episode runs task k * num_envs + i, so every policy evaluated
+    # with this config sees the same task list, whatever order its episodes finish in.
     source = rollout(env, agent, max_steps=cfg.env.max_episode_steps, end_on=end_on_ground_truth,
-                     episodes_per_env=per_env, id_prefix="eval")
+                     episodes_per_env=per_env, fixed_tasks=True, id_prefix="eval")
     episodes = list(progress_bar(source, total=per_env * ev.num_envs, desc=f"evaluate {name}", enabled=progress))
     return episode_metrics(episodes), detector_metrics(episodes, cfg.self_improve.success_threshold), episodes

@@ -31,8 +31,11 @@ Row = dict[str, Any]
 
 
 def result_row(domain: str, data_fraction: float, seed: int, dataset_episodes: int, sft_episodes: int,
-               self_improvement_episodes: int, evaluation: Mapping[str, Any]) -> Row:
-    """One branch's row from `evaluate_stage`'s metrics and the episode counts it consumed."""
+               self_improvement_episodes: int, self_improvement_env_steps: int, evaluation: Mapping[str, Any]) -> Row:
+    """One branch's row from `evaluate_stage`'s metrics and the episode counts it consumed.
+
+    `self_improvement_episodes` counts every practice episode started (all of them finish);
+    `self_improvement_env_steps` the environment steps they executed."""
     return {
         "domain": domain,
         "data_fraction": float(data_fraction),
@@ -40,6 +43,7 @@ def result_row(domain: str, data_fraction: float, seed: int, dataset_episodes: i
         "dataset_episodes": int(dataset_episodes),
         "sft_episodes": int(sft_episodes),
         "self_improvement_episodes": int(self_improvement_episodes),
+        "self_improvement_env_steps": int(self_improvement_env_steps),
         "sft": {k: evaluation["sft"][k] for k in POLICY_KEYS},
         "self_improved": {k: evaluation["self_improved"][k] for k in POLICY_KEYS},
         "success_detector": {k: evaluation["success_detector"].get(k) for k in DETECTOR_KEYS},
@@ -55,7 +59,8 @@ def branch_result(domain: str, data_fraction: float, seed: int, dataset_dir: str
 
     rounds = json.loads((Path(self_improve_dir) / ROUNDS).read_text())
     return result_row(domain, data_fraction, seed, sum(rlds.split_sizes(dataset_dir).values()),
-                      sum(rlds.split_sizes(train_dir).values()), int(rounds["total_episodes"]), evaluation)
+                      sum(rlds.split_sizes(train_dir).values()), int(rounds["total_episodes"]),
+                      int(rounds["total_env_steps"]), evaluation)
 
 
 def merge_results(rows: Sequence[Row], new: Row) -> list[Row]:
@@ -72,7 +77,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-TABLE_HEADER = ("domain", "fraction", "seed", "SFT episodes", "SI episodes", "total episodes",
+TABLE_HEADER = ("domain", "fraction", "seed", "SFT episodes", "SI episodes", "SI env steps", "total episodes",
                 "SFT success", "SI success", "SFT length/optimal", "SI length/optimal",
                 "detector precision", "detector recall")
 
@@ -80,7 +85,8 @@ TABLE_HEADER = ("domain", "fraction", "seed", "SFT episodes", "SI episodes", "to
 def table_cells(rows: Sequence[Row]) -> list[list[str]]:
     """One list of formatted cells per row, in `TABLE_HEADER` order."""
     return [[r["domain"], f"{r['data_fraction']:g}", str(r["seed"]), str(r["sft_episodes"]),
-             str(r["self_improvement_episodes"]), str(r["sft_episodes"] + r["self_improvement_episodes"]),
+             str(r["self_improvement_episodes"]), _fmt(r.get("self_improvement_env_steps")),  # absent in older rows
+             str(r["sft_episodes"] + r["self_improvement_episodes"]),
              _fmt(r["sft"]["success_rate"]), _fmt(r["self_improved"]["success_rate"]),
              _fmt(r["sft"]["optimal_length_ratio"]), _fmt(r["self_improved"]["optimal_length_ratio"]),
              _fmt(r["success_detector"]["precision"]), _fmt(r["success_detector"]["recall"])]

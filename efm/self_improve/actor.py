@@ -2,7 +2,16 @@
 
 It steps N environments with the current policy, asks the steps-to-go service for d(o, g) on
 every observation (success detection during the episode, rewards after it), labels finished
-episodes with Monte Carlo returns and writes them whole into the replay.
+episodes with Monte Carlo returns and writes them whole into the replay, each sample stamped
+with the policy version that produced it.
+
+When a round stops (Algorithm 1 as clarified in DESIGN.md): the actor stops *starting*
+episodes once the replay's samples plus a lower bound on what its running episodes will still
+deliver (their steps so far, plus one each) reach N*B, and finishes every episode it started.
+The bound is conservative in the sense that the replay then surely reaches N*B; the price is
+some samples beyond N*B (the running episodes' remaining steps), which the learner's uniform
+draw of N*B leaves unused. No started episode is dropped, so a round's episodes are not biased
+towards the quick ones, and every started episode counts in the practice budget.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ ACTION_TOKENS = "action_tokens"
 RETURN = "return"
 INPUTS = "inputs/"  # prefix of the model's inputs among a replay sample's fields
 SAMPLE_ID = "sample_id"  # (actor, episode, step): lets the learner draw reproducibly
+POLICY_VERSION = "policy_version"  # the learner round whose weights acted (0: the SFT policy)
 
 
 class StepsToGoClient(Protocol):
@@ -108,9 +118,10 @@ def episode_summary(episode: Episode, threshold: float) -> dict[str, float]:
 class Actor:
     """Environments + local policy + steps-to-go client + replay writer (one per robot station).
 
-    `run_round` collects with the given weights until the shared replay holds `target_size`
-    samples or this actor has finished `max_episodes`; unfinished episodes are dropped, since
-    the next round runs a new policy.
+    `run_round` collects with the given weights: it starts episodes while the shared replay's
+    samples plus its in-flight lower bound stay below `target_size` and this actor has started
+    fewer than `max_episodes`, and runs every started episode to its end (detected success,
+    max length or an operator stop) into the replay.
     """
 
     def __init__(self, cfg: RunConfig, fns: EFMFunctions, params: Any, steps_to_go: StepsToGoClient,
@@ -125,24 +136,27 @@ class Actor:
         self._replay = replay
         self._interrupt = interrupt
 
-    def run_round(self, params: Any, round_index: int, max_episodes: int, target_size: int) -> list[dict[str, float]]:
+    def run_round(self, params: Any, version: int, max_episodes: int, target_size: int) -> list[dict[str, float]]:
+        """Summaries of every episode started this round (all finished and, if not empty, in
+        the replay). `version` is the policy version of `params` (the learner's round)."""
         si = self._cfg.self_improve
         self._agent.update(params)
         summaries: list[dict[str, float]] = []
         if max_episodes <= 0:
             return summaries
-        source = rollout_steps(self._env, self._agent, max_steps=self._cfg.env.max_episode_steps,
-                               end_on=detected_success(si.success_threshold), max_episodes=max_episodes,
-                               interrupt=self._interrupt, id_prefix=f"si-r{round_index}")
-        for finished in source:  # every episode that ended at this step counts and is used
+
+        def may_start(in_flight: int) -> bool:
+            return self._replay.size() + in_flight < target_size
+
+        for finished in rollout_steps(self._env, self._agent, max_steps=self._cfg.env.max_episode_steps,
+                                      end_on=detected_success(si.success_threshold), max_episodes=max_episodes,
+                                      interrupt=self._interrupt, may_start=may_start, id_prefix=f"si-r{version}"):
             for episode in finished:
                 summaries.append(episode_summary(episode, si.success_threshold))
                 if episode.length:
                     samples = label_episode(episode, si.gamma, self._spec)
                     samples[SAMPLE_ID] = sample_ids(self._index, self._episodes, episode.length)
+                    samples[POLICY_VERSION] = np.full(episode.length, version, np.int64)
                     self._replay.add_episode(samples)
                 self._episodes += 1
-            if len(summaries) >= max_episodes or self._replay.size() >= target_size:
-                break
-        source.close()
         return summaries

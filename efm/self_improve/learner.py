@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,7 @@ from flax import traverse_util
 from efm import math
 from efm.config import SelfImproveConfig
 from efm.models.efm import EFMFunctions
-from efm.self_improve.actor import ACTION_TOKENS, INPUTS, RETURN, SAMPLE_ID
+from efm.self_improve.actor import ACTION_TOKENS, INPUTS, POLICY_VERSION, RETURN, SAMPLE_ID
 from efm.self_improve.replay import Replay
 
 
@@ -21,6 +22,31 @@ class LearnerState(NamedTuple):
     params: Any
     opt_state: Any
     step: jax.Array
+
+
+def module_names(params: Any, model: Any = None, probe: tuple[str, ...] = ()) -> set[str]:
+    """Every module name on a parameter path (leaf names such as 'kernel' excluded), plus the
+    top-level submodules a Flax `model` declares without parameters for these inputs (the
+    state-only pointmass policy declares a vision encoder that no camera input reaches)."""
+    names = {part for path in traverse_util.flatten_dict(params) for part in path[:-1]}
+    if isinstance(model, nn.Module):
+        bound = model.bind({"params": params})
+        for name in probe:  # attribute access runs the module's setup, declaring its submodules
+            getattr(bound, name, None)
+        names |= {k for k, v in vars(bound).items() if isinstance(v, nn.Module)}
+    return names
+
+
+def check_freeze(params: Any, frozen: tuple[str, ...], model: Any = None) -> None:
+    """Raises ValueError for a name in `self_improve.freeze` that names no module: it would
+    freeze nothing, silently."""
+    if not frozen:
+        return
+    available = module_names(params, model, probe=frozen)
+    unknown = [name for name in frozen if name not in available]
+    if unknown:
+        raise ValueError(f"self_improve.freeze: no module named {', '.join(map(repr, unknown))} in the policy; "
+                         f"available module names: {sorted(available)}")
 
 
 def freeze_labels(params: Any, frozen: tuple[str, ...]) -> Any:
@@ -37,22 +63,33 @@ def make_optimizer(cfg: SelfImproveConfig, params: Any) -> optax.GradientTransfo
         freeze_labels(params, cfg.freeze))
 
 
-def draw_without_replacement(replay: Replay, num: int, held: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """`num` of the `held` samples, uniformly without replacement, in an order fixed by `rng`.
+def draw_without_replacement(episodes: list[dict[str, np.ndarray]], num: int, rng: np.random.Generator,
+                             ) -> dict[str, np.ndarray]:
+    """`num` of all the episodes' steps, uniformly without replacement, in an order fixed by `rng`.
 
-    Everything is taken from the replay and put in sample-id order before the seeded draw, so
-    the draw does not depend on the order in which the server hands samples out.
+    The steps are put in sample-id order before the seeded draw, so the draw does not depend
+    on the order in which the server hands episodes out.
     """
-    data = replay.sample(held)
-    pick = np.argsort(data.pop(SAMPLE_ID), kind="stable")[rng.permutation(held)[:num]]
+    data = {k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}
+    pick = np.argsort(data.pop(SAMPLE_ID), kind="stable")[rng.permutation(len(data[RETURN]))[:num]]
     return {k: v[pick] for k, v in data.items()}
+
+
+def check_on_policy(episodes: list[dict[str, np.ndarray]], version: int) -> None:
+    """Every sample must come from the policy the learner is about to update (Algorithm 1)."""
+    versions = sorted({int(v) for e in episodes for v in np.unique(e[POLICY_VERSION])})
+    if versions and versions != [version]:
+        raise ValueError(f"off-policy samples: the replay holds policy versions {versions}, "
+                         f"the learner is at version {version}")
 
 
 class Learner:
     def __init__(self, fns: EFMFunctions, params: Any, cfg: SelfImproveConfig):
         self._cfg = cfg
+        check_freeze(params, cfg.freeze, fns.model)
         self._optimizer = make_optimizer(cfg, params)
         self.state = LearnerState(params, self._optimizer.init(params), jnp.zeros((), jnp.int32))
+        self.version = 0  # policy version of `get_variables()`: rounds learned so far
 
         def loss_fn(p: Any, batch: dict) -> tuple[jax.Array, dict]:
             inputs = {k.removeprefix(INPUTS): v for k, v in batch.items() if k.startswith(INPUTS)}
@@ -83,17 +120,25 @@ class Learner:
         return self.state.params
 
     def run_round(self, replay: Replay, learning_rate: float | None = None) -> dict[str, float]:
-        """N updates on N*B samples drawn without replacement, then the replay is cleared."""
+        """N updates on N*B samples drawn without replacement from every episode the replay
+        holds; the rest is discarded and the replay cleared. Raises ValueError on samples of
+        another policy version."""
         cfg = self._cfg
-        held = replay.size()
-        num_updates = min(cfg.updates_per_round, held // cfg.batch_size)
-        data = draw_without_replacement(replay, num_updates * cfg.batch_size, held,
-                                        np.random.default_rng([cfg.seed, int(self.state.step)])) if num_updates else {}
+        held_episodes = replay.num_episodes()
+        episodes = replay.take_episodes(held_episodes) if held_episodes else []
         replay.clear()  # on-policy: whatever was not drawn is discarded
+        check_on_policy(episodes, self.version)
+        held = int(sum(len(e[RETURN]) for e in episodes))
+        num_updates = min(cfg.updates_per_round, held // cfg.batch_size)
+        data = draw_without_replacement(episodes, num_updates * cfg.batch_size,
+                                        np.random.default_rng([cfg.seed, int(self.state.step)])) if num_updates else {}
+        data.pop(POLICY_VERSION, None)
         metrics = []
         for i in range(num_updates):
             batch = {k: v[i * cfg.batch_size:(i + 1) * cfg.batch_size] for k, v in data.items()}
             metrics.append(self.step(batch, learning_rate))
+        self.version += 1
         lr = cfg.learning_rate if learning_rate is None else learning_rate
-        return {"updates": float(num_updates), "learning_rate": lr, **{k: float(np.mean([m[k] for m in metrics])) for k in
-                                                  (metrics[0] if metrics else {})}}
+        return {"updates": float(num_updates), "learning_rate": lr, "samples_held": float(held),
+                "samples_used": float(num_updates * cfg.batch_size),
+                **{k: float(np.mean([m[k] for m in metrics])) for k in (metrics[0] if metrics else {})}}

@@ -1,10 +1,13 @@
 """Stage 2, Algorithm 1: the coordinator alternating collection and learning.
 
 Each round: broadcast the learner's weights to the actors; collect whole episodes (ending on
-detected success or max length) until the replay holds N*B samples; run N REINFORCE updates
-on N*B samples drawn without replacement; clear the replay. Success is not monotone over rounds
-(Section 6), so the policy of the round with the best detected success (then the shortest
-episodes) is kept; neither uses ground truth.
+detected success, max length or an operator stop): actors stop *starting* episodes once the
+replay plus their in-flight episodes will reach N*B samples and finish every episode they
+started; run N REINFORCE updates on N*B samples drawn uniformly without replacement from all of
+them; clear the rest. Every started episode counts in the practice budget (`total_episodes`);
+the environment steps executed are reported beside it (`total_env_steps`). Success is not
+monotone over rounds (Section 6), so the policy of the round with the best detected success
+(then the shortest episodes) is kept; neither uses ground truth.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from efm.domains import make_env
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.progress import progress_bar
-from efm.self_improve.actor import ACTION_TOKENS, INPUTS, RETURN, SAMPLE_ID, Actor
-from efm.self_improve.learner import Learner
+from efm.self_improve.actor import ACTION_TOKENS, INPUTS, POLICY_VERSION, RETURN, SAMPLE_ID, Actor
+from efm.self_improve.learner import Learner, check_freeze
 from efm.self_improve.replay import ReverbReplay, SampleSpec
 from efm.self_improve.service import StepsToGoService
 from efm.sft.select import POLICY, REWARD, load_selected
@@ -45,13 +48,15 @@ def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
     spec[ACTION_TOKENS] = ((fns.vocab.action.num_tokens,), np.int32)
     spec[RETURN] = ((), np.float32)
     spec[SAMPLE_ID] = ((), np.int64)
+    spec[POLICY_VERSION] = ((), np.int64)
     return spec
 
 
 def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
     """What a round's episode summaries say about the policy that collected them."""
     return {
-        "episodes": float(len(episodes)),
+        "episodes": float(len(episodes)),  # every episode started this round (all finished)
+        "env_steps": float(sum(e["length"] for e in episodes)),
         "success_rate": float(np.mean([e["detected"] for e in episodes])),  # learned detector, no ground truth
         "mean_episode_length": float(np.mean([e["length"] for e in episodes])),
         "ground_truth_success_rate": float(np.mean([e["success"] for e in episodes])),  # reported, never used
@@ -62,7 +67,8 @@ def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
 class SelfImproveResult:
     rounds: list[dict[str, float]]
     best_round: int
-    total_episodes: int
+    total_episodes: int  # every episode started (the practice budget)
+    total_env_steps: int  # environment steps those episodes executed
     policy: Any
 
 
@@ -76,6 +82,7 @@ def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, le
     rounds: list[dict[str, float]] = []
     best: tuple[tuple[float, float], int, Any] | None = None
     total = 0
+    steps = 0
     bar = progress_bar(total=cfg.max_episodes, desc="self-improve episodes", enabled=progress)
     for r in range(cfg.max_rounds):
         if total >= cfg.max_episodes:
@@ -89,6 +96,8 @@ def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, le
         complete = metrics["updates"] == cfg.updates_per_round
         row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes), **metrics,
                "complete": float(complete)}
+        steps += int(row["env_steps"])
+        row["total_env_steps"] = float(steps)
         rounds.append(row)
         # Score the weights that collected this round. A round cut short by the budget saw
         # fewer, shorter episodes, which is not a fair score.
@@ -102,7 +111,7 @@ def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, le
     bar.close()
     if best is None:
         raise ValueError("self-improvement ran no round: raise self_improve.max_episodes")
-    return SelfImproveResult(rounds, best[1], total, best[2] if cfg.keep_best_round else params)
+    return SelfImproveResult(rounds, best[1], total, steps, best[2] if cfg.keep_best_round else params)
 
 
 def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
@@ -110,6 +119,7 @@ def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_p
                  interrupt: Callable[[], np.ndarray | bool] | None = None) -> SelfImproveResult:
     """Algorithm 1. `interrupt` is the external stop (a human operator ending episodes)."""
     si = cfg.self_improve
+    check_freeze(policy_params, si.freeze, fns.model)  # a typo would freeze nothing: fail before any rollout
     if si.runtime == "ray":
         from efm.self_improve.distributed import self_improve_on_ray
 
@@ -157,6 +167,7 @@ def run_self_improve(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path
                           log=log, progress=progress, interrupt=stop_file(out_dir / STOP))
     checkpoints.save_params(out_dir / POLICY, jax.device_get(result.policy))
     (out_dir / ROUNDS).write_text(json.dumps(
-        {"best_round": result.best_round, "total_episodes": result.total_episodes, "rounds": result.rounds},
+        {"best_round": result.best_round, "total_episodes": result.total_episodes,
+         "total_env_steps": result.total_env_steps, "rounds": result.rounds},
         indent=1))
     return result

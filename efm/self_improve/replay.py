@@ -1,12 +1,14 @@
 """On-policy replay for Self-Improvement (Stage 2, Algorithm 1).
 
-Actors write whole episodes of per-step samples (o_t, a_t, g, R_t); once N*B steps are in,
-the learner draws N*B of them uniformly WITHOUT replacement and the buffer is cleared, so no
-sample is ever reused. Actors and learners only see the small `Replay` protocol; `ReverbReplay`
-is today's implementation, so a successor can replace Reverb without touching either side.
+Actors write whole episodes of per-step samples (o_t, a_t, g, R_t); each episode is ONE
+item (as Acme's EpisodeAdder writes it), so an episode is in the replay whole or not at all.
+Once the round's episodes are in, the learner takes every episode out, draws N*B steps from
+them uniformly WITHOUT replacement and the rest is discarded, so no sample is ever reused.
+Actors and learners only see the small `Replay` protocol; `ReverbReplay` is today's
+implementation, so a successor can replace Reverb without touching either side.
 
 Without-replacement comes from the table itself (`max_times_sampled=1` deletes an item as it is
-drawn), so several learner processes cannot draw the same step twice either.
+drawn), so several learner processes cannot take the same episode twice either.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ class Replay(Protocol):
     """What actors and learners need from a replay buffer; nothing Reverb-specific."""
 
     def add_episode(self, samples: Mapping[str, np.ndarray]) -> None:
-        """Adds every step of one episode; each array has a leading [T] axis."""
+        """Adds one episode atomically (all of its steps or none); each array has a leading [T] axis."""
 
     def size(self) -> int:
-        """Number of step samples currently held."""
+        """Number of step samples currently held (in whole episodes)."""
 
-    def sample(self, num: int) -> dict[str, np.ndarray]:
-        """Draws `num` distinct steps uniformly without replacement, stacked on a [num] axis."""
+    def num_episodes(self) -> int:
+        """Number of episodes currently held."""
+
+    def take_episodes(self, num: int) -> list[dict[str, np.ndarray]]:
+        """Removes and returns `num` distinct whole episodes (uniformly drawn), each key [T, ...]."""
 
     def clear(self) -> None:
         """Drops everything: the next round must not see this round's data."""
@@ -73,22 +78,34 @@ def spec_from_samples(samples: Mapping[str, np.ndarray]) -> SampleSpec:
 
 
 def _signature(spec: SampleSpec) -> dict[str, tf.TensorSpec]:
-    return {k: tf.TensorSpec(shape, tf.as_dtype(dt)) for k, (shape, dt) in spec.items()}
+    """An item is one episode: every field gets a leading [T] axis of any length."""
+    return {k: tf.TensorSpec((None, *shape), tf.as_dtype(dt)) for k, (shape, dt) in spec.items()}
 
 
 def _spec_from_signature(signature: Mapping[str, tf.TensorSpec]) -> SampleSpec:
     return normalize_spec(
-        {k: (tuple(s.shape.as_list()), s.dtype.as_numpy_dtype) for k, s in signature.items()}
+        {k: (tuple(s.shape.as_list()[1:]), s.dtype.as_numpy_dtype) for k, s in signature.items()}
     )
 
 
-_FLUSH_EVERY = 16
+# The step tally: one tiny item per step, written with the episode's item by the same writer
+# in the same flush, so that `size()` counts steps (Reverb's table info counts items).
+_STEPS_COLUMN = "__steps"
+_TALLY_SIGNATURE = {_STEPS_COLUMN: tf.TensorSpec((), tf.int32)}
+
+
+_FLUSH_EVERY = 16  # tally items per flush: the episode item is sent (whole) by the first one
+
+
+def _tally(table: str) -> str:
+    return f"{table}.steps"
 
 
 class ReverbReplay:
-    """`Replay` on one Reverb table: each step is one item, drawn at most once.
+    """`Replay` on one Reverb table: each episode is one item, taken at most once.
 
-    Table: Uniform sampler, Fifo remover, `max_times_sampled=1`, `MinSize(1)`. Create with
+    Table: Uniform sampler, Fifo remover, `max_times_sampled=1`, `MinSize(1)`; a second table
+    `<table>.steps` holds one scalar item per step so that `size()` counts steps. Create with
     `local` (in-process server on a free port) or `connect` (client to a server elsewhere, e.g.
     from a Ray actor using another replay's `address`). Pickling yields a `connect`ed client.
     """
@@ -110,7 +127,7 @@ class ReverbReplay:
         self._timeout_s = timeout_s
         self._client: reverb.Client | None = reverb.Client(address)
         self._dtypes = {k: tf.as_dtype(dt) for k, (_, dt) in self._spec.items()}
-        self._shapes = {k: tf.TensorShape(shape) for k, (shape, _) in self._spec.items()}
+        self._shapes = {k: tf.TensorShape((None, *shape)) for k, (shape, _) in self._spec.items()}
 
     @classmethod
     def local(
@@ -125,23 +142,26 @@ class ReverbReplay:
     ) -> ReverbReplay:
         """Starts a Reverb server in this process and returns a replay that owns it.
 
-        `max_size` only caps memory: past it the Fifo remover drops the oldest steps. `host` is
+        `max_size` only caps memory (episodes; steps in the tally): past it the Fifo remover
+        drops the oldest. `host` is
         what `address` advertises; pass `socket.gethostname()` (or use `advertise_host`) when
         actors on other machines must connect, the server listens on all interfaces anyway.
         """
         spec = normalize_spec(spec)
+
+        def make_table(name: str, signature: dict[str, tf.TensorSpec]) -> reverb.Table:
+            return reverb.Table(
+                name=name,
+                sampler=reverb.selectors.Uniform(),
+                remover=reverb.selectors.Fifo(),
+                max_size=max_size,
+                rate_limiter=reverb.rate_limiters.MinSize(1),
+                max_times_sampled=1,
+                signature=signature,
+            )
+
         server = reverb.Server(
-            tables=[
-                reverb.Table(
-                    name=table,
-                    sampler=reverb.selectors.Uniform(),
-                    remover=reverb.selectors.Fifo(),
-                    max_size=max_size,
-                    rate_limiter=reverb.rate_limiters.MinSize(1),
-                    max_times_sampled=1,
-                    signature=_signature(spec),
-                )
-            ],
+            tables=[make_table(table, _signature(spec)), make_table(_tally(table), _TALLY_SIGNATURE)],
             port=port,
         )
         return cls(f"{host}:{server.port}", spec, table=table, server=server, timeout_s=timeout_s)
@@ -162,8 +182,8 @@ class ReverbReplay:
         """
         client = reverb.Client(address)
         info = client.server_info(timeout=max(1, int(np.ceil(timeout_s))))
-        if table not in info:
-            raise ValueError(f"no table {table!r} at {address}; found {sorted(info)}")
+        if table not in info or _tally(table) not in info:
+            raise ValueError(f"no table {table!r} (with its step tally) at {address}; found {sorted(info)}")
         if not info[table].signature:
             raise ValueError(f"table {table!r} at {address} has no signature")
         server_spec = _spec_from_signature(info[table].signature)
@@ -223,49 +243,53 @@ class ReverbReplay:
         return arrays, lengths.pop()
 
     def add_episode(self, samples: Mapping[str, np.ndarray]) -> None:
-        """Writes one item per step and blocks until the server holds them all.
+        """Writes the episode as one item and blocks until the server holds it.
 
-        Blocking (bounded by the timeout) means `size()` right after reflects this episode,
-        which is what the learner's "at least N*B samples" check relies on.
+        One item per episode (Acme's EpisodeAdder) makes the write atomic: a reader sees the
+        whole episode or none of it. Blocking (bounded by the timeout) means `size()` right
+        after reflects this episode, which the actors' stopping rule relies on.
         """
         arrays, length = self._validate(samples)
         if length == 0:
             return
-        # num_keep_alive_refs=1: an item is exactly one step, so each chunk is one step and a
-        # draw transfers no neighbouring steps.
         with self._live_client().trajectory_writer(
             num_keep_alive_refs=1, validate_items=False
         ) as writer:
+            writer.append({**arrays, _STEPS_COLUMN: np.int32(length)})
+            writer.create_item(self._table, 1.0, {k: writer.history[k][-1] for k in arrays})
+            steps = {_STEPS_COLUMN: writer.history[_STEPS_COLUMN][-1]}
             for t in range(length):
-                writer.append({k: v[t] for k, v in arrays.items()})
-                writer.create_item(
-                    self._table, 1.0, {k: col[-1] for k, col in writer.history.items()}
-                )
-                if (t + 1) % _FLUSH_EVERY == 0:  # bounds the writer's pending items
+                writer.create_item(_tally(self._table), 1.0, steps)
+                if (t + 1) % _FLUSH_EVERY == 0:  # bounds the writer's pending tally items
                     writer.flush(timeout_ms=self._timeout_ms())
             writer.end_episode(timeout_ms=self._timeout_ms())
 
-    def size(self) -> int:
-        info = self._live_client().server_info(timeout=max(1, int(np.ceil(self._timeout_s))))
-        return int(info[self._table].current_size)
+    def _info(self) -> Any:
+        return self._live_client().server_info(timeout=max(1, int(np.ceil(self._timeout_s))))
 
-    def sample(self, num: int) -> dict[str, np.ndarray]:
-        """Draws and removes `num` distinct steps, uniformly among those held.
+    def size(self) -> int:
+        return int(self._info()[_tally(self._table)].current_size)
+
+    def num_episodes(self) -> int:
+        return int(self._info()[self._table].current_size)
+
+    def take_episodes(self, num: int) -> list[dict[str, np.ndarray]]:
+        """Removes and returns `num` distinct whole episodes, uniformly among those held.
 
         Uses a `reverb.TrajectoryDataset` capped at `max_samples=num` (no prefetch beyond what
         is returned, which matters because every fetched item is consumed) with a rate-limiter
-        timeout; it measured faster than `Client.sample`, which also has no timeout.
+        timeout. The step tally is left as is: `clear` empties both tables.
 
         Raises:
-          ValueError: if `num` < 1 or more than `size()`; asking for more would block.
+          ValueError: if `num` < 1 or more than `num_episodes()`; asking for more would block.
           TimeoutError: if fewer than `num` arrived in time (another consumer drained the
-            table meanwhile); the steps drawn before the timeout are consumed.
+            table meanwhile); the episodes drawn before the timeout are consumed.
         """
         if num < 1:
             raise ValueError(f"num must be >= 1, got {num}")
-        held = self.size()
+        held = self.num_episodes()
         if num > held:
-            raise ValueError(f"cannot draw {num} samples without replacement: replay holds {held}")
+            raise ValueError(f"cannot take {num} episodes without replacement: replay holds {held}")
         dataset = reverb.TrajectoryDataset(
             server_address=self._address,
             table=self._table,
@@ -274,21 +298,24 @@ class ReverbReplay:
             max_in_flight_samples_per_worker=num,
             rate_limiter_timeout_ms=self._timeout_ms(),
             max_samples=num,
-        ).batch(num)
+        )
+        episodes: list[dict[str, np.ndarray]] = []
         try:
-            batch = next(iter(dataset))
-        except (StopIteration, tf.errors.OutOfRangeError, tf.errors.DeadlineExceededError):
-            batch = None
-        got = 0 if batch is None else int(batch.info.key.shape[0])
-        if batch is None or got != num:
+            for item in dataset:
+                episodes.append({k: item.data[k].numpy() for k in self._spec})
+        except (tf.errors.OutOfRangeError, tf.errors.DeadlineExceededError):
+            pass
+        if len(episodes) != num:
             raise TimeoutError(
-                f"drew {got} of {num} samples within {self._timeout_s}s; "
+                f"took {len(episodes)} of {num} episodes within {self._timeout_s}s; "
                 "another consumer may have drained the table"
             )
-        return {k: batch.data[k].numpy() for k in self._spec}
+        return episodes
 
     def clear(self) -> None:
-        self._live_client().reset(self._table)
+        client = self._live_client()
+        client.reset(self._table)
+        client.reset(_tally(self._table))
 
     def close(self) -> None:
         """Idempotent; stops the server only if this object started it."""

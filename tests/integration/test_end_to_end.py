@@ -42,7 +42,8 @@ def test_summary_results_contract(run_dir: dict[str, Path]) -> None:
     assert summary["tracking_uri"] == f"sqlite:///{run_dir['out'] / 'mlflow.db'}"
     assert (run_dir["out"] / "success_vs_episodes.png").read_bytes()[:4] == b"\x89PNG"
     (result,) = summary["results"]
-    assert {"domain", "data_fraction", "seed", "dataset_episodes", "self_improvement_episodes", "sft",
+    assert {"domain", "data_fraction", "seed", "dataset_episodes", "self_improvement_episodes",
+            "self_improvement_env_steps", "sft",
             "self_improved", "success_detector", "mlflow_run_id"} <= set(result)
     assert result["domain"] == "pointmass"
     assert result["data_fraction"] == cfg.data.fractions[0]
@@ -51,6 +52,7 @@ def test_summary_results_contract(run_dir: dict[str, Path]) -> None:
     assert result["sft_episodes"] == int((cfg.data.num_episodes - cfg.data.validation_episodes)
                                          * cfg.data.fractions[0])
     assert result["self_improvement_episodes"] == cfg.self_improve.max_episodes
+    assert result["self_improvement_env_steps"] > 0  # executed steps, reported beside the episodes
     assert result["tracking_failures"] == []
     for policy in ("sft", "self_improved"):
         m = result[policy]

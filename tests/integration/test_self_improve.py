@@ -38,7 +38,12 @@ def check_rounds(result: SelfImproveResult, cfg: RunConfig) -> None:
     assert result.total_episodes <= si.max_episodes  # the practice budget is never overshot
     assert sum(r["episodes"] for r in result.rounds) == result.total_episodes
     assert [r["total_episodes"] for r in result.rounds] == list(np.cumsum([r["episodes"] for r in result.rounds]))
+    assert result.total_env_steps == sum(r["env_steps"] for r in result.rounds)
+    assert [r["total_env_steps"] for r in result.rounds] == list(np.cumsum([r["env_steps"] for r in result.rounds]))
     for r in result.rounds:
+        # every started episode finished into the replay: the learner held every step executed
+        assert r["samples_held"] == r["env_steps"]
+        assert r["samples_used"] == r["updates"] * si.batch_size <= r["samples_held"]
         assert 0 <= r["updates"] <= si.updates_per_round
         assert 0.0 <= r["success_rate"] <= 1.0 and 0.0 <= r["ground_truth_success_rate"] <= 1.0
         assert r["learning_rate"] <= si.learning_rate

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from efm.envs.base import TimeStep
-from efm.rollout import SUCCESS, rollout
+from efm.rollout import SUCCESS, rollout, rollout_steps
 
 
 class ScriptedEnv:
@@ -22,6 +22,7 @@ class ScriptedEnv:
         self._episode = np.full(self.num_envs, -1)
         self._count = np.zeros(self.num_envs, np.int64)
         self.steps_taken = 0
+        self.tasks_given: list[tuple[int, int]] = []  # (env, task index) per reset with tasks
 
     def _target(self) -> np.ndarray:
         return np.array([self._lengths[i][min(self._episode[i], len(self._lengths[i]) - 1)]
@@ -33,10 +34,12 @@ class ScriptedEnv:
                         instruction=tuple(f"env{i}" for i in range(self.num_envs)),
                         success=self._count >= self._target())
 
-    def reset(self, mask: np.ndarray | None = None) -> TimeStep:
+    def reset(self, mask: np.ndarray | None = None, tasks: np.ndarray | None = None) -> TimeStep:
         mask = np.ones(self.num_envs, bool) if mask is None else mask
         self._episode[mask] += 1
         self._count[mask] = 0
+        if tasks is not None:
+            self.tasks_given.extend((i, int(tasks[i])) for i in np.flatnonzero(mask))
         return self._ts()
 
     def step(self, actions: np.ndarray) -> TimeStep:
@@ -173,3 +176,46 @@ def test_zero_length_episode_action_extras_keep_their_shape() -> None:
     empty = [e for e in episodes if e.length == 0]
     assert len(empty) == 1
     assert empty[0].action_extras["tokens"].shape == (0, 3)
+
+
+def test_may_start_stops_starting_but_running_episodes_finish() -> None:
+    """The Self-Improvement rule: once enough is collected or in flight, start nothing new,
+    and run every started episode (here a long one) to its end."""
+    env = ScriptedEnv([[3] * 20, [30]])
+    collected: list[int] = []
+    asked: list[int] = []
+
+    def may_start(in_flight: int) -> bool:
+        asked.append(in_flight)
+        return sum(collected) + in_flight < 20
+
+    episodes = []
+    for finished in rollout_steps(env, CountingAgent(2), max_steps=100, may_start=may_start):
+        collected += [e.length for e in finished]
+        episodes += finished
+    lengths = sorted(e.length for e in episodes)
+    assert 30 in lengths  # the long in-flight episode was kept, not dropped
+    assert lengths == [3] * 3 + [30]
+    # in_flight is env1's steps so far plus the one it takes next (a finished env's restart
+    # costs one vectorized step, so env0's episodes end at steps 3, 7, 11): 3+1, 7+1, 11+1;
+    # at 9 + 12 >= 20 nothing starts; the last ask comes when env1 ends at 30.
+    assert asked == [0, 4, 8, 12, 0]
+    assert sum(collected) >= 20  # the bound is conservative: the target is always reached
+    for e in episodes:
+        check_episode(e)
+
+
+def test_may_start_false_at_the_beginning_starts_nothing() -> None:
+    env = ScriptedEnv([[3], [3]])
+    assert list(rollout_steps(env, CountingAgent(2), max_steps=10, may_start=lambda n: False)) == []
+    assert env.steps_taken == 0
+
+
+def test_fixed_tasks_are_k_times_n_plus_i_whatever_the_finishing_order() -> None:
+    env = ScriptedEnv([[5, 1, 1], [1, 1, 7], [2, 9, 1]])
+    episodes = list(rollout(env, CountingAgent(3), max_steps=100, episodes_per_env=3, fixed_tasks=True))
+    assert len(episodes) == 9
+    assert sorted(env.tasks_given) == sorted((i, k * 3 + i) for i in range(3) for k in range(3))
+    # each env's k-th reset got task k * N + i, in order
+    for i in range(3):
+        assert [t for j, t in env.tasks_given if j == i] == [i, 3 + i, 6 + i]

@@ -218,3 +218,15 @@ def test_demonstrator_succeeds_imperfectly_and_deterministically() -> None:
         no_state = env_cfg(state_observation=False)
         env = BananaTableEnv(no_state, 1, 0)
         BananaDemonstrator(no_state, 1, 0).act(env.reset())
+
+
+def test_reset_with_task_indices_is_a_pure_function_of_seed_and_index() -> None:
+    a = BananaTableEnv(env_cfg(), 2, 4)
+    ts_a = a.reset(tasks=np.array([1, 6]))
+    b = BananaTableEnv(env_cfg(), 2, 4)
+    b.reset()
+    ts_b = b.reset(np.array([True, True]), tasks=np.array([6, 1]))
+    assert ts_a.instruction == ts_b.instruction[::-1]
+    np.testing.assert_array_equal(ts_a.observation[BANANA_TRANSLATION], ts_b.observation[BANANA_TRANSLATION][::-1])
+    a.close()
+    b.close()

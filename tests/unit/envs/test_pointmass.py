@@ -149,3 +149,24 @@ def test_demonstrator_deterministic(seed: int) -> None:
 
     for a, b in zip(run(), run(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_reset_with_task_indices_is_a_pure_function_of_seed_and_index() -> None:
+    """Evaluation hands tasks out by index, so two policies see the same task list."""
+    a = PointmassEnv(CFG, 3, seed=7)
+    ts_a = a.reset(tasks=np.array([4, 0, 9]))
+    b = PointmassEnv(CFG, 3, seed=7)
+    b.reset()  # a different history of resets and steps does not matter
+    b.step(np.ones((3, 2)))
+    ts_b = b.reset(np.array([True, True, True]), tasks=np.array([9, 4, 0]))
+    for k in (POSITION,):
+        np.testing.assert_array_equal(ts_a.observation[k][[0, 1, 2]], ts_b.observation[k][[1, 2, 0]])
+    np.testing.assert_array_equal(ts_a.goal[TARGET][[0, 1, 2]], ts_b.goal[TARGET][[1, 2, 0]])
+    # masked: only env 1 changes, to task 4
+    ts_c = b.reset(np.array([False, True, False]), tasks=np.array([0, 4, 0]))
+    np.testing.assert_array_equal(ts_c.goal[TARGET][1], ts_a.goal[TARGET][0])
+    np.testing.assert_array_equal(ts_c.goal[TARGET][[0, 2]], ts_b.goal[TARGET][[0, 2]])
+    other_seed = PointmassEnv(CFG, 3, seed=8).reset(tasks=np.array([4, 0, 9]))
+    assert not np.allclose(other_seed.goal[TARGET], ts_a.goal[TARGET])
+    d = np.linalg.norm(ts_a.goal[TARGET] - ts_a.observation[POSITION], axis=-1)
+    assert (d >= PM.min_start_target_distance).all()

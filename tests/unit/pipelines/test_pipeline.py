@@ -108,13 +108,14 @@ def _row(fraction: float, seed: int, sft: float, si: float, precision: float | N
                             "mean_optimal_length": 25.0},
           "success_detector": {"precision": precision, "recall": 0.9},
           "sft_success_detector": {"precision": 0.5, "recall": 0.5}}
-    return result_row("pointmass", fraction, seed, 220, int(fraction * 200), 20, ev)
+    return result_row("pointmass", fraction, seed, 220, int(fraction * 200), 20, 310, ev)
 
 
 def test_report_functions_build_summary_table_and_plot(tmp_path: Path) -> None:
     a, b = _row(0.1, 0, 0.4, 0.7, 0.8), _row(0.2, 0, 0.6, 0.9, None)
     assert set(a) == {"domain", "data_fraction", "seed", "dataset_episodes", "sft_episodes",
-                      "self_improvement_episodes", "sft", "self_improved", "success_detector"}
+                      "self_improvement_episodes", "self_improvement_env_steps", "sft", "self_improved",
+                      "success_detector"}
     assert a["sft"] == {"success_rate": 0.4, "mean_episode_length": 40.0, "optimal_length_ratio": 1.6}
     assert a["success_detector"] == {"precision": 0.8, "recall": 0.9}
 
@@ -125,7 +126,7 @@ def test_report_functions_build_summary_table_and_plot(tmp_path: Path) -> None:
 
     table = markdown_table(rows).splitlines()
     assert len(table) == 2 + 2 and table[0].count("|") == len(TABLE_HEADER) + 1
-    assert table[2] == "| pointmass | 0.1 | 0 | 20 | 20 | 40 | 0.40 | 0.70 | 1.60 | 1.20 | 0.80 | 0.90 |"
+    assert table[2] == "| pointmass | 0.1 | 0 | 20 | 20 | 310 | 40 | 0.40 | 0.70 | 1.60 | 1.20 | 0.80 | 0.90 |"
     assert "| n/a |" in table[3]  # an undefined precision
 
     summary = write_report(rows, tmp_path / "report")

@@ -86,77 +86,94 @@ def test_size_counts_steps(replay: ReverbReplay) -> None:
     assert replay.size() == 23
 
 
-def test_sample_returns_distinct_exact_rows_and_consumes_them(replay: ReverbReplay) -> None:
+def take_all(replay: Replay) -> dict[str, np.ndarray]:
+    """Every held episode, steps concatenated in episode order."""
+    episodes = replay.take_episodes(replay.num_episodes())
+    return {k: np.concatenate([e[k] for e in episodes]) for k in SPEC}
+
+
+def test_take_returns_whole_exact_episodes_and_consumes_them(replay: ReverbReplay) -> None:
     rows = add_episodes(replay, [5, 9, 2, 14])
-    batch = replay.sample(10)
-    assert len(batch["id"]) == 10
-    assert_exact_rows(batch, rows)
-    assert replay.size() == 20
+    assert replay.num_episodes() == 4
+    episodes = replay.take_episodes(2)
+    assert len(episodes) == 2
+    for e in episodes:  # whole: consecutive ids of one inserted episode
+        ids = e["id"]
+        assert len(ids) in (5, 9, 2, 14)
+        np.testing.assert_array_equal(ids, np.arange(ids[0], ids[0] + len(ids)))
+        assert_exact_rows(e, rows)
+    assert replay.num_episodes() == 2
 
 
-def test_drawing_everything_returns_each_row_once(replay: ReverbReplay) -> None:
+def test_taking_everything_returns_each_row_once(replay: ReverbReplay) -> None:
     rows = add_episodes(replay, [5, 9, 2, 14, 30])
-    first = replay.sample(17)
-    rest = replay.sample(replay.size())
-    assert_exact_rows(first, rows)
-    assert_exact_rows(rest, rows)
-    drawn = first["id"].tolist() + rest["id"].tolist()
+    first = replay.take_episodes(2)
+    rest = take_all(replay)
+    drawn = [i for e in first for i in e["id"].tolist()] + rest["id"].tolist()
     assert sorted(drawn) == sorted(rows)
-    assert replay.size() == 0
+    assert_exact_rows(rest, rows)
+    assert replay.num_episodes() == 0
+
+
+def test_episode_is_one_item_never_partial(replay: ReverbReplay) -> None:
+    """The write is atomic: the table holds exactly one item per added episode."""
+    add_episodes(replay, [40, 1, 7])
+    assert replay.num_episodes() == 3
+    assert replay.size() == 48
+    lengths = sorted(len(e["id"]) for e in replay.take_episodes(3))
+    assert lengths == [1, 7, 40]
 
 
 def test_clear_empties_and_replay_is_reusable(replay: ReverbReplay) -> None:
     add_episodes(replay, [4, 6])
     replay.clear()
-    assert replay.size() == 0
+    assert replay.size() == 0 and replay.num_episodes() == 0
     with pytest.raises(ValueError, match="holds 0"):
-        replay.sample(1)
+        replay.take_episodes(1)
     rows = add_episodes(replay, [3, 2])
     assert replay.size() == 5
-    batch = replay.sample(5)
-    assert_exact_rows(batch, rows)
+    assert_exact_rows(take_all(replay), rows)
 
 
-def test_more_than_size_raises_and_leaves_data(replay: ReverbReplay) -> None:
+def test_more_than_held_raises_and_leaves_data(replay: ReverbReplay) -> None:
     add_episodes(replay, [3, 4])
-    with pytest.raises(ValueError, match="cannot draw 8"):
-        replay.sample(8)
+    with pytest.raises(ValueError, match="cannot take 3"):
+        replay.take_episodes(3)
     with pytest.raises(ValueError):
-        replay.sample(0)
-    assert replay.size() == 7
+        replay.take_episodes(0)
+    assert replay.size() == 7 and replay.num_episodes() == 2
 
 
-def test_sample_times_out_instead_of_blocking(
+def test_take_times_out_instead_of_blocking(
     replay: ReverbReplay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Simulates another consumer draining the table between the size check and the draw.
+    # Simulates another consumer draining the table between the count check and the draw.
     add_episodes(replay, [2])
     fast = ReverbReplay.connect(replay.address, SPEC, timeout_s=0.3)
-    monkeypatch.setattr(fast, "size", lambda: 10)
+    monkeypatch.setattr(fast, "num_episodes", lambda: 10)
     with pytest.raises(TimeoutError, match="of 3"):
-        fast.sample(3)
+        fast.take_episodes(3)
 
 
 def test_second_client_by_address_sees_same_data(replay: ReverbReplay) -> None:
     other = ReverbReplay.connect(replay.address, SPEC)
     rows = add_episodes(other, [8, 3])
     assert replay.size() == 11
-    batch = replay.sample(11)
-    assert_exact_rows(batch, rows)
-    assert other.size() == 0
+    assert_exact_rows(take_all(replay), rows)
+    assert other.num_episodes() == 0
     # And the other direction; the spec can also be read from the server.
     rows = add_episodes(replay, [6])
     reader = ReverbReplay.connect(replay.address)
     assert reader.spec == SPEC
-    assert_exact_rows(reader.sample(6), rows)
+    assert_exact_rows(take_all(reader), rows)
 
 
 def test_pickled_replay_is_a_client_to_the_same_table(replay: ReverbReplay) -> None:
     clone = pickle.loads(pickle.dumps(replay))
     rows = add_episodes(clone, [4])
-    assert_exact_rows(replay.sample(4), rows)
+    assert_exact_rows(take_all(replay), rows)
     clone.close()  # closing a client must not stop the owner's server
-    assert replay.size() == 0
+    assert replay.num_episodes() == 0
 
 
 def test_connect_rejects_mismatched_spec(replay: ReverbReplay) -> None:
