@@ -187,6 +187,18 @@ class Tracker:
             created = self.call("create_run", self._experiment_id, run_name=name, tags=all_tags)
         return StageRun(self, created.info.run_id if created else None)
 
+    def find_runs(self, tags: dict[str, str], status: str | None = None, max_results: int = 1000) -> list[Any]:
+        """This experiment's runs carrying every tag in `tags` (and `status`, e.g. "RUNNING"),
+        newest first; [] when tracking is off or the search failed."""
+        if self._experiment_id is None:
+            return []
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        if status:
+            clauses.append(f"attributes.status = '{status}'")
+        found = self.call("search_runs", [self._experiment_id], " and ".join(clauses), max_results=max_results,
+                          order_by=["attributes.start_time DESC"])
+        return list(found or [])
+
     def end_run(self, run: StageRun | str | None, status: str = "FINISHED") -> None:
         run_id = run.run_id if isinstance(run, StageRun) else run
         if run_id:
