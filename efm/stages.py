@@ -71,14 +71,19 @@ def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
 def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64,
                             progress: bool = False) -> Iterator[Episode]:
     """Scripted demonstrations, ending on ground-truth success or max length, one at a time (an
-    image dataset of any size never sits in memory)."""
+    image dataset of any size never sits in memory). The envs step in `cfg.env.num_workers`
+    processes (efm.domains.make_env); the episodes are the same whatever the number."""
     num_envs = min(num_envs, num_episodes)
-    source = rollout(make_env(cfg.env, num_envs, seed), make_demonstrator(cfg.env, num_envs, seed + 1),
-                     max_steps=cfg.env.max_episode_steps, max_episodes=num_episodes, id_prefix="demo")
-    # Every started episode finishes (no bias towards short ones); ids follow arrival order.
-    for i, e in enumerate(progress_bar(source, total=num_episodes, desc="demonstrations", enabled=progress)):
-        e.episode_id = f"demo-{i:06d}"
-        yield e
+    env = make_env(cfg.env, num_envs, seed)
+    try:
+        source = rollout(env, make_demonstrator(cfg.env, num_envs, seed + 1),
+                         max_steps=cfg.env.max_episode_steps, max_episodes=num_episodes, id_prefix="demo")
+        # Every started episode finishes (no bias towards short ones); ids follow arrival order.
+        for i, e in enumerate(progress_bar(source, total=num_episodes, desc="demonstrations", enabled=progress)):
+            e.episode_id = f"demo-{i:06d}"
+            yield e
+    finally:
+        env.close()  # ends the env's worker processes, if any
 
 
 def _summary(e: Episode) -> Episode:

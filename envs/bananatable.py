@@ -124,12 +124,12 @@ def banana_outline(xy: Array, yaw: float) -> Array:
 class BananaTableEnv(TableEnvBase):
     """N BananaTable boards stepped together (one PyBullet client each)."""
 
-    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int):
+    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int, first_env: int = 0):
         self.cfg = cfg.bananatable
         body = BodySpec(
             BANANA, BANANA_SHAPE, BANANA_RGBA, self.cfg.banana_mass, self.cfg.banana_friction
         )
-        super().__init__(self.cfg, [body], num_envs, seed)
+        super().__init__(self.cfg, [body], num_envs, seed, first_env)
         self._regions: list[str] = [""] * num_envs
 
     @property
@@ -141,7 +141,7 @@ class BananaTableEnv(TableEnvBase):
         self._scenes[i].place(BANANA, xy, yaw)
 
     def _reset_one(self, i: int) -> None:
-        rng, scene = self._rng, self._scenes[i]
+        rng, scene = self._rngs[i], self._scenes[i]
         lo, hi = WORKSPACE[0] + START_MARGIN, WORKSPACE[1] - START_MARGIN
         for _ in range(1000):
             xy, yaw = rng.uniform(WORKSPACE[0], WORKSPACE[1]), float(rng.uniform(-np.pi, np.pi))

@@ -901,12 +901,16 @@ class TableEnvBase:
         bodies: Sequence[BodySpec],
         num_envs: int,
         seed: int,
+        first_env: int = 0,
     ):
+        """`first_env`: the index of env 0 among the copies made from `seed` (a worker of
+        efm.envs.subprocess holding envs first_env.. gets the same episodes as one env of all)."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.num_envs = num_envs
         self._max_delta = cfg.max_delta
-        self._rng = np.random.default_rng(seed)
+        # One random stream per env, so episodes depend on the seed and the env's index only.
+        self._rngs = [np.random.default_rng([seed, first_env + i]) for i in range(num_envs)]
         self._scenes = [TableScene(scene_params(cfg), bodies) for _ in range(num_envs)]
         self._instructions = [""] * num_envs
         self._optimal = np.zeros(num_envs)
@@ -962,7 +966,7 @@ class TableEnvBase:
 class TabletopEnv(TableEnvBase):
     """N LanguageTable-like boards stepped together (one PyBullet client each)."""
 
-    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int):
+    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int, first_env: int = 0):
         self.cfg = cfg.tabletop
         bodies = [
             BodySpec(
@@ -974,7 +978,7 @@ class TabletopEnv(TableEnvBase):
             )
             for b in BLOCKS
         ]
-        super().__init__(self.cfg, bodies, num_envs, seed)
+        super().__init__(self.cfg, bodies, num_envs, seed, first_env)
         self._on_board: list[tuple[str, ...]] = [()] * num_envs
         self._tasks: list[Task | None] = [None] * num_envs
         self._start = np.zeros((num_envs, 2))  # the task block's position at reset
@@ -1002,7 +1006,7 @@ class TabletopEnv(TableEnvBase):
     # -- Internals --
 
     def _reset_one(self, i: int) -> None:
-        cfg, rng, scene = self.cfg, self._rng, self._scenes[i]
+        cfg, rng, scene = self.cfg, self._rngs[i], self._scenes[i]
         for _ in range(100):
             chosen = rng.choice(len(BLOCKS), size=cfg.num_blocks, replace=False)
             names = tuple(BLOCKS[k] for k in sorted(chosen))
