@@ -15,22 +15,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from efm import checkpoints
 from efm.config import RunConfig, check_trainable
 from efm.data import rlds, subsample
 from efm.domains import make_demonstrator, make_env
 from efm.envs.base import Episode
 from efm.envs.render import RGB, write_episodes_gif
-from efm.evaluation.evaluate import episode_metrics, evaluate_policy
-from efm.evaluation.plots import plot_curves, plot_trajectories
-from efm.models.efm import make_functions
-from efm.models.tokenizers import make_vocabulary
 from efm.progress import progress_bar
 from efm.rollout import rollout
-from efm.self_improve.loop import run_self_improve
-from efm.sft.select import POLICY, REWARD, load_selected, run_select
-from efm.sft.trainer import run_sft
 from efm.types import Logger
+
+# Each pipeline step is a fresh process that imports this module for one stage, so what only
+# some stages use (Flax models, Orbax, optax, Reverb, matplotlib, the trainers) is imported in
+# those stages' functions: the dataset and subsample steps skip it
+# (benchmarks/results/step_imports.json). TensorFlow (RLDS I/O) stays here: most stages read or
+# write RLDS.
 
 CONFIG = "config.json"
 PREVIEW = "demonstrations.gif"
@@ -120,6 +118,8 @@ def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
 
 
 def dataset_stats(cfg: RunConfig, episodes: list[Episode]) -> dict[str, Any]:
+    from efm.evaluation.evaluate import episode_metrics
+
     return {"domain": cfg.domain, "episodes": len(episodes), "steps": int(sum(e.length for e in episodes)),
             **episode_metrics(episodes)}
 
@@ -140,6 +140,9 @@ def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path
 def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
               log: Logger | None = None, progress: bool = True,
               on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    from efm.evaluation.plots import plot_curves
+    from efm.sft.trainer import run_sft
+
     check_trainable(cfg)
     out = _start(cfg, out_dir)
     result = run_sft(cfg, train_dir, validation_dir, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
@@ -151,12 +154,17 @@ def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path,
 
 
 def select_stage(cfg: RunConfig, sft_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    from efm.sft.select import run_select
+
     out = _start(cfg, out_dir)
     return run_select(sft_dir, out, cfg.select)
 
 
 def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
                        progress: bool = True) -> dict[str, Any]:
+    from efm.evaluation.plots import plot_curves
+    from efm.self_improve.loop import run_self_improve
+
     out = _start(cfg, out_dir)
     result = run_self_improve(cfg, select_dir, out, log=log, progress=progress)
     x = [r["total_episodes"] for r in result.rounds]
@@ -174,6 +182,13 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
                    out_dir: str | Path, dataset_dir: str | Path | None = None, progress: bool = False,
                    ) -> dict[str, Any]:
     """Ground-truth evaluation of the SFT and Self-Improved policies, plus the trajectory plot."""
+    from efm import checkpoints
+    from efm.evaluation.evaluate import evaluate_policy
+    from efm.evaluation.plots import plot_trajectories
+    from efm.models.efm import make_functions
+    from efm.models.tokenizers import make_vocabulary
+    from efm.sft.select import POLICY, REWARD, load_selected
+
     out = _start(cfg, out_dir)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     reward = load_selected(select_dir, REWARD)
