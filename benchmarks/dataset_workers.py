@@ -36,11 +36,14 @@ def _data_digest(directory: Path) -> str:
 def run_once(domain: str, episodes: int, workers: int, root: Path) -> dict:
     out = root / f"workers-{workers}"
     cmd = [*EFM, "dataset", "--domain", domain, "--episodes", str(episodes), "--out", str(out), "--quiet",
-           "--config", json.dumps({"env": {"num_workers": workers}})]
+           "--config", json.dumps({"env": {"num_workers": workers},
+                                   "data": {"validation_episodes": max(1, episodes // 10)}})]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT,
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     stats = json.loads(proc.stdout[proc.stdout.index("{"):])
     return {"workers": workers, "stage_seconds": round(stats["seconds"], 2), "process_seconds": round(wall, 2),
             "steps": stats["steps"], "steps_per_second": round(stats["steps"] / stats["seconds"], 1),

@@ -7,7 +7,10 @@ The imports are read from `components/stages.py` and `efm/stages.py` (import sta
 the top of function bodies), run in a new process per step, repeated, and the fastest wall
 time kept (the machine may be shared). Also lists the heavy libraries each step loads.
 
-    .venv/bin/python benchmarks/step_imports.py --tracking --results benchmarks/results/step_imports.json
+    .venv/bin/python benchmarks/step_imports.py --tracking --results benchmarks/results/step_imports_tracking.json
+    .venv/bin/python benchmarks/step_imports.py --results benchmarks/results/step_imports_no_tracking.json
+
+(`step_imports_before.json`: this script run in a checkout of commit 34cfc99 with its own venv.)
 """
 
 from __future__ import annotations

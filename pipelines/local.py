@@ -58,9 +58,9 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
 
     Tracking goes to `tracking_uri`, by default a SQLite store OUT/mlflow.db with its
     artifacts in OUT/mlartifacts; "" tracks nothing. `progress` False silences the steps'
-    progress lines. `cache` False executes every task (and records nothing in the cache). The summary's `kfp` entry names the run
-    and its executed and cached tasks. If a task fails, the parent MLflow run is ended as FAILED
-    and the error raised.
+    progress lines. `cache` False executes every task (and records nothing in the cache). The
+    summary's `kfp` entry names the run and its executed and cached tasks. If a task fails, the
+    parent MLflow run is ended as FAILED and the error raised.
     """
     check_trainable(config)
     out = Path(out_dir).absolute()
