@@ -112,7 +112,7 @@ def finish_experiment(tracking_uri: str, parent_run_id: str, report_dir: str) ->
     tracker = Tracker(tracking_uri or None)
     parent = StageRun(tracker, parent_run_id or None)
     parent.log_artifacts(report_dir)
-    if parent.run_id:
+    if parent.run_id and not tracker.failures:  # an unreachable store would fail every lookup
         results = json.loads((Path(report_dir) / "summary.json").read_text())["results"]
         lineage = stage_lineage(tracker, parent.run_id, [str(r.get(RUN_ID, "")) for r in results])
         tracker.call("set_tag", parent.run_id, STAGE_RUNS, ",".join(e["run_id"] for e in lineage))
