@@ -7,9 +7,12 @@ scratch that is then copied into the artifact path (`efm.components.artifacts`).
 `install_kfp_package=False`: the image already has kfp and the project, and local runs use the
 current environment (no pip at task time).
 
-Every component takes `tracking_uri` ("" for no tracking) and `parent_run_id` (the pipeline
-run's MLflow run) and learns its KFP run and task names from placeholders (spelled out in each
-signature: kfp ships the function's source alone, without module-level names).
+Every component takes `tracking_uri` ("" for no tracking) and learns its KFP run and task
+names from placeholders (spelled out in each signature: kfp ships the function's source alone,
+without module-level names). Stage components take no other per-run input, so a new pipeline
+run can reuse them from the cache: their MLflow run finds its parent by the KFP run name
+(`stage_run(..., parent_run_id="", kfp_run, ...)`). Only the report steps, which are never
+cached, take the parent's id (`parent_run_id`, the output of start_tracking).
 
 No `from __future__ import annotations` here: kfp reads the annotations as types.
 """
@@ -30,7 +33,7 @@ def start_tracking(config_json: str, tracking_uri: str, branches: str, kfp_run: 
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def dataset(config_json: str, tracking_uri: str, parent_run_id: str, episodes: Output[Dataset],
+def dataset(config_json: str, tracking_uri: str, episodes: Output[Dataset],
             kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """Demonstrations as an RLDS dataset; the artifact path is the dataset directory."""
     from efm.components.artifacts import staged
@@ -39,7 +42,7 @@ def dataset(config_json: str, tracking_uri: str, parent_run_id: str, episodes: O
     from efm.stages import dataset_stage
 
     cfg = RunConfig.from_json(config_json)
-    with stage_run("dataset", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [], [episodes]) as run:
+    with stage_run("dataset", cfg, tracking_uri, "", kfp_run, kfp_task, [], [episodes]) as run:
         with staged(episodes.path) as work:
             stats = dataset_stage(cfg, work)
         run.log_metrics({f"dataset.{k}": v for k, v in stats.items()})
@@ -49,7 +52,7 @@ def dataset(config_json: str, tracking_uri: str, parent_run_id: str, episodes: O
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def validate(config_json: str, episodes: Input[Dataset], fractions: str, seeds: str, tracking_uri: str,
-             parent_run_id: str, statistics: Output[Artifact], page: Output[HTML], facets: Output[HTML],
+             statistics: Output[Artifact], page: Output[HTML], facets: Output[HTML],
              metrics: Output[Metrics], kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
              kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """The data gate (TFDV): statistics, schema anomalies, drift against the domain's reference
@@ -65,7 +68,7 @@ def validate(config_json: str, episodes: Input[Dataset], fractions: str, seeds: 
     from efm.data.validation import FACETS_HTML, REPORT_HTML, ValidationError, run_validation
 
     cfg = RunConfig.from_json(config_json)
-    with stage_run("validate", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [episodes], [statistics]) as run:
+    with stage_run("validate", cfg, tracking_uri, "", kfp_run, kfp_task, [episodes], [statistics]) as run:
         report = run_validation(cfg, episodes.path, statistics.path, [float(f) for f in fractions.split()],
                                 [int(s) for s in seeds.split()], temp_root=statistics.uri, job_name=kfp_run)
         print(report.summary())
@@ -87,7 +90,7 @@ def validate(config_json: str, episodes: Input[Dataset], fractions: str, seeds: 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed: int, tracking_uri: str,
-              parent_run_id: str, train: Output[Dataset], validation: Output[Dataset],
+              train: Output[Dataset], validation: Output[Dataset],
               kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """One data fraction's training episodes and the validation split, for one seed.
 
@@ -107,7 +110,7 @@ def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed:
 
     cfg = seeded(RunConfig.from_json(config_json), seed)
     cfg = cfg.replace(data=replace(cfg.data, fractions=(fraction,)))
-    with stage_run("subsample", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [episodes],
+    with stage_run("subsample", cfg, tracking_uri, "", kfp_run, kfp_task, [episodes],
                    [train, validation], fraction, seed) as run:
         run.log_dataset(episodes.path, episodes.uri, "demonstrations", "source")
         with tempfile.TemporaryDirectory(prefix="efm-subsample-") as tmp:
@@ -122,7 +125,7 @@ def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed:
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def sft(config_json: str, train: Input[Dataset], validation: Input[Dataset], fraction: float, seed: int,
-        tracking_uri: str, parent_run_id: str, model: Output[Model], metrics: Output[Metrics],
+        tracking_uri: str, model: Output[Model], metrics: Output[Metrics],
         kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """Stage 1; the model artifact is the SFT workdir (checkpoints and history.json).
 
@@ -135,7 +138,7 @@ def sft(config_json: str, train: Input[Dataset], validation: Input[Dataset], fra
     from efm.stages import seeded, sft_stage
 
     cfg = seeded(RunConfig.from_json(config_json), seed)
-    with stage_run("sft", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [train, validation],
+    with stage_run("sft", cfg, tracking_uri, "", kfp_run, kfp_task, [train, validation],
                    [model, metrics], fraction, seed) as run:
         label = branch_label(fraction, seed)
         run.log_dataset(train.path, train.uri, f"train-{label}", "training")
@@ -152,7 +155,7 @@ def sft(config_json: str, train: Input[Dataset], validation: Input[Dataset], fra
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def select(config_json: str, sft_model: Input[Model], fraction: float, seed: int, tracking_uri: str,
-           parent_run_id: str, model: Output[Model], kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
+           model: Output[Model], kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """Policy and reward checkpoints by validation loss (policy/, reward/, selection.json),
     registered as versions of the branch's model with aliases policy-sft and reward-sft."""
     from pathlib import Path
@@ -163,7 +166,7 @@ def select(config_json: str, sft_model: Input[Model], fraction: float, seed: int
     from efm.stages import seeded, select_stage
 
     cfg = seeded(RunConfig.from_json(config_json), seed)
-    with stage_run("select", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [sft_model], [model],
+    with stage_run("select", cfg, tracking_uri, "", kfp_run, kfp_task, [sft_model], [model],
                    fraction, seed) as run:
         with staged(model.path) as work:
             selection = select_stage(cfg, sft_model.path, work)
@@ -176,7 +179,7 @@ def select(config_json: str, sft_model: Input[Model], fraction: float, seed: int
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def self_improve(config_json: str, selected: Input[Model], fraction: float, seed: int, tracking_uri: str,
-                 parent_run_id: str, model: Output[Model], metrics: Output[Metrics], practice_domain: str = "",
+                 model: Output[Model], metrics: Output[Metrics], practice_domain: str = "",
                  kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """Stage 2 (Algorithm 1); the model artifact holds policy/ (the kept round) and rounds.json,
     registered as the branch model's policy-self-improved version. `practice_domain`: practise
@@ -190,7 +193,7 @@ def self_improve(config_json: str, selected: Input[Model], fraction: float, seed
     from efm.stages import seeded, self_improve_stage
 
     cfg = practice_config(seeded(RunConfig.from_json(config_json), seed), practice_domain)
-    with stage_run("self_improve", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task, [selected],
+    with stage_run("self_improve", cfg, tracking_uri, "", kfp_run, kfp_task, [selected],
                    [model, metrics], fraction, seed) as run:
         with staged(model.path) as work:
             out = self_improve_stage(cfg, selected.path, work, log=run)
@@ -211,7 +214,7 @@ def self_improve(config_json: str, selected: Input[Model], fraction: float, seed
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def evaluate(config_json: str, episodes: Input[Dataset], train: Input[Dataset], selected: Input[Model],
-             improved: Input[Model], fraction: float, seed: int, tracking_uri: str, parent_run_id: str,
+             improved: Input[Model], fraction: float, seed: int, tracking_uri: str,
              metrics: Output[Metrics], page: Output[HTML], evaluation: Output[Artifact],
              result: Output[Artifact], practice_domain: str = "", kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """SFT against Self-Improved on ground truth. `evaluation`: metrics.json and plots;
@@ -227,7 +230,7 @@ def evaluate(config_json: str, episodes: Input[Dataset], train: Input[Dataset], 
     from efm.stages import TRAJECTORIES, evaluate_stage, seeded
 
     cfg = practice_config(seeded(RunConfig.from_json(config_json), seed), practice_domain)
-    with stage_run("evaluate", cfg, tracking_uri, parent_run_id, kfp_run, kfp_task,
+    with stage_run("evaluate", cfg, tracking_uri, "", kfp_run, kfp_task,
                    [selected, improved, train, episodes], [evaluation, result], fraction, seed) as run:
         with staged(evaluation.path) as work:
             ev = evaluate_stage(cfg, selected.path, improved.path, work, train.path)

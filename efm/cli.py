@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db; '' for none)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="execute every step (default: reuse steps an earlier run in OUT executed with the same inputs)")
 
     p = sub.add_parser("data", help="look at datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -385,7 +387,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "run":
         from efm.pipelines.local import run_local
 
-        return run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri, progress=progress)
+        return run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri, progress=progress,
+                         cache=not args.no_cache)
     raise ValueError(f"unknown command {args.command}")
 
 

@@ -127,10 +127,17 @@ class EnvConfig:
     pointmass: PointmassConfig = field(default_factory=PointmassConfig)
     tabletop: TabletopConfig = field(default_factory=TabletopConfig)
     bananatable: BananaTableConfig = field(default_factory=BananaTableConfig)
+    # Worker processes that step a vectorized env's N copies (efm.envs.subprocess): 0 picks
+    # (every core for the PyBullet domains once N is large enough, see efm.domains.env_workers),
+    # 1 steps them in this process. Results are the same either way.
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         _check(self.domain in DOMAINS, "env.domain", self.domain, f"one of {DOMAINS}")
         _check(self.max_episode_steps > 0, "env.max_episode_steps", self.max_episode_steps, "> 0")
+        _check(self.num_workers >= 0, "env.num_workers", self.num_workers, ">= 0 (0: automatic)")
+        _check(self.domain != "pointmass" or self.num_workers <= 1, "env.num_workers", self.num_workers,
+               "0 or 1 for pointmass: its numpy step takes microseconds, less than a message to a worker")
 
 
 @dataclass(frozen=True)

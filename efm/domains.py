@@ -2,23 +2,60 @@
 
 from __future__ import annotations
 
+import os
+
 from efm.config import EnvConfig
 from efm.envs import pointmass
 from efm.envs.base import VectorEnv
 from efm.rollout import Agent
 
+# Automatic worker count (env.num_workers 0): PyBullet domains get a worker per core, but never
+# fewer than this many envs per worker (a message per step costs ~0.1 ms, an env step with
+# images ~4 ms; starting a worker ~1 s).
+MIN_ENVS_PER_WORKER = 8
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def env_workers(cfg: EnvConfig, num_envs: int) -> int:
+    """How many processes step `num_envs` envs: `cfg.num_workers` if set (at most one per env),
+    else every core for the PyBullet domains when there are enough envs, else 1 (in-process)."""
+    if cfg.num_workers:
+        return min(cfg.num_workers, num_envs)
+    if cfg.domain == "pointmass":
+        return 1
+    return max(1, min(available_cores(), num_envs // MIN_ENVS_PER_WORKER))
+
 
 def make_env(cfg: EnvConfig, num_envs: int, seed: int) -> VectorEnv:
+    """The domain's vectorized env, stepped by `env_workers(cfg, num_envs)` processes (the same
+    episodes for a seed whatever the number)."""
+    workers = env_workers(cfg, num_envs)
+    if workers > 1:
+        from efm.envs.subprocess import SubprocessVectorEnv
+
+        return SubprocessVectorEnv(cfg, num_envs, seed, workers)
+    return make_local_env(cfg, num_envs, seed)
+
+
+def make_local_env(cfg: EnvConfig, num_envs: int, seed: int, first_env: int = 0) -> VectorEnv:
+    """The domain's vectorized env in this process; `first_env` > 0 makes envs first_env.. of
+    the envs made from `seed` (a worker's share; PyBullet domains only)."""
     if cfg.domain == "pointmass":
+        if first_env:
+            raise ValueError("pointmass envs share one random stream: they cannot be split over workers")
         return pointmass.PointmassEnv(cfg, num_envs, seed)
     if cfg.domain == "tabletop":  # PyBullet is imported only for the domains that need it
         from efm.envs.tabletop import TabletopEnv
 
-        return TabletopEnv(cfg, num_envs, seed)
+        return TabletopEnv(cfg, num_envs, seed, first_env)
     if cfg.domain == "bananatable":
         from efm.envs.bananatable import BananaTableEnv
 
-        return BananaTableEnv(cfg, num_envs, seed)
+        return BananaTableEnv(cfg, num_envs, seed, first_env)
     raise ValueError(f"unknown domain {cfg.domain!r}")
 
 

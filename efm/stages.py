@@ -15,26 +15,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from efm import checkpoints
 from efm.config import RunConfig, check_trainable
 from efm.data import rlds, subsample
-from efm.data.features import InputSpec
 from efm.domains import make_demonstrator, make_env
 from efm.envs.base import Episode
 from efm.envs.render import RGB, write_episodes_gif
-from efm.evaluation.evaluate import episode_metrics, evaluate_policy
-from efm.evaluation.plots import plot_curves, plot_steps_to_go_strip, plot_trajectories
-from efm.models.efm import EFMFunctions, make_functions
-from efm.models.tokenizers import make_vocabulary
 from efm.progress import progress_bar
 from efm.rollout import rollout
-from efm.self_improve.loop import run_self_improve
-from efm.sft.select import POLICY, REWARD, load_selected, run_select
-from efm.sft.trainer import run_sft
 from efm.types import Logger
+
+# Each pipeline step is a fresh process that imports this module for one stage, so what only
+# some stages use (Flax models, Orbax, optax, Reverb, matplotlib, the trainers) is imported in
+# those stages' functions: the dataset and subsample steps skip it
+# (benchmarks/results/step_imports.json). TensorFlow (RLDS I/O) stays here: most stages read or
+# write RLDS.
 
 CONFIG = "config.json"
 PREVIEW = "demonstrations.gif"
@@ -75,14 +71,19 @@ def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
 def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64,
                             progress: bool = False) -> Iterator[Episode]:
     """Scripted demonstrations, ending on ground-truth success or max length, one at a time (an
-    image dataset of any size never sits in memory)."""
+    image dataset of any size never sits in memory). The envs step in `cfg.env.num_workers`
+    processes (efm.domains.make_env); the episodes are the same whatever the number."""
     num_envs = min(num_envs, num_episodes)
-    source = rollout(make_env(cfg.env, num_envs, seed), make_demonstrator(cfg.env, num_envs, seed + 1),
-                     max_steps=cfg.env.max_episode_steps, max_episodes=num_episodes, id_prefix="demo")
-    # Every started episode finishes (no bias towards short ones); ids follow arrival order.
-    for i, e in enumerate(progress_bar(source, total=num_episodes, desc="demonstrations", enabled=progress)):
-        e.episode_id = f"demo-{i:06d}"
-        yield e
+    env = make_env(cfg.env, num_envs, seed)
+    try:
+        source = rollout(env, make_demonstrator(cfg.env, num_envs, seed + 1),
+                         max_steps=cfg.env.max_episode_steps, max_episodes=num_episodes, id_prefix="demo")
+        # Every started episode finishes (no bias towards short ones); ids follow arrival order.
+        for i, e in enumerate(progress_bar(source, total=num_episodes, desc="demonstrations", enabled=progress)):
+            e.episode_id = f"demo-{i:06d}"
+            yield e
+    finally:
+        env.close()  # ends the env's worker processes, if any
 
 
 def _summary(e: Episode) -> Episode:
@@ -119,6 +120,8 @@ def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
 
 
 def dataset_stats(cfg: RunConfig, episodes: list[Episode]) -> dict[str, Any]:
+    from efm.evaluation.evaluate import episode_metrics
+
     return {"domain": cfg.domain, "episodes": len(episodes), "steps": int(sum(e.length for e in episodes)),
             **episode_metrics(episodes)}
 
@@ -139,6 +142,9 @@ def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path
 def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
               log: Logger | None = None, progress: bool = True,
               on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    from efm.evaluation.plots import plot_curves
+    from efm.sft.trainer import run_sft
+
     check_trainable(cfg)
     out = _start(cfg, out_dir)
     result = run_sft(cfg, train_dir, validation_dir, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
@@ -150,12 +156,17 @@ def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path,
 
 
 def select_stage(cfg: RunConfig, sft_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    from efm.sft.select import run_select
+
     out = _start(cfg, out_dir)
     return run_select(sft_dir, out, cfg.select)
 
 
 def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
                        progress: bool = True) -> dict[str, Any]:
+    from efm.evaluation.plots import plot_curves
+    from efm.self_improve.loop import run_self_improve
+
     out = _start(cfg, out_dir)
     result = run_self_improve(cfg, select_dir, out, log=log, progress=progress)
     x = [r["total_episodes"] for r in result.rounds]
@@ -174,6 +185,13 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
                    out_dir: str | Path, dataset_dir: str | Path | None = None, progress: bool = False,
                    ) -> dict[str, Any]:
     """Ground-truth evaluation of the SFT and Self-Improved policies, plus the trajectory plot."""
+    from efm import checkpoints
+    from efm.evaluation.evaluate import evaluate_policy
+    from efm.evaluation.plots import plot_trajectories
+    from efm.models.efm import make_functions
+    from efm.models.tokenizers import make_vocabulary
+    from efm.sft.select import POLICY, REWARD, load_selected
+
     out = _start(cfg, out_dir)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     reward = load_selected(select_dir, REWARD)
@@ -201,10 +219,15 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
     return metrics
 
 
-def write_camera_figures(fns: EFMFunctions, reward: Any, panels: dict[str, list[Episode]], out: Path,
+def write_camera_figures(fns: Any, reward: Any, panels: dict[str, list[Episode]], out: Path,
                          num_frames: int) -> None:
     """Per panel (dataset, SFT, Self-Improved): a captioned GIF of its episodes and a Figure 2-3
-    steps-to-go strip of its first episode under the frozen reward model."""
+    steps-to-go strip of its first episode under the frozen reward model (`fns`: EFMFunctions)."""
+    import jax.numpy as jnp
+
+    from efm.data.features import InputSpec
+    from efm.evaluation.plots import plot_steps_to_go_strip
+
     spec = InputSpec(fns.vocab.text)
     bins = fns.vocab.steps_to_go.bin_values()
     for title, episodes in panels.items():

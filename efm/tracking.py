@@ -15,13 +15,14 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, Param
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# mlflow (with pandas) takes seconds to import, and every pipeline step imports this module:
+# it is imported only where a store is in use (Tracker with a tracking URI, StageRun with a
+# run), so steps that track nothing (Vertex runs without --tracking-uri) do not pay for it.
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class StageRun:
 
     def log_metrics(self, metrics: dict[str, Any], step: int = 0) -> None:
         """Finite numbers only; "/" becomes "." so names match across stages and runs."""
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         items = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, int | float) and math.isfinite(float(v))]
@@ -84,6 +89,10 @@ class StageRun:
             self._call("log_batch", metrics=items)
 
     def log_params(self, params: dict[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Param
+
         items = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self._call("log_batch", params=items[i:i + 100])
@@ -98,6 +107,10 @@ class StageRun:
         """A dataset this run read (`uri`: where it lives, e.g. gs://...), with its digest."""
         if self.run_id is None:
             return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
         with warnings.catch_warnings():  # local paths match two equivalent registered sources
             warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
             source = resolve_dataset_source(uri)
@@ -142,6 +155,8 @@ class Tracker:
             return
         for k, v in _HTTP_DEFAULTS.items():
             os.environ.setdefault(k, v)
+        from mlflow.tracking import MlflowClient
+
         self._client = MlflowClient(tracking_uri)
         exp = self.call("get_experiment_by_name", experiment)
         if self.failures:  # the store is unreachable: this process tracks nothing (and says so)
@@ -166,6 +181,8 @@ class Tracker:
     def ensure_registered_model(self, name: str) -> None:
         if self._client is None:
             return
+        from mlflow.exceptions import MlflowException
+
         try:
             self._client.create_registered_model(name)
         except MlflowException as e:
@@ -186,6 +203,18 @@ class Tracker:
         if self._experiment_id is not None:
             created = self.call("create_run", self._experiment_id, run_name=name, tags=all_tags)
         return StageRun(self, created.info.run_id if created else None)
+
+    def find_runs(self, tags: dict[str, str], status: str | None = None, max_results: int = 1000) -> list[Any]:
+        """This experiment's runs carrying every tag in `tags` (and `status`, e.g. "RUNNING"),
+        newest first; [] when tracking is off or the search failed."""
+        if self._experiment_id is None:
+            return []
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        if status:
+            clauses.append(f"attributes.status = '{status}'")
+        found = self.call("search_runs", [self._experiment_id], " and ".join(clauses), max_results=max_results,
+                          order_by=["attributes.start_time DESC"])
+        return list(found or [])
 
     def end_run(self, run: StageRun | str | None, status: str = "FINISHED") -> None:
         run_id = run.run_id if isinstance(run, StageRun) else run

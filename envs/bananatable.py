@@ -124,12 +124,12 @@ def banana_outline(xy: Array, yaw: float) -> Array:
 class BananaTableEnv(TableEnvBase):
     """N BananaTable boards stepped together (one PyBullet client each)."""
 
-    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int):
+    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int, first_env: int = 0):
         self.cfg = cfg.bananatable
         body = BodySpec(
             BANANA, BANANA_SHAPE, BANANA_RGBA, self.cfg.banana_mass, self.cfg.banana_friction
         )
-        super().__init__(self.cfg, [body], num_envs, seed)
+        super().__init__(self.cfg, [body], num_envs, seed, first_env)
         self._regions: list[str] = [""] * num_envs
 
     @property

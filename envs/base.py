@@ -49,6 +49,9 @@ class VectorEnv(Protocol):
     def optimal_length(self) -> Array:
         """[N] steps a perfect policy needs for the current tasks."""
 
+    def close(self) -> None:
+        """Frees what the envs hold (physics clients, worker processes); idempotent."""
+
 
 @dataclass
 class Episode:

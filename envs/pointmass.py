@@ -86,6 +86,9 @@ class PointmassEnv:
     def optimal_length(self) -> Array:
         return optimal_length(self._start, self._target, self.cfg)
 
+    def close(self) -> None:
+        """Nothing to free (numpy state only)."""
+
 
 class WaypointDemonstrator:
     """PD controller through `num_waypoints` random waypoints, then to the target."""

@@ -901,13 +901,17 @@ class TableEnvBase:
         bodies: Sequence[BodySpec],
         num_envs: int,
         seed: int,
+        first_env: int = 0,
     ):
+        """`first_env`: the index of env 0 among the copies made from `seed` (a worker of
+        efm.envs.subprocess holding envs first_env.. gets the same episodes as one env of all)."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.num_envs = num_envs
         self._max_delta = cfg.max_delta
         self._seed = seed
-        self._rng = np.random.default_rng(seed)
+        # One random stream per env, so episodes depend on the seed and the env's index only.
+        self._rngs = [np.random.default_rng([seed, first_env + i]) for i in range(num_envs)]
         self._scenes = [TableScene(scene_params(cfg), bodies) for _ in range(num_envs)]
         self._instructions = [""] * num_envs
         self._optimal = np.zeros(num_envs)
@@ -915,7 +919,7 @@ class TableEnvBase:
     def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
         idx = range(self.num_envs) if mask is None else np.flatnonzero(mask)
         for i in idx:  # with `tasks`, task k is a pure function of (seed, k)
-            rng = self._rng if tasks is None else np.random.default_rng([self._seed, int(tasks[i])])
+            rng = self._rngs[i] if tasks is None else np.random.default_rng([self._seed, int(tasks[i])])
             self._reset_one(int(i), rng)
         return self._timestep()
 
@@ -964,7 +968,7 @@ class TableEnvBase:
 class TabletopEnv(TableEnvBase):
     """N LanguageTable-like boards stepped together (one PyBullet client each)."""
 
-    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int):
+    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int, first_env: int = 0):
         self.cfg = cfg.tabletop
         bodies = [
             BodySpec(
@@ -976,7 +980,7 @@ class TabletopEnv(TableEnvBase):
             )
             for b in BLOCKS
         ]
-        super().__init__(self.cfg, bodies, num_envs, seed)
+        super().__init__(self.cfg, bodies, num_envs, seed, first_env)
         self._on_board: list[tuple[str, ...]] = [()] * num_envs
         self._tasks: list[Task | None] = [None] * num_envs
         self._start = np.zeros((num_envs, 2))  # the task block's position at reset

@@ -5,7 +5,8 @@ report.
 kfp 2.13 runs neither dsl.ParallelFor nor dsl.If locally, so branches are unrolled with plain
 Python loops when the pipeline is defined: `make_experiment_pipeline` takes the fractions and
 seeds and returns a pipeline whose parameters are the config (JSON) and the MLflow tracking
-URI ("" for none): its first step opens the parent MLflow run that every stage's run hangs under. The report is a chain
+URI ("" for none): its first step opens the parent MLflow run that every stage's run hangs under
+(found by the KFP run name, so that cached stages stay cached with tracking on). The report is a chain
 of small steps, one per branch, each adding that branch's result row to the previous step's
 summary: locally kfp 2.13 can neither collect outputs of several tasks into one input
 (dsl.Collected needs ParallelFor) nor leave an optional artifact input unset, while a chain of
@@ -46,11 +47,14 @@ PIPELINE_NAME = "efm-experiment"
 RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "validate": 1, "subsample": 2, "sft": 1, "select": 2, "self_improve": 1,
                            "evaluate": 2, "report": 2}
 # Every stage is a deterministic function of its inputs and the config (seeds included), so a
-# cached result is the result. With tracking on, every task takes the pipeline run's parent
-# MLflow run id, so a new pipeline run reruns (and logs) them all; track nothing
-# (tracking_uri "") to reuse cached stages. start-tracking must run in every pipeline run.
-CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "validate": True, "subsample": True, "sft": True, "select": True,
-                            "self_improve": True, "evaluate": True, "report": True}
+# cached result is the result. No stage task takes anything that changes from one pipeline run
+# to the next (its MLflow run finds the parent by the KFP run name, see
+# efm.components.tracking), so a new run with tracking on reuses them: an expensive dataset step
+# is generated (and validated) once. start-tracking (opens the parent run) and the report steps
+# (finish it with the lineage, reused runs included) run in every pipeline run. Locally the
+# cache is efm.pipelines.cache (kfp 2.13's local runner has none).
+CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "validate": True, "subsample": True, "sft": True,
+                            "select": True, "self_improve": True, "evaluate": True, "report": False}
 
 
 def _check(fractions: Sequence[float], seeds: Sequence[int]) -> tuple[list[float], list[int]]:
@@ -131,8 +135,11 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
             config_json=config_json, tracking_uri=tracking_uri,
             branches=" ".join(branch_label(f, s) for s in seeds for f in fractions)), "tracking", "start-tracking"),
             resources)
-        track = {"tracking_uri": tracking_uri, "parent_run_id": start.output}
-        data = _on_cpu(_configure(stages.dataset(config_json=config_json, **track), "dataset", "dataset"), resources)
+        track = {"tracking_uri": tracking_uri}
+        report_track = {**track, "parent_run_id": start.output}  # reports run every time: they may take it
+        # The parent run exists before any stage's run looks for it.
+        data = _on_cpu(_configure(stages.dataset(config_json=config_json, **track).after(start), "dataset",
+                                  "dataset"), resources)
         # The data gate: every branch's subsample (hence SFT) waits for it; it also checks the
         # train/validation skew of the branches, drawn as subsample will draw them.
         gate = _on_cpu(_configure(stages.validate(
@@ -164,9 +171,10 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                                 "evaluate", f"evaluate-{name}")
                 final = i == len(branches) - 1 and domain == ("", *transfer_domains)[-1]
                 if summary is None:
-                    rep = stages.report(result=ev.outputs["result"], final=final, **track)
+                    rep = stages.report(result=ev.outputs["result"], final=final, **report_track)
                 else:
-                    rep = stages.report_append(previous=summary, result=ev.outputs["result"], final=final, **track)
+                    rep = stages.report_append(previous=summary, result=ev.outputs["result"], final=final,
+                                               **report_track)
                 rep = _configure(rep, "report", f"report-{name}")
                 for task in (si, ev, rep):
                     _on_cpu(task, resources)

@@ -3,7 +3,9 @@
 `use_venv=False` makes every task run in this interpreter (`sys.executable`, kfp 2.13
 substitutes it for the components' `python3`), and the components are built with
 `install_kfp_package=False`, so nothing is installed at task time. Tasks run one after another;
-artifacts land under OUT/pipeline_root/<run>/<task>/.
+artifacts land under OUT/pipeline_root/<run>/<task>/. Tasks compiled with caching on are taken
+from OUT/kfp_cache when an earlier run in OUT executed them with the same inputs
+(`efm.pipelines.cache`). A failed run ends its MLflow parent run as FAILED.
 
     python -m efm.pipelines.local --debug --fractions 0.5 --seeds 7 --out runs/kfp
 """
@@ -22,8 +24,10 @@ from typing import Any
 
 from kfp import local
 
+from efm.components.tracking import fail_experiment
 from efm.config import RunConfig, check_trainable, debug_config, default_config
 from efm.evaluation.report import PLOT, SUMMARY, TABLE
+from efm.pipelines.cache import LocalTaskCache
 from efm.pipelines.experiment import make_experiment_pipeline
 from efm.progress import QUIET_ENV
 from efm.tracking import Tracker, local_artifacts, local_store
@@ -43,14 +47,20 @@ def _environ(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = before
 
 
+CACHE_DIR = "kfp_cache"  # under OUT: the local task cache (efm.pipelines.cache)
+
+
 def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float] | None = None,
-              seeds: Sequence[int] = (0,), tracking_uri: str | None = None, progress: bool = True) -> dict[str, Any]:
+              seeds: Sequence[int] = (0,), tracking_uri: str | None = None, progress: bool = True,
+              cache: bool = True) -> dict[str, Any]:
     """Runs every branch (fractions default to config.data.fractions) and returns the summary;
     OUT/summary.json, report.md and the Figure 5 plot are copies of the report's artifact.
 
     Tracking goes to `tracking_uri`, by default a SQLite store OUT/mlflow.db with its
     artifacts in OUT/mlartifacts; "" tracks nothing. `progress` False silences the steps'
-    progress lines.
+    progress lines. `cache` False executes every task (and records nothing in the cache). The
+    summary's `kfp` entry names the run and its executed and cached tasks. If a task fails, the
+    parent MLflow run is ended as FAILED and the error raised.
     """
     check_trainable(config)
     out = Path(out_dir).absolute()
@@ -69,12 +79,20 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
         # The project image's name has no "python" in it, which kfp.local warns about per task;
         # locally the image is not used at all.
         warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
-        task = pipeline(config_json=config.to_json(), tracking_uri=tracking_uri)
+        tasks = LocalTaskCache.for_pipeline(pipeline, out / CACHE_DIR, enabled=cache)
+        try:
+            with tasks.installed():
+                task = pipeline(config_json=config.to_json(), tracking_uri=tracking_uri)
+        except BaseException:  # a failed task (RuntimeError from kfp), or Ctrl-C
+            if tracking_uri and tasks.run_name:
+                fail_experiment(tracking_uri, tasks.run_name)
+            raise
     report_dir = Path(task.output.path)
     for name in (SUMMARY, TABLE, PLOT):
         shutil.copyfile(report_dir / name, out / name)
     summary = json.loads((out / SUMMARY).read_text())
     summary["tracking_uri"] = tracking_uri
+    summary["kfp"] = {"run_name": tasks.run_name, "executed": tasks.executed, "cached": tasks.cached}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
     return summary
 
@@ -87,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: OUT/mlflow.db; '' for none)")
+    p.add_argument("--no-cache", action="store_true", help="execute every task, cached or not")
     args = p.parse_args(argv)
     cfg = debug_config(args.domain) if args.debug else default_config(args.domain)
-    print(json.dumps(run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri), indent=1))
+    print(json.dumps(run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri,
+                               cache=not args.no_cache), indent=1))
     return 0
 
 

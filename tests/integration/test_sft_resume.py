@@ -37,7 +37,7 @@ def _config() -> RunConfig:
 def _sft_kwargs(cfg: RunConfig, data: dict[str, Path], model_dir: Path) -> dict:
     return {"config_json": cfg.to_json(), "train": Dataset(uri=str(data["train"])),
             "validation": Dataset(uri=str(data["validation"])), "fraction": 0.5, "seed": SEED,
-            "tracking_uri": "", "parent_run_id": "", "model": Model(uri=str(model_dir)),
+            "tracking_uri": "", "model": Model(uri=str(model_dir)),
             "metrics": Metrics(uri=str(model_dir.parent / "metrics"))}
 
 

@@ -205,7 +205,9 @@ def test_demonstrator_succeeds_imperfectly_and_deterministically() -> None:
         return eps
 
     episodes = run()
-    assert len(episodes) == 16 and sum(e.success for e in episodes) >= 15
+    # The demonstrator succeeds in ~98% of episodes (benchmarks/results/tabletop_env.json, 400
+    # episodes): among 16, allow two failures.
+    assert len(episodes) == 16 and sum(e.success for e in episodes) >= 14
     done = [e for e in episodes if e.success]
     assert np.mean([e.length for e in done]) > np.mean([e.optimal_length for e in done])
     for e in done:

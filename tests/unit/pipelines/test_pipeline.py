@@ -47,11 +47,17 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
     branches = len(fractions) * len(seeds)
     assert len(tasks) == 3 + STAGES_PER_BRANCH * branches  # + start-tracking, dataset and validate
     assert list(spec.root.input_definitions.parameters) == ["config_json", "tracking_uri"]
-    for key, t in tasks.items():  # every stage logs under the parent run that start-tracking opens
-        if key != "start-tracking":
+    for key, t in tasks.items():
+        if key == "start-tracking":
+            continue
+        assert t.inputs.parameters["tracking_uri"].component_input_parameter == "tracking_uri"
+        if key.startswith("report"):  # never cached: they finish the parent run that start-tracking opens
             parent = t.inputs.parameters["parent_run_id"].task_output_parameter
             assert parent.producer_task == "start-tracking"
-            assert t.inputs.parameters["tracking_uri"].component_input_parameter == "tracking_uri"
+        else:  # cached stages: no input changes from run to run (the parent is found by the KFP run name)
+            assert "parent_run_id" not in t.inputs.parameters
+            assert all(not p.HasField("task_output_parameter") for p in t.inputs.parameters.values())
+    assert "start-tracking" in tasks["dataset"].dependent_tasks  # the parent run exists before any stage
     names = {t.task_info.name for t in tasks.values()}
     for f in fractions:
         for s in seeds:
@@ -59,7 +65,8 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
                                                            "evaluate", "report")} <= names
     for key, t in tasks.items():  # retries and caching are set explicitly on every task
         assert t.retry_policy.max_retry_count >= 1
-        assert t.caching_options.enable_cache == (key != "start-tracking")  # a new parent run per run
+        # a new parent run per pipeline run, finished by the report with the lineage
+        assert t.caching_options.enable_cache == (key != "start-tracking" and not key.startswith("report"))
     assert {t.retry_policy.max_retry_count for t in tasks.values()} <= set(RETRIES.values())
     images = {e["container"]["image"] for e in raw["deploymentSpec"]["executors"].values()}
     assert images == {EFM_IMAGE}

@@ -12,7 +12,19 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from efm.components.artifacts import SYNC_MANIFEST, mirrored, sync_tree
-from efm.components.tracking import FAILURES, RUN_ID, stage_run, start_experiment
+from efm.components.tracking import (
+    FAILURES,
+    FAULT_ENV,
+    LINEAGE,
+    REUSED_RUNS,
+    RUN_ID,
+    STAGE_RUNS,
+    fail_experiment,
+    find_parent,
+    finish_experiment,
+    stage_run,
+    start_experiment,
+)
 from efm.config import debug_config
 from efm.tracking import UPSTREAM, Tracker, dataset_digest, local_artifacts, local_store
 
@@ -128,3 +140,70 @@ def test_quiet_reaches_progress_bars_through_the_environment(monkeypatch: pytest
     assert not progress_bar(range(3), total=3, desc="x", enabled=True).disable
     monkeypatch.setenv(QUIET_ENV, "1")
     assert progress_bar(range(3), total=3, desc="x", enabled=True).disable
+
+
+def test_stage_runs_find_their_parent_by_the_kfp_run_name(tmp_path: Path) -> None:
+    uri, cfg = local_store(tmp_path), debug_config()
+    Tracker(uri, artifact_location=local_artifacts(tmp_path))
+    first = start_experiment(cfg, uri, "kfp-run-1", "f0.5-s3")
+    second = start_experiment(cfg, uri, "kfp-run-2", "f0.5-s3")
+    out = FakeArtifact()
+    with stage_run("dataset", cfg, uri, "", "kfp-run-1", "dataset", [], [out]):
+        pass
+    client = MlflowClient(uri)
+    assert client.get_run(out.metadata[RUN_ID]).data.tags["mlflow.parentRunId"] == first
+    assert find_parent(Tracker(uri), "kfp-run-2") == second
+    assert find_parent(Tracker(uri), "no-such-run") is None
+
+
+def test_the_final_report_records_every_stage_run_and_which_were_reused(tmp_path: Path) -> None:
+    """Run 2 executed only evaluate; dataset came from run 1's cache: both are the parent's lineage."""
+    uri, cfg = local_store(tmp_path), debug_config()
+    Tracker(uri, artifact_location=local_artifacts(tmp_path))
+    start_experiment(cfg, uri, "run-1", "b")
+    data = FakeArtifact()
+    with stage_run("dataset", cfg, uri, "", "run-1", "dataset", [], [data]):
+        pass
+    parent2 = start_experiment(cfg, uri, "run-2", "b")
+    result = FakeArtifact()
+    with stage_run("evaluate", cfg, uri, "", "run-2", "evaluate", [data], [result]):
+        pass
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text(json.dumps({"results": [{RUN_ID: result.metadata[RUN_ID]}]}))
+    finish_experiment(uri, parent2, str(report))
+    parent = MlflowClient(uri).get_run(parent2)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[STAGE_RUNS] == f"{result.metadata[RUN_ID]},{data.metadata[RUN_ID]}"
+    assert parent.data.tags[REUSED_RUNS] == data.metadata[RUN_ID]
+    lineage_dir = MlflowClient(uri).download_artifacts(parent2, LINEAGE, str(tmp_path / "dl"))
+    lineage = json.loads(Path(lineage_dir).read_text())
+    assert [(e["stage"], e["reused"], e["kfp_run"]) for e in lineage] == [("evaluate", False, "run-2"),
+                                                                         ("dataset", True, "run-1")]
+
+
+def test_a_failed_pipeline_run_ends_its_parent_and_running_stages_failed(tmp_path: Path) -> None:
+    uri, cfg = local_store(tmp_path), debug_config()
+    Tracker(uri, artifact_location=local_artifacts(tmp_path))
+    parent = start_experiment(cfg, uri, "run-1", "b")
+    other = start_experiment(cfg, uri, "run-2", "b")
+    tracker = Tracker(uri)
+    killed = tracker.start_run("sft", {"stage": "sft"}, parent)  # a SIGKILLed task never ends its run
+    assert fail_experiment(uri, "run-1") == parent
+    client = MlflowClient(uri)
+    assert client.get_run(parent).info.status == "FAILED"
+    assert client.get_run(killed.run_id).info.status == "FAILED"
+    assert client.get_run(other).info.status == "RUNNING"
+    assert fail_experiment(uri, "never-started") is None
+
+
+def test_an_injected_fault_fails_the_stage_with_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = local_store(tmp_path)
+    monkeypatch.setenv(FAULT_ENV, "sft")
+    out = FakeArtifact()
+    with stage_run("select", debug_config(), uri, "", "r", "t", [], [out]):
+        pass  # another stage: unaffected
+    with pytest.raises(RuntimeError, match="fault injected"), stage_run("sft", debug_config(), uri, "", "r", "t",
+                                                                         [], [out]):
+        pass
+    assert MlflowClient(uri).get_run(out.metadata[RUN_ID]).info.status == "FAILED"

@@ -146,7 +146,7 @@ def test_local_target_is_unchanged_plain_components(tmp_path: Path) -> None:
     assert not any("CustomJob" in e["container"].get("args", []) for e in executors)
     assert not any("resources" in e["container"] for e in executors)
     (sft,) = _tasks(spec, "sft")
-    assert set(sft.inputs.parameters) == {"config_json", "fraction", "seed", "tracking_uri", "parent_run_id"}
+    assert set(sft.inputs.parameters) == {"config_json", "fraction", "seed", "tracking_uri"}
     with pytest.raises(ValueError, match="target"):
         make_experiment_pipeline([0.5], [0], target="cloud")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="resources"):

@@ -1,0 +1,91 @@
+"""The local task cache (efm.pipelines.cache) on a two-task pipeline of tiny components.
+
+No `from __future__ import annotations`: kfp reads the components' annotations as types.
+"""
+
+import pickle
+from pathlib import Path
+
+import pytest
+from kfp import dsl, local
+
+from efm.pipelines.cache import ENTRY_SUFFIX, LocalTaskCache
+
+IMAGE = "python:3.11"  # not used locally: tasks run in this interpreter
+
+
+@dsl.component(install_kfp_package=False, base_image=IMAGE)
+def make(text: str, out: dsl.Output[dsl.Dataset], scores: dsl.Output[dsl.Metrics],
+         kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER):
+    from pathlib import Path
+
+    Path(out.path).write_text(text)
+    scores.log_metric("length", len(text))  # metadata only: no file at scores.path
+    out.metadata["made_in"] = kfp_run  # like a stage's MLflow run id: travels with the artifact
+
+
+@dsl.component(install_kfp_package=False, base_image=IMAGE)
+def read(data: dsl.Input[dsl.Dataset], suffix: str, kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER) -> str:
+    from pathlib import Path
+
+    return f"{Path(data.path).read_text()}{suffix} made in {data.metadata['made_in']}, read in {kfp_run}"
+
+
+@dsl.pipeline(name="cache-test")
+def two_steps(text: str, suffix: str) -> str:
+    first = make(text=text).set_caching_options(enable_caching=True)
+    return read(data=first.outputs["out"], suffix=suffix).set_caching_options(enable_caching=False).output
+
+
+def _run(root: Path, text: str = "a", suffix: str = "!", enabled: bool = True) -> tuple[str, LocalTaskCache]:
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "pipeline_root"),
+               raise_on_error=True)
+    cache = LocalTaskCache.for_pipeline(two_steps, root / "cache", enabled)
+    with cache.installed():
+        task = two_steps(text=text, suffix=suffix)
+    return task.output, cache
+
+
+def test_a_second_run_reuses_cached_tasks_and_their_artifacts(tmp_path: Path) -> None:
+    out1, c1 = _run(tmp_path)
+    assert (c1.executed, c1.cached) == (["make", "read"], [])
+    assert c1.cacheable == frozenset({"comp-make"})  # read is compiled without caching
+    out2, c2 = _run(tmp_path)
+    # The run-name placeholder is an input of make, yet it does not change the key.
+    assert (c2.executed, c2.cached) == (["read"], ["make"])
+    assert c1.run_name != c2.run_name
+    # read got the first run's artifact (same file, same metadata) and ran in the second run
+    assert out2 == f"a! made in {c1.run_name}, read in {c2.run_name}"
+    assert out1 == f"a! made in {c1.run_name}, read in {c1.run_name}"
+    assert not (tmp_path / "pipeline_root" / c2.run_name / "make").exists()
+
+
+def test_other_inputs_a_disabled_cache_or_a_deleted_artifact_execute_again(tmp_path: Path) -> None:
+    _, c1 = _run(tmp_path)
+    _, c2 = _run(tmp_path, text="b")  # another input: another key
+    assert c2.cached == []
+    _, c3 = _run(tmp_path, enabled=False)
+    assert c3.cached == [] and c3.executed == ["make", "read"]
+    (entry,) = [p for p in (tmp_path / "cache").iterdir()
+                if pickle.loads(p.read_bytes())["run"] == c1.run_name and p.suffix == ENTRY_SUFFIX]
+    (tmp_path / "pipeline_root" / c1.run_name / "make" / "out").unlink()
+    _, c4 = _run(tmp_path)  # c1's entry points to a missing file: a miss; c2 was "b"
+    assert c4.cached == [] and entry.exists()
+
+
+def test_a_failed_task_is_not_cached_and_the_run_name_is_known(tmp_path: Path) -> None:
+    @dsl.component(install_kfp_package=False, base_image=IMAGE)
+    def boom(x: str) -> str:
+        raise RuntimeError(x)
+
+    @dsl.pipeline(name="fails")
+    def failing(x: str) -> str:
+        return boom(x=x).set_caching_options(enable_caching=True).output
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+    cache = LocalTaskCache.for_pipeline(failing, tmp_path / "cache")
+    with pytest.raises(RuntimeError), cache.installed():
+        failing(x="no")
+    assert cache.run_name and cache.run_name.startswith("fails-")
+    assert not list((tmp_path / "cache").glob(f"*{ENTRY_SUFFIX}"))
