@@ -310,9 +310,12 @@ def test_tabletop_dataset_is_rlds_with_a_preview_gif(tmp_path: Path, capsys: pyt
 @pytest.mark.parametrize("command", [["run", "--out", "OUT"], ["compile", "--out", "OUT/p.yaml"]])
 def test_domains_the_model_cannot_learn_are_refused_before_any_work(
         command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A text-goal domain with a model that reads no text is refused before anything runs."""
     args = [a.replace("OUT", str(tmp_path / "o")) for a in command]
-    assert main([*args, "--domain", "bananatable", "--debug"]) == 2
-    assert "env.domain='bananatable'" in capsys.readouterr().err
+    state_model = ('{"model": {"variant": "mlp-tiny"}, "tokenizer": {"text_tokens": 0}, '
+                   '"sft": {"objectives": ["bc", "steps_to_go"], "batch_size": 32}}')
+    assert main([*args, "--domain", "bananatable", "--debug", "--config", state_model]) == 2
+    assert "model.variant='mlp-tiny'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

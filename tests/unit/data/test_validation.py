@@ -261,14 +261,14 @@ def test_the_pipeline_step_fails_with_its_report_in_the_log_outputs_and_mlflow(
     uri = local_store(tmp_path)
     Tracker(uri, artifact_location=local_artifacts(tmp_path))
     cfg = debug_config()
-    parent = start_experiment(cfg, uri, "run-1", "f0.5-s0")
+    parent = start_experiment(cfg, uri, "run-1", "f0.5-s0")  # the step finds it by the KFP run name
     art = {n: cls(name=n, uri=str(tmp_path / "kfp" / n)) for n, cls in
            (("statistics", Artifact), ("page", HTML), ("facets", HTML), ("metrics", Metrics))}
     (tmp_path / "kfp").mkdir()
     episodes = Dataset(name="episodes", uri=str(pointmass["bad"]), metadata={RUN_ID: ""})
     with pytest.raises(validation.ValidationError, match="steps:action:FLOAT_TYPE_BIG_FLOAT"):
         stages.validate.python_func(config_json=cfg.to_json(), episodes=episodes, fractions="0.5", seeds="0",
-                                    tracking_uri=uri, parent_run_id=parent, kfp_run="run-1", kfp_task="validate",
+                                    tracking_uri=uri, kfp_run="run-1", kfp_task="validate",
                                     **art)
     assert "steps:action:FLOAT_TYPE_BIG_FLOAT" in capsys.readouterr().out  # the step's log
     assert "steps:action:FLOAT_TYPE_BIG_FLOAT" in Path(art["page"].path).read_text()  # its KFP outputs
@@ -277,6 +277,7 @@ def test_the_pipeline_step_fails_with_its_report_in_the_log_outputs_and_mlflow(
     client = MlflowClient(uri)  # and MLflow: a failed run with the report
     run = client.get_run(art["statistics"].metadata[RUN_ID])
     assert run.info.status == "FAILED" and run.data.metrics["validation.anomalies"] >= 1
+    assert run.data.tags["mlflow.parentRunId"] == parent
     assert {"validation.html", "validation.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
