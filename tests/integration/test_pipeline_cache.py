@@ -20,7 +20,7 @@ from efm.components.tracking import FAULT_ENV, REUSED_RUNS, STAGE_RUNS
 from efm.tracking import PARENT
 
 SEED = 7
-STAGE_TASKS = ["dataset", "subsample", "sft", "select", "self-improve", "evaluate"]
+STAGE_TASKS = ["dataset", "validate", "subsample", "sft", "select", "self-improve", "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +58,14 @@ def test_a_failed_run_ends_its_parent_failed(runs: dict[str, Any]) -> None:
     failed = _parents(client)[0]
     assert failed.info.status == "FAILED"
     children = client.search_runs([failed.info.experiment_id], f"tags.`{PARENT}` = '{failed.info.run_id}'")
-    assert {r.data.tags["stage"]: r.info.status for r in children} == {"dataset": "FINISHED",
-                                                                       "subsample": "FAILED"}
+    assert {r.data.tags["stage"]: r.info.status for r in children} == {
+        "dataset": "FINISHED", "validate": "FINISHED", "subsample": "FAILED"}
 
 
 def test_later_runs_reuse_what_earlier_runs_executed(runs: dict[str, Any]) -> None:
     second, third = (s["kfp"] for s in runs["summaries"])
-    assert second["cached"] == ["dataset"]  # the failed run's dataset
-    assert sorted(second["executed"]) == sorted(["start-tracking", *STAGE_TASKS[1:], "report"])
+    assert second["cached"] == ["dataset", "validate"]  # the failed run's dataset, validated
+    assert sorted(second["executed"]) == sorted(["start-tracking", *STAGE_TASKS[2:], "report"])
     assert sorted(third["cached"]) == sorted(STAGE_TASKS)
     assert third["executed"] == ["start-tracking", "report"]
     run_root = runs["out"] / "pipeline_root" / third["run_name"]
