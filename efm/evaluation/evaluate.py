@@ -59,5 +59,9 @@ def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, rewar
     # with this config sees the same task list, whatever order its episodes finish in.
     source = rollout(env, agent, max_steps=cfg.env.max_episode_steps, end_on=end_on_ground_truth,
                      episodes_per_env=per_env, fixed_tasks=True, id_prefix="eval")
-    episodes = list(progress_bar(source, total=per_env * ev.num_envs, desc=f"evaluate {name}", enabled=progress))
+    try:
+        episodes = list(progress_bar(source, total=per_env * ev.num_envs, desc=f"evaluate {name}",
+                                     enabled=progress))
+    finally:
+        env.close()  # worker processes (subprocess envs) end here, not at garbage collection
     return episode_metrics(episodes), detector_metrics(episodes, cfg.self_improve.success_threshold), episodes
