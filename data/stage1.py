@@ -57,7 +57,7 @@ def _layout(builder: tfds.core.DatasetBuilder) -> _Layout:
     return _Layout(keys, images, goal, "instruction" in md)
 
 
-def _episodes(directory: str | os.PathLike[str], split: str | None, layout_only: bool = False,
+def _episodes(directory: str | os.PathLike[str], split: str | None,
               shuffle_seed: int | None = None, shard: tuple[int, int] = (1, 0)) -> tuple[tf.data.Dataset, _Layout]:
     builder = rlds._open(directory)
     if split is None:
@@ -67,8 +67,6 @@ def _episodes(directory: str | os.PathLike[str], split: str | None, layout_only:
         split = splits[0]
     rlds._check_split(builder, split, directory)
     layout = _layout(builder)
-    if layout_only:
-        return tf.data.Dataset.range(0), layout
     decoders = {"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in layout.image_shapes}}}
     # No TFDS auto-cache: it would hold a small dataset's encoded episodes in memory (and warn
     # when a partial read drops it); memory must stay bounded by the shuffle buffers.

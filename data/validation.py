@@ -80,6 +80,8 @@ IMAGE_SUMMARY = ("format", "height", "width", "channels", "bytes")
 ALL = "all"  # the slice of every episode
 _EPISODE_INDEX = "__episode"  # helper column: a step's episode within its chunk
 
+GCS_FUSE_PREFIX = "/gcs/"  # where Vertex mounts Cloud Storage buckets in a task
+
 
 class ValidationError(DatasetError):
     """The dataset does not match its domain's schema; `report` has every anomaly."""
@@ -349,7 +351,7 @@ def beam_options(settings: BeamSettings) -> Any:
 
 def gcs_uri(path: str) -> str:
     """Vertex mounts buckets at /gcs/BUCKET/...; Dataflow workers read gs://BUCKET/..."""
-    return "gs://" + path[len("/gcs/"):] if path.startswith("/gcs/") else path
+    return "gs://" + path[len(GCS_FUSE_PREFIX):] if path.startswith(GCS_FUSE_PREFIX) else path
 
 
 def _stats_options(schema: Any | None) -> Any:

@@ -195,7 +195,7 @@ def test_dataflow_options_are_built_from_the_config_and_the_step(tmp_path: Path)
         raise _Stop
 
     with pytest.raises(_Stop):
-        validation.run_validation(cfg, episodes, tmp_path / "out", temp_root="/gcs/bucket/root/validate/statistics",
+        validation.run_validation(cfg, episodes, tmp_path / "out", temp_root=f"{validation.GCS_FUSE_PREFIX}bucket/root/validate/statistics",
                                   job_name="efm-experiment-2026", make_pipeline=fake_pipeline)
     (options,) = seen
     gcp = options.view_as(GoogleCloudOptions)
