@@ -4,9 +4,10 @@ One place decides it for training samples, actors and evaluation alike:
 - state models (pointmass MLP): every observation array and goal array, `observation/<key>`
   and `goal/<key>`;
 - vision-language models: IMAGE, the current and the previous camera frame [2, H, W, C]
-  (Appendix D.1; at t = 0 the previous frame is the first), and TEXT, the instruction's UTF-8
-  bytes. Never the simulator's privileged state (block or banana poses): a real robot has
-  none, and only the scripted demonstrators read it.
+  (Appendix D.1; at t = 0 the previous frame is the first), TEXT, the instruction's UTF-8
+  bytes, and where the tokenizer asks for it STATE, proprioception tokens (the effector
+  position, Aloha's joints). Never the simulator's privileged state (block or banana poses):
+  a real robot has none, and only the scripted demonstrators read it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from efm.config import RunConfig
 from efm.envs.base import Episode
-from efm.models.tokenizers import TextTokenizer
-from efm.models.vlm import IMAGE, TEXT
+from efm.models.tokenizers import StateTokenizer, TextTokenizer, Vocabulary
+from efm.models.vlm import IMAGE, STATE, TEXT
 
 Arrays = dict[str, np.ndarray]
 CAMERA = "rgb"  # the observation key of the camera frame the vision-language model reads
@@ -28,6 +28,7 @@ CAMERA = "rgb"  # the observation key of the camera frame the vision-language mo
 @dataclass(frozen=True)
 class InputSpec:
     text: TextTokenizer | None  # None: a state model
+    state: StateTokenizer | None = None
     camera: str = CAMERA
 
     @property
@@ -45,7 +46,13 @@ class InputSpec:
                            f"has {sorted(observation)} (render_images off?)")
         now = np.asarray(observation[self.camera])
         before = now if previous is None else np.asarray(previous[self.camera])
-        return {IMAGE: np.stack([now, before], axis=1), TEXT: self.text.encode(list(instructions))}
+        out = {IMAGE: np.stack([now, before], axis=1), TEXT: self.text.encode(list(instructions))}
+        if self.state is not None:
+            if self.state.key not in observation:
+                raise KeyError(f"the model reads the state input {self.state.key!r}; the observation has "
+                               f"{sorted(observation)}")
+            out[STATE] = self.state.encode(observation[self.state.key])
+        return out
 
     def episode_inputs(self, episode: Episode) -> Arrays:
         """Inputs for every observation of an episode. [T+1, ...]"""
@@ -58,11 +65,15 @@ class InputSpec:
         """The auxiliary objective's inputs: first and last frame, no instruction. [N, ...]"""
         assert self.text is not None
         frames = [np.stack([e.observations[self.camera][0], e.observations[self.camera][-1]]) for e in episodes]
-        return {IMAGE: np.stack(frames), TEXT: np.zeros((len(episodes), self.text.length), np.int32)}
+        out = {IMAGE: np.stack(frames), TEXT: np.zeros((len(episodes), self.text.length), np.int32)}
+        if self.state is not None:  # no state either: the answer must come from the frames
+            out[STATE] = np.zeros((len(episodes), self.state.dims), np.int32)
+        return out
 
 
-def input_spec(cfg: RunConfig) -> InputSpec:
-    return InputSpec(TextTokenizer(cfg.tokenizer.text_tokens) if cfg.model.reads_text else None)
+def input_spec(vocab: Vocabulary) -> InputSpec:
+    """What a model with this vocabulary reads (a vocabulary with text: frames + text)."""
+    return InputSpec(vocab.text, vocab.state)
 
 
 class FrameHistory:

@@ -29,7 +29,7 @@ from efm.config import OBJECTIVES, RunConfig
 from efm.data import rlds
 from efm.data.features import InputSpec, input_spec
 from efm.models.tokenizers import Vocabulary, make_vocabulary
-from efm.models.vlm import IMAGE, TEXT
+from efm.models.vlm import IMAGE, STATE, TEXT
 
 Batch = dict[str, np.ndarray]
 EPISODE_BUFFER = 64  # encoded episodes mixed before they are cut into samples
@@ -104,6 +104,8 @@ def _step_samples(spec: InputSpec, layout: _Layout, objective: str) -> Any:
                 return tf.data.Dataset.from_tensor_slices(out)
             out[IMAGE] = tf.stack([tf.gather(frames, t), tf.gather(frames, prev)], axis=1)
             out[TEXT] = tf.fill(count, instruction)
+            if spec.state is not None:  # raw values; tokenized per batch
+                out[STATE] = tf.cast(tf.gather(steps["observation"][spec.state.key], t), tf.float32)
         else:
             for k in layout.observation_keys:
                 out[f"observation/{k}"] = tf.gather(steps["observation"][k], t)
@@ -154,6 +156,9 @@ def _objective_dataset(directory: str | os.PathLike[str], split: str | None, spe
     if spec.reads_images and spec.camera not in layout.image_shapes:
         raise rlds.DatasetError(f"{directory}: the vision-language model reads camera frames {spec.camera!r}, "
                                 f"the dataset's observations are {list(layout.observation_keys)}")
+    if spec.state is not None and spec.state.key not in layout.observation_keys:
+        raise rlds.DatasetError(f"{directory}: the model reads the state input {spec.state.key!r}, "
+                                f"the dataset's observations are {list(layout.observation_keys)}")
     if objective == "steps_to_go":
         episodes = episodes.filter(_successful(layout))
     cycle = 1 if shuffle is None else threads  # unshuffled: samples in stored order
@@ -182,7 +187,7 @@ class Stage1Data:
     def __init__(self, cfg: RunConfig, vocab: Vocabulary | None = None):
         self._cfg = cfg
         self._vocab = vocab or make_vocabulary(cfg.tokenizer)
-        self._spec = input_spec(cfg)
+        self._spec = input_spec(self._vocab)
 
     def check(self, directory: str | os.PathLike[str]) -> None:
         """Fails with a DatasetError naming what is missing, before any training."""
@@ -244,6 +249,9 @@ class Stage1Data:
             if TEXT in raw:
                 assert vocab.text is not None
                 raw[TEXT] = vocab.text.encode(_strings(raw[TEXT]))
+            if self._spec.state is not None:  # the auxiliary objective reads no state: all 0
+                state = self._spec.state
+                raw[STATE] = state.encode(raw[STATE]) if STATE in raw else np.zeros((n, state.dims), np.int32)
             for k, v in {**{f"inputs/{k}": v for k, v in raw.items()}, "targets": targets, "target_mask": mask,
                          "objective": np.full(n, OBJECTIVES.index(objective), np.int32)}.items():
                 out.setdefault(k, []).append(v)

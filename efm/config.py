@@ -172,6 +172,13 @@ class TokenizerConfig:
     steps_to_go_bins: int = 100
     steps_to_go_max: float = 100.0
     text_tokens: int = 0  # instruction bytes (UTF-8) the model reads; 0: it reads no text
+    # Proprioception as input tokens after the instruction (E.2's joint tokens; the table's
+    # effector position): the observation key, and per dimension `state_bins` uniform bins over
+    # [low, high]. "" : the model reads no state (it never reads privileged object poses).
+    state_key: str = ""
+    state_low: tuple[float, ...] = ()
+    state_high: tuple[float, ...] = ()
+    state_bins: int = 256
 
     def __post_init__(self) -> None:
         _check(
@@ -187,6 +194,13 @@ class TokenizerConfig:
         _check(self.steps_to_go_bins >= 2, "tokenizer.steps_to_go_bins", self.steps_to_go_bins, ">= 2")
         _check(self.steps_to_go_max > 0, "tokenizer.steps_to_go_max", self.steps_to_go_max, "> 0")
         _check(0 <= self.text_tokens <= 512, "tokenizer.text_tokens", self.text_tokens, "in [0, 512]")
+        _check(self.state_bins >= 2, "tokenizer.state_bins", self.state_bins, ">= 2")
+        _check(len(self.state_low) == len(self.state_high), "tokenizer.state_high", self.state_high,
+               f"as many values as state_low ({len(self.state_low)})")
+        _check(bool(self.state_key) == bool(self.state_low), "tokenizer.state_low", self.state_low,
+               "one range per dimension of state_key's observation, given exactly when state_key is")
+        _check(all(lo < hi for lo, hi in zip(self.state_low, self.state_high, strict=True)), "tokenizer.state_high",
+               self.state_high, "above state_low in every dimension")
 
 
 @dataclass(frozen=True)
@@ -203,7 +217,11 @@ class TransformerVariant:
     """Vision-language EFM (RT-2 / PaliGemma): a ViT image tower and a decoder-only text tower.
 
     The ViT cuts each camera frame into `patch` patches (fewer image tokens are what makes a
-    CPU-sized model fast); its tokens are projected to the text tower's `width`.
+    CPU-sized model fast); its tokens are projected to the text tower's `width`. `stem`: the
+    channels of stride-2 3x3 convolutions before the patch embedding (a hybrid ViT, as
+    big_vision's ResNet-stem variants): small objects in a large patch are found by local
+    filters rather than one linear map of the whole patch, which a small model trained briefly
+    needs. Empty: PaliGemma's plain ViT.
     """
 
     patch: tuple[int, int]
@@ -216,6 +234,12 @@ class TransformerVariant:
     heads: int
     head_dim: int
     mlp: int
+    stem: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        down = 2 ** len(self.stem)
+        _check(all(p % down == 0 for p in self.patch), "model variant patch", self.patch,
+               f"divisible by the stem's downsampling ({down})")
 
 
 MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
@@ -451,6 +475,8 @@ class RunConfig:
         reads_text = self.model.reads_text
         _check(reads_text == (self.tokenizer.text_tokens > 0), "tokenizer.text_tokens", self.tokenizer.text_tokens,
                f"> 0 exactly when the model reads text (model.variant={self.model.variant!r})")
+        _check(reads_text or not self.tokenizer.state_key, "tokenizer.state_key", self.tokenizer.state_key,
+               f"empty for a state model ({self.model.variant!r} reads every observation array already)")
         _check(reads_text or "instruction" not in self.sft.objectives, "sft.objectives", self.sft.objectives,
                f"the instruction objective needs a vision-language model, not {self.model.variant!r}")
         _check(self.sft.batch_size % len(self.sft.objectives) == 0, "sft.batch_size", self.sft.batch_size,
@@ -514,6 +540,9 @@ def _from_dict(cls: type, raw: Any, path: str) -> Any:
 
 
 INSTRUCTION_GOAL_DOMAINS = ("tabletop", "bananatable")  # the goal is the instruction text alone
+# The effector's workspace on the table domains, (x, y) low and high in metres (envs.tabletop
+# keeps the geometry; config cannot import it, a test checks they agree). 32 bins: 1.4-1.9 cm.
+TABLE_WORKSPACE = ((0.15, -0.3048), (0.6, 0.3048))
 
 
 def check_trainable(cfg: RunConfig) -> None:
@@ -564,7 +593,8 @@ def default_config(domain: str = "pointmass") -> RunConfig:
     return RunConfig(
         env=EnvConfig(domain=domain),
         data=DataConfig(num_episodes=4000, validation_episodes=100),
-        tokenizer=TokenizerConfig(steps_to_go_bins=50, text_tokens=64),
+        tokenizer=TokenizerConfig(steps_to_go_bins=50, text_tokens=64, state_key="effector_translation",
+                                  state_low=TABLE_WORKSPACE[0], state_high=TABLE_WORKSPACE[1], state_bins=32),
         model=ModelConfig(variant="vl-cpu"),
         sft=SftConfig(objectives=OBJECTIVES, batch_size=48, num_steps=2000, warmup_steps=100, eval_every=250,
                       checkpoint_every=250, shuffle_buffer=8000, validation_batch_size=256),

@@ -225,10 +225,10 @@ def write_camera_figures(fns: Any, reward: Any, panels: dict[str, list[Episode]]
     steps-to-go strip of its first episode under the frozen reward model (`fns`: EFMFunctions)."""
     import jax.numpy as jnp
 
-    from efm.data.features import InputSpec
+    from efm.data.features import input_spec
     from efm.evaluation.plots import plot_steps_to_go_strip
 
-    spec = InputSpec(fns.vocab.text)
+    spec = input_spec(fns.vocab)
     bins = fns.vocab.steps_to_go.bin_values()
     for title, episodes in panels.items():
         slug = title.split(" (")[0].lower().replace("-", "_").replace(" ", "_")

@@ -39,7 +39,7 @@ def make_model(cfg: ModelConfig, vocab: Vocabulary) -> nn.Module:
     if vocab.text is None:
         raise ValueError(f"model variant {cfg.variant!r} reads text: set tokenizer.text_tokens > 0")
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    return VisionLanguageEFM(v, vocab.size, vocab.text_offset, vocab.begin, dtype)
+    return VisionLanguageEFM(v, vocab.size, vocab.text_offset, vocab.begin, vocab.state_offset, dtype)
 
 
 @dataclass(frozen=True)

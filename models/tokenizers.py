@@ -144,19 +144,64 @@ class TextTokenizer:
 
 
 @dataclass(frozen=True)
+class StateTokenizer:
+    """Proprioception as input tokens (E.2's joint tokens): one token per dimension of the
+    observation `key`, `bins` uniform bins over [low, high] (clipped). Tokens are 1..bins; 0
+    marks a sample without state (the auxiliary objective), as 0 pads text."""
+
+    key: str
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    bins: int = 256
+
+    @property
+    def dims(self) -> int:
+        return len(self.low)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.bins
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """[..., dims] float -> [..., dims] int32 in 1..bins."""
+        v = np.asarray(values, np.float64)
+        if v.shape[-1:] != (self.dims,):
+            raise ValueError(f"state input {self.key!r} has shape {v.shape}; the tokenizer reads {self.dims} values")
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        u = np.clip((v - low) / (high - low), 0.0, 1.0)
+        return (np.rint(u * (self.bins - 1)) + 1).astype(np.int32)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """Bin centres of tokens 1..bins. [..., dims] -> float32"""
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        u = (np.asarray(tokens, np.float64) - 1) / (self.bins - 1)
+        return (low + u * (high - low)).astype(np.float32)
+
+
+@dataclass(frozen=True)
 class Vocabulary:
     """The model's token space: action tokens, steps-to-go tokens, and for models that read text
     the 256 byte tokens and a begin-of-output token (RT-2 places actions in a language model's
-    vocabulary the same way)."""
+    vocabulary the same way), and for models that read proprioception its input tokens
+    (never an output).
+
+    Layout: action | steps-to-go | state | text | begin.
+    """
 
     action: ActionTokenizer
     steps_to_go: StepsToGoTokenizer
     text: TextTokenizer | None = None
+    state: StateTokenizer | None = None
 
     @property
     def size(self) -> int:
-        base = self.action.vocab_size + self.steps_to_go.vocab_size
+        base = self.state_offset + (0 if self.state is None else self.state.vocab_size)
         return base if self.text is None else base + self.text.vocab_size + 1
+
+    @property
+    def state_offset(self) -> int:
+        """Global id of state token 1 (state token k is state_offset + k - 1)."""
+        return self.action.vocab_size + self.steps_to_go.vocab_size
 
     @property
     def steps_to_go_offset(self) -> int:
@@ -164,7 +209,7 @@ class Vocabulary:
 
     @property
     def text_offset(self) -> int:
-        return self.action.vocab_size + self.steps_to_go.vocab_size
+        return self.state_offset + (0 if self.state is None else self.state.vocab_size)
 
     @property
     def begin(self) -> int:
@@ -223,4 +268,5 @@ def make_vocabulary(cfg: TokenizerConfig) -> Vocabulary:
     else:
         action = UniformTokenizer(cfg.action_dim, cfg.uniform_bins, cfg.action_max_abs)
     text = TextTokenizer(cfg.text_tokens) if cfg.text_tokens else None
-    return Vocabulary(action, StepsToGoTokenizer(cfg.steps_to_go_bins, cfg.steps_to_go_max), text)
+    state = StateTokenizer(cfg.state_key, cfg.state_low, cfg.state_high, cfg.state_bins) if cfg.state_key else None
+    return Vocabulary(action, StepsToGoTokenizer(cfg.steps_to_go_bins, cfg.steps_to_go_max), text, state)

@@ -57,7 +57,7 @@ class Encoder(nn.Module):
 
 
 class ViT(nn.Module):
-    """uint8 frames [B, H, W, C] -> image tokens [B, N, out_width]."""
+    """uint8 frames [B, H, W, C] -> image tokens [B, N, out_width], one per `patch` pixels."""
 
     patch: tuple[int, int]
     width: int
@@ -66,12 +66,16 @@ class ViT(nn.Module):
     num_heads: int
     out_width: int
     dtype: Dtype = jnp.float32
+    stem: tuple[int, ...] = ()  # channels of stride-2 3x3 convs before the patch embedding
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
         x = image.astype(self.dtype) / 127.5 - 1.0  # big_vision's value range
-        x = nn.Conv(self.width, self.patch, strides=self.patch, padding="VALID", dtype=self.dtype,
-                    name="embedding")(x)
+        for i, channels in enumerate(self.stem):
+            x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_{i}")(x))
+        down = 2 ** len(self.stem)
+        patch = (self.patch[0] // down, self.patch[1] // down)
+        x = nn.Conv(self.width, patch, strides=patch, padding="VALID", dtype=self.dtype, name="embedding")(x)
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         pos = self.param("pos_embedding", nn.initializers.normal(stddev=1 / c**0.5), (1, h * w, c), jnp.float32)

@@ -2,8 +2,9 @@
 
 Sequence = prefix + suffix. The prefix is read with full attention: the image tokens of two
 camera frames (the current and the previous one, Appendix D.1; the first and the last for the
-auxiliary instruction objective), the instruction's byte tokens, and the objective named in
-words ("act", "steps to go", "instruction"). The suffix is causal: a begin token, then the
+auxiliary instruction objective), the instruction's byte tokens, proprioception tokens where
+the model reads them (E.2 appends them to the instruction), and the objective named in words
+("act", "steps to go", "instruction"). The suffix is causal: a begin token, then the
 output tokens, so output k is predicted at suffix position k from the prefix and outputs < k.
 
 Decoding encodes the prefix once into a KV cache, then runs one token per output.
@@ -21,8 +22,9 @@ from efm.models.llm import LLM, LayerCache
 from efm.models.tokenizers import TextTokenizer
 from efm.models.vit import ViT
 
-Inputs = dict[str, jax.Array]  # IMAGE [B, F, H, W, C] uint8, TEXT [B, L] int32 bytes
-IMAGE, TEXT = "image", "text"
+# IMAGE [B, F, H, W, C] uint8, TEXT [B, L] int32 bytes, STATE [B, S] int32 in 1..bins (optional)
+Inputs = dict[str, jax.Array]
+IMAGE, TEXT, STATE = "image", "text", "state"
 OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction"}
 PROMPT_LENGTH = max(len(p) for p in OBJECTIVE_PROMPTS.values())
 
@@ -46,11 +48,13 @@ class VisionLanguageEFM(nn.Module):
     vocab_size: int
     text_offset: int
     begin_token: int
+    state_offset: int = 0  # global id of state token 1
     dtype: jnp.dtype = jnp.float32
 
     def setup(self) -> None:
         v = self.variant
-        self.vision_encoder = ViT(v.patch, v.vit_width, v.vit_depth, v.vit_mlp, v.vit_heads, v.width, self.dtype)
+        self.vision_encoder = ViT(v.patch, v.vit_width, v.vit_depth, v.vit_mlp, v.vit_heads, v.width, self.dtype,
+                                  v.stem)
         self.llm = LLM(self.vocab_size, v.width, v.depth, v.heads, v.head_dim, v.mlp, self.dtype)
 
     def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -59,11 +63,14 @@ class VisionLanguageEFM(nn.Module):
         b, f = frames.shape[:2]
         img = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]))
         img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D]
-        text = inputs[TEXT]
         prompt = jnp.asarray(objective_prompts())[objective]  # [B, PROMPT_LENGTH]
-        words = jnp.concatenate([text, prompt], axis=1)
-        emb = jnp.concatenate([img.astype(self.dtype), self.llm.embed(words + self.text_offset)], axis=1)
-        valid = jnp.concatenate([jnp.ones(img.shape[:2], bool), words != 0], axis=1)
+        words = [(inputs[TEXT], self.text_offset)]
+        if STATE in inputs:  # after the instruction (E.2), before the objective's words
+            words.append((inputs[STATE], self.state_offset - 1))
+        words.append((prompt, self.text_offset))
+        ids = jnp.concatenate([t + offset for t, offset in words], axis=1)
+        emb = jnp.concatenate([img.astype(self.dtype), self.llm.embed(ids)], axis=1)
+        valid = jnp.concatenate([jnp.ones(img.shape[:2], bool), *(t != 0 for t, _ in words)], axis=1)
         return emb, valid
 
     def _sequence(self, inputs: Inputs, objective: jax.Array, suffix: jax.Array) -> tuple[jax.Array, jax.Array, int]:

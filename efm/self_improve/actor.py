@@ -25,7 +25,7 @@ import numpy as np
 
 from efm import math
 from efm.config import RunConfig
-from efm.data.features import FrameHistory, InputSpec
+from efm.data.features import FrameHistory, InputSpec, input_spec
 from efm.domains import make_env
 from efm.envs.base import Array, Episode, TimeStep
 from efm.models.efm import EFMFunctions
@@ -52,7 +52,7 @@ class PolicyAgent:
         self._params = params
         self._stg = steps_to_go
         self._rng = jax.random.PRNGKey(seed)
-        self._spec = InputSpec(fns.vocab.text)  # a vocabulary with text: the model reads frames + text
+        self._spec = input_spec(fns.vocab)  # a vocabulary with text: the model reads frames + text
         self._history = FrameHistory()
         self._last: tuple[TimeStep, dict[str, np.ndarray]] | None = None
 
@@ -132,7 +132,7 @@ class Actor:
         self._episodes = 0
         self._env = make_env(cfg.env, cfg.self_improve.num_envs, seed=seed)
         self._agent = PolicyAgent(fns, params, steps_to_go, seed=seed)
-        self._spec = InputSpec(fns.vocab.text)
+        self._spec = input_spec(fns.vocab)
         self._replay = replay
         self._interrupt = interrupt
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from efm import checkpoints
 from efm.config import RunConfig, SelfImproveConfig
-from efm.data.features import InputSpec
+from efm.data.features import input_spec
 from efm.domains import make_env
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
@@ -42,7 +42,7 @@ STOP = "STOP"
 def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
     """Shapes of one replay sample (o_t, a_t, g, R_t), read off a reset environment."""
     ts = make_env(cfg.env, 1, 0).reset()
-    inputs = InputSpec(fns.vocab.text).inputs(ts.observation, None, ts.goal, ts.instruction)
+    inputs = input_spec(fns.vocab).inputs(ts.observation, None, ts.goal, ts.instruction)
     spec: dict[str, tuple[tuple[int, ...], Any]] = {f"{INPUTS}{k}": (tuple(v.shape[1:]), v.dtype)
                                                      for k, v in inputs.items()}
     spec[ACTION_TOKENS] = ((fns.vocab.action.num_tokens,), np.int32)

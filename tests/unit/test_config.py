@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from efm.config import (
@@ -126,3 +127,14 @@ def test_vision_language_config_needs_text_and_vice_versa() -> None:
                                                       batch_size=48))
     with pytest.raises(ValueError, match=r"model\.init_path"):
         ModelConfig(variant="vl-tiny", init="big_vision")
+
+
+def test_table_workspace_matches_the_simulator() -> None:
+    """The effector tokens' range is the workspace the table envs clip the effector to."""
+    from efm.config import TABLE_WORKSPACE
+    from efm.envs.tabletop import WORKSPACE
+
+    np.testing.assert_allclose(TABLE_WORKSPACE, WORKSPACE)
+    tok = default_config("tabletop").tokenizer
+    assert tok.state_key == "effector_translation"
+    assert (tok.state_low, tok.state_high) == TABLE_WORKSPACE

@@ -10,11 +10,11 @@ import pytest
 
 from efm.config import OBJECTIVES, RunConfig, debug_config
 from efm.data import rlds
-from efm.data.features import InputSpec
+from efm.data.features import input_spec
 from efm.data.stage1 import Stage1Data
 from efm.envs.base import Episode
 from efm.models.tokenizers import make_vocabulary
-from efm.models.vlm import IMAGE, TEXT
+from efm.models.vlm import IMAGE, STATE, TEXT
 
 
 def table_episode(t: int, seed: int, success: bool = True) -> Episode:
@@ -48,7 +48,7 @@ def table_config() -> RunConfig:
 def expected(episodes: list[Episode], cfg: RunConfig, objective: str) -> dict[str, np.ndarray]:
     """The in-memory construction: every sample of an objective, in episode order."""
     vocab = make_vocabulary(cfg.tokenizer)
-    spec = InputSpec(vocab.text)
+    spec = input_spec(vocab)
     if objective == "instruction":
         inputs = spec.first_last_inputs(episodes)
         targets, mask = vocab.instruction_targets(vocab.text.encode([e.instruction for e in episodes]))
@@ -96,7 +96,9 @@ def test_streamed_table_samples_equal_in_memory_ones(table_dir: Path, objective:
 
 def test_frame_pairs_and_no_privileged_state(table_dir: Path) -> None:
     got = streamed(table_dir, table_config(), "bc")
-    assert set(got) == {IMAGE, TEXT, "targets", "target_mask", "objective"}  # no block poses
+    assert set(got) == {IMAGE, TEXT, STATE, "targets", "target_mask", "objective"}  # no block poses
+    effector = TABLE[0].observations["effector_translation"][:3]
+    np.testing.assert_array_equal(got[STATE][:3], make_vocabulary(table_config().tokenizer).state.encode(effector))
     frames = TABLE[0].observations["rgb"]
     np.testing.assert_array_equal(got[IMAGE][0], np.stack([frames[0], frames[0]]))  # t = 0: previous = first
     np.testing.assert_array_equal(got[IMAGE][2], np.stack([frames[2], frames[1]]))

@@ -10,6 +10,7 @@ import pytest
 from efm.config import TokenizerConfig
 from efm.models.tokenizers import (
     SignMagnitudeTokenizer,
+    StateTokenizer,
     StepsToGoTokenizer,
     UniformTokenizer,
     Vocabulary,
@@ -144,3 +145,34 @@ def test_make_vocabulary_from_config() -> None:
     assert vocab.size == 256 + 50 and vocab.max_target_length == 70
     vocab = make_vocabulary(TokenizerConfig())
     assert isinstance(vocab.action, SignMagnitudeTokenizer) and vocab.action.num_tokens == 4
+
+
+def test_state_tokens_round_trip_bin_centres_and_clip() -> None:
+    tok = StateTokenizer("effector_translation", (0.0, -1.0), (1.0, 1.0), bins=5)
+    centres = np.array([[0.0, -1.0], [0.25, -0.5], [1.0, 1.0]])
+    tokens = tok.encode(centres)
+    np.testing.assert_array_equal(tokens, [[1, 1], [2, 2], [5, 5]])  # 0 stays free: "no state"
+    np.testing.assert_allclose(tok.decode(tokens), centres, atol=1e-6)
+    np.testing.assert_array_equal(tok.encode(np.array([[-3.0, 9.0]])), [[1, 5]])
+    with pytest.raises(ValueError, match="reads 2 values"):
+        tok.encode(np.zeros((4, 3)))
+
+
+def test_state_tokens_have_their_own_ids() -> None:
+    state = StateTokenizer("joints", (-1.0,) * 14, (1.0,) * 14, bins=256)
+    vocab = make_vocabulary(TokenizerConfig(steps_to_go_bins=50, text_tokens=8, state_key="joints",
+                                            state_low=(-1.0,) * 14, state_high=(1.0,) * 14))
+    assert vocab.state == state
+    assert vocab.state_offset == 13 + 50 and vocab.text_offset == 13 + 50 + 256
+    assert vocab.size == 13 + 50 + 256 + 256 + 1 and vocab.begin == vocab.size - 1
+    for objective in ("bc", "steps_to_go", "instruction"):  # an input, never an output
+        assert not vocab.valid_tokens(objective)[:, vocab.state_offset:vocab.text_offset].any()
+
+
+def test_state_tokenizer_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="state_high"):
+        TokenizerConfig(state_key="e", state_low=(0.0, 0.0), state_high=(1.0,))
+    with pytest.raises(ValueError, match="state_low"):
+        TokenizerConfig(state_key="e")
+    with pytest.raises(ValueError, match="state_high"):
+        TokenizerConfig(state_key="e", state_low=(1.0,), state_high=(0.0,))

@@ -10,7 +10,7 @@ import pytest
 from efm.config import ModelConfig, TokenizerConfig
 from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
 from efm.models.tokenizers import TextTokenizer, make_vocabulary
-from efm.models.vlm import IMAGE, TEXT, make_attn_mask
+from efm.models.vlm import IMAGE, STATE, TEXT, make_attn_mask
 
 B, H, W, TEXT_LEN = 3, 36, 64, 24
 
@@ -143,3 +143,35 @@ def test_instruction_targets_end_with_one_terminator() -> None:
     np.testing.assert_array_equal(mask[0], [1, 1, 1, 1, 0, 0, 0, 0])  # 3 bytes + the 0 that ends it
     np.testing.assert_array_equal(mask[1], np.ones(8))
     assert ids[0, 3] == vocab.text_offset and vocab.valid_tokens("instruction")[3, ids[0, 3]]
+
+
+def test_state_tokens_are_read_after_the_instruction() -> None:
+    """Proprioception tokens join the prefix: they change the action, and cached decoding still
+    equals full decoding."""
+    vocab = make_vocabulary(TokenizerConfig(steps_to_go_bins=50, text_tokens=TEXT_LEN, state_key="effector",
+                                            state_low=(0.0, 0.0), state_high=(1.0, 1.0), state_bins=32))
+    fns = make_functions(ModelConfig(variant="vl-tiny"), vocab)
+    x = {**inputs(), STATE: jnp.asarray(vocab.state.encode(np.full((B, 2), 0.2)))}
+    params = fns.init(jax.random.PRNGKey(0), x)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v * 100 if "input_embedding" in jax.tree_util.keystr(p) else v, params)
+    obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    first = jax.jit(lambda x: fns.model.apply({"params": params}, x, obj, method="first_logits"))
+    moved = {**x, STATE: jnp.asarray(vocab.state.encode(np.full((B, 2), 0.9)))}
+    assert not np.allclose(first(x), first(moved), atol=1e-3)
+    cached = np.asarray(fns.sample_action_tokens(params, x, jax.random.PRNGKey(0), True))
+    np.testing.assert_array_equal(cached, naive_greedy(fns, params, x, "bc", vocab.action.num_tokens))
+
+
+def test_conv_stem_keeps_one_token_per_patch() -> None:
+    from efm.config import TransformerVariant
+    from efm.models.vit import ViT
+
+    frames = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, H, W, 3)), jnp.uint8)
+    vit = ViT((12, 16), 16, 1, 32, 2, 24, stem=(8, 8))
+    params = vit.init(jax.random.PRNGKey(0), frames)
+    assert vit.apply(params, frames).shape == (2, (H // 12) * (W // 16), 24)
+    assert params["params"]["embedding"]["kernel"].shape == (3, 4, 8, 16)  # the patch in stem pixels
+    with pytest.raises(ValueError, match="patch"):
+        TransformerVariant(patch=(18, 32), vit_width=8, vit_depth=1, vit_heads=1, vit_mlp=8, width=8, depth=1,
+                           heads=1, head_dim=8, mlp=8, stem=(4, 4))
