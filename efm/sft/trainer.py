@@ -25,7 +25,7 @@ import optax
 from efm import checkpoints, sharding
 from efm.config import OBJECTIVES, RunConfig, SftConfig
 from efm.data.stage1 import Batch, Stage1Data
-from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
+from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions, objective_inputs
 from efm.models.tokenizers import make_vocabulary
 from efm.models.weights import load_initial
 from efm.progress import progress_bar
@@ -60,11 +60,13 @@ def target_length(fns: EFMFunctions, objective: str) -> int:
             "instruction": vocab.text.length if vocab.text is not None else 0}[objective]
 
 
-def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, length: int | None = None) -> jax.Array:
-    """Negative log-likelihood per sample of the first `length` output tokens; the auxiliary
+def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, objective: str) -> jax.Array:
+    """Negative log-likelihood per sample of a batch of one objective; the auxiliary
     instruction's is per token, so a 40-byte instruction weighs like one output rather than
     forty. [B]"""
     inputs, rest = split_inputs(batch)
+    inputs = objective_inputs(inputs, objective)
+    length = target_length(fns, objective)
     targets, mask = rest["targets"][:, :length], rest["target_mask"][:, :length]
     nll = -fns.log_likelihood(params, inputs, rest["objective"], targets, mask)
     per_token = rest["objective"] == OBJECTIVE_ID["instruction"]
@@ -83,7 +85,7 @@ def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple
     out = {}
     for j, name in enumerate(names):
         group = {k: v[order[j * per:(j + 1) * per]] for k, v in batch.items()}
-        out[name] = _per_sample_nll(fns, params, group, target_length(fns, name))
+        out[name] = _per_sample_nll(fns, params, group, name)
     return out
 
 
@@ -117,10 +119,11 @@ def _pad(batch: Batch, size: int) -> Batch:
 def make_validation_losses(fns: EFMFunctions, data: Stage1Data, cfg: SftConfig, mesh: jax.sharding.Mesh,
                            ) -> Callable[[Any, str | os.PathLike[str]], dict[str, float]]:
     """Mean negative log-likelihood per objective over a whole validation split."""
-    def summed(length: int) -> Callable:
-        return jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b, length)), out_shardings=sharding.replicated(mesh))
+    def summed(objective: str) -> Callable:
+        return jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b, objective)),
+                       out_shardings=sharding.replicated(mesh))
 
-    nll_fns = {name: summed(target_length(fns, name)) for name in cfg.objectives}
+    nll_fns = {name: summed(name) for name in cfg.objectives}
     size = -(-cfg.validation_batch_size // mesh.size) * mesh.size
 
     def validation_losses(params: Any, directory: str | os.PathLike[str]) -> dict[str, float]:

@@ -33,7 +33,8 @@ print(json.dumps({"devices": jax.device_count(), "history": result.history,
 
 def episode(t: int, seed: int) -> Episode:
     rng = np.random.default_rng(seed)
-    return Episode(observations={"rgb": rng.integers(0, 256, (t + 1, 36, 64, 3)).astype(np.uint8)},
+    return Episode(observations={"rgb": rng.integers(0, 256, (t + 1, 36, 64, 3)).astype(np.uint8),
+                                 "effector_translation": rng.uniform([0.15, -0.3], [0.6, 0.3], (t + 1, 2))},
                    actions=rng.uniform(-1, 1, (t, 2)).astype(np.float32),
                    instruction=["push the red moon left", "slide the blue cube up"][seed % 2],
                    success=True, episode_id=f"ep-{seed}")

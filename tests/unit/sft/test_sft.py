@@ -17,7 +17,7 @@ from efm.data.stage1 import Stage1Data
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.sft.select import SELECTION, load_selected, pick_step, run_select
-from efm.sft.trainer import _per_sample_nll, load_history, restore_params, run_sft, split_inputs
+from efm.sft.trainer import load_history, objective_nll, restore_params, run_sft, split_inputs
 from efm.stages import generate_demonstrations
 
 NUM_STEPS = 40
@@ -80,8 +80,11 @@ def test_training_loss_below_initial_params(trained, episodes) -> None:
     batch = next(Stage1Data(cfg.replace(sft=dataclasses.replace(cfg.sft, batch_size=256))).training(
         episodes[0], seed=9))
     init = fns.init(jax.random.PRNGKey(cfg.sft.seed), split_inputs(batch)[0])
-    before = float(np.mean(_per_sample_nll(fns, init, batch)))
-    after = float(np.mean(_per_sample_nll(fns, restore_params(workdir, NUM_STEPS), batch)))
+
+    def loss(params: dict) -> float:
+        return float(np.mean(np.concatenate(list(objective_nll(fns, params, batch, cfg.sft.objectives).values()))))
+
+    before, after = loss(init), loss(restore_params(workdir, NUM_STEPS))
     assert after < before - 0.05
 
 
