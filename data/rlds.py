@@ -484,20 +484,37 @@ def iter_episodes(
             i += 1
 
 
-def read_episode_ids(directory: str | os.PathLike[str], split: str = "train") -> list[str]:
-    """The split's episode ids in stored order, without decoding any step (camera frames stay
-    encoded). Foreign datasets without ids get "<split>-<index>", as `iter_episodes` names them."""
+def _metadata_field(directory: str | os.PathLike[str], split: str, key: str) -> list[str] | None:
+    """One episode_metadata text field of every episode in stored order, without decoding any
+    step (camera frames stay encoded); None when the dataset has no such field."""
     builder = _open(directory)
     _check_split(builder, split, Path(directory))
     md = builder.info.features["episode_metadata"] if "episode_metadata" in builder.info.features else {}  # noqa: SIM401
-    if "episode_id" not in md:
-        return [f"{split}-{i}" for i in range(builder.info.splits[split].num_examples)]
+    if key not in md:
+        return None
     steps = builder.info.features["steps"].feature
     images = {k: tfds.decode.SkipDecoding() for k, f in steps["observation"].items() if isinstance(f, _f.Image)} \
         if isinstance(steps["observation"], _f.FeaturesDict) else {}
     ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"steps": {"observation": images}})
-    ds = ds.map(lambda e: e["episode_metadata"]["episode_id"]).batch(4096)
+    ds = ds.map(lambda e: e["episode_metadata"][key]).batch(4096)
     return [_text(x) for batch in ds.as_numpy_iterator() for x in batch]
+
+
+def read_episode_ids(directory: str | os.PathLike[str], split: str = "train") -> list[str]:
+    """The split's episode ids in stored order. Foreign datasets without ids get
+    "<split>-<index>", as `iter_episodes` names them."""
+    ids = _metadata_field(directory, split, "episode_id")
+    if ids is None:
+        return [f"{split}-{i}" for i in range(_open(directory).info.splits[split].num_examples)]
+    return ids
+
+
+def read_instructions(directory: str | os.PathLike[str], split: str = "train") -> list[str]:
+    """Every episode's instruction in stored order, streamed."""
+    out = _metadata_field(directory, split, "instruction")
+    if out is None:
+        raise DatasetError(f"{directory}: episodes carry no instruction metadata")
+    return out
 
 
 def read_episodes(directory: str | os.PathLike[str], split: str = "train") -> list[Episode]:

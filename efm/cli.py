@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="infer the domain's schema and reference statistics from this (clean) dataset into "
                         "data/schemas/DOMAIN/ instead of validating")
 
+    q = data_sub.add_parser("train-tokenizer", help="learn the text tokenizer's word list from datasets' "
+                            "instructions (prints the tokenizer config to use)")
+    q.add_argument("paths", nargs="+", help="RLDS dataset directories (their train split)")
+    q.add_argument("--min-count", type=int, default=5, help="keep words seen at least this often")
+    q.add_argument("--max-words", type=int, default=1000)
+
     p = sub.add_parser("ui", help="the MLflow UI on a run's local store (loopback only)")
     p.add_argument("--out", help="a run directory of efm run (its mlflow.db)")
     p.add_argument("--tracking-uri", help="any MLflow backend store instead of --out")
@@ -347,6 +353,16 @@ def run(args: argparse.Namespace) -> dict:
                                     max_clipped_fraction=args.max_clipped)
     if args.command == "data" and args.data_command == "validate":
         return _validate_command(args)
+    if args.command == "data" and args.data_command == "train-tokenizer":
+        from efm.data.rlds import read_instructions
+        from efm.models.tokenizers import TextTokenizer, learn_words
+
+        texts = [t for path in args.paths for t in read_instructions(_existing(path, "dataset"))]
+        words = learn_words(texts, args.min_count, args.max_words)
+        lengths = [int((TextTokenizer(512, words).encode([t])[0] != 0).sum()) for t in texts]
+        return {"tokenizer": {"text_words": list(words)}, "instructions": len(texts),
+                "tokens_per_instruction": {"mean": sum(lengths) / max(len(lengths), 1), "max": max(lengths, default=0)},
+                "bytes_per_instruction": {"max": max((len(t.encode()) for t in texts), default=0)}}
     if args.command == "data":
         from efm.data.inspect import inspect_dataset
 

@@ -171,7 +171,10 @@ class TokenizerConfig:
     uniform_bins: int = 256  # uniform: bins over [-max_abs, max_abs] (Aloha)
     steps_to_go_bins: int = 100
     steps_to_go_max: float = 100.0
-    text_tokens: int = 0  # instruction bytes (UTF-8) the model reads; 0: it reads no text
+    text_tokens: int = 0  # instruction tokens the model reads; 0: it reads no text
+    # Whole words as single text tokens (the rest stays UTF-8 bytes); learned from a dataset's
+    # instructions by `efm data train-tokenizer`. Empty: bytes only.
+    text_words: tuple[str, ...] = ()
     # Proprioception as input tokens after the instruction (E.2's joint tokens; the table's
     # effector position): the observation key, and per dimension `state_bins` uniform bins over
     # [low, high]. "" : the model reads no state (it never reads privileged object poses).
@@ -543,6 +546,14 @@ INSTRUCTION_GOAL_DOMAINS = ("tabletop", "bananatable")  # the goal is the instru
 # The effector's workspace on the table domains, (x, y) low and high in metres (envs.tabletop
 # keeps the geometry; config cannot import it, a test checks they agree). 32 bins: 1.4-1.9 cm.
 TABLE_WORKSPACE = ((0.15, -0.3048), (0.6, 0.3048))
+# The table's text tokenizer words: `efm data train-tokenizer` on the default 4000-episode table
+# dataset (every word seen >= 5 times; at most 12 tokens per instruction). BananaTable's new
+# words (banana, table, shove) fall back to bytes: at most 25 tokens, hence 32 text tokens.
+TABLE_WORDS = (
+    "the", "to", "yellow", "cube", "pentagon", "red", "star", "green", "blue", "moon", "move", "push", "slide",
+    "right", "left", "nudge", "and", "board", "of", "bottom", "top", "corner", "diagonally", "close", "near",
+    "next", "towards", "downwards", "down", "up", "upwards", "side", "then", "edge", "a", "center", "slightly",
+    "upper", "bit", "lower", "little", "middle")
 
 
 def check_trainable(cfg: RunConfig) -> None:
@@ -593,7 +604,8 @@ def default_config(domain: str = "pointmass") -> RunConfig:
     return RunConfig(
         env=EnvConfig(domain=domain),
         data=DataConfig(num_episodes=4000, validation_episodes=100),
-        tokenizer=TokenizerConfig(steps_to_go_bins=50, text_tokens=64, state_key="effector_translation",
+        tokenizer=TokenizerConfig(steps_to_go_bins=50, text_tokens=32, text_words=TABLE_WORDS,
+                                  state_key="effector_translation",
                                   state_low=TABLE_WORKSPACE[0], state_high=TABLE_WORKSPACE[1], state_bins=32),
         model=ModelConfig(variant="vl-cpu"),
         sft=SftConfig(objectives=OBJECTIVES, batch_size=48, num_steps=2000, warmup_steps=100, eval_every=250,

@@ -137,6 +137,28 @@ def test_text_round_trip() -> None:
     assert cut == ["aü"]
 
 
+def test_word_tokens_shorten_text_and_round_trip() -> None:
+    tok = TextTokenizer(12, ("push", "the", "blue", "moon"))
+    texts = ["push the blue moon", "push the bluest  moon", "the ü moon", "pushpush"]
+    enc = tok.encode(texts)
+    np.testing.assert_array_equal(enc[0], [256, 259, 261, 263] + [0] * 8)  # one token per word
+    np.testing.assert_array_equal(enc[3][:9], [*b"pushpush", 0])  # only whole words: bytes here
+    assert tok.decode(enc) == texts
+    short = TextTokenizer(3, tok.words)
+    assert short.decode(short.encode(["moon the the the"])) == ["moon the the"]  # truncated by tokens
+    assert tok.vocab_size == 256 + 8
+    vocab = make_vocabulary(TokenizerConfig(text_tokens=12, text_words=("push", "the", "blue", "moon")))
+    assert vocab.valid_tokens("instruction")[0, vocab.text_offset + 263]  # words are outputs too
+
+
+def test_learned_words_are_the_frequent_ones() -> None:
+    from efm.models.tokenizers import learn_words
+
+    texts = ["push the red moon", "push the blue cube", "slide the red cube"]
+    assert learn_words(texts, min_count=2) == ("the", "cube", "push", "red")
+    assert learn_words(texts, min_count=1, max_words=1) == ("the",)
+
+
 def test_instruction_targets_end_with_one_terminator() -> None:
     vocab = make_vocabulary(TokenizerConfig(text_tokens=8))
     ids, mask = vocab.instruction_targets(TextTokenizer(8).encode(["abc", "abcdefgh"]))
