@@ -252,9 +252,9 @@ MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
     # trains in seconds (tests)
     "vl-tiny": TransformerVariant(patch=(18, 32), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,
                                   width=32, depth=1, heads=2, head_dim=16, mlp=64),
-    # the 2-core CPU benchmarks: 4x4 = 16 tokens per 72x128 frame
-    "vl-cpu": TransformerVariant(patch=(18, 32), vit_width=96, vit_depth=1, vit_heads=4, vit_mlp=192,
-                                 width=128, depth=3, heads=4, head_dim=32, mlp=384),
+    # the 2-core CPU benchmarks: 6x4 = 24 tokens per 72x128 frame from a 2-conv stem
+    "vl-cpu": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2, vit_mlp=128,
+                                 width=128, depth=2, heads=4, head_dim=32, mlp=384),
     # accelerators: 6x8 = 48 tokens per frame
     "vl-base": TransformerVariant(patch=(12, 16), vit_width=384, vit_depth=6, vit_heads=6, vit_mlp=1536,
                                   width=512, depth=8, heads=8, head_dim=64, mlp=2048),
