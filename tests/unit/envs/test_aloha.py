@@ -12,7 +12,15 @@ from efm.config import AlohaConfig, EnvConfig, RunConfig, default_config
 from efm.data import rlds
 from efm.envs.aloha import scene
 from efm.envs.aloha.demonstrator import mocap_from_gripper, quat_about_y, quat_mul, quat_rotate
-from efm.envs.aloha.env import JOINTS, PEG_POSE, RGB, RGB_WRIST, SOCKET_POSE, AlohaInsertionEnv, validated_chunks
+from efm.envs.aloha.env import (
+    JOINTS,
+    PEG_POSE,
+    RGB,
+    RGB_WRIST,
+    SOCKET_POSE,
+    AlohaInsertionEnv,
+    validated_chunks,
+)
 from efm.envs.aloha.tasks import INSTRUCTION, inserted
 from efm.stages import dataset_stage
 
@@ -89,9 +97,9 @@ def test_default_config_validates_and_matches_the_env() -> None:
     assert cfg.tokenizer.action_dim == cfg.env.aloha.action_dim == 70
     assert cfg.tokenizer.steps_to_go_max >= cfg.env.max_episode_steps
     assert RunConfig.from_json(cfg.to_json()) == cfg
-    with pytest.raises(ValueError, match="aloha.chunk_length"):
+    with pytest.raises(ValueError, match=r"aloha\.chunk_length"):
         AlohaConfig(chunk_length=0)
-    with pytest.raises(ValueError, match="aloha.peg_x_range"):
+    with pytest.raises(ValueError, match=r"aloha\.peg_x_range"):
         AlohaConfig(peg_x_range=(0.2, 0.1))
 
 
