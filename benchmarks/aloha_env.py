@@ -25,12 +25,11 @@ import numpy as np
 
 from efm.config import default_config
 from efm.domains import make_demonstrator
-from efm.envs.aloha.env import JOINTS, AlohaInsertionEnv
+from efm.envs.aloha.env import JOINTS, NOMINAL_LENGTH, AlohaInsertionEnv
 from efm.envs.base import TimeStep
 from efm.rollout import rollout
 
 RESULTS = Path(__file__).parent / "results" / "aloha_env.json"
-NOISE_FREE_LENGTH = 17  # steps of the noise-free demonstration (measured)
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -82,8 +81,8 @@ def demonstrator(episodes: int, num_envs: int) -> dict:
         "mean_length_successful": float(lengths.mean()), "median_length_successful": float(np.median(lengths)),
         "max_length_successful": int(lengths.max()),
         "mean_length_failed": float(np.mean([e.length for e in eps if not e.success])) if len(ok) < len(eps) else None,
-        "successful_with_recovery": int((lengths > NOISE_FREE_LENGTH + 2).sum()),
-        "noise_free_length": NOISE_FREE_LENGTH, "simulated_seconds_per_step": 0.5,
+        "successful_with_recovery": int((lengths > NOMINAL_LENGTH + 2).sum()),
+        "noise_free_length": NOMINAL_LENGTH, "simulated_seconds_per_step": 0.5,
         "wall_seconds": wall, "cpu_seconds": cpu,
         "steps_per_second": sum(e.length for e in eps) / wall,
     }

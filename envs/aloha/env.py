@@ -27,7 +27,7 @@ PEG_POSE = "peg_pose"
 SOCKET_POSE = "socket_pose"
 RGB = "rgb"  # top over angle (the key the camera domains' previews and models read)
 RGB_WRIST = "rgb_wrist"  # left wrist over right wrist
-NOMINAL_LENGTH = 16  # chunks the noise-free scripted demonstration takes (8 s): optimal_length
+NOMINAL_LENGTH = 17  # chunks the noise-free scripted demonstration takes (8.5 s): optimal_length
 
 
 def validated_chunks(actions: Array, num_envs: int, chunk_length: int) -> Array:
