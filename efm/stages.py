@@ -68,6 +68,9 @@ def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
     return out
 
 
+ROUND_SEED_STRIDE = 1_000_003  # success-only datasets: round r's envs and demonstrator use seed + r * this
+
+
 def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64,
                             progress: bool = False, tally: dict[str, int] | None = None) -> Iterator[Episode]:
     """Scripted demonstrations, ending on ground-truth success or max length, one at a time (an
@@ -75,24 +78,31 @@ def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_en
     processes (efm.domains.make_env); the episodes are the same whatever the number.
 
     Domains in SUCCESS_ONLY_DOMAINS keep only successful episodes (the paper's Aloha data):
-    rounds of demonstrations run until `num_episodes` succeeded, each round started for the
-    episodes still missing and run to its end, so no episode is cut short (which would favour
-    quick ones). `tally["attempted"]` counts every episode run.
+    rounds of demonstrations run until `num_episodes` succeeded, each round with as many envs as
+    episodes are still missing (at most `num_envs`, on its own seed) and run to its end, so no
+    episode is cut short (which would favour quick ones). `tally["attempted"]` counts every
+    episode run. Other domains keep every episode: one round.
     """
-    num_envs = min(num_envs, num_episodes)
-    env = make_env(cfg.env, num_envs, seed)
     success_only = cfg.domain in SUCCESS_ONLY_DOMAINS
     tally = {} if tally is None else tally
     tally["attempted"] = 0
     kept = 0
-    try:
-        demonstrator = make_demonstrator(cfg.env, num_envs, seed + 1)
-        bar = progress_bar(total=num_episodes, desc="demonstrations", enabled=progress)
-        while kept < num_episodes:
-            # Every started episode finishes (no bias towards short ones); ids follow arrival order.
+    bar = progress_bar(total=num_episodes, desc="demonstrations", enabled=progress)
+    for round_ in itertools.count():
+        if kept >= num_episodes:
+            break
+        if round_ > 0 and kept == 0:
+            raise RuntimeError(f"the {cfg.domain} demonstrator succeeded in none of {tally['attempted']} "
+                               "episodes: check env.max_episode_steps and the demonstrator's noise")
+        need, round_seed = num_episodes - kept, seed + ROUND_SEED_STRIDE * round_
+        n = min(num_envs, need)
+        env = make_env(cfg.env, n, round_seed)
+        try:
+            demonstrator = make_demonstrator(cfg.env, n, round_seed + 1)
             stop = demonstrator.gave_up if isinstance(demonstrator, GivesUp) else None
+            # Every started episode finishes (no bias towards short ones); ids follow arrival order.
             for e in rollout(env, demonstrator, max_steps=cfg.env.max_episode_steps, interrupt=stop,
-                             max_episodes=num_episodes - kept, id_prefix="demo"):
+                             max_episodes=need, id_prefix="demo"):
                 tally["attempted"] += 1
                 if success_only and not e.success:
                     continue
@@ -100,12 +110,9 @@ def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_en
                 kept += 1
                 bar.update(1)
                 yield e
-            if kept == 0:
-                raise RuntimeError(f"the {cfg.domain} demonstrator succeeded in none of {tally['attempted']} "
-                                   "episodes: check env.max_episode_steps and the demonstrator's noise")
-        bar.close()
-    finally:
-        env.close()  # ends the env's worker processes, if any
+        finally:
+            env.close()  # ends the env's worker processes, if any
+    bar.close()
 
 
 def _summary(e: Episode) -> Episode:

@@ -7,8 +7,9 @@ single open-loop script, the plan is made in phases from what the demonstrator o
 privileged peg and socket poses and the arms' joints): both arms grasp and lift their object;
 once both hold one, the peg is aligned with the socket as it sits in the hand and pushed in.
 An arm whose object is not lifted re-grasps it where it lies, a failed insertion is retried,
-and after `demo_max_retries` the demonstrator holds still (the episode fails and the dataset
-drops it, as the paper keeps only successful rollouts).
+and after `demo_max_retries` failures the demonstrator gives up: it holds still and `gave_up`
+lets the rollout end the episode, a failure the dataset drops (the paper keeps only successful
+rollouts).
 
 Noise makes it imperfect: each grasp point is offset by `demo_grasp_noise` metres per axis
 (some grasps miss or hold the object askew), and every joint target by `demo_joint_noise`.
