@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-DOMAINS = ("pointmass", "tabletop", "bananatable")
+DOMAINS = ("pointmass", "tabletop", "bananatable", "aloha-insertion")
 
 
 def _check(cond: bool, name: str, value: Any, rule: str) -> None:
@@ -120,6 +120,52 @@ def _check_scene(prefix: str, cfg: TabletopConfig | BananaTableConfig) -> None:
     _check(0 <= cfg.demo_detour_prob <= 1, f"{prefix}.demo_detour_prob", cfg.demo_detour_prob, "in [0, 1]")
 
 
+def _check_range(name: str, r: tuple[float, float]) -> None:
+    _check(len(r) == 2 and r[0] <= r[1], name, r, "(low, high) with low <= high")
+
+
+@dataclass(frozen=True)
+class AlohaConfig:
+    """The bimanual ALOHA Single-Insertion task in MuJoCo (Section 4.1.3, Appendix D.3).
+
+    One env step is one action chunk: `chunk_length` joint targets at 10 Hz (14 each, in
+    [-1, 1]), executed whole. Lengths in metres; views in pixels.
+    """
+
+    chunk_length: int = 5  # N: 10 Hz targets per policy step (action_dim = 14 * N)
+    # The four cameras, stacked into two images (Appendix D.3). Off by default: CPU rendering gives
+    # only a few four-camera frames/s and the state-based model ignores them; on a GPU use EGL.
+    render_images: bool = False
+    state_observation: bool = True  # privileged peg and socket poses (the demonstrator reads them)
+    view_height: int = 60  # one camera view; each stacked image is 2 * view_height + band_height tall
+    view_width: int = 80
+    band_height: int = 4  # black band between two stacked views
+    peg_x_range: tuple[float, float] = (0.1, 0.2)  # gym-aloha's ranges
+    peg_y_range: tuple[float, float] = (0.4, 0.6)
+    socket_x_range: tuple[float, float] = (-0.2, -0.1)
+    socket_y_range: tuple[float, float] = (0.4, 0.6)
+    settle_seconds: float = 0.3  # objects drop onto the table before the first observation
+    demo_joint_noise: float = 0.002  # scripted demonstrator: noise on its joint targets, in [-1, 1] units
+    demo_grasp_noise: float = 0.006  # m, per axis on each grasp point (misses make it re-grasp)
+    demo_max_retries: int = 4  # re-grasps / re-insertions before the demonstrator gives up
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.chunk_length <= 50, "aloha.chunk_length", self.chunk_length, "in [1, 50]")
+        _check(self.view_height >= 8, "aloha.view_height", self.view_height, ">= 8")
+        _check(self.view_width >= 8, "aloha.view_width", self.view_width, ">= 8")
+        _check(self.band_height >= 0, "aloha.band_height", self.band_height, ">= 0")
+        for name in ("peg_x_range", "peg_y_range", "socket_x_range", "socket_y_range"):
+            _check_range(f"aloha.{name}", getattr(self, name))
+        _check(self.settle_seconds >= 0, "aloha.settle_seconds", self.settle_seconds, ">= 0")
+        _check(self.demo_joint_noise >= 0, "aloha.demo_joint_noise", self.demo_joint_noise, ">= 0")
+        _check(self.demo_grasp_noise >= 0, "aloha.demo_grasp_noise", self.demo_grasp_noise, ">= 0")
+        _check(self.demo_max_retries >= 0, "aloha.demo_max_retries", self.demo_max_retries, ">= 0")
+
+    @property
+    def action_dim(self) -> int:
+        return 14 * self.chunk_length
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     domain: str = "pointmass"
@@ -127,6 +173,7 @@ class EnvConfig:
     pointmass: PointmassConfig = field(default_factory=PointmassConfig)
     tabletop: TabletopConfig = field(default_factory=TabletopConfig)
     bananatable: BananaTableConfig = field(default_factory=BananaTableConfig)
+    aloha: AlohaConfig = field(default_factory=AlohaConfig)
     # Worker processes that step a vectorized env's N copies (efm.envs.subprocess): 0 picks
     # (every core for the PyBullet domains once N is large enough, see efm.domains.env_workers),
     # 1 steps them in this process. Results are the same either way.
@@ -593,8 +640,23 @@ def debug_config(domain: str = "pointmass") -> RunConfig:
     )
 
 
+# Demonstration datasets that keep only successful episodes (the paper's Aloha data, D.3).
+SUCCESS_ONLY_DOMAINS = ("aloha-insertion",)
+
+
 def default_config(domain: str = "pointmass") -> RunConfig:
     _check(domain in DOMAINS, "domain", domain, f"one of {DOMAINS}")
+    if domain == "aloha-insertion":
+        # Appendix D.3 / E.2: one step is a chunk of 5 joint targets at 10 Hz (70 actions in
+        # [-1, 1], 256 uniform bins each), steps-to-go 0..300 one token per value, a generous
+        # 300-chunk limit (1,500 targets, as the paper). Datasets scaled down 10x from the
+        # paper's 5K / 10K / 15K successful episodes: thirds of 1,500 plus 50 for validation.
+        return RunConfig(
+            env=EnvConfig(domain=domain, max_episode_steps=300),
+            data=DataConfig(num_episodes=1550, validation_episodes=50, fractions=(1 / 3, 2 / 3, 1.0)),
+            tokenizer=TokenizerConfig(action_scheme="uniform", action_dim=70, uniform_bins=256,
+                                      steps_to_go_bins=301, steps_to_go_max=301.0),
+        )
     if domain not in INSTRUCTION_GOAL_DOMAINS:
         return RunConfig(env=EnvConfig(domain=domain))
     # The table domains (Appendix D.1/D.2, E.1): camera frames + instruction in, the paper's

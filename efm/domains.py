@@ -22,7 +22,7 @@ def available_cores() -> int:
 
 def env_workers(cfg: EnvConfig, num_envs: int) -> int:
     """How many processes step `num_envs` envs: `cfg.num_workers` if set (at most one per env),
-    else every core for the PyBullet domains when there are enough envs, else 1 (in-process)."""
+    else every core for the simulated (PyBullet, MuJoCo) domains when there are enough envs, else 1 (in-process)."""
     if cfg.num_workers:
         return min(cfg.num_workers, num_envs)
     if cfg.domain == "pointmass":
@@ -56,6 +56,10 @@ def make_local_env(cfg: EnvConfig, num_envs: int, seed: int, first_env: int = 0)
         from efm.envs.bananatable import BananaTableEnv
 
         return BananaTableEnv(cfg, num_envs, seed, first_env)
+    if cfg.domain == "aloha-insertion":  # MuJoCo likewise
+        from efm.envs.aloha.env import AlohaInsertionEnv
+
+        return AlohaInsertionEnv(cfg, num_envs, seed, first_env)
     raise ValueError(f"unknown domain {cfg.domain!r}")
 
 
@@ -70,4 +74,8 @@ def make_demonstrator(cfg: EnvConfig, num_envs: int, seed: int) -> Agent:
         from efm.envs.bananatable import BananaDemonstrator
 
         return BananaDemonstrator(cfg, num_envs, seed)
+    if cfg.domain == "aloha-insertion":
+        from efm.envs.aloha.demonstrator import AlohaDemonstrator
+
+        return AlohaDemonstrator(cfg, num_envs, seed)
     raise ValueError(f"unknown domain {cfg.domain!r}")

@@ -18,7 +18,7 @@ see the same task list however long their episodes take.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -34,6 +34,15 @@ class Agent(Protocol):
 
     def act(self, ts: TimeStep) -> dict[str, Array]:
         """{"action": [N, action_dim], ...}: other keys are recorded per step (e.g. tokens)."""
+
+
+@runtime_checkable
+class GivesUp(Protocol):
+    """A scripted demonstrator that can tell when it has given up on an episode: the episode ends
+    there (a failure) instead of idling to the maximum length."""
+
+    def gave_up(self) -> Array:
+        """[N] bool."""
 
 
 ACTION = "action"

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from efm.config import RunConfig, check_trainable
+from efm.config import SUCCESS_ONLY_DOMAINS, RunConfig, check_trainable
 from efm.data import rlds, subsample
 from efm.domains import make_demonstrator, make_env
 from efm.envs.base import Episode
 from efm.envs.render import RGB, write_episodes_gif
 from efm.progress import progress_bar
-from efm.rollout import rollout
+from efm.rollout import GivesUp, rollout
 from efm.types import Logger
 
 # Each pipeline step is a fresh process that imports this module for one stage, so what only
@@ -68,22 +68,51 @@ def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
     return out
 
 
+ROUND_SEED_STRIDE = 1_000_003  # success-only datasets: round r's envs and demonstrator use seed + r * this
+
+
 def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_envs: int = 64,
-                            progress: bool = False) -> Iterator[Episode]:
+                            progress: bool = False, tally: dict[str, int] | None = None) -> Iterator[Episode]:
     """Scripted demonstrations, ending on ground-truth success or max length, one at a time (an
     image dataset of any size never sits in memory). The envs step in `cfg.env.num_workers`
-    processes (efm.domains.make_env); the episodes are the same whatever the number."""
-    num_envs = min(num_envs, num_episodes)
-    env = make_env(cfg.env, num_envs, seed)
-    try:
-        source = rollout(env, make_demonstrator(cfg.env, num_envs, seed + 1),
-                         max_steps=cfg.env.max_episode_steps, max_episodes=num_episodes, id_prefix="demo")
-        # Every started episode finishes (no bias towards short ones); ids follow arrival order.
-        for i, e in enumerate(progress_bar(source, total=num_episodes, desc="demonstrations", enabled=progress)):
-            e.episode_id = f"demo-{i:06d}"
-            yield e
-    finally:
-        env.close()  # ends the env's worker processes, if any
+    processes (efm.domains.make_env); the episodes are the same whatever the number.
+
+    Domains in SUCCESS_ONLY_DOMAINS keep only successful episodes (the paper's Aloha data):
+    rounds of demonstrations run until `num_episodes` succeeded, each round with as many envs as
+    episodes are still missing (at most `num_envs`, on its own seed) and run to its end, so no
+    episode is cut short (which would favour quick ones). `tally["attempted"]` counts every
+    episode run. Other domains keep every episode: one round.
+    """
+    success_only = cfg.domain in SUCCESS_ONLY_DOMAINS
+    tally = {} if tally is None else tally
+    tally["attempted"] = 0
+    kept = 0
+    bar = progress_bar(total=num_episodes, desc="demonstrations", enabled=progress)
+    for round_ in itertools.count():
+        if kept >= num_episodes:
+            break
+        if round_ > 0 and kept == 0:
+            raise RuntimeError(f"the {cfg.domain} demonstrator succeeded in none of {tally['attempted']} "
+                               "episodes: check env.max_episode_steps and the demonstrator's noise")
+        need, round_seed = num_episodes - kept, seed + ROUND_SEED_STRIDE * round_
+        n = min(num_envs, need)
+        env = make_env(cfg.env, n, round_seed)
+        try:
+            demonstrator = make_demonstrator(cfg.env, n, round_seed + 1)
+            stop = demonstrator.gave_up if isinstance(demonstrator, GivesUp) else None
+            # Every started episode finishes (no bias towards short ones); ids follow arrival order.
+            for e in rollout(env, demonstrator, max_steps=cfg.env.max_episode_steps, interrupt=stop,
+                             max_episodes=need, id_prefix="demo"):
+                tally["attempted"] += 1
+                if success_only and not e.success:
+                    continue
+                e.episode_id = f"demo-{kept:06d}"
+                kept += 1
+                bar.update(1)
+                yield e
+        finally:
+            env.close()  # ends the env's worker processes, if any
+    bar.close()
 
 
 def _summary(e: Episode) -> Episode:
@@ -103,13 +132,15 @@ def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
     preview: list[Episode] = []
     metadata: dict[str, Any] = {"config": json.loads(cfg.to_json())}
 
+    tally: dict[str, int] = {}
+
     def episodes() -> Iterator[Episode]:
-        for e in generate_demonstrations(cfg, cfg.data.num_episodes, cfg.data.seed, progress=progress):
+        for e in generate_demonstrations(cfg, cfg.data.num_episodes, cfg.data.seed, progress=progress, tally=tally):
             summaries.append(_summary(e))
             if RGB in e.observations and len(preview) < PREVIEW_EPISODES:
                 preview.append(e)
             yield e
-        metadata["stats"] = dataset_stats(cfg, summaries)
+        metadata["stats"] = {**dataset_stats(cfg, summaries), "demonstrations_attempted": tally["attempted"]}
 
     out = Path(out_dir)
     rlds.write_episodes(episodes(), out, metadata=metadata, overwrite=overwrite)

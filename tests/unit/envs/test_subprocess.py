@@ -59,6 +59,17 @@ def test_workers_give_the_in_process_episodes_images_included(domain: str) -> No
                 np.testing.assert_array_equal(local.optimal_length(), sub.optimal_length())
 
 
+def test_aloha_workers_give_the_in_process_episodes() -> None:
+    cfg, n, seed = _cfg("aloha-insertion"), 3, 5
+    rng = np.random.default_rng(0)
+    with make_local_env(cfg, n, seed) as local, SubprocessVectorEnv(cfg, n, seed, num_workers=2) as sub:
+        _assert_same(local.reset(), sub.reset())
+        actions = rng.uniform(-0.3, 0.3, (n, local.action_dim))
+        _assert_same(local.step(actions), sub.step(actions))
+        mask = np.array([False, True, False])
+        _assert_same(local.reset(mask), sub.reset(mask))
+
+
 def test_demonstrations_do_not_depend_on_the_number_of_workers() -> None:
     cfg = debug_config("tabletop")
     episodes = {}

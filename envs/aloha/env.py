@@ -1,0 +1,127 @@
+"""N ALOHA insertion scenes stepped together, behind the project's VectorEnv interface.
+
+One step is one action chunk (Appendix D.3): `chunk_length` joint targets at 10 Hz, flattened
+to [N, 14 * chunk_length] in [-1, 1], executed whole; between consecutive targets the low-level
+controller interpolates at 50 Hz. Observations: JOINTS (the 14 current joints, normalised as
+the actions), with `render_images` the four cameras stacked into RGB (top over angle) and
+RGB_WRIST (left wrist over right wrist), with `state_observation` the privileged PEG_POSE and
+SOCKET_POSE (state-based runs, and the scripted demonstrator). The goal is the instruction.
+
+Each env owns its dm-control Physics and its random stream (seed, env index), so a seed fixes
+every episode whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from efm.config import AlohaConfig, EnvConfig
+from efm.envs.aloha import scene
+from efm.envs.aloha.tasks import INSTRUCTION, inserted, sample_poses
+from efm.envs.base import Array, TimeStep
+
+JOINTS = "joints"
+PEG_POSE = "peg_pose"
+SOCKET_POSE = "socket_pose"
+RGB = "rgb"  # top over angle (the key the camera domains' previews and models read)
+RGB_WRIST = "rgb_wrist"  # left wrist over right wrist
+NOMINAL_LENGTH = 17  # chunks the noise-free scripted demonstration takes (8.5 s): optimal_length
+
+
+def validated_chunks(actions: Array, num_envs: int, chunk_length: int) -> Array:
+    """[N, 14 * chunk] actions -> [N, chunk, 14] joint targets, clipped to [-1, 1]."""
+    a = np.asarray(actions, np.float64)
+    if a.shape != (num_envs, scene.NUM_JOINTS * chunk_length):
+        raise ValueError(f"actions must have shape {(num_envs, scene.NUM_JOINTS * chunk_length)}, got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("actions must be finite")
+    return np.clip(a, -1.0, 1.0).reshape(num_envs, chunk_length, scene.NUM_JOINTS)
+
+
+class AlohaInsertionEnv:
+    """The bimanual peg-in-socket task; see the module docstring."""
+
+    def __init__(self, cfg: EnvConfig, num_envs: int, seed: int, first_env: int = 0):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.cfg: AlohaConfig = cfg.aloha
+        self.num_envs = num_envs
+        self.action_dim = self.cfg.action_dim
+        self._seed = seed
+        self._rngs = [np.random.default_rng([seed, first_env + i]) for i in range(num_envs)]
+        self._physics = [scene.load_physics() for _ in range(num_envs)]
+        self._command = np.tile(scene.start_joints(), (num_envs, 1))  # last 10 Hz target, raw joints
+        self._closed = False
+
+    # -- VectorEnv --
+
+    def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
+        idx = range(self.num_envs) if mask is None else np.flatnonzero(mask)
+        for i in idx:  # with `tasks`, task k is a pure function of (seed, k)
+            rng = self._rngs[i] if tasks is None else np.random.default_rng([self._seed, int(tasks[i])])
+            self._reset_one(int(i), rng)
+        return self._timestep()
+
+    def step(self, actions: Array) -> TimeStep:
+        chunks = validated_chunks(actions, self.num_envs, self.cfg.chunk_length)
+        for i, physics in enumerate(self._physics):
+            targets = scene.unnormalize_joints(chunks[i])  # [chunk, 14]
+            for target in scene.interpolate_targets(self._command[i], targets):
+                physics.data.ctrl[:] = scene.joints_to_ctrl(target)
+                for _ in range(scene.SUBSTEPS):
+                    physics.step()
+            self._command[i] = targets[-1]
+        return self._timestep()
+
+    def optimal_length(self) -> Array:
+        """The noise-free scripted demonstration's length: a reference, not a proven optimum."""
+        return np.full(self.num_envs, float(NOMINAL_LENGTH))
+
+    def close(self) -> None:
+        if not self._closed:
+            for p in self._physics:
+                with contextlib.suppress(Exception):
+                    p.free()
+            self._closed = True
+
+    # -- Inspection (demonstrator, tests, rendering) --
+
+    def physics(self, i: int):
+        return self._physics[i]
+
+    def render(self) -> tuple[Array, Array]:
+        """([N, H, W, 3], [N, H, W, 3]) the two stacked images now, whatever `render_images`."""
+        pairs = [scene.stacked_images(scene.render_views(p, self.cfg.view_height, self.cfg.view_width),
+                                      self.cfg.band_height) for p in self._physics]
+        return np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
+
+    def __enter__(self) -> AlohaInsertionEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- Internals --
+
+    def _reset_one(self, i: int, rng: np.random.Generator) -> None:
+        peg, socket = sample_poses(rng, self.cfg)
+        physics, joints = self._physics[i], scene.start_joints()
+        scene.set_state(physics, joints, peg, socket)
+        for _ in range(round(self.cfg.settle_seconds / scene.PHYSICS_TIMESTEP)):
+            physics.step()
+        self._command[i] = joints
+
+    def _timestep(self) -> TimeStep:
+        n = self.num_envs
+        joints = np.stack([scene.arm_joints(p) for p in self._physics])
+        obs = {JOINTS: scene.normalize_joints(joints).astype(np.float32)}
+        if self.cfg.state_observation:
+            obs[PEG_POSE] = np.stack([scene.object_pose(p, scene.PEG_JOINT) for p in self._physics]).astype(np.float32)
+            obs[SOCKET_POSE] = np.stack([scene.object_pose(p, scene.SOCKET_JOINT)
+                                         for p in self._physics]).astype(np.float32)
+        if self.cfg.render_images:
+            obs[RGB], obs[RGB_WRIST] = self.render()
+        success = np.array([inserted(scene.contact_pairs(p)) for p in self._physics], bool)
+        return TimeStep(observation=obs, goal={}, instruction=(INSTRUCTION,) * n, success=success)

@@ -1,0 +1,311 @@
+"""One PyBullet world per environment: the board, bodies, the effector and the camera.
+
+Each scene owns one headless PyBullet client (DIRECT), so nothing is shared and a seed fixes
+everything; images come from the CPU TinyRenderer. Bodies get large roll/pitch inertia (as
+LanguageTable's block URDFs do): a stiff effector otherwise tips and drives small blocks into
+the table; yaw inertia is the real one, so blocks and the banana still rotate when pushed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pybullet as pb
+
+from efm.config import BananaTableConfig, TabletopConfig
+from efm.envs.base import Array
+from efm.envs.tabletop.geometry import (
+    BOARD_CENTER,
+    CONTROL_PERIOD,
+    EFFECTOR_ERP,
+    EFFECTOR_FRICTION,
+    EFFECTOR_HALF_HEIGHT,
+    EFFECTOR_MASS,
+    EFFECTOR_MAX_FORCE,
+    EFFECTOR_RADIUS,
+    EFFECTOR_Z,
+    SOLVER_ITERATIONS,
+    TIP_INERTIA,
+    WALL_MARGIN,
+    WORKSPACE,
+    ShapeSpec,
+    extrude,
+)
+
+# --- One PyBullet world ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SceneParams:
+    image_height: int
+    image_width: int
+    render_images: bool
+    max_delta: float
+    physics_substeps: int
+
+
+def scene_params(cfg: TabletopConfig | BananaTableConfig) -> SceneParams:
+    return SceneParams(
+        cfg.image_height, cfg.image_width, cfg.render_images, cfg.max_delta, cfg.physics_substeps
+    )
+
+
+@dataclass(frozen=True)
+class BodySpec:
+    name: str
+    shape: ShapeSpec
+    rgba: tuple[float, float, float, float]
+    mass: float
+    friction: float
+
+
+# The camera looks down at the board from beyond its bottom edge, as LanguageTable's does.
+CAMERA_EYE = (0.92, 0.0, 0.62)
+CAMERA_TARGET = (0.4, 0.0, 0.0)
+CAMERA_UP = (-1.0, 0.0, 0.0)
+CAMERA_FOV = 43.0  # vertical, degrees: the whole board and its walls
+BOARD_RGBA = (0.82, 0.76, 0.62, 1.0)
+TABLE_RGBA = (0.33, 0.33, 0.36, 1.0)
+WALL_RGBA = (0.25, 0.22, 0.2, 1.0)
+EFFECTOR_RGBA = (0.2, 0.2, 0.22, 1.0)
+
+
+def planar_pose(position: Sequence[float], quaternion: Sequence[float]) -> tuple[Array, float]:
+    """(x, y) and yaw of a body's pose."""
+    x, y, z, w = quaternion
+    return np.array(position[:2], float), math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+class TableScene:
+    """One PyBullet client: table, board walls, the effector and the given movable bodies.
+
+    Only the bodies of the current episode are in the world (idle ones would cost physics);
+    their shapes are built once and shared, so adding a body is cheap. The same sequence of
+    calls gives the same world.
+    """
+
+    def __init__(self, params: SceneParams, bodies: Sequence[BodySpec]):
+        self.params = params
+        self.client = pb.connect(pb.DIRECT)
+        c = self.client
+        pb.setGravity(0, 0, -9.81, physicsClientId=c)
+        pb.setPhysicsEngineParameter(
+            fixedTimeStep=CONTROL_PERIOD / params.physics_substeps,
+            numSolverIterations=SOLVER_ITERATIONS,
+            erp=EFFECTOR_ERP,
+            deterministicOverlappingPairs=1,
+            physicsClientId=c,
+        )
+        table = self._build_table()
+        self._effector = self._build_effector()
+        # The effector hovers over the table: skip that (never touching) pair in the physics.
+        pb.setCollisionFilterPair(self._effector, table, -1, -1, 0, physicsClientId=c)
+        self._specs = {spec.name: spec for spec in bodies}
+        self._shapes: dict[str, tuple[int, int]] = {}  # name -> (collision, visual) shape ids
+        self._ids: dict[str, int] = {}  # bodies in the world
+        self._command = np.array(BOARD_CENTER, float)
+        self._constraint = pb.createConstraint(
+            self._effector,
+            -1,
+            -1,
+            -1,
+            pb.JOINT_FIXED,
+            [0, 0, 0],
+            [0, 0, 0],
+            [*self._command, EFFECTOR_Z],
+            physicsClientId=c,
+        )
+        self.reset_effector(self._command)
+        self._view = pb.computeViewMatrix(CAMERA_EYE, CAMERA_TARGET, CAMERA_UP, physicsClientId=c)
+        self._projection = pb.computeProjectionMatrixFOV(
+            CAMERA_FOV, params.image_width / params.image_height, 0.05, 5.0, physicsClientId=c
+        )
+
+    def _build_table(self) -> int:
+        """The table top, the board and its walls; returns the table's body id."""
+        c = self.client
+        # An infinite collision plane (unused bodies rest on it far away), drawn as a table top.
+        plane = pb.createCollisionShape(pb.GEOM_PLANE, physicsClientId=c)
+        table = pb.createVisualShape(
+            pb.GEOM_BOX,
+            halfExtents=[1.0, 1.0, 0.02],
+            rgbaColor=TABLE_RGBA,
+            visualFramePosition=[*BOARD_CENTER, -0.022],
+            physicsClientId=c,
+        )
+        table_id = pb.createMultiBody(0, plane, table, physicsClientId=c)
+        lo, hi = WORKSPACE[0] - WALL_MARGIN, WORKSPACE[1] + WALL_MARGIN
+        half = (hi - lo) / 2
+        board = pb.createVisualShape(
+            pb.GEOM_BOX, halfExtents=[*half, 0.001], rgbaColor=BOARD_RGBA, physicsClientId=c
+        )
+        pb.createMultiBody(0, -1, board, basePosition=[*BOARD_CENTER, -0.001], physicsClientId=c)
+        t, h = 0.01, 0.02  # wall half thickness, half height
+        cx, cy = BOARD_CENTER
+        frames = [[lo[0] - t, cy, h], [hi[0] + t, cy, h], [cx, lo[1] - t, h], [cx, hi[1] + t, h]]
+        extents = [[t, half[1] + 2 * t, h]] * 2 + [[half[0] + 2 * t, t, h]] * 2
+        col = pb.createCollisionShapeArray(
+            [pb.GEOM_BOX] * 4,
+            halfExtents=extents,
+            collisionFramePositions=frames,
+            physicsClientId=c,
+        )
+        vis = pb.createVisualShapeArray(
+            [pb.GEOM_BOX] * 4, halfExtents=extents, visualFramePositions=frames, physicsClientId=c
+        )
+        walls = pb.createMultiBody(0, col, vis, physicsClientId=c)
+        pb.changeVisualShape(walls, -1, rgbaColor=WALL_RGBA, physicsClientId=c)
+        return table_id
+
+    def _build_effector(self) -> int:
+        c = self.client
+        col = pb.createCollisionShape(
+            pb.GEOM_CYLINDER,
+            radius=EFFECTOR_RADIUS,
+            height=2 * EFFECTOR_HALF_HEIGHT,
+            physicsClientId=c,
+        )
+        vis = pb.createVisualShape(
+            pb.GEOM_CYLINDER,
+            radius=EFFECTOR_RADIUS,
+            length=2 * EFFECTOR_HALF_HEIGHT,
+            rgbaColor=EFFECTOR_RGBA,
+            physicsClientId=c,
+        )
+        body = pb.createMultiBody(
+            EFFECTOR_MASS, col, vis, basePosition=[*BOARD_CENTER, EFFECTOR_Z], physicsClientId=c
+        )
+        pb.changeDynamics(body, -1, lateralFriction=EFFECTOR_FRICTION, physicsClientId=c)
+        return body
+
+    def _build_shapes(self, spec: BodySpec) -> tuple[int, int]:
+        c, shape = self.client, spec.shape
+        vertices, indices = extrude(shape)
+        if len(shape.boxes) == 1 and shape.boxes[0][:3] == (0.0, 0.0, 0.0):
+            _, _, _, hl, hw = shape.boxes[0]
+            col = pb.createCollisionShape(
+                pb.GEOM_BOX, halfExtents=[hl, hw, shape.half_height], physicsClientId=c
+            )
+        elif shape.boxes:
+            col = pb.createCollisionShapeArray(
+                [pb.GEOM_BOX] * len(shape.boxes),
+                halfExtents=[[hl, hw, shape.half_height] for _, _, _, hl, hw in shape.boxes],
+                collisionFramePositions=[[x, y, 0.0] for x, y, _, _, _ in shape.boxes],
+                collisionFrameOrientations=[
+                    pb.getQuaternionFromEuler([0, 0, yaw]) for _, _, yaw, _, _ in shape.boxes
+                ],
+                physicsClientId=c,
+            )
+        else:  # the convex hull of the outline's prism
+            hull = [v for v in vertices if abs(v[0]) + abs(v[1]) > 0]
+            col = pb.createCollisionShape(pb.GEOM_MESH, vertices=hull, physicsClientId=c)
+        vis = pb.createVisualShape(
+            pb.GEOM_MESH, vertices=vertices, indices=indices, rgbaColor=spec.rgba, physicsClientId=c
+        )
+        return col, vis
+
+    def add(self, name: str, xy: Sequence[float], yaw: float) -> None:
+        """Put body `name` at rest on the table (adding it to the world if needed)."""
+        spec = self._specs[name]
+        if name not in self._ids:
+            if name not in self._shapes:
+                self._shapes[name] = self._build_shapes(spec)
+            col, vis = self._shapes[name]
+            body = pb.createMultiBody(spec.mass, col, vis, physicsClientId=self.client)
+            pb.changeDynamics(
+                body,
+                -1,
+                lateralFriction=spec.friction,
+                restitution=0.0,
+                localInertiaDiagonal=[TIP_INERTIA, TIP_INERTIA, spec.shape.yaw_inertia(spec.mass)],
+                physicsClientId=self.client,
+            )
+            self._ids[name] = body
+        self.place(name, xy, yaw)
+
+    def remove(self, name: str) -> None:
+        pb.removeBody(self._ids.pop(name), physicsClientId=self.client)
+
+    @property
+    def bodies(self) -> tuple[str, ...]:
+        return tuple(self._ids)
+
+    def place(self, name: str, xy: Sequence[float], yaw: float) -> None:
+        """Teleport a body in the world to rest on the table at (x, y) with the given yaw."""
+        body = self._ids[name]
+        z = self._specs[name].shape.half_height
+        pb.resetBasePositionAndOrientation(
+            body,
+            [float(xy[0]), float(xy[1]), z],
+            pb.getQuaternionFromEuler([0, 0, float(yaw)]),
+            physicsClientId=self.client,
+        )
+        pb.resetBaseVelocity(body, [0, 0, 0], [0, 0, 0], physicsClientId=self.client)
+
+    def reset_effector(self, xy: Sequence[float]) -> None:
+        self._command = np.array(xy, float)
+        pos = [*self._command, EFFECTOR_Z]
+        pb.resetBasePositionAndOrientation(
+            self._effector, pos, [0, 0, 0, 1], physicsClientId=self.client
+        )
+        pb.resetBaseVelocity(self._effector, [0, 0, 0], [0, 0, 0], physicsClientId=self.client)
+        pb.changeConstraint(
+            self._constraint, pos, maxForce=EFFECTOR_MAX_FORCE, physicsClientId=self.client
+        )
+
+    def move_effector(self, target_xy: Array) -> None:
+        """One control step: the effector's command moves linearly to `target_xy` while the
+        physics runs, so the effector pushes whatever is in the way."""
+        start, n = self._command, self.params.physics_substeps
+        for s in range(1, n + 1):
+            q = start + (target_xy - start) * (s / n)
+            pb.changeConstraint(
+                self._constraint,
+                [float(q[0]), float(q[1]), EFFECTOR_Z],
+                maxForce=EFFECTOR_MAX_FORCE,
+                physicsClientId=self.client,
+            )
+            pb.stepSimulation(physicsClientId=self.client)
+        self._command = np.array(target_xy, float)
+
+    @property
+    def command(self) -> Array:
+        return self._command.copy()
+
+    def effector_xy(self) -> Array:
+        return np.array(
+            pb.getBasePositionAndOrientation(self._effector, physicsClientId=self.client)[0][:2]
+        )
+
+    def pose(self, name: str) -> tuple[Array, float]:
+        return planar_pose(
+            *pb.getBasePositionAndOrientation(self._ids[name], physicsClientId=self.client)
+        )
+
+    def speed(self, name: str) -> float:
+        """Planar speed (m/s)."""
+        v = pb.getBaseVelocity(self._ids[name], physicsClientId=self.client)[0]
+        return math.hypot(v[0], v[1])
+
+    def render(self) -> Array:
+        h, w = self.params.image_height, self.params.image_width
+        _, _, rgba, _, _ = pb.getCameraImage(
+            w,
+            h,
+            self._view,
+            self._projection,
+            renderer=pb.ER_TINY_RENDERER,
+            flags=pb.ER_NO_SEGMENTATION_MASK,
+            physicsClientId=self.client,
+        )
+        return np.asarray(rgba, np.uint8).reshape(h, w, 4)[..., :3]
+
+    def close(self) -> None:
+        if self.client >= 0:
+            try:
+                pb.disconnect(physicsClientId=self.client)
+            finally:
+                self.client = -1
