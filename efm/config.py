@@ -376,6 +376,9 @@ class SelfImproveConfig:
     # Practice in other domains from the same Stage-1 checkpoints (Section 4.3.2: BananaTable).
     transfer_domains: tuple[str, ...] = ()
     keep_best_round: bool = True  # success is not monotone (Section 6): keep the best round
+    # Rounds pooled to score a round's policy (centred; 1 = that round alone). One round's ~70
+    # episodes give a noisy mean length, and the best of ~60 noisy scores is optimistic.
+    best_round_window: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -391,6 +394,8 @@ class SelfImproveConfig:
         _check(self.max_rounds > 0, "self_improve.max_rounds", self.max_rounds, "> 0")
         _check(self.num_envs > 0, "self_improve.num_envs", self.num_envs, "> 0")
         _check(self.num_actors > 0, "self_improve.num_actors", self.num_actors, "> 0")
+        _check(self.best_round_window >= 1 and self.best_round_window % 2 == 1, "self_improve.best_round_window",
+               self.best_round_window, "odd and >= 1")
         _check(self.runtime in ("single_process", "ray"), "self_improve.runtime", self.runtime,
                "single_process or ray")
         for f in self.task_families:

@@ -19,8 +19,9 @@ from efm.config import RunConfig
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.self_improve.actor import Actor
+from efm.self_improve.coordinator import SelfImproveResult, coordinate
 from efm.self_improve.learner import Learner
-from efm.self_improve.loop import SelfImproveResult, coordinate, replay_spec
+from efm.self_improve.loop import replay_spec
 from efm.self_improve.replay import ReverbReplay
 from efm.self_improve.service import StepsToGoService
 from efm.types import Logger

@@ -6,15 +6,14 @@ replay plus their in-flight episodes will reach N*B samples and finish every epi
 started; run N REINFORCE updates on N*B samples drawn uniformly without replacement from all of
 them; clear the rest. Every started episode counts in the practice budget (`total_episodes`);
 the environment steps executed are reported beside it (`total_env_steps`). Success is not
-monotone over rounds (Section 6), so the policy of the round with the best detected success
-(then the shortest episodes) is kept; neither uses ground truth.
+monotone over rounds (Section 6), so the policy of the best round is kept (`coordinator.py`:
+detected success, then the shortest episodes, pooled over neighbouring rounds; no ground truth).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,13 @@ import jax
 import numpy as np
 
 from efm import checkpoints
-from efm.config import RunConfig, SelfImproveConfig
+from efm.config import RunConfig
 from efm.data.features import input_spec
 from efm.domains import make_env
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
-from efm.progress import progress_bar
 from efm.self_improve.actor import ACTION_TOKENS, INPUTS, POLICY_VERSION, RETURN, SAMPLE_ID, Actor
+from efm.self_improve.coordinator import SelfImproveResult, coordinate
 from efm.self_improve.learner import Learner, check_freeze
 from efm.self_improve.replay import ReverbReplay, SampleSpec
 from efm.self_improve.service import StepsToGoService
@@ -50,68 +49,6 @@ def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
     spec[SAMPLE_ID] = ((), np.int64)
     spec[POLICY_VERSION] = ((), np.int64)
     return spec
-
-
-def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
-    """What a round's episode summaries say about the policy that collected them."""
-    return {
-        "episodes": float(len(episodes)),  # every episode started this round (all finished)
-        "env_steps": float(sum(e["length"] for e in episodes)),
-        "success_rate": float(np.mean([e["detected"] for e in episodes])),  # learned detector, no ground truth
-        "mean_episode_length": float(np.mean([e["length"] for e in episodes])),
-        "ground_truth_success_rate": float(np.mean([e["success"] for e in episodes])),  # reported, never used
-    }
-
-
-@dataclass(frozen=True)
-class SelfImproveResult:
-    rounds: list[dict[str, float]]
-    best_round: int
-    total_episodes: int  # every episode started (the practice budget)
-    total_env_steps: int  # environment steps those episodes executed
-    policy: Any
-
-
-CollectFn = Callable[[Any, int, int], list[dict[str, float]]]  # (params, round, max episodes) -> summaries
-LearnFn = Callable[[float], tuple[dict[str, float], Any]]  # (learning rate) -> (metrics, new params)
-
-
-def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, learn_round: LearnFn,
-               log: Logger | None = None, progress: bool = True) -> SelfImproveResult:
-    """The coordinator: rounds of collect-then-learn within the episode budget; no math."""
-    rounds: list[dict[str, float]] = []
-    best: tuple[tuple[float, float], int, Any] | None = None
-    total = 0
-    steps = 0
-    bar = progress_bar(total=cfg.max_episodes, desc="self-improve episodes", enabled=progress)
-    for r in range(cfg.max_rounds):
-        if total >= cfg.max_episodes:
-            break
-        episodes = collect_round(params, r, cfg.max_episodes - total)
-        if not episodes:
-            break
-        total += len(episodes)
-        bar.update(len(episodes))
-        metrics, new_params = learn_round(cfg.learning_rate_at(total / cfg.max_episodes))
-        complete = metrics["updates"] == cfg.updates_per_round
-        row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes), **metrics,
-               "complete": float(complete)}
-        steps += int(row["env_steps"])
-        row["total_env_steps"] = float(steps)
-        rounds.append(row)
-        # Score the weights that collected this round. A round cut short by the budget saw
-        # fewer, shorter episodes, which is not a fair score.
-        score = (row["success_rate"], -row["mean_episode_length"])
-        if best is None or (complete and score > best[0]):
-            best = (score, r, params)
-        params = new_params
-        bar.set_postfix(success=f"{row['success_rate']:.2f}", length=f"{row['mean_episode_length']:.1f}")
-        if log is not None:
-            log({f"self_improve/{k}": v for k, v in row.items() if k != "round"}, r)
-    bar.close()
-    if best is None:
-        raise ValueError("self-improvement ran no round: raise self_improve.max_episodes")
-    return SelfImproveResult(rounds, best[1], total, steps, best[2] if cfg.keep_best_round else params)
 
 
 def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
