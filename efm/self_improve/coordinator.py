@@ -22,15 +22,19 @@ from efm.config import SelfImproveConfig
 from efm.progress import progress_bar
 from efm.types import Logger
 
+CUT_BY_FAULT = "cut_by_fault"  # an episode running on an actor that died: started, never finished
+
 
 def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
-    """What a round's episode summaries say about the policy that collected them."""
+    """What a round's episode summaries say about the policy that collected them. Episodes cut
+    by a fault count as started (the budget) and by their steps, not in success or length."""
+    ended = [e for e in episodes if not e.get(CUT_BY_FAULT)] or [{"length": 0.0, "detected": 0.0, "success": 0.0}]
     return {
-        "episodes": float(len(episodes)),  # every episode started this round (all finished)
+        "episodes": float(len(episodes)),  # every episode started this round
         "env_steps": float(sum(e["length"] for e in episodes)),
-        "success_rate": float(np.mean([e["detected"] for e in episodes])),  # learned detector, no ground truth
-        "mean_episode_length": float(np.mean([e["length"] for e in episodes])),
-        "ground_truth_success_rate": float(np.mean([e["success"] for e in episodes])),  # reported, never used
+        "success_rate": float(np.mean([e["detected"] for e in ended])),  # learned detector, no ground truth
+        "mean_episode_length": float(np.mean([e["length"] for e in ended])),
+        "ground_truth_success_rate": float(np.mean([e["success"] for e in ended])),  # reported, never used
     }
 
 
@@ -61,6 +65,7 @@ class SelfImproveResult:
     total_episodes: int  # every episode started (the practice budget)
     total_env_steps: int  # environment steps those episodes executed
     policy: Any
+    fleet: dict[str, Any] = field(default_factory=dict)  # a fleet's own figures: faults survived, batching
 
 
 CollectFn = Callable[[Any, int, int], list[dict[str, float]]]  # (params, round, max episodes) -> summaries

@@ -13,6 +13,7 @@ detected success, then the shortest episodes, pooled over neighbouring rounds; n
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,61 +23,79 @@ import numpy as np
 
 from efm import checkpoints
 from efm.config import RunConfig
-from efm.data.features import input_spec
-from efm.domains import make_env
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
-from efm.self_improve.actor import ACTION_TOKENS, INPUTS, POLICY_VERSION, RETURN, SAMPLE_ID, Actor
-from efm.self_improve.coordinator import SelfImproveResult, coordinate
-from efm.self_improve.learner import Learner, check_freeze
-from efm.self_improve.replay import ReverbReplay, SampleSpec
-from efm.self_improve.service import StepsToGoService
+from efm.self_improve.builder import FleetBuilder, replay_spec
+from efm.self_improve.coordinator import CoordinatorState, SelfImproveResult, coordinate
+from efm.self_improve.learner import check_freeze
 from efm.sft.select import POLICY, REWARD, load_selected
 from efm.types import Logger
 
+__all__ = ["ROUNDS", "STOP", "SelfImproveResult", "replay_spec", "run_self_improve", "self_improve", "stop_file"]
+
 ROUNDS = "rounds.json"
 STOP = "STOP"
-
-
-def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
-    """Shapes of one replay sample (o_t, a_t, g, R_t), read off a reset environment."""
-    ts = make_env(cfg.env, 1, 0).reset()
-    inputs = input_spec(fns.vocab).inputs(ts.observation, None, ts.goal, ts.instruction)
-    spec: dict[str, tuple[tuple[int, ...], Any]] = {f"{INPUTS}{k}": (tuple(v.shape[1:]), v.dtype)
-                                                     for k, v in inputs.items()}
-    spec[ACTION_TOKENS] = ((fns.vocab.action.num_tokens,), np.int32)
-    spec[RETURN] = ((), np.float32)
-    spec[SAMPLE_ID] = ((), np.int64)
-    spec[POLICY_VERSION] = ((), np.int64)
-    return spec
+RESUME = "resume"  # the last completed round's coordinator and learner state
 
 
 def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
                  log: Logger | None = None, progress: bool = True,
-                 interrupt: Callable[[], np.ndarray | bool] | None = None) -> SelfImproveResult:
-    """Algorithm 1. `interrupt` is the external stop (a human operator ending episodes)."""
+                 interrupt: Callable[[], np.ndarray | bool] | None = None,
+                 resume_dir: Path | None = None, on_round: Callable[[], None] | None = None,
+                 ) -> SelfImproveResult:
+    """Algorithm 1 on the roles `self_improve.runtime` names. `interrupt` is the external stop
+    (a human operator ending episodes). With `resume_dir`, each completed round is saved there
+    and a restarted run carries on from the last one; `on_round()` follows each save (to mirror
+    it to the task's output artifact)."""
     si = cfg.self_improve
     check_freeze(policy_params, si.freeze, fns.model)  # a typo would freeze nothing: fail before any rollout
-    if si.runtime == "ray":
-        from efm.self_improve.distributed import self_improve_on_ray
+    fleet = FleetBuilder(cfg).build(policy_params, reward_params, interrupt=interrupt)
+    try:
+        state = None
+        if resume_dir is not None and (resume_dir / "state.json").is_file():
+            state, learner_state = load_round_state(resume_dir, policy_params, fleet.get_learner_state())
+            fleet.set_learner_state(learner_state)
 
-        return self_improve_on_ray(cfg, policy_params, reward_params, log=log, progress=progress)
-    with ReverbReplay.local(replay_spec(fns, cfg)) as replay:
-        service = StepsToGoService(fns, reward_params)
-        actors = [Actor(cfg, fns, policy_params, service, replay, seed=si.seed + i, interrupt=interrupt,
-                        actor_index=i) for i in range(si.num_actors)]
-        learner = Learner(fns, policy_params, si)
+        def saved(s: CoordinatorState) -> None:
+            if resume_dir is not None:
+                save_round_state(resume_dir, s, fleet.get_learner_state())
+            if on_round is not None:
+                on_round()
 
-        def collect_round(params: Any, r: int, budget: int) -> list[dict[str, float]]:
-            out: list[dict[str, float]] = []
-            for actor in actors:  # in turn: one process
-                out += actor.run_round(params, r, budget - len(out), si.samples_per_round)
-            return out
+        result = coordinate(si, policy_params, fleet.collect_round, fleet.learn_round, log=log, progress=progress,
+                            state=state, on_round=saved)
+        stats = fleet.stats()
+        return result if not stats else SelfImproveResult(result.rounds, result.best_round, result.total_episodes,
+                                                          result.total_env_steps, result.policy, stats)
+    finally:
+        fleet.close()
 
-        def learn_round(learning_rate: float) -> tuple[dict[str, float], Any]:
-            return learner.run_round(replay, learning_rate), learner.get_variables()
 
-        return coordinate(si, policy_params, collect_round, learn_round, log=log, progress=progress)
+def save_round_state(directory: Path, state: CoordinatorState, learner: dict[str, Any]) -> None:
+    """The coordinator after a completed round: rounds, weights, candidate policies, learner.
+
+    Written to a new round directory, then `state.json` names it (written last), so a task
+    killed mid-save resumes from the previous round."""
+    r = len(state.rounds)
+    tree = {"params": state.params, "learner": learner["state"],
+            "candidates": {str(k): v for k, v in state.candidates.items()}}
+    checkpoints.save_params(directory / f"round_{r}", jax.device_get(tree))
+    tmp = directory / "state.json.tmp"
+    tmp.write_text(json.dumps({"round_dir": f"round_{r}", "rounds": state.rounds, "version": learner["version"],
+                               "candidates": sorted(state.candidates)}))
+    tmp.replace(directory / "state.json")
+    for old in directory.glob("round_*"):
+        if old.name != f"round_{r}":
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_round_state(directory: Path, params: Any, learner: dict[str, Any]) -> tuple[CoordinatorState, dict[str, Any]]:
+    meta = json.loads((directory / "state.json").read_text())
+    like = {"params": params, "learner": learner["state"], "candidates": {str(k): params for k in meta["candidates"]}}
+    tree = checkpoints.load_params(directory / meta["round_dir"], like=jax.device_get(like))
+    state = CoordinatorState(rounds=meta["rounds"], params=tree["params"],
+                             candidates={int(k): v for k, v in tree["candidates"].items()})
+    return state, {"state": tree["learner"], "version": meta["version"]}
 
 
 def stop_file(path: Path) -> Callable[[], bool]:
@@ -92,19 +111,23 @@ def stop_file(path: Path) -> Callable[[], bool]:
 
 
 def run_self_improve(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
-                     progress: bool = True) -> SelfImproveResult:
+                     progress: bool = True, on_round: Callable[[], None] | None = None) -> SelfImproveResult:
     """Reads the selected checkpoints, runs Stage 2, writes out_dir/policy and rounds.json.
 
-    An operator ends the running episodes by creating out_dir/STOP (consumed when seen).
+    An operator ends the running episodes by creating out_dir/STOP (consumed when seen). Each
+    completed round is saved in out_dir/resume, so a restarted task carries on from the last
+    one (policy, optimizer state, round counter, best round); it is removed at the end.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     result = self_improve(cfg, fns, load_selected(select_dir, POLICY), load_selected(select_dir, REWARD),
-                          log=log, progress=progress, interrupt=stop_file(out_dir / STOP))
+                          log=log, progress=progress, interrupt=stop_file(out_dir / STOP),
+                          resume_dir=out_dir / RESUME, on_round=on_round)
     checkpoints.save_params(out_dir / POLICY, jax.device_get(result.policy))
     (out_dir / ROUNDS).write_text(json.dumps(
         {"best_round": result.best_round, "total_episodes": result.total_episodes,
-         "total_env_steps": result.total_env_steps, "rounds": result.rounds},
+         "total_env_steps": result.total_env_steps, "rounds": result.rounds, "fleet": result.fleet},
         indent=1))
+    shutil.rmtree(out_dir / RESUME, ignore_errors=True)
     return result
