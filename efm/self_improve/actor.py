@@ -16,6 +16,7 @@ towards the quick ones, and every started episode counts in the practice budget.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -215,7 +216,7 @@ class Actor:
         stg = getattr(self._agent, "last_steps_to_go", None)
         running = np.asarray(steps) >= 0
         self._monitor.status(self._index, {
-            "policy_version": version, "call": call, "in_flight": int(running.sum()),
+            "policy_version": version, "call": call, "pid": os.getpid(), "in_flight": int(running.sum()),
             "in_flight_steps": int(np.sum(np.where(running, steps, 0))),
             "step": int(steps[0]) if len(steps) else -1,
             "steps_to_go": None if stg is None else float(stg[0]),

@@ -19,6 +19,7 @@ a private network with TLS (RAY_USE_TLS, see the README).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -211,6 +212,19 @@ def ray_options(resources: RoleResources, **extra: Any) -> dict[str, Any]:
     return opts
 
 
+def wait_alive(handle: Any, timeout_s: float = 600.0, poll_s: float = 0.5) -> None:
+    """Blocks until a (restarting) Ray actor answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(handle.pid.remote(), timeout=poll_s * 20)
+            return
+        except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(poll_s)
+
+
 def split_budget(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
@@ -245,14 +259,16 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
     started_ray = start_ray(fc.ray_address, fc.bind_host)
     joined = bool(fc.ray_address or os.environ.get("EFM_RAY_ADDRESS"))
     replay = ReverbHolder(builder, advertised_host(fc.bind_host, fc.advertise_host, joined))
+    # Restarted actors are rebuilt from their constructor arguments: keep them in the object store.
+    builder_ref, policy_ref, reward_ref = ray.put(builder), ray.put(policy_params), ray.put(reward_params)
     monitor = ray.remote(FleetMonitor).options(num_cpus=0, max_restarts=-1).remote()
     service = ray.remote(ServiceWorker).options(**ray_options(fc.service, max_restarts=-1, max_concurrency=MAX_CONCURRENCY)
-                                                ).remote(builder, reward_params, si.num_actors)
+                                                ).remote(builder_ref, reward_ref, si.num_actors)
     learner = ray.remote(LearnerWorker).options(**ray_options(fc.learner, max_concurrency=MAX_CONCURRENCY)).remote(
-        builder, policy_params, replay.address)
+        builder_ref, policy_ref, replay.address)
     serve = learner if fc.policy_inference == "learner" else None
     actors = [ray.remote(ActorWorker).options(**ray_options(fc.actor, max_restarts=fc.max_actor_restarts)).remote(
-        builder, i, policy_params, service, replay.address, monitor, serve) for i in range(si.num_actors)]
+        builder_ref, i, policy_ref, service, replay.address, monitor, serve) for i in range(si.num_actors)]
     ledger = RoundLedger()
     calls = iter(range(1 << 20))
 
@@ -269,6 +285,19 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
         for i, cap in enumerate(split_budget(budget, len(actors))):
             launch(i, cap)
         out: list[dict[str, float]] = []
+
+        def account_killed_call(i: int, call: int, entry: dict[str, Any], out: list[dict[str, float]]) -> None:
+            live = ray.get(monitor.snapshot.remote())["actors"].get(str(i), {})
+            finished = list(entry["finished"].values())
+            cut = max(0, entry["started"] - len(finished))  # running when it died: never in the replay
+            steps = int(live.get("in_flight_steps", 0)) if live.get("call") == call else 0
+            ledger.cut_episodes += cut
+            ledger.cut_steps += steps
+            # Cut episodes count in the budget, and their (last reported) steps in env_steps.
+            out += finished + ([{"length": steps / cut, "detected": 0.0, "success": 0.0, CUT_BY_FAULT: 1.0}] * cut)
+            ledger.killed_calls[call] = entry
+            ledger.expected |= {int(k) for k in entry["written"] if entry["finished"][k]["length"] > 0}
+
         while running:
             done, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
             if interrupt is not None and np.any(interrupt()):
@@ -283,19 +312,13 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
             except ACTOR_FAILURES:
                 # The actor died mid-round; Ray restarts it. What it did is in the ledger.
                 entry = ray.get(monitor.call_ledger.remote(call))
-                live = ray.get(monitor.snapshot.remote())["actors"].get(str(i), {})
-                finished = list(entry["finished"].values())
-                cut = entry["started"] - len(finished)  # running when it died: never in the replay
-                ledger.kills += 1
-                ledger.cut_episodes += cut
-                steps = int(live.get("in_flight_steps", 0)) if live.get("call") == call else 0
-                ledger.cut_steps += steps
-                # Cut episodes count in the budget and their (last reported) steps in env_steps.
-                out += finished + [{"length": steps / cut, "detected": 0.0, "success": 0.0, CUT_BY_FAULT: 1.0}] * cut
-                ledger.killed_calls[call] = entry
-                ledger.expected |= {int(k) for k in entry["written"] if entry["finished"][k]["length"] > 0}
-                if cap - entry["started"] > 0 and replay.size() < si.samples_per_round:
-                    launch(i, cap - entry["started"])  # the restarted actor rejoins the round
+                if entry["known"]:
+                    ledger.kills += 1
+                    account_killed_call(i, call, entry, out)
+                left = cap - entry["started"]
+                wait_alive(actors[i])
+                if left > 0 and replay.size() < si.samples_per_round:
+                    launch(i, left)  # the restarted actor rejoins the round
         return out
 
     def learn_round(learning_rate: float) -> tuple[dict[str, float], Any]:
@@ -304,9 +327,11 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
 
     def stats() -> dict[str, Any]:
         service_stats = ray.get(service.stats.remote())
-        lat = [x for a in actors for x in ray.get(a.stats.remote())["policy_latencies_s"]]
+        actor_stats = ray.get([a.stats.remote() for a in actors])
+        lat = [x for a in actor_stats for x in a["policy_latencies_s"]]
         policy_ms = np.asarray(lat) * 1000
         return {"faults": ledger.totals(), "service": service_stats,
+                "service_retries": sum(a["service_retries"] for a in actor_stats),  # since each actor's last start
                 "policy_inference": fc.policy_inference,
                 "policy_latency_ms_p50": float(np.percentile(policy_ms, 50)) if len(lat) else 0.0,
                 "policy_latency_ms_p99": float(np.percentile(policy_ms, 99)) if len(lat) else 0.0}
@@ -325,7 +350,7 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
             ray.shutdown()
 
     return Fleet(collect_round, learn_round, get_state, set_state, monitor, stats=stats, close=close,
-                 extras={"actors": actors, "service": service, "learner": learner, "replay_address": replay.address})
+                 extras={"refs": (builder_ref, policy_ref, reward_ref), "actors": actors, "service": service, "learner": learner, "replay_address": replay.address})
 
 
 class ReverbHolder:
@@ -373,3 +398,35 @@ class RoundLedger:
 
     def totals(self) -> dict[str, float]:
         return {k: float(sum(r[k] for r in self.rows)) for k in (self.rows[0] if self.rows else {})}
+
+
+def wait_mid_episode(fleet: Fleet, index: int, version: int, spared: set[int] = frozenset(),  # type: ignore[assignment]
+                     max_step: int = 10, poll_s: float = 0.02, timeout_s: float = 300.0) -> int | None:
+    """The pid of actor `index` once it reports env 0 between steps 1 and `max_step` of a
+    running episode, collecting with policy `version` (early, so the episode still runs when
+    the status, up to 0.1 s old, is acted on); None if it never does in time. `spared`: pids
+    already killed (a stale status names a dead process)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        live = ray.get(fleet.monitor.snapshot.remote())["actors"].get(str(index), {})
+        if live.get("policy_version") == version and 1 <= live.get("step", -1) <= max_step and live.get("pid") not in spared:
+            return int(live["pid"])
+        time.sleep(poll_s)
+    return None
+
+
+def kill_actor_mid_episode(fleet: Fleet, index: int, version: int, spared: set[int] = frozenset(),  # type: ignore[assignment]
+                           ) -> int | None:
+    """A fault drill: SIGKILLs actor `index`'s process mid-episode (not through Ray: as a crash
+    would); Ray restarts it. The pid killed, or None."""
+    pid = wait_mid_episode(fleet, index, version, spared)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def kill_service(fleet: Fleet) -> int:
+    """A fault drill: SIGKILLs the steps-to-go service's process; Ray restarts it."""
+    pid = int(ray.get(fleet.extras["service"].pid.remote()))
+    os.kill(pid, signal.SIGKILL)
+    return pid

@@ -64,9 +64,11 @@ class FleetMonitor:
             self._rounds.append(dict(row))
 
     def call_ledger(self, call: int) -> dict[str, Any]:
-        """Episodes started, finished (key -> summary) and written by one round call."""
+        """Episodes started, finished (key -> summary) and written by one round call; `known`:
+        the call reached its actor (a call to a restarting actor may fail before it starts)."""
         with self._lock:
-            return {"started": self._started.get(call, 0), "finished": dict(self._finished.get(call, {})),
+            return {"known": call in self._call_round, "started": self._started.get(call, 0),
+                    "finished": dict(self._finished.get(call, {})),
                     "written": sorted(self._written.get(call, set()))}
 
     # -- the operator --
