@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import ray
 
 from efm.config import RunConfig, debug_config
@@ -133,3 +135,36 @@ def test_single_process_run_is_reproducible() -> None:
     a, b = run(cfg), run(cfg)
     assert a.rounds == b.rounds
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a.policy, b.policy))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_restarted_run_resumes_from_the_last_completed_round(tmp_path: Path) -> None:
+    """The task dies after round 1 is saved; a restart carries on from round 2 with the saved
+    policy, optimizer state, round counter and candidate policies, and spends the budget."""
+    cfg = tiny(max_episodes=16, best_round_window=3)
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    saved: list[int] = []
+
+    def crash_after_round_1() -> None:
+        saved.append(len(saved))
+        if len(saved) == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        self_improve(cfg, fns, params(cfg, 0), params(cfg, 1), progress=False, resume_dir=tmp_path,
+                     on_round=crash_after_round_1)
+    first = json.loads((tmp_path / "state.json").read_text())
+    assert len(first["rounds"]) == 2 and first["version"] == 2
+    resumed = self_improve(cfg, fns, params(cfg, 0), params(cfg, 1), progress=False, resume_dir=tmp_path)
+    uninterrupted = run(cfg)
+    check_rounds(resumed, cfg)
+    assert resumed.rounds[:2] == first["rounds"]  # not collected again
+    assert resumed.total_episodes == cfg.self_improve.max_episodes
+    # The same rounds as a run never interrupted, up to the actors' fresh random streams: the
+    # same number of rounds and updates, and the learner's step counter carried on.
+    assert len(resumed.rounds) == len(uninterrupted.rounds)
+    assert [r["updates"] for r in resumed.rounds] == [r["updates"] for r in uninterrupted.rounds]
+    assert [r["round"] for r in resumed.rounds] == list(map(float, range(len(resumed.rounds))))
