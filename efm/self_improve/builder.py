@@ -10,6 +10,7 @@ workers by pickling.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,17 @@ from efm.self_improve.learner import Learner
 from efm.self_improve.monitor import FleetMonitor
 from efm.self_improve.replay import Replay, ReverbReplay, SampleSpec
 from efm.self_improve.service import StepsToGoService
+
+
+def with_fleet(cfg: RunConfig, actors: int | None = None, ray_address: str | None = None) -> RunConfig:
+    """`--actors K` / `--ray-address A`: K actors on Ray (embedded on this machine, or on the
+    cluster at A). None (or 0 / "") leaves the config as it is."""
+    si = cfg.self_improve
+    if actors:
+        si = dataclasses.replace(si, num_actors=actors, runtime="ray")
+    if ray_address:
+        si = dataclasses.replace(si, runtime="ray", fleet=dataclasses.replace(si.fleet, ray_address=ray_address))
+    return cfg.replace(self_improve=si)
 
 
 def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
