@@ -60,7 +60,7 @@ def _merge(into: dict, override: dict, path: str) -> None:
     for k, v in override.items():
         if k not in into:
             raise ValueError(f"invalid config: unknown field {path}{k}")
-        if isinstance(v, dict) and isinstance(into[k], dict):
+        if isinstance(v, dict) and isinstance(into[k], dict) and into[k]:  # {}: a mapping field, e.g. resources
             _merge(into[k], v, f"{path}{k}.")
         else:
             into[k] = v

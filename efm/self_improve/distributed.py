@@ -236,7 +236,7 @@ def advertised_host(fleet_bind_host: str, advertise_host: str, joined_cluster: b
         return advertise_host
     if not joined_cluster:
         return fleet_bind_host
-    return ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()  # type: ignore[attr-defined]
+    return ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
 
 
 def start_ray(address: str, bind_host: str) -> bool:
