@@ -78,7 +78,8 @@ class Fleet:
     learn_round: LearnFn
     get_learner_state: Callable[[], dict[str, Any]]
     set_learner_state: Callable[[dict[str, Any]], None]
-    monitor: Any  # FleetMonitor, or a Ray handle to one (the console reads its snapshot)
+    monitor: Any  # FleetMonitor, or a Ray handle to one
+    view: Any = None  # the monitor as the console and coordinator call it: snapshot, request_stop, set_paused, round_ended
     stats: Callable[[], dict[str, Any]] = dict  # faults survived, service batching, ...
     close: Callable[[], None] = lambda: None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -154,4 +155,5 @@ class FleetBuilder:
                 actor.close()
             replay.close()
 
-        return Fleet(collect_round, learn_round, learner.get_state, learner.set_state, monitor, close=close)
+        return Fleet(collect_round, learn_round, learner.get_state, learner.set_state, monitor, view=monitor,
+                     close=close)

@@ -37,6 +37,7 @@ from efm.self_improve.monitor import FleetMonitor
 from efm.self_improve.service import BatchingStepsToGo
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+STARTS = 3  # tries at starting embedded Ray
 MAX_CONCURRENCY = 64  # threads of the service and learner actors (concurrent actor requests)
 
 
@@ -153,6 +154,25 @@ class RemoteMonitor:
         return self._paused
 
 
+class RayMonitorView:
+    """The monitor's Ray actor, called synchronously (for the console and the coordinator)."""
+
+    def __init__(self, handle: Any):
+        self._handle = handle
+
+    def snapshot(self) -> dict[str, Any]:
+        return ray.get(self._handle.snapshot.remote())
+
+    def request_stop(self, actor: int | None = None) -> None:
+        ray.get(self._handle.request_stop.remote(actor))
+
+    def set_paused(self, paused: bool) -> None:
+        ray.get(self._handle.set_paused.remote(paused))
+
+    def round_ended(self, row: dict[str, float]) -> None:
+        ray.get(self._handle.round_ended.remote(row))
+
+
 class ActorWorker:
     """One actor (a simulator or a robot station) as a Ray actor."""
 
@@ -244,8 +264,15 @@ def start_ray(address: str, bind_host: str) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("EFM_RAY_ADDRESS", "")
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-             **({} if address else {"_node_ip_address": bind_host}))
+    for attempt in range(STARTS):
+        try:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                     **({} if address else {"_node_ip_address": bind_host}))
+            return True
+        except Exception as e:  # Ray gives its raylet 30 s, too little on a saturated machine
+            if address or "timed out during startup" not in str(e) or attempt == STARTS - 1:
+                raise
+            ray.shutdown()
     return True
 
 
@@ -349,7 +376,8 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
         if started_ray:
             ray.shutdown()
 
-    return Fleet(collect_round, learn_round, get_state, set_state, monitor, stats=stats, close=close,
+    return Fleet(collect_round, learn_round, get_state, set_state, monitor, view=RayMonitorView(monitor),
+                 stats=stats, close=close,
                  extras={"refs": (builder_ref, policy_ref, reward_ref), "actors": actors, "service": service, "learner": learner, "replay_address": replay.address})
 
 

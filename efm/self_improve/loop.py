@@ -50,13 +50,20 @@ def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_p
     si = cfg.self_improve
     check_freeze(policy_params, si.freeze, fns.model)  # a typo would freeze nothing: fail before any rollout
     fleet = FleetBuilder(cfg).build(policy_params, reward_params, interrupt=interrupt)
+    console = None
     try:
+        if si.fleet.console_port:
+            from efm.self_improve.console import Console
+
+            console = Console(fleet.view, si.fleet.bind_host, si.fleet.console_port)
+            print(f"operator console: {console.url}", flush=True)
         state = None
         if resume_dir is not None and (resume_dir / "state.json").is_file():
             state, learner_state = load_round_state(resume_dir, policy_params, fleet.get_learner_state())
             fleet.set_learner_state(learner_state)
 
         def saved(s: CoordinatorState) -> None:
+            fleet.view.round_ended(s.rounds[-1])
             if resume_dir is not None:
                 save_round_state(resume_dir, s, fleet.get_learner_state())
             if on_round is not None:
@@ -68,6 +75,8 @@ def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_p
         return result if not stats else SelfImproveResult(result.rounds, result.best_round, result.total_episodes,
                                                           result.total_env_steps, result.policy, stats)
     finally:
+        if console is not None:
+            console.close()
         fleet.close()
 
 
