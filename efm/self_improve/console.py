@@ -54,8 +54,11 @@ function curve(points){
   return `<svg width="${w}" height="${h}"><polyline fill="none" stroke="#06c" points="${xy}"/></svg>`;
 }
 function fmt(v,d){return v===null||v===undefined?"-":Number(v).toFixed(d);}
+let last="";
 function refresh(){
-  return fetch("/api/state").then(r=>r.json()).then(s=>{
+  return fetch("/api/state").then(r=>r.text()).then(text=>{
+    if(text===last)return;  // unchanged: keep the DOM (and the buttons under the cursor)
+    last=text;const s=JSON.parse(text);
     document.getElementById("round").textContent=s.round;
     document.getElementById("state").textContent=s.paused?"paused":"running";
     document.querySelector("#actors tbody").innerHTML=Object.entries(s.actors).map(([i,a])=>

@@ -64,3 +64,54 @@ def test_the_stop_button_ends_a_running_actors_episodes() -> None:
     finally:
         fleet.close()
     assert [e["length"] for e in episodes] == [0.0, 0.0, 0.0]  # ended at their first observation
+
+
+def test_console_in_a_headless_browser() -> None:
+    """The page in real headless Chromium (Debian's chromium + chromium-driver, Selenium):
+    actors and rounds rendered from the monitor, and its buttons reaching the monitor."""
+    import shutil
+
+    import pytest
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    monitor = FleetMonitor()
+    monitor.round_started(3)
+    monitor.status(0, {"policy_version": 3, "step": 5, "steps_to_go": 4.0, "steps_to_go_curve": [8.0, 6.0, 4.0],
+                       "detected": False, "in_flight": 2})
+    monitor.status(1, {"policy_version": 3, "step": 2, "steps_to_go": 0.5, "steps_to_go_curve": [2.0, 0.5],
+                       "detected": True, "in_flight": 1})
+    monitor.round_ended({"round": 2.0, "episodes": 64.0, "success_rate": 0.75, "mean_episode_length": 18.0,
+                         "updates": 16.0})
+    console = Console(monitor, "127.0.0.1", 0)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(console.url)
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#actors tbody tr")) == 2)
+        rows = browser.find_elements(By.CSS_SELECTOR, "#actors tbody tr")
+        assert [r.find_element(By.CLASS_NAME, "version").text for r in rows] == ["3", "3"]
+        assert rows[0].find_elements(By.TAG_NAME, "polyline")  # the d(o, g) curve is drawn
+        assert "yes" in rows[1].text and browser.find_element(By.ID, "round").text == "3"
+        assert "0.75" in browser.find_element(By.ID, "rounds").text
+        browser.find_element(By.CSS_SELECTOR, '#actors tr[data-actor="1"] .stop').click()  # end actor 1's episodes
+        wait.until(lambda b: monitor.take_stop(1))
+        browser.find_element(By.ID, "pause").click()
+        wait.until(lambda b: b.find_element(By.ID, "state").text == "paused")
+        assert monitor.paused()
+        browser.find_element(By.ID, "resume").click()
+        wait.until(lambda b: b.find_element(By.ID, "state").text == "running")
+        assert not monitor.paused()
+    finally:
+        browser.quit()
+        console.close()
