@@ -71,12 +71,12 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=32)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
-    runs = [measure("single_process", 1, "actor", args.rounds, args.num_envs)]
-    runs += [measure("ray", k, "actor", args.rounds, args.num_envs) for k in args.actors]
-    runs.append(measure("ray", 2, "learner", args.rounds, args.num_envs))
-    out = {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "runs": runs}
+    plan = [("single_process", 1, "actor")] + [("ray", k, "actor") for k in args.actors] + [("ray", 2, "learner")]
+    runs: list[dict[str, Any]] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    for runtime, actors, inference in plan:  # written after each run: a long benchmark leaves what it measured
+        runs.append({**measure(runtime, actors, inference, args.rounds, args.num_envs), "load_average": os.getloadavg()})
+        args.out.write_text(json.dumps({"cpus": os.cpu_count(), "runs": runs}, indent=1))
     for r in runs:
         service = r.get("service", {})
         print(f"{r['runtime']:>14} x{r['actors']} {r['policy_inference']:>7}: {r['env_steps_per_s']:7.0f} steps/s, "
