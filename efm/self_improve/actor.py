@@ -29,7 +29,7 @@ from efm import math
 from efm.config import RunConfig
 from efm.data.features import FrameHistory, InputSpec, input_spec
 from efm.domains import make_env
-from efm.envs.base import Array, Episode, TimeStep
+from efm.envs.base import Array, Episode, TimeStep, VectorEnv
 from efm.models.efm import EFMFunctions
 from efm.rollout import ACTION, SUCCESS, rollout_steps
 from efm.self_improve.replay import Replay
@@ -187,10 +187,13 @@ class Actor:
 
     def __init__(self, cfg: RunConfig, fns: EFMFunctions, params: Any, steps_to_go: StepsToGoClient,
                  replay: Replay, seed: int, interrupt: Callable[[], Array | bool] | None = None,
-                 actor_index: int = 0, monitor: Monitor | None = None, policy: PolicyClient | None = None):
+                 actor_index: int = 0, monitor: Monitor | None = None, policy: PolicyClient | None = None,
+                 env: VectorEnv | None = None):
+        """`env`: a robot station (`station.StationEnv`) or any VectorEnv; default the
+        config's simulator with self_improve.num_envs copies."""
         self._cfg = cfg
         self._index = actor_index
-        self._env = make_env(cfg.env, cfg.self_improve.num_envs, seed=seed)
+        self._env = env if env is not None else make_env(cfg.env, cfg.self_improve.num_envs, seed=seed)
         self._agent = PolicyAgent(fns, params, steps_to_go, seed=seed, policy=policy)
         self._spec = input_spec(fns.vocab)
         self._replay = replay

@@ -117,10 +117,11 @@ class FleetBuilder:
 
     def make_actor(self, index: int, params: Any, steps_to_go: StepsToGoClient, replay: Replay,
                    monitor: Monitor | None = None, policy: PolicyClient | None = None,
-                   interrupt: Callable[[], Any] | None = None, seed_offset: int = 0) -> Actor:
-        """Actor `index` (seeded seed + index; a restarted one gets `seed_offset` too)."""
+                   interrupt: Callable[[], Any] | None = None, seed_offset: int = 0, env: Any = None) -> Actor:
+        """Actor `index` (seeded seed + index; a restarted one gets `seed_offset` too); `env`: a
+        robot station instead of the simulator."""
         return Actor(self.cfg, self.fns, params, steps_to_go, replay, seed=self.cfg.self_improve.seed + index + seed_offset,
-                     interrupt=interrupt, actor_index=index, monitor=monitor, policy=policy)
+                     interrupt=interrupt, actor_index=index, monitor=monitor, policy=policy, env=env)
 
     def build(self, policy_params: Any, reward_params: Any, interrupt: Callable[[], Any] | None = None) -> Fleet:
         """The roles for `self_improve.runtime`."""
