@@ -179,24 +179,29 @@ def select(config_json: str, sft_model: Input[Model], fraction: float, seed: int
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def self_improve(config_json: str, selected: Input[Model], fraction: float, seed: int, tracking_uri: str,
-                 model: Output[Model], metrics: Output[Metrics], practice_domain: str = "",
+                 model: Output[Model], metrics: Output[Metrics], practice_domain: str = "", actors: int = 0,
+                 ray_address: str = "",
                  kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """Stage 2 (Algorithm 1); the model artifact holds policy/ (the kept round) and rounds.json,
     registered as the branch model's policy-self-improved version. `practice_domain`: practise
-    in a transfer domain (BananaTable) from the same checkpoints."""
+    in a transfer domain (BananaTable) from the same checkpoints. `actors` K > 0: a Ray fleet
+    of K actors, embedded in the task or on the cluster at `ray_address`. Each completed round
+    is mirrored to the artifact, so a restarted task resumes from the last one."""
     from pathlib import Path
 
-    from efm.components.artifacts import staged
+    from efm.components.artifacts import mirrored
     from efm.components.tracking import registered_model_name, stage_run
     from efm.config import RunConfig, practice_config
+    from efm.self_improve.builder import with_fleet
     from efm.sft.select import POLICY
     from efm.stages import seeded, self_improve_stage
 
-    cfg = practice_config(seeded(RunConfig.from_json(config_json), seed), practice_domain)
+    cfg = with_fleet(practice_config(seeded(RunConfig.from_json(config_json), seed), practice_domain), actors,
+                     ray_address)
     with stage_run("self_improve", cfg, tracking_uri, "", kfp_run, kfp_task, [selected],
                    [model, metrics], fraction, seed) as run:
-        with staged(model.path) as work:
-            out = self_improve_stage(cfg, selected.path, work, log=run)
+        with mirrored(model.path) as (work, sync):
+            out = self_improve_stage(cfg, selected.path, work, log=run, on_round=sync)
         best = out["rounds"][out["best_round"]]
         summary = {"total_episodes": out["total_episodes"], "rounds": len(out["rounds"]),
                    "best_round": out["best_round"],

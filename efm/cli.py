@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    return load_config(args.domain, getattr(args, "config", None), getattr(args, "debug", False))
+    cfg = load_config(args.domain, getattr(args, "config", None), getattr(args, "debug", False))
+    if getattr(args, "actors", None) is not None and args.actors < 1:
+        raise ValueError(f"--actors must be >= 1, got {args.actors}")
+    if getattr(args, "actors", None) or getattr(args, "ray_address", None):
+        from efm.self_improve.builder import with_fleet
+
+        cfg = with_fleet(cfg, args.actors, args.ray_address)
+    return cfg
 
 
 def load_config(domain: str, override: str | None = None, debug: bool = False) -> RunConfig:
@@ -53,7 +60,7 @@ def _merge(into: dict, override: dict, path: str) -> None:
     for k, v in override.items():
         if k not in into:
             raise ValueError(f"invalid config: unknown field {path}{k}")
-        if isinstance(v, dict) and isinstance(into[k], dict):
+        if isinstance(v, dict) and isinstance(into[k], dict) and into[k]:  # {}: a mapping field, e.g. resources
             _merge(into[k], v, f"{path}{k}.")
         else:
             into[k] = v
@@ -64,6 +71,12 @@ def _existing(path: str, what: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"{what} not found: {p}")
     return p
+
+
+def _add_fleet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--actors", type=int, help="Stage 2 on a Ray fleet of K actors (self_improve.num_actors, runtime ray)")
+    p.add_argument("--ray-address", help="join the Ray cluster at this address (ray://host:10001, auto); "
+                                         "default: Ray embedded on this machine, on loopback")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -108,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int)
     _add_practice_domain(p)
+    _add_fleet(p)
 
     p = sub.add_parser("evaluate", help="ground-truth evaluation and trajectory plot")
     _add_common(p)
@@ -125,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db; '' for none)")
     p.add_argument("--no-cache", action="store_true",
                    help="execute every step (default: reuse steps an earlier run in OUT executed with the same inputs)")
+    _add_fleet(p)
 
     p = sub.add_parser("data", help="look at datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -174,14 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("vertex", "local"), default="vertex",
                    help="vertex: SFT as a TPU custom job, sized CPU steps; local: plain components (kfp.local)")
     _add_resources(p)
+    _add_fleet(p)
 
     p = sub.add_parser("submit", help="compile and start one run on Vertex AI Pipelines")
     _add_common(p)
     _add_vertex(p)
+    _add_fleet(p)
 
     p = sub.add_parser("schedule", help="compile and create a Vertex AI schedule running the pipeline on a cron")
     _add_common(p)
     _add_vertex(p)
+    _add_fleet(p)
     p.add_argument("--cron", required=True, help="5-field cron, e.g. '0 3 * * *' (optionally 'TZ=Europe/Paris ...')")
     p.add_argument("--max-concurrent-runs", type=int, default=1)
     p.add_argument("--max-runs", type=int, help="stop the schedule after this many runs (default: never)")

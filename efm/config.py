@@ -404,6 +404,61 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
+class RoleResources:
+    """What one Ray actor of a fleet role asks of the cluster: CPUs, GPUs, and custom resources
+    such as {"robot": 1} offered by the nodes wired to a robot station."""
+
+    num_cpus: float = 0.0  # 0: the role packs onto any node (a 2-core machine holds a whole fleet)
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus >= 0, "num_cpus", self.num_cpus, ">= 0")
+        _check(self.num_gpus >= 0, "num_gpus", self.num_gpus, ">= 0")
+        for k, v in self.resources.items():
+            _check(isinstance(k, str) and float(v) >= 0, "resources", self.resources, "names to amounts >= 0")
+
+
+FLEET_POLICY_INFERENCE = ("actor", "learner")
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Stage 2 as a fleet of Ray actors (Appendix J); used when self_improve.runtime is "ray".
+
+    policy_inference: "actor" is Version 2 (each actor runs the policy; weights broadcast after
+    every round), "learner" is Version 1 (the learner's devices serve actions between updates).
+    ray_address: "" starts Ray embedded on this machine; "ray://host:10001" or "auto" joins a
+    running cluster. bind_host: where Ray listens (loopback unless configured); the Reverb
+    server listens on every interface (Reverb 0.14 takes no host) and advertises
+    `advertise_host` ("" = bind_host when embedded, this node's IP on a cluster).
+    """
+
+    policy_inference: Literal["actor", "learner"] = "actor"
+    ray_address: str = ""
+    bind_host: str = "127.0.0.1"
+    advertise_host: str = ""
+    actor: RoleResources = field(default_factory=RoleResources)
+    service: RoleResources = field(default_factory=RoleResources)
+    learner: RoleResources = field(default_factory=RoleResources)
+    max_actor_restarts: int = 10  # per actor, over the run: a dead actor is restarted and rejoins
+    service_retries: int = 20  # an actor's retries of a steps-to-go request while the service restarts
+    retry_delay_s: float = 0.5
+    service_batch_wait_s: float = 0.002  # the service waits this long for other actors' requests
+    console_port: int = 0  # the operator console on bind_host; 0: no console
+
+    def __post_init__(self) -> None:
+        _check(self.policy_inference in FLEET_POLICY_INFERENCE, "self_improve.fleet.policy_inference",
+               self.policy_inference, f"one of {FLEET_POLICY_INFERENCE}")
+        _check(self.max_actor_restarts >= 0, "self_improve.fleet.max_actor_restarts", self.max_actor_restarts, ">= 0")
+        _check(self.service_retries >= 0, "self_improve.fleet.service_retries", self.service_retries, ">= 0")
+        _check(self.retry_delay_s > 0, "self_improve.fleet.retry_delay_s", self.retry_delay_s, "> 0")
+        _check(self.service_batch_wait_s >= 0, "self_improve.fleet.service_batch_wait_s",
+               self.service_batch_wait_s, ">= 0")
+        _check(0 <= self.console_port < 65536, "self_improve.fleet.console_port", self.console_port, "a port or 0")
+
+
+@dataclass(frozen=True)
 class SelfImproveConfig:
     """Stage 2, Algorithm 1 and Appendix C."""
 
@@ -420,12 +475,16 @@ class SelfImproveConfig:
     num_envs: int = 32  # vectorized environments per actor
     num_actors: int = 1
     runtime: Literal["single_process", "ray"] = "single_process"
+    fleet: FleetConfig = field(default_factory=FleetConfig)  # the Ray runtime's roles
     freeze: tuple[str, ...] = ("vision_encoder",)  # module names kept frozen in Stage 2
     # Tabletop: the task families practised and evaluated (the paper's Block2Block); () = all.
     task_families: tuple[str, ...] = ()
     # Practice in other domains from the same Stage-1 checkpoints (Section 4.3.2: BananaTable).
     transfer_domains: tuple[str, ...] = ()
     keep_best_round: bool = True  # success is not monotone (Section 6): keep the best round
+    # Rounds pooled to score a round's policy (centred; 1 = that round alone). One round's ~70
+    # episodes give a noisy mean length, and the best of ~60 noisy scores is optimistic.
+    best_round_window: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -441,6 +500,8 @@ class SelfImproveConfig:
         _check(self.max_rounds > 0, "self_improve.max_rounds", self.max_rounds, "> 0")
         _check(self.num_envs > 0, "self_improve.num_envs", self.num_envs, "> 0")
         _check(self.num_actors > 0, "self_improve.num_actors", self.num_actors, "> 0")
+        _check(self.best_round_window >= 1 and self.best_round_window % 2 == 1, "self_improve.best_round_window",
+               self.best_round_window, "odd and >= 1")
         _check(self.runtime in ("single_process", "ray"), "self_improve.runtime", self.runtime,
                "single_process or ray")
         for f in self.task_families:

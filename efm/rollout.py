@@ -73,6 +73,8 @@ def rollout_steps(
     may_start: Callable[[int], bool] | None = None,
     fixed_tasks: bool = False,
     id_prefix: str = "ep",
+    on_start: Callable[[int], None] | None = None,
+    on_step: Callable[[Array], None] | None = None,
 ) -> Iterator[list[Episode]]:
     """Yields the episodes that end at each step, until every env ran `episodes_per_env`.
 
@@ -85,6 +87,9 @@ def rollout_steps(
     the samples the running episodes will still deliver: their steps so far plus the one each
     takes next. When it answers False no episode starts any more; the running ones finish.
     Episode k of env i is `{id_prefix}-{i}-{k}`; with `fixed_tasks` it runs task k * N + i.
+    `on_start(n)` hears of every n episodes started, `on_step(steps)` of the actions taken so
+    far in each running episode (-1 where none runs) after every step: a fleet's ledger and
+    live view, which must know what an actor killed mid-episode had started.
     """
     n = env.num_envs
     if may_start is not None and not may_start(0):
@@ -100,6 +105,8 @@ def rollout_steps(
     if max_episodes is not None:
         active &= np.arange(n) < max_episodes
     launched = int(active.sum())
+    if on_start is not None and launched:
+        on_start(launched)
     while active.any():
         extras = {**agent.observe(ts), SUCCESS: np.asarray(ts.success, bool)}
         for i in np.flatnonzero(active):
@@ -151,4 +158,8 @@ def rollout_steps(
             agent.reset(restart)
             started += restart
             launched += int(restart.sum())
+            if on_start is not None:
+                on_start(int(restart.sum()))
+        if on_step is not None:
+            on_step(np.where(active, [len(a) for a in act_buf], -1))
 

@@ -194,12 +194,12 @@ def select_stage(cfg: RunConfig, sft_dir: str | Path, out_dir: str | Path) -> di
 
 
 def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, on_round: Callable[[], None] | None = None) -> dict[str, Any]:
     from efm.evaluation.plots import plot_curves
     from efm.self_improve.loop import run_self_improve
 
     out = _start(cfg, out_dir)
-    result = run_self_improve(cfg, select_dir, out, log=log, progress=progress)
+    result = run_self_improve(cfg, select_dir, out, log=log, progress=progress, on_round=on_round)
     x = [r["total_episodes"] for r in result.rounds]
     plot_curves({"detected success rate": (x, [r["success_rate"] for r in result.rounds]),
                  "ground-truth success rate": (x, [r["ground_truth_success_rate"] for r in result.rounds])},
@@ -209,7 +209,7 @@ def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Pa
                 out / "episode_length.png", xlabel="Self-Improvement episodes", ylabel="steps",
                 title="Episode length per round")
     return {"total_episodes": result.total_episodes, "total_env_steps": result.total_env_steps,
-            "best_round": result.best_round, "rounds": result.rounds}
+            "best_round": result.best_round, "rounds": result.rounds, "fleet": result.fleet}
 
 
 def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str | Path | None,

@@ -15,6 +15,7 @@ from efm import math
 from efm.config import SelfImproveConfig
 from efm.models.efm import EFMFunctions
 from efm.self_improve.actor import ACTION_TOKENS, INPUTS, POLICY_VERSION, RETURN, SAMPLE_ID
+from efm.self_improve.monitor import EPISODE_KEY_SHIFT
 from efm.self_improve.replay import Replay
 
 
@@ -71,7 +72,7 @@ def draw_without_replacement(episodes: list[dict[str, np.ndarray]], num: int, rn
     on the order in which the server hands episodes out.
     """
     data = {k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}
-    pick = np.argsort(data.pop(SAMPLE_ID), kind="stable")[rng.permutation(len(data[RETURN]))[:num]]
+    pick = np.argsort(data[SAMPLE_ID], kind="stable")[rng.permutation(len(data[RETURN]))[:num]]
     return {k: v[pick] for k, v in data.items()}
 
 
@@ -90,6 +91,9 @@ class Learner:
         self._optimizer = make_optimizer(cfg, params)
         self.state = LearnerState(params, self._optimizer.init(params), jnp.zeros((), jnp.int32))
         self.version = 0  # policy version of `get_variables()`: rounds learned so far
+        # The last round's episodes by key (sample_id >> 12): every one taken from the replay,
+        # and those at least one of whose steps was drawn; the others were discarded.
+        self.last_episodes: dict[str, list[int]] = {"taken": [], "learned": []}
 
         def loss_fn(p: Any, batch: dict) -> tuple[jax.Array, dict]:
             inputs = {k.removeprefix(INPUTS): v for k, v in batch.items() if k.startswith(INPUTS)}
@@ -119,6 +123,15 @@ class Learner:
     def get_variables(self) -> Any:
         return self.state.params
 
+    def get_state(self) -> dict[str, Any]:
+        """What a restarted coordinator restores: weights, optimizer state, step, version."""
+        return {"state": self.state, "version": self.version}
+
+    def set_state(self, saved: dict[str, Any]) -> None:
+        state = saved["state"]
+        self.state = LearnerState(state.params, state.opt_state, jnp.asarray(state.step, jnp.int32))
+        self.version = int(saved["version"])
+
     def run_round(self, replay: Replay, learning_rate: float | None = None) -> dict[str, float]:
         """N updates on N*B samples drawn without replacement from every episode the replay
         holds; the rest is discarded and the replay cleared. Raises ValueError on samples of
@@ -133,6 +146,9 @@ class Learner:
         data = draw_without_replacement(episodes, num_updates * cfg.batch_size,
                                         np.random.default_rng([cfg.seed, int(self.state.step)])) if num_updates else {}
         data.pop(POLICY_VERSION, None)
+        self.last_episodes = {
+            "taken": [int(e[SAMPLE_ID][0] >> EPISODE_KEY_SHIFT) for e in episodes],
+            "learned": sorted({int(k) for k in np.unique(data.pop(SAMPLE_ID) >> EPISODE_KEY_SHIFT)}) if data else []}
         metrics = []
         for i in range(num_updates):
             batch = {k: v[i * cfg.batch_size:(i + 1) * cfg.batch_size] for k, v in data.items()}

@@ -6,15 +6,15 @@ replay plus their in-flight episodes will reach N*B samples and finish every epi
 started; run N REINFORCE updates on N*B samples drawn uniformly without replacement from all of
 them; clear the rest. Every started episode counts in the practice budget (`total_episodes`);
 the environment steps executed are reported beside it (`total_env_steps`). Success is not
-monotone over rounds (Section 6), so the policy of the round with the best detected success
-(then the shortest episodes) is kept; neither uses ground truth.
+monotone over rounds (Section 6), so the policy of the best round is kept (`coordinator.py`:
+detected success, then the shortest episodes, pooled over neighbouring rounds; no ground truth).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,124 +22,89 @@ import jax
 import numpy as np
 
 from efm import checkpoints
-from efm.config import RunConfig, SelfImproveConfig
-from efm.data.features import input_spec
-from efm.domains import make_env
+from efm.config import RunConfig
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
-from efm.progress import progress_bar
-from efm.self_improve.actor import ACTION_TOKENS, INPUTS, POLICY_VERSION, RETURN, SAMPLE_ID, Actor
-from efm.self_improve.learner import Learner, check_freeze
-from efm.self_improve.replay import ReverbReplay, SampleSpec
-from efm.self_improve.service import StepsToGoService
+from efm.self_improve.builder import FleetBuilder, replay_spec
+from efm.self_improve.coordinator import CoordinatorState, SelfImproveResult, coordinate
+from efm.self_improve.learner import check_freeze
 from efm.sft.select import POLICY, REWARD, load_selected
 from efm.types import Logger
 
+__all__ = ["ROUNDS", "STOP", "SelfImproveResult", "replay_spec", "run_self_improve", "self_improve", "stop_file"]
+
 ROUNDS = "rounds.json"
 STOP = "STOP"
-
-
-def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
-    """Shapes of one replay sample (o_t, a_t, g, R_t), read off a reset environment."""
-    ts = make_env(cfg.env, 1, 0).reset()
-    inputs = input_spec(fns.vocab).inputs(ts.observation, None, ts.goal, ts.instruction)
-    spec: dict[str, tuple[tuple[int, ...], Any]] = {f"{INPUTS}{k}": (tuple(v.shape[1:]), v.dtype)
-                                                     for k, v in inputs.items()}
-    spec[ACTION_TOKENS] = ((fns.vocab.action.num_tokens,), np.int32)
-    spec[RETURN] = ((), np.float32)
-    spec[SAMPLE_ID] = ((), np.int64)
-    spec[POLICY_VERSION] = ((), np.int64)
-    return spec
-
-
-def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
-    """What a round's episode summaries say about the policy that collected them."""
-    return {
-        "episodes": float(len(episodes)),  # every episode started this round (all finished)
-        "env_steps": float(sum(e["length"] for e in episodes)),
-        "success_rate": float(np.mean([e["detected"] for e in episodes])),  # learned detector, no ground truth
-        "mean_episode_length": float(np.mean([e["length"] for e in episodes])),
-        "ground_truth_success_rate": float(np.mean([e["success"] for e in episodes])),  # reported, never used
-    }
-
-
-@dataclass(frozen=True)
-class SelfImproveResult:
-    rounds: list[dict[str, float]]
-    best_round: int
-    total_episodes: int  # every episode started (the practice budget)
-    total_env_steps: int  # environment steps those episodes executed
-    policy: Any
-
-
-CollectFn = Callable[[Any, int, int], list[dict[str, float]]]  # (params, round, max episodes) -> summaries
-LearnFn = Callable[[float], tuple[dict[str, float], Any]]  # (learning rate) -> (metrics, new params)
-
-
-def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, learn_round: LearnFn,
-               log: Logger | None = None, progress: bool = True) -> SelfImproveResult:
-    """The coordinator: rounds of collect-then-learn within the episode budget; no math."""
-    rounds: list[dict[str, float]] = []
-    best: tuple[tuple[float, float], int, Any] | None = None
-    total = 0
-    steps = 0
-    bar = progress_bar(total=cfg.max_episodes, desc="self-improve episodes", enabled=progress)
-    for r in range(cfg.max_rounds):
-        if total >= cfg.max_episodes:
-            break
-        episodes = collect_round(params, r, cfg.max_episodes - total)
-        if not episodes:
-            break
-        total += len(episodes)
-        bar.update(len(episodes))
-        metrics, new_params = learn_round(cfg.learning_rate_at(total / cfg.max_episodes))
-        complete = metrics["updates"] == cfg.updates_per_round
-        row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes), **metrics,
-               "complete": float(complete)}
-        steps += int(row["env_steps"])
-        row["total_env_steps"] = float(steps)
-        rounds.append(row)
-        # Score the weights that collected this round. A round cut short by the budget saw
-        # fewer, shorter episodes, which is not a fair score.
-        score = (row["success_rate"], -row["mean_episode_length"])
-        if best is None or (complete and score > best[0]):
-            best = (score, r, params)
-        params = new_params
-        bar.set_postfix(success=f"{row['success_rate']:.2f}", length=f"{row['mean_episode_length']:.1f}")
-        if log is not None:
-            log({f"self_improve/{k}": v for k, v in row.items() if k != "round"}, r)
-    bar.close()
-    if best is None:
-        raise ValueError("self-improvement ran no round: raise self_improve.max_episodes")
-    return SelfImproveResult(rounds, best[1], total, steps, best[2] if cfg.keep_best_round else params)
+RESUME = "resume"  # the last completed round's coordinator and learner state
 
 
 def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
                  log: Logger | None = None, progress: bool = True,
-                 interrupt: Callable[[], np.ndarray | bool] | None = None) -> SelfImproveResult:
-    """Algorithm 1. `interrupt` is the external stop (a human operator ending episodes)."""
+                 interrupt: Callable[[], np.ndarray | bool] | None = None,
+                 resume_dir: Path | None = None, on_round: Callable[[], None] | None = None,
+                 ) -> SelfImproveResult:
+    """Algorithm 1 on the roles `self_improve.runtime` names. `interrupt` is the external stop
+    (a human operator ending episodes). With `resume_dir`, each completed round is saved there
+    and a restarted run carries on from the last one; `on_round()` follows each save (to mirror
+    it to the task's output artifact)."""
     si = cfg.self_improve
     check_freeze(policy_params, si.freeze, fns.model)  # a typo would freeze nothing: fail before any rollout
-    if si.runtime == "ray":
-        from efm.self_improve.distributed import self_improve_on_ray
+    fleet = FleetBuilder(cfg).build(policy_params, reward_params, interrupt=interrupt)
+    console = None
+    try:
+        if si.fleet.console_port:
+            from efm.self_improve.console import Console
 
-        return self_improve_on_ray(cfg, policy_params, reward_params, log=log, progress=progress)
-    with ReverbReplay.local(replay_spec(fns, cfg)) as replay:
-        service = StepsToGoService(fns, reward_params)
-        actors = [Actor(cfg, fns, policy_params, service, replay, seed=si.seed + i, interrupt=interrupt,
-                        actor_index=i) for i in range(si.num_actors)]
-        learner = Learner(fns, policy_params, si)
+            console = Console(fleet.view, si.fleet.bind_host, si.fleet.console_port)
+            print(f"operator console: {console.url}", flush=True)
+        state = None
+        if resume_dir is not None and (resume_dir / "state.json").is_file():
+            state, learner_state = load_round_state(resume_dir, policy_params, fleet.get_learner_state())
+            fleet.set_learner_state(learner_state)
 
-        def collect_round(params: Any, r: int, budget: int) -> list[dict[str, float]]:
-            out: list[dict[str, float]] = []
-            for actor in actors:  # in turn: one process
-                out += actor.run_round(params, r, budget - len(out), si.samples_per_round)
-            return out
+        def saved(s: CoordinatorState) -> None:
+            fleet.view.round_ended(s.rounds[-1])
+            if resume_dir is not None:
+                save_round_state(resume_dir, s, fleet.get_learner_state())
+            if on_round is not None:
+                on_round()
 
-        def learn_round(learning_rate: float) -> tuple[dict[str, float], Any]:
-            return learner.run_round(replay, learning_rate), learner.get_variables()
+        result = coordinate(si, policy_params, fleet.collect_round, fleet.learn_round, log=log, progress=progress,
+                            state=state, on_round=saved)
+        stats = fleet.stats()
+        return result if not stats else SelfImproveResult(result.rounds, result.best_round, result.total_episodes,
+                                                          result.total_env_steps, result.policy, stats)
+    finally:
+        if console is not None:
+            console.close()
+        fleet.close()
 
-        return coordinate(si, policy_params, collect_round, learn_round, log=log, progress=progress)
+
+def save_round_state(directory: Path, state: CoordinatorState, learner: dict[str, Any]) -> None:
+    """The coordinator after a completed round: rounds, weights, candidate policies, learner.
+
+    Written to a new round directory, then `state.json` names it (written last), so a task
+    killed mid-save resumes from the previous round."""
+    r = len(state.rounds)
+    tree = {"params": state.params, "learner": learner["state"],
+            "candidates": {str(k): v for k, v in state.candidates.items()}}
+    checkpoints.save_params(directory / f"round_{r}", jax.device_get(tree))
+    tmp = directory / "state.json.tmp"
+    tmp.write_text(json.dumps({"round_dir": f"round_{r}", "rounds": state.rounds, "version": learner["version"],
+                               "candidates": sorted(state.candidates)}))
+    tmp.replace(directory / "state.json")
+    for old in directory.glob("round_*"):
+        if old.name != f"round_{r}":
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_round_state(directory: Path, params: Any, learner: dict[str, Any]) -> tuple[CoordinatorState, dict[str, Any]]:
+    meta = json.loads((directory / "state.json").read_text())
+    like = {"params": params, "learner": learner["state"], "candidates": {str(k): params for k in meta["candidates"]}}
+    tree = checkpoints.load_params(directory / meta["round_dir"], like=jax.device_get(like))
+    state = CoordinatorState(rounds=meta["rounds"], params=tree["params"],
+                             candidates={int(k): v for k, v in tree["candidates"].items()})
+    return state, {"state": tree["learner"], "version": meta["version"]}
 
 
 def stop_file(path: Path) -> Callable[[], bool]:
@@ -155,19 +120,23 @@ def stop_file(path: Path) -> Callable[[], bool]:
 
 
 def run_self_improve(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
-                     progress: bool = True) -> SelfImproveResult:
+                     progress: bool = True, on_round: Callable[[], None] | None = None) -> SelfImproveResult:
     """Reads the selected checkpoints, runs Stage 2, writes out_dir/policy and rounds.json.
 
-    An operator ends the running episodes by creating out_dir/STOP (consumed when seen).
+    An operator ends the running episodes by creating out_dir/STOP (consumed when seen). Each
+    completed round is saved in out_dir/resume, so a restarted task carries on from the last
+    one (policy, optimizer state, round counter, best round); it is removed at the end.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     result = self_improve(cfg, fns, load_selected(select_dir, POLICY), load_selected(select_dir, REWARD),
-                          log=log, progress=progress, interrupt=stop_file(out_dir / STOP))
+                          log=log, progress=progress, interrupt=stop_file(out_dir / STOP),
+                          resume_dir=out_dir / RESUME, on_round=on_round)
     checkpoints.save_params(out_dir / POLICY, jax.device_get(result.policy))
     (out_dir / ROUNDS).write_text(json.dumps(
         {"best_round": result.best_round, "total_episodes": result.total_episodes,
-         "total_env_steps": result.total_env_steps, "rounds": result.rounds},
+         "total_env_steps": result.total_env_steps, "rounds": result.rounds, "fleet": result.fleet},
         indent=1))
+    shutil.rmtree(out_dir / RESUME, ignore_errors=True)
     return result

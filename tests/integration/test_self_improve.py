@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import threading
 from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
+import ray
 
 from efm.config import RunConfig, debug_config
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
+from efm.self_improve.builder import FleetBuilder
+from efm.self_improve.coordinator import coordinate
+from efm.self_improve.distributed import kill_actor_mid_episode, kill_service, wait_mid_episode
 from efm.self_improve.loop import SelfImproveResult, self_improve, stop_file
 
 
@@ -78,12 +85,48 @@ def test_stop_file_ends_running_episodes(tmp_path: Path) -> None:
     assert interrupt() is False
 
 
-def test_ray_runtime_runs_the_same_algorithm() -> None:
-    cfg = tiny("ray", num_actors=2)
-    result = run(cfg)
-    check_rounds(result, cfg)
-    assert result.total_episodes == cfg.self_improve.max_episodes
-    assert result.rounds[0]["updates"] == cfg.self_improve.updates_per_round
+def test_ray_fleet_survives_a_killed_actor_and_a_killed_service() -> None:
+    """Real embedded Ray, real Reverb: actor 0 is SIGKILLed mid-episode in round 0, the
+    steps-to-go service mid-round in round 1; both rounds complete."""
+    cfg = tiny("ray", num_actors=2, max_episodes=20, max_rounds=2, batch_size=16)
+    si = cfg.self_improve
+    fleet = FleetBuilder(cfg).build(params(cfg, 0), params(cfg, 1))
+    killed: list[int | None] = []
+    service_kills: list[int] = []
+
+    def drill(r: int) -> None:
+        if r == 0:
+            killed.append(kill_actor_mid_episode(fleet, 0, r))
+        elif wait_mid_episode(fleet, 1, r) is not None:
+            service_kills.append(kill_service(fleet))
+
+    def collect(p: object, r: int, budget: int) -> list[dict[str, float]]:
+        thread = threading.Thread(target=drill, args=(r,))
+        thread.start()
+        out = fleet.collect_round(p, r, budget)
+        thread.join()
+        return out
+
+    try:
+        result = coordinate(si, params(cfg, 0), collect, fleet.learn_round, progress=False)
+        stats = fleet.stats()
+        live = ray.get(fleet.monitor.snapshot.remote())["actors"]
+    finally:
+        fleet.close()
+    assert len(killed) == 1 and killed[0] is not None and len(service_kills) == 1
+    faults = stats["faults"]
+    assert faults["actor_kills"] == 1 and result.rounds[0]["actor_kills"] == 1
+    assert faults["lost"] == 0 and faults["duplicates"] == 0
+    assert faults["episodes_cut_by_fault"] >= 1  # the killed actor was mid-episode
+    assert stats["service_retries"] >= 1  # actors retried through the service's restart
+    assert len(result.rounds) == 2 and result.total_episodes <= si.max_episodes
+    for row in result.rounds:
+        assert row["updates"] == si.updates_per_round  # each round completed its N updates
+        # Every finished episode reached the replay once; the cut ones never did.
+        held = row["episodes_learned"] + row["episodes_discarded_at_clear"]
+        assert held == row["episodes"] - row["episodes_cut_by_fault"] - row["writes_cut_by_fault"]
+    assert result.rounds[1]["samples_held"] == result.rounds[1]["env_steps"]  # no actor died in round 1
+    assert int(live["0"]["pid"]) != killed[0]  # actor 0 was restarted and rejoined
 
 
 def test_single_process_run_is_reproducible() -> None:
@@ -92,3 +135,36 @@ def test_single_process_run_is_reproducible() -> None:
     a, b = run(cfg), run(cfg)
     assert a.rounds == b.rounds
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a.policy, b.policy))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_restarted_run_resumes_from_the_last_completed_round(tmp_path: Path) -> None:
+    """The task dies after round 1 is saved; a restart carries on from round 2 with the saved
+    policy, optimizer state, round counter and candidate policies, and spends the budget."""
+    cfg = tiny(max_episodes=16, best_round_window=3)
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    saved: list[int] = []
+
+    def crash_after_round_1() -> None:
+        saved.append(len(saved))
+        if len(saved) == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        self_improve(cfg, fns, params(cfg, 0), params(cfg, 1), progress=False, resume_dir=tmp_path,
+                     on_round=crash_after_round_1)
+    first = json.loads((tmp_path / "state.json").read_text())
+    assert len(first["rounds"]) == 2 and first["version"] == 2
+    resumed = self_improve(cfg, fns, params(cfg, 0), params(cfg, 1), progress=False, resume_dir=tmp_path)
+    uninterrupted = run(cfg)
+    check_rounds(resumed, cfg)
+    assert resumed.rounds[:2] == first["rounds"]  # not collected again
+    assert resumed.total_episodes == cfg.self_improve.max_episodes
+    # The same rounds as a run never interrupted, up to the actors' fresh random streams: the
+    # same number of rounds and updates, and the learner's step counter carried on.
+    assert len(resumed.rounds) == len(uninterrupted.rounds)
+    assert [r["updates"] for r in resumed.rounds] == [r["updates"] for r in uninterrupted.rounds]
+    assert [r["round"] for r in resumed.rounds] == list(map(float, range(len(resumed.rounds))))

@@ -1,0 +1,148 @@
+"""The coordinator of Algorithm 1 (Appendix J): rounds of collect, pause, N updates, clear,
+publish weights, resume, within the practice budget; and which round's policy to keep.
+
+It knows nothing of processes: `collect_round` and `learn_round` are given by whoever built the
+roles (one process, or Ray actors; see `builder.py`), so the same rounds run in every runtime.
+Success is not monotone over rounds (Section 6), so the policy of the best round is kept,
+judged on detected success and then episode length, never on ground truth. One round's
+episodes are few (about 70 on pointmass), and the best of some 60 noisy round scores is an
+optimistic pick; a round is therefore scored on the episodes of the `best_round_window` rounds
+centred on it, whose policies differ by a few updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from efm.config import SelfImproveConfig
+from efm.progress import progress_bar
+from efm.types import Logger
+
+CUT_BY_FAULT = "cut_by_fault"  # an episode running on an actor that died: started, never finished
+
+
+def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
+    """What a round's episode summaries say about the policy that collected them. Episodes cut
+    by a fault count as started (the budget) and by their steps, not in success or length."""
+    ended = [e for e in episodes if not e.get(CUT_BY_FAULT)] or [{"length": 0.0, "detected": 0.0, "success": 0.0}]
+    return {
+        "episodes": float(len(episodes)),  # every episode started this round
+        "env_steps": float(sum(e["length"] for e in episodes)),
+        "success_rate": float(np.mean([e["detected"] for e in ended])),  # learned detector, no ground truth
+        "mean_episode_length": float(np.mean([e["length"] for e in ended])),
+        "ground_truth_success_rate": float(np.mean([e["success"] for e in ended])),  # reported, never used
+    }
+
+
+def round_score(rounds: list[dict[str, float]], r: int, window: int) -> tuple[float, float]:
+    """(detected success rate, -mean episode length) of the complete rounds within window/2 of
+    round r, pooled over their episodes. Round r must be complete."""
+    h = window // 2
+    pool = [row for row in rounds[max(0, r - h):r + h + 1] if row["complete"]]
+    episodes = sum(row["episodes"] for row in pool)
+    success = sum(row["success_rate"] * row["episodes"] for row in pool) / episodes
+    length = sum(row["env_steps"] for row in pool) / episodes
+    return success, -length
+
+
+def best_round(rounds: list[dict[str, float]], window: int) -> int:
+    """The complete round with the best pooled score (the first on ties); round 0 if none is
+    complete (a budget too small for one full round)."""
+    candidates = [r for r, row in enumerate(rounds) if row["complete"] and row["episodes"] > 0]
+    if not candidates:
+        return 0
+    return max(candidates, key=lambda r: (round_score(rounds, r, window), -r))
+
+
+@dataclass(frozen=True)
+class SelfImproveResult:
+    rounds: list[dict[str, float]]
+    best_round: int
+    total_episodes: int  # every episode started (the practice budget)
+    total_env_steps: int  # environment steps those episodes executed
+    policy: Any
+    fleet: dict[str, Any] = field(default_factory=dict)  # a fleet's own figures: faults survived, batching
+
+
+CollectFn = Callable[[Any, int, int], list[dict[str, float]]]  # (params, round, max episodes) -> summaries
+LearnFn = Callable[[float], tuple[dict[str, float], Any]]  # (learning rate) -> (metrics, new params)
+
+
+@dataclass
+class CoordinatorState:
+    """Everything a restarted coordinator needs to carry on after the last completed round.
+
+    `candidates` holds the policies of rounds whose pooled score is not final yet (the window
+    reaches past the last round) and of the best round so far; older ones are dropped.
+    """
+
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    params: Any = None  # the weights the next round collects with
+    candidates: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def total_episodes(self) -> int:
+        return int(self.rounds[-1]["total_episodes"]) if self.rounds else 0
+
+    @property
+    def total_env_steps(self) -> int:
+        return int(self.rounds[-1]["total_env_steps"]) if self.rounds else 0
+
+
+def prune_candidates(state: CoordinatorState, window: int) -> None:
+    """Drops the params of rounds that can no longer be the best: among rounds whose window is
+    closed (their score is final), only the best is kept; rounds still open are all kept."""
+    open_from = len(state.rounds) - window // 2
+    settled = sorted(r for r in state.candidates if r < open_from)
+    scored = [r for r in settled if state.rounds[r]["complete"] and state.rounds[r]["episodes"] > 0]
+    keep = {max(scored, key=lambda r: (round_score(state.rounds, r, window), -r))} if scored else set(settled[:1])
+    for r in settled:
+        if r not in keep:
+            del state.candidates[r]
+
+
+def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, learn_round: LearnFn,
+               log: Logger | None = None, progress: bool = True, state: CoordinatorState | None = None,
+               on_round: Callable[[CoordinatorState], None] | None = None) -> SelfImproveResult:
+    """Rounds of collect-then-learn within the episode budget; no math.
+
+    `state` resumes a restarted coordinator (rounds, weights, candidate policies);
+    `on_round(state)` is called after each completed round (to checkpoint it).
+    """
+    state = state if state is not None else CoordinatorState(params=params)
+    bar = progress_bar(total=cfg.max_episodes, desc="self-improve episodes", enabled=progress)
+    bar.update(state.total_episodes)
+    for r in range(len(state.rounds), cfg.max_rounds):
+        total = state.total_episodes
+        if total >= cfg.max_episodes:
+            break
+        episodes = collect_round(state.params, r, cfg.max_episodes - total)
+        if not episodes:
+            break
+        total += len(episodes)
+        bar.update(len(episodes))
+        metrics, new_params = learn_round(cfg.learning_rate_at(total / cfg.max_episodes))
+        # A round cut short by the budget saw fewer, shorter episodes: not a fair score.
+        complete = metrics["updates"] == cfg.updates_per_round
+        row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes), **metrics,
+               "complete": float(complete)}
+        row["total_env_steps"] = float(state.total_env_steps + row["env_steps"])
+        state.rounds.append(row)
+        state.candidates[r] = state.params  # the weights that collected this round
+        state.params = new_params
+        prune_candidates(state, cfg.best_round_window)
+        bar.set_postfix(success=f"{row['success_rate']:.2f}", length=f"{row['mean_episode_length']:.1f}")
+        if log is not None:
+            log({f"self_improve/{k}": v for k, v in row.items() if k != "round"}, r)
+        if on_round is not None:
+            on_round(state)
+    bar.close()
+    if not state.rounds:
+        raise ValueError("self-improvement ran no round: raise self_improve.max_episodes")
+    best = best_round(state.rounds, cfg.best_round_window)
+    policy = state.candidates[best] if cfg.keep_best_round else state.params
+    return SelfImproveResult(state.rounds, best, state.total_episodes, state.total_env_steps, policy)

@@ -1,0 +1,75 @@
+"""The coordinator's rounds and its best-round rule, with fake collection and learning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from efm.config import SelfImproveConfig
+from efm.self_improve.coordinator import CoordinatorState, best_round, coordinate, round_score
+
+
+def row(success: float, length: float, episodes: int = 10, complete: bool = True) -> dict[str, float]:
+    return {"episodes": float(episodes), "env_steps": length * episodes, "success_rate": success,
+            "complete": float(complete)}
+
+
+def test_a_lucky_round_alone_does_not_win_with_a_window() -> None:
+    # Rounds 6-8 are consistently short; round 2 was one lucky short round among long ones.
+    lengths = [30, 30, 12, 30, 30, 16, 14, 14, 14, 16]
+    rounds = [row(1.0, x) for x in lengths]
+    assert best_round(rounds, window=1) == 2
+    assert best_round(rounds, window=3) == 7
+    assert round_score(rounds, 7, 3) == (1.0, -14.0)
+    # Success still comes first; pooling weighs rounds by their episodes.
+    rounds[0] = row(1.0, 50, episodes=1)
+    rounds[1] = row(1.0, 20, episodes=3)
+    assert round_score(rounds, 0, 3) == (1.0, -(50 + 60) / 4)
+
+
+def test_incomplete_rounds_are_never_picked_nor_pooled() -> None:
+    rounds = [row(0.5, 20), row(1.0, 5, complete=False), row(0.6, 20)]
+    assert best_round(rounds, window=1) == 2
+    assert round_score(rounds, 0, 3) == (0.5, -20.0)  # round 1 left out of the pool
+    assert best_round([row(1.0, 5, complete=False)], window=3) == 0
+
+
+def test_coordinate_keeps_the_best_rounds_policy_and_few_candidates() -> None:
+    cfg = dataclasses.replace(SelfImproveConfig(), max_episodes=100, best_round_window=3)
+    lengths = [30, 30, 12, 30, 30, 16, 14, 14, 14, 16]
+    sizes: list[int] = []
+
+    def collect(params: int, r: int, budget: int) -> list[dict[str, float]]:
+        assert params == r  # the weights published after round r-1
+        return [{"length": float(lengths[r]), "detected": 1.0, "success": 1.0}] * min(10, budget)
+
+    def learn(lr: float) -> tuple[dict[str, float], int]:
+        learned.append(lr)
+        return {"updates": float(cfg.updates_per_round)}, len(learned)
+
+    learned: list[float] = []
+    result = coordinate(cfg, 0, collect, learn, progress=False,
+                        on_round=lambda s: sizes.append(len(s.candidates)))
+    assert result.total_episodes == 100 and len(result.rounds) == 10
+    assert result.best_round == 7 and result.policy == 7  # the weights that collected round 7
+    assert max(sizes) <= 3  # the settled best plus the rounds whose window is open
+
+
+def test_coordinate_resumes_from_a_saved_state() -> None:
+    cfg = dataclasses.replace(SelfImproveConfig(), max_episodes=40, best_round_window=1)
+    calls: list[int] = []
+
+    def collect(params: int, r: int, budget: int) -> list[dict[str, float]]:
+        calls.append(r)
+        return [{"length": 10.0 - r, "detected": 1.0, "success": 0.0}] * 10
+
+    def learn(lr: float) -> tuple[dict[str, float], int]:
+        return {"updates": float(cfg.updates_per_round)}, len(calls)
+
+    saved: list[CoordinatorState] = []
+    coordinate(dataclasses.replace(cfg, max_episodes=20), 0, collect, learn, progress=False,
+               on_round=lambda s: saved.append(dataclasses.replace(s, rounds=list(s.rounds),
+                                                                   candidates=dict(s.candidates))))
+    result = coordinate(cfg, 0, collect, learn, progress=False, state=saved[-1])
+    assert calls == [0, 1, 2, 3]  # rounds 0 and 1 are not collected again
+    assert [r["round"] for r in result.rounds] == [0.0, 1.0, 2.0, 3.0]
+    assert result.total_episodes == 40 and result.best_round == 3 and result.policy == 3
