@@ -587,7 +587,7 @@ class RunConfig:
         _check(reads_text == (self.tokenizer.text_tokens > 0), "tokenizer.text_tokens", self.tokenizer.text_tokens,
                f"> 0 exactly when the model reads text (model.variant={self.model.variant!r})")
         _check(reads_text or not self.tokenizer.state_key, "tokenizer.state_key", self.tokenizer.state_key,
-               f"empty for a state model ({self.model.variant!r} reads every observation array already)")
+               f"empty for a state model (model.variant={self.model.variant!r} reads every observation array already)")
         _check(reads_text or "instruction" not in self.sft.objectives, "sft.objectives", self.sft.objectives,
                f"the instruction objective needs a vision-language model, not {self.model.variant!r}")
         _check(self.sft.batch_size % len(self.sft.objectives) == 0, "sft.batch_size", self.sft.batch_size,
