@@ -1,0 +1,282 @@
+"""Why does the vision-language EFM not learn the table on 2 CPU cores? Two probes on a table
+dataset, each a short training run measured on held-out episodes:
+
+1. decision: an MLP that reads the simulator's privileged poses (effector, the named block,
+   its target) predicts the BC and steps-to-go tokens, at the SFT's 16 samples per objective
+   per step. How fast the targets are learnable once perception is solved.
+2. localization: where is the effector, from one camera frame? The black effector is the
+   easiest thing in the frame to find. Three readers, the same frames and steps:
+   - `vlm`: the table's vision-language model, answering with position tokens (the state
+     tokenizer's bins, as the model reads the effector position), teacher-forced cross-entropy;
+   - `cnn-tokens`: a small CNN with a spatial softmax, the same categorical answer;
+   - `cnn-regression`: the same CNN regressing the position (squared error);
+   - `vlm-48-frames`: the vision-language model trained and measured on the same 48 frames:
+     whether the position reaches the answer through the image tokens at all (memorising).
+   Reported as the error of the predicted position in centimetres (argmax bin centre for the
+   categorical readers).
+
+Resumable: each finished probe is kept in the results file and skipped on a rerun.
+
+  .venv/bin/python benchmarks/table_probes.py --train runs/table4k/sub/fraction_0.8 \\
+      --validation runs/table4k/sub/validation
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from efm.config import default_config
+from efm.data import rlds
+from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION
+from efm.envs.tabletop.tasks import parse_instruction, task_target
+from efm.models.efm import make_model
+from efm.models.tokenizers import Vocabulary, make_vocabulary
+from efm.models.vlm import IMAGE, TEXT
+
+RESULTS = Path(__file__).parent / "results" / "table_probes.json"
+Arrays = dict[str, np.ndarray]
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def decision_data(directory: str, split: str, vocab: Vocabulary) -> Arrays:
+    """Per step: privileged features (effector, the named block, its target and their
+    differences), the BC tokens and the steps-to-go token."""
+    x, actions, stg = [], [], []
+    for ep in rlds.iter_episodes(directory, split):
+        task = parse_instruction(ep.instruction)
+        blocks, effector = ep.observations[BLOCK_TRANSLATION], ep.observations[EFFECTOR_TRANSLATION]
+        b = BLOCKS.index(task.block)
+        for t in range(ep.length):
+            target = task_target(task, dict(zip(BLOCKS, blocks[t], strict=True)), blocks[0, b])
+            block = blocks[t, b]
+            x.append(np.concatenate([effector[t], block, target, block - effector[t], target - block,
+                                     [np.linalg.norm(target - block)]]))
+        actions.append(ep.actions)
+        stg.append(np.arange(ep.length, 0, -1))
+    return {"x": np.asarray(x, np.float32), "bc": vocab.action.encode(np.concatenate(actions)),
+            "stg": vocab.steps_to_go.encode(np.concatenate(stg).astype(np.float32))}
+
+
+def frame_data(directory: str, split: str, every: int) -> Arrays:
+    """Every `every`-th frame of each episode and the effector position in it."""
+    frames, xy = [], []
+    for ep in rlds.iter_episodes(directory, split):
+        frames.append(ep.observations["rgb"][::every])
+        xy.append(ep.observations[EFFECTOR_TRANSLATION][::every])
+    return {"rgb": np.concatenate(frames), "xy": np.concatenate(xy).astype(np.float32)}
+
+
+def marginal_xent(train: np.ndarray, val: np.ndarray, k: int) -> float:
+    """Validation cross-entropy of the training marginal (add-one smoothed), per token, summed
+    over positions: what a model that ignores its inputs scores. targets [N, L]"""
+    total = 0.0
+    for j in range(train.shape[1]):
+        p = (np.bincount(train[:, j], minlength=k) + 1.0)
+        total += float(-np.log(p / p.sum())[val[:, j]].mean())
+    return total
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+def mlp(params: list, x: jax.Array) -> jax.Array:
+    for w, b in params[:-1]:
+        x = jax.nn.gelu(x @ w + b)
+    w, b = params[-1]
+    return x @ w + b
+
+
+def decision_probe(train: Arrays, val: Arrays, vocab: Vocabulary, checkpoints: tuple[int, ...],
+                   batch: int, seed: int) -> dict[str, Any]:
+    na, ka = vocab.action.num_tokens, vocab.action.vocab_size
+    ks = vocab.steps_to_go.vocab_size
+    mu, sd = train["x"].mean(0), train["x"].std(0) + 1e-6
+    xt, xv = (train["x"] - mu) / sd, (val["x"] - mu) / sd
+    sizes = [xt.shape[1], 256, 256, 256, na * ka + ks]
+    key = jax.random.PRNGKey(seed)
+    params = [(jax.random.normal(jax.random.fold_in(key, i), (a, b)) * np.sqrt(2 / a), jnp.zeros(b))
+              for i, (a, b) in enumerate(itertools.pairwise(sizes))]
+
+    def nll(p: list, x: jax.Array, a: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = mlp(p, x)
+        la = jax.nn.log_softmax(out[:, :na * ka].reshape(-1, na, ka))
+        bc = -jnp.take_along_axis(la, a[..., None], -1).sum((1, 2))
+        st = -jnp.take_along_axis(jax.nn.log_softmax(out[:, na * ka:]), s[:, None], -1)[:, 0]
+        return bc.mean(), st.mean()
+
+    opt = optax.adam(1e-3)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(p: list, st: Any, x: jax.Array, a: jax.Array, s: jax.Array) -> tuple[list, Any]:
+        g = jax.grad(lambda p: sum(nll(p, x, a, s)))(p)
+        u, st = opt.update(g, st)
+        return optax.apply_updates(p, u), st
+
+    rng = np.random.default_rng(seed)
+    curve = []
+    for i in range(1, max(checkpoints) + 1):
+        idx = rng.integers(0, len(xt), batch)
+        params, state = step(params, state, xt[idx], train["bc"][idx], train["stg"][idx])
+        if i in checkpoints:
+            bc, st = jax.jit(nll)(params, xv, val["bc"], val["stg"])
+            curve.append({"step": i, "samples": i * batch, "val_bc": float(bc), "val_steps_to_go": float(st)})
+            print("decision", curve[-1], flush=True)
+    return {"batch": batch, "curve": curve,
+            "input_blind": {"val_bc": marginal_xent(train["bc"], val["bc"], ka),
+                            "val_steps_to_go": marginal_xent(train["stg"][:, None], val["stg"][:, None], ks)}}
+
+
+class SpatialSoftmaxCNN(nn.Module):
+    """Two stride-2 convs, keypoints by spatial softmax, an MLP head."""
+
+    outputs: int
+
+    @nn.compact
+    def __call__(self, rgb: jax.Array) -> jax.Array:
+        x = rgb.astype(jnp.float32) / 127.5 - 1.0
+        x = nn.gelu(nn.Conv(32, (3, 3), 2)(x))
+        x = nn.gelu(nn.Conv(64, (3, 3), 2)(x))
+        x = nn.Conv(32, (3, 3))(x)
+        b, h, w, c = x.shape
+        attention = jax.nn.softmax(x.reshape(b, h * w, c), axis=1)
+        yy, xx = jnp.mgrid[:h, :w]
+        coords = jnp.stack([yy.ravel() / h, xx.ravel() / w], -1)
+        keypoints = jnp.einsum("bnc,nd->bcd", attention, coords).reshape(b, -1)
+        return nn.Dense(self.outputs)(nn.gelu(nn.Dense(256)(keypoints)))
+
+
+def localization_probe(reader: str, train: Arrays, val: Arrays, steps: int, eval_every: int,
+                       batch: int, seed: int) -> dict[str, Any]:
+    """Train one reader to find the effector; its validation error (cm) along the way."""
+    cfg = default_config("tabletop")
+    tok = cfg.tokenizer
+    lo, hi, bins = np.asarray(tok.state_low), np.asarray(tok.state_high), tok.state_bins
+    vocab = make_vocabulary(tok)
+    to_bins = lambda xy: np.clip(np.floor((xy - lo) / (hi - lo) * bins), 0, bins - 1).astype(np.int32)  # noqa: E731
+    centre = lambda k: lo + (np.asarray(k) + 0.5) / bins * (hi - lo)  # noqa: E731
+    predict: Callable[[Any, np.ndarray], np.ndarray]
+    if reader == "vlm":
+        model = make_model(cfg.model, vocab)
+        empty = vocab.text.encode([""] * batch) if vocab.text else None
+        objective = jnp.zeros((batch,), jnp.int32)
+
+        def inputs(rgb: np.ndarray) -> dict:
+            return {IMAGE: np.repeat(rgb[:, None], 2, axis=1), TEXT: empty[:len(rgb)]}
+
+        def loss(p: Any, rgb: jax.Array, xy: jax.Array) -> jax.Array:
+            targets = vocab.state_offset + xy  # position tokens as answers (teacher-forced)
+            logits = model.apply({"params": p}, inputs(rgb), objective[:len(rgb)], targets)
+            return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
+
+        apply = jax.jit(model.apply)
+
+        def first_bins(p: Any, rgb: np.ndarray) -> np.ndarray:
+            greedy = np.zeros((len(rgb), 2), np.int32)
+            for k in range(2):  # greedy decoding, one coordinate after the other
+                logits = apply({"params": p}, inputs(rgb), objective[:len(rgb)],
+                                              jnp.asarray(vocab.state_offset + greedy))
+                window = logits[:, k, vocab.state_offset:vocab.state_offset + bins]
+                greedy[:, k] = np.asarray(jnp.argmax(window, -1))
+            return greedy
+
+        params = model.init(jax.random.PRNGKey(seed), inputs(train["rgb"][:batch]), objective,
+                            jnp.zeros((batch, 2), jnp.int32))["params"]
+        predict = lambda p, rgb: centre(first_bins(p, rgb))  # noqa: E731
+        target = to_bins
+    else:
+        regression = reader == "cnn-regression"
+        net = SpatialSoftmaxCNN(2 if regression else 2 * bins)
+        params = net.init(jax.random.PRNGKey(seed), train["rgb"][:2])
+        scale = lambda xy: (xy - lo) / (hi - lo) * 2 - 1  # noqa: E731
+
+        def loss(p: Any, rgb: jax.Array, xy: jax.Array) -> jax.Array:
+            out = net.apply(p, rgb)
+            if regression:
+                return jnp.mean((out - xy) ** 2)
+            logp = jax.nn.log_softmax(out.reshape(-1, 2, bins))
+            return -jnp.take_along_axis(logp, xy[..., None], -1).mean()
+
+        apply = jax.jit(net.apply)
+
+        def predict(p: Any, rgb: np.ndarray) -> np.ndarray:
+            out = np.asarray(apply(p, rgb))
+            if regression:
+                return lo + (out + 1) / 2 * (hi - lo)
+            return centre(out.reshape(-1, 2, bins).argmax(-1))
+
+        target = scale if regression else to_bins
+
+    opt = optax.adamw(1e-3, weight_decay=1e-4)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(p: Any, st: Any, rgb: jax.Array, xy: jax.Array) -> tuple[Any, Any, jax.Array]:
+        value, g = jax.value_and_grad(loss)(p, rgb, xy)
+        u, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u), st, value
+
+    rng = np.random.default_rng(seed)
+    curve, t0 = [], time.time()
+    for i in range(1, steps + 1):
+        idx = rng.integers(0, len(train["rgb"]), batch)
+        params, state, _ = step(params, state, train["rgb"][idx], target(train["xy"][idx]))
+        if i % eval_every == 0:
+            errors = [np.linalg.norm(predict(params, val["rgb"][k:k + batch]) - val["xy"][k:k + batch], axis=-1)
+                      for k in range(0, len(val["rgb"]) - batch + 1, batch)]
+            curve.append({"step": i, "error_cm": float(np.concatenate(errors).mean() * 100),
+                          "seconds": round(time.time() - t0, 1)})
+            print(reader, curve[-1], flush=True)
+    guess = np.linalg.norm(val["xy"] - train["xy"].mean(0), axis=-1).mean() * 100
+    return {"batch": batch, "curve": curve, "mean_position_error_cm": float(guess)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", required=True)
+    p.add_argument("--validation", required=True)
+    p.add_argument("--steps", type=int, default=600, help="localization probe steps")
+    p.add_argument("--every", type=int, default=4, help="keep every n-th frame for localization")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args()
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    vocab = make_vocabulary(default_config("tabletop").tokenizer)
+
+    def save() -> None:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=1) + "\n")
+
+    if "decision" not in results:
+        train, val = (decision_data(args.train, "train", vocab),
+                      decision_data(args.validation, "validation", vocab))
+        results["decision"] = decision_probe(train, val, vocab, (250, 500, 1000, 2000, 5000), 16, args.seed)
+        save()
+    todo = [r for r in ("cnn-regression", "cnn-tokens", "vlm") if f"localization/{r}" not in results]
+    if todo:
+        train = frame_data(args.train, "train", args.every)
+        val = frame_data(args.validation, "validation", args.every)
+        for reader in todo:
+            results[f"localization/{reader}"] = localization_probe(reader, train, val, args.steps, 100, 48, args.seed)
+            save()
+    if "localization/vlm-48-frames" not in results:
+        few = {k: v[:48] for k, v in frame_data(args.validation, "validation", args.every).items()}
+        results["localization/vlm-48-frames"] = localization_probe("vlm", few, few, 300, 50, 48, args.seed)
+        save()
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
