@@ -46,6 +46,7 @@ from efm.models.tokenizers import Vocabulary, make_vocabulary
 from efm.models.vlm import IMAGE, TEXT
 
 RESULTS = Path(__file__).parent / "results" / "table_probes.json"
+READERS = ("cnn-regression", "cnn-tokens", "vlm")
 Arrays = dict[str, np.ndarray]
 
 
@@ -249,6 +250,7 @@ def main() -> None:
     p.add_argument("--validation", required=True)
     p.add_argument("--steps", type=int, default=600, help="localization probe steps")
     p.add_argument("--every", type=int, default=4, help="keep every n-th frame for localization")
+    p.add_argument("--readers", nargs="+", default=list(READERS), choices=READERS, help="localization readers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -264,7 +266,7 @@ def main() -> None:
                       decision_data(args.validation, "validation", vocab))
         results["decision"] = decision_probe(train, val, vocab, (250, 500, 1000, 2000, 5000), 16, args.seed)
         save()
-    todo = [r for r in ("cnn-regression", "cnn-tokens", "vlm") if f"localization/{r}" not in results]
+    todo = [r for r in args.readers if f"localization/{r}" not in results]
     if todo:
         train = frame_data(args.train, "train", args.every)
         val = frame_data(args.validation, "validation", args.every)
