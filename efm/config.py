@@ -229,6 +229,10 @@ class TokenizerConfig:
     state_low: tuple[float, ...] = ()
     state_high: tuple[float, ...] = ()
     state_bins: int = 256
+    # The camera observations a vision-language model reads, in order, each as its current and
+    # previous frame (image tokens from the ViT; every camera's frames of one shape): the
+    # table's one camera, Aloha's two stacked images (D.3). State models ignore it.
+    cameras: tuple[str, ...] = ("rgb",)
 
     def __post_init__(self) -> None:
         _check(
@@ -251,6 +255,9 @@ class TokenizerConfig:
                "one range per dimension of state_key's observation, given exactly when state_key is")
         _check(all(lo < hi for lo, hi in zip(self.state_low, self.state_high, strict=True)), "tokenizer.state_high",
                self.state_high, "above state_low in every dimension")
+        _check(len(self.cameras) > 0 and len(set(self.cameras)) == len(self.cameras)
+               and all(isinstance(c, str) and c for c in self.cameras), "tokenizer.cameras", self.cameras,
+               "one or more distinct observation keys")
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,10 @@ MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
     # the 2-core CPU benchmarks: 6x4 = 24 tokens per 72x128 frame from a 2-conv stem
     "vl-cpu": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2, vit_mlp=128,
                                  width=128, depth=2, heads=4, head_dim=32, mlp=384),
+    # Aloha's stacked 124x80 images (two 60x80 views and a 4-pixel band): 4x4 = 16 tokens per
+    # frame, 64 for the two cameras' current and previous frames; trains in seconds (tests)
+    "vl-aloha-tiny": TransformerVariant(patch=(31, 20), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,
+                                        width=32, depth=1, heads=2, head_dim=16, mlp=64),
     # accelerators: 6x8 = 48 tokens per frame
     "vl-base": TransformerVariant(patch=(12, 16), vit_width=384, vit_depth=6, vit_heads=6, vit_mlp=1536,
                                   width=512, depth=8, heads=8, head_dim=64, mlp=2048),
@@ -739,3 +750,28 @@ def default_config(domain: str = "pointmass") -> RunConfig:
             task_families=("block2block",) if table else (), transfer_domains=("bananatable",) if table else ()),
         eval=EvalConfig(num_episodes=100, num_envs=25, plot_episodes=6),
     )
+
+
+# Aloha's observation keys and instruction words (envs.aloha.env keeps the keys; config cannot
+# import it, a test checks they agree). The one instruction is 8 word tokens.
+ALOHA_JOINTS = "joints"
+ALOHA_CAMERAS = ("rgb", "rgb_wrist")  # top over angle, left wrist over right wrist (D.3)
+ALOHA_WORDS = ("insert", "the", "red", "peg", "into", "blue", "socket")
+
+
+def aloha_camera_config(base: RunConfig | None = None, variant: str = "vl-aloha-tiny") -> RunConfig:
+    """Aloha as the paper feeds it (D.3, E.2) to a vision-language variant: the two stacked
+    camera images (current and previous frame of each), the instruction, and the 14 joints as
+    256-bin input tokens over their normalised range [-1, 1] after it; no privileged peg or
+    socket poses. `base`: an aloha-insertion config (default: its defaults, state mode)."""
+    base = default_config("aloha-insertion") if base is None else base
+    _check(base.domain == "aloha-insertion", "env.domain", base.domain, "aloha-insertion")
+    _check(variant in MODEL_VARIANTS and isinstance(MODEL_VARIANTS[variant], TransformerVariant), "model.variant",
+           variant, "a vision-language variant")
+    aloha = dataclasses.replace(base.env.aloha, render_images=True, state_observation=False)
+    return base.replace(
+        env=dataclasses.replace(base.env, aloha=aloha),
+        tokenizer=dataclasses.replace(base.tokenizer, text_tokens=8, text_words=ALOHA_WORDS,
+                                      state_key=ALOHA_JOINTS, state_low=(-1.0,) * 14, state_high=(1.0,) * 14,
+                                      state_bins=256, cameras=ALOHA_CAMERAS),
+        model=dataclasses.replace(base.model, variant=variant))
