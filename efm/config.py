@@ -719,8 +719,14 @@ def practice_config(cfg: RunConfig, domain: str = "") -> RunConfig:
 def debug_config(domain: str = "pointmass") -> RunConfig:
     """A seconds-long run: tiny data, tiny model, a few updates. For tests."""
     base = default_config(domain)
+    if domain == "aloha-insertion":
+        # Its demonstrations succeed within ~20 chunks (58 at most, benchmarks/results/aloha_env.json):
+        # 40 keeps an untrained policy's practice and evaluation episodes short, and 24
+        # demonstrations (~30 planned and simulated) take about half a minute.
+        base = base.replace(env=dataclasses.replace(base.env, max_episode_steps=40))
+    episodes = (24, 4) if domain == "aloha-insertion" else (60, 10)
     return base.replace(
-        data=DataConfig(num_episodes=60, validation_episodes=10, fractions=(0.5,), seed=0),
+        data=DataConfig(num_episodes=episodes[0], validation_episodes=episodes[1], fractions=(0.5,), seed=0),
         model=ModelConfig(variant="vl-tiny" if base.model.reads_text else "mlp-tiny"),
         sft=dataclasses.replace(base.sft, batch_size=16 * len(base.sft.objectives), num_steps=40, eval_every=20, checkpoint_every=20,
                                 warmup_steps=5),
