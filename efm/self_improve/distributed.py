@@ -466,6 +466,21 @@ def kill_actor_mid_episode(fleet: Fleet, index: int, version: int, spared: set[i
     return pid
 
 
+def drilled_collect(fleet: Fleet, drill: Callable[[int], Any]) -> Callable[[Any, int, int], list[dict[str, float]]]:
+    """`fleet.collect_round`, with `drill(round)` run in a thread during each round (a fault
+    drill such as `kill_actor_mid_episode`); give it to `coordinator.coordinate`."""
+
+    def collect(params: Any, r: int, budget: int) -> list[dict[str, float]]:
+        thread = threading.Thread(target=drill, args=(r,))
+        thread.start()
+        try:
+            return fleet.collect_round(params, r, budget)
+        finally:
+            thread.join()
+
+    return collect
+
+
 def kill_service(fleet: Fleet) -> int:
     """A fault drill: SIGKILLs the steps-to-go service's process; Ray restarts it."""
     pid = int(ray.get(fleet.extras["service"].pid.remote()))

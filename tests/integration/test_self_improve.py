@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from efm.models.tokenizers import make_vocabulary
 from efm.self_improve.builder import FleetBuilder
 from efm.self_improve.coordinator import coordinate
 from efm.self_improve.distributed import (
+    drilled_collect,
     kill_actor_mid_episode,
     kill_service,
     start_ray,
@@ -46,9 +46,7 @@ def tiny(runtime: str = "single_process", **changes: object) -> RunConfig:
 
 
 def params(cfg: RunConfig, seed: int) -> dict:
-    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
-    inputs = {"observation/position": np.zeros((1, 2), np.float32), "goal/target": np.zeros((1, 2), np.float32)}
-    return fns.init(jax.random.PRNGKey(seed), inputs)
+    return FleetBuilder(cfg).init_params(seed)
 
 
 def run(cfg: RunConfig, **kwargs: object) -> SelfImproveResult:
@@ -116,12 +114,7 @@ def test_ray_fleet_survives_a_killed_actor_and_a_killed_service(ray_session: obj
         elif wait_mid_episode(fleet, 1, r) is not None:
             service_kills.append(kill_service(fleet))
 
-    def collect(p: object, r: int, budget: int) -> list[dict[str, float]]:
-        thread = threading.Thread(target=drill, args=(r,))
-        thread.start()
-        out = fleet.collect_round(p, r, budget)
-        thread.join()
-        return out
+    collect = drilled_collect(fleet, drill)
 
     try:
         result = coordinate(si, params(cfg, 0), collect, fleet.learn_round, progress=False)
