@@ -16,25 +16,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import threading
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
 from efm.config import RunConfig, default_config
-from efm.models.efm import make_functions
-from efm.models.tokenizers import make_vocabulary
 from efm.self_improve.builder import FleetBuilder
 from efm.self_improve.coordinator import coordinate
-from efm.self_improve.distributed import kill_actor_mid_episode
+from efm.self_improve.distributed import drilled_collect, kill_actor_mid_episode
 
 
 def init_params(cfg: RunConfig, seed: int) -> dict:
-    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
-    inputs = {"observation/position": np.zeros((1, 2), np.float32), "goal/target": np.zeros((1, 2), np.float32)}
-    return fns.init(jax.random.PRNGKey(seed), inputs)
+    return FleetBuilder(cfg).init_params(seed)
 
 
 def main() -> None:
@@ -52,16 +44,11 @@ def main() -> None:
     fleet = FleetBuilder(cfg).build(init_params(cfg, 0), init_params(cfg, 1))
     killed: list[int] = []
 
-    def collect(params: object, r: int, budget: int) -> list[dict[str, float]]:
-        victim = r % args.actors
-        drill = threading.Thread(target=lambda: killed.append(kill_actor_mid_episode(fleet, victim, r, set(killed))))
-        drill.start()
-        out = fleet.collect_round(params, r, budget)
-        drill.join()
-        return out
+    def drill(r: int) -> None:  # one actor SIGKILLed mid-episode in every round
+        killed.append(kill_actor_mid_episode(fleet, r % args.actors, r, set(killed)))
 
     try:
-        result = coordinate(si, init_params(cfg, 0), collect, fleet.learn_round, progress=False)
+        result = coordinate(si, init_params(cfg, 0), drilled_collect(fleet, drill), fleet.learn_round, progress=False)
         stats = fleet.stats()
     finally:
         fleet.close()

@@ -3,10 +3,11 @@
 One place decides it for training samples, actors and evaluation alike:
 - state models (pointmass MLP): every observation array and goal array, `observation/<key>`
   and `goal/<key>`;
-- vision-language models: IMAGE, the current and the previous camera frame [2, H, W, C]
-  (Appendix D.1; at t = 0 the previous frame is the first), TEXT, the instruction's UTF-8
-  bytes, and where the tokenizer asks for it STATE, proprioception tokens (the effector
-  position, Aloha's joints). Never the simulator's privileged state (block or banana poses):
+- vision-language models: IMAGE, the current and the previous frame of each configured camera
+  (`tokenizer.cameras`), [2 * cameras, H, W, C] as [cam0 now, cam0 before, cam1 now, ...]
+  (Appendix D.1; at t = 0 the previous frame is the first): the table's one camera, Aloha's
+  two stacked images (D.3); TEXT, the instruction's tokens; and where the tokenizer asks for it
+  STATE, proprioception tokens (the effector position, Aloha's joints). Never the simulator's privileged state (block or banana poses):
   a real robot has none, and only the scripted demonstrators read it.
 """
 
@@ -22,14 +23,14 @@ from efm.models.tokenizers import StateTokenizer, TextTokenizer, Vocabulary
 from efm.models.vlm import IMAGE, STATE, TEXT
 
 Arrays = dict[str, np.ndarray]
-CAMERA = "rgb"  # the observation key of the camera frame the vision-language model reads
+CAMERAS = ("rgb",)  # default observation keys of the camera frames a vision-language model reads
 
 
 @dataclass(frozen=True)
 class InputSpec:
     text: TextTokenizer | None  # None: a state model
     state: StateTokenizer | None = None
-    camera: str = CAMERA
+    cameras: tuple[str, ...] = CAMERAS
 
     @property
     def reads_images(self) -> bool:
@@ -41,12 +42,14 @@ class InputSpec:
         if self.text is None:
             return {**{f"observation/{k}": np.asarray(v) for k, v in observation.items()},
                     **{f"goal/{k}": np.asarray(v) for k, v in goal.items()}}
-        if self.camera not in observation:
-            raise KeyError(f"the vision-language model reads the camera frame {self.camera!r}; the observation "
-                           f"has {sorted(observation)} (render_images off?)")
-        now = np.asarray(observation[self.camera])
-        before = now if previous is None else np.asarray(previous[self.camera])
-        out = {IMAGE: np.stack([now, before], axis=1), TEXT: self.text.encode(list(instructions))}
+        frames = []
+        for camera in self.cameras:
+            if camera not in observation:
+                raise KeyError(f"the vision-language model reads the camera frames {self.cameras}; the observation "
+                               f"has {sorted(observation)} (render_images off?)")
+            now = np.asarray(observation[camera])
+            frames += [now, now if previous is None else np.asarray(previous[camera])]
+        out = {IMAGE: self._stack(frames), TEXT: self.text.encode(list(instructions))}
         if self.state is not None:
             if self.state.key not in observation:
                 raise KeyError(f"the model reads the state input {self.state.key!r}; the observation has "
@@ -64,16 +67,25 @@ class InputSpec:
     def first_last_inputs(self, episodes: Sequence[Episode]) -> Arrays:
         """The auxiliary objective's inputs: first and last frame, no instruction. [N, ...]"""
         assert self.text is not None
-        frames = [np.stack([e.observations[self.camera][0], e.observations[self.camera][-1]]) for e in episodes]
-        out = {IMAGE: np.stack(frames), TEXT: np.zeros((len(episodes), self.text.length), np.int32)}
+        frames = [np.stack([e.observations[c][i] for e in episodes]) for c in self.cameras for i in (0, -1)]
+        out = {IMAGE: self._stack(frames), TEXT: np.zeros((len(episodes), self.text.length), np.int32)}
         if self.state is not None:  # no state either: the answer must come from the frames
             out[STATE] = np.zeros((len(episodes), self.state.dims), np.int32)
         return out
 
 
+    def _stack(self, frames: list[np.ndarray]) -> np.ndarray:
+        """[F] frames of [N, H, W, C] -> [N, F, H, W, C]; one ViT reads them all, so one shape."""
+        shapes = {f.shape[1:] for f in frames}
+        if len(shapes) > 1:
+            raise ValueError(f"the cameras {self.cameras} give frames of different shapes {sorted(shapes)}; "
+                             "the image tower reads one shape")
+        return np.stack(frames, axis=1)
+
+
 def input_spec(vocab: Vocabulary) -> InputSpec:
     """What a model with this vocabulary reads (a vocabulary with text: frames + text)."""
-    return InputSpec(vocab.text, vocab.state)
+    return InputSpec(vocab.text, vocab.state, vocab.cameras)
 
 
 class FrameHistory:

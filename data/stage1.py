@@ -81,8 +81,6 @@ def _episodes(directory: str | os.PathLike[str], split: str | None,
 
 def _step_samples(spec: InputSpec, layout: _Layout, objective: str) -> Any:
     """episode -> dataset of raw step samples for one objective (inside the tf.data graph)."""
-    camera = spec.camera
-
     def fn(episode: dict[str, Any]) -> tf.data.Dataset:
         steps = episode["steps"].batch(2**31 - 1).get_single_element()
         md = episode.get("episode_metadata", {})
@@ -96,13 +94,14 @@ def _step_samples(spec: InputSpec, layout: _Layout, objective: str) -> Any:
         count = tf.shape(t)[:1]
         out: dict[str, tf.Tensor] = {}
         if spec.reads_images:
-            frames = steps["observation"][camera]
-            if objective == "instruction":  # first and last frame, instruction hidden
-                out[IMAGE] = tf.gather(frames, tf.stack([0, n - 1]))[None]
+            cameras = [steps["observation"][c] for c in spec.cameras]
+            if objective == "instruction":  # first and last frame of each camera, instruction hidden
+                out[IMAGE] = tf.concat([tf.gather(f, tf.stack([0, n - 1])) for f in cameras], axis=0)[None]
                 out[TEXT] = tf.constant([""])
                 out["target_text"] = tf.reshape(instruction, [1])
                 return tf.data.Dataset.from_tensor_slices(out)
-            out[IMAGE] = tf.stack([tf.gather(frames, t), tf.gather(frames, prev)], axis=1)
+            # [T, 2 * cameras] frames: each camera's current and previous one (InputSpec's order)
+            out[IMAGE] = tf.stack([x for f in cameras for x in (tf.gather(f, t), tf.gather(f, prev))], axis=1)
             out[TEXT] = tf.fill(count, instruction)
             if spec.state is not None:  # raw values; tokenized per batch
                 out[STATE] = tf.cast(tf.gather(steps["observation"][spec.state.key], t), tf.float32)
@@ -131,8 +130,8 @@ def _successful(layout: _Layout) -> Any:
     return fn
 
 
-def _decode_frames(layout: _Layout, camera: str) -> Any:
-    shape = layout.image_shapes[camera]
+def _decode_frames(layout: _Layout, cameras: tuple[str, ...]) -> Any:
+    shape = layout.image_shapes[cameras[0]]  # one shape for all (checked by _objective_dataset)
 
     def decode(png: tf.Tensor) -> tf.Tensor:
         img = tf.io.decode_image(png, channels=shape[-1], expand_animations=False)
@@ -153,9 +152,15 @@ def _objective_dataset(directory: str | os.PathLike[str], split: str | None, spe
     """Raw (still encoded) samples of one objective; shuffled and repeated when `shuffle` is
     (buffer, seed)."""
     episodes, layout = _episodes(directory, split, shuffle_seed=None if shuffle is None else shuffle[1], shard=shard)
-    if spec.reads_images and spec.camera not in layout.image_shapes:
-        raise rlds.DatasetError(f"{directory}: the vision-language model reads camera frames {spec.camera!r}, "
-                                f"the dataset's observations are {list(layout.observation_keys)}")
+    if spec.reads_images:
+        for camera in spec.cameras:
+            if camera not in layout.image_shapes:
+                raise rlds.DatasetError(f"{directory}: the vision-language model reads camera frames {camera!r}, "
+                                        f"the dataset's observations are {list(layout.observation_keys)}")
+        shapes = {layout.image_shapes[c] for c in spec.cameras}
+        if len(shapes) > 1:
+            raise rlds.DatasetError(f"{directory}: the cameras {spec.cameras} have frames of different shapes "
+                                    f"{sorted(shapes)}; the image tower reads one shape")
     if spec.state is not None and spec.state.key not in layout.observation_keys:
         raise rlds.DatasetError(f"{directory}: the model reads the state input {spec.state.key!r}, "
                                 f"the dataset's observations are {list(layout.observation_keys)}")
@@ -208,7 +213,7 @@ class Stage1Data:
         ds = tf.data.Dataset.zip(tuple(parts)).skip(start_step)
         if self._spec.reads_images:
             assert layout is not None
-            decode = _decode_frames(layout, self._spec.camera)
+            decode = _decode_frames(layout, self._spec.cameras)
             ds = ds.map(lambda *b: tuple(decode(x) for x in b), num_parallel_calls=sft.data_threads,
                         deterministic=True)
         ds = ds.prefetch(2).with_options(_options(sft.data_threads))
@@ -221,7 +226,7 @@ class Stage1Data:
         ds, layout = _objective_dataset(directory, None, self._spec, objective, sft.data_threads, None, (1, 0))
         ds = ds.batch(sft.validation_batch_size)
         if self._spec.reads_images:
-            ds = ds.map(_decode_frames(layout, self._spec.camera), num_parallel_calls=sft.data_threads,
+            ds = ds.map(_decode_frames(layout, self._spec.cameras), num_parallel_calls=sft.data_threads,
                         deterministic=True)
         ds = ds.prefetch(2).with_options(_options(sft.data_threads))
         for batch in ds.as_numpy_iterator():

@@ -1,12 +1,15 @@
-"""What each domain provides: vectorized environments and a scripted demonstrator."""
+"""What each domain provides: vectorized environments, a scripted demonstrator, and the
+frames that show an episode in figures."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from efm.config import EnvConfig
 from efm.envs import pointmass
-from efm.envs.base import VectorEnv
+from efm.envs.base import Episode, VectorEnv
 from efm.rollout import Agent
 
 # Automatic worker count (env.num_workers 0): PyBullet domains get a worker per core, but never
@@ -79,3 +82,20 @@ def make_demonstrator(cfg: EnvConfig, num_envs: int, seed: int) -> Agent:
 
         return AlohaDemonstrator(cfg, num_envs, seed)
     raise ValueError(f"unknown domain {cfg.domain!r}")
+
+
+RGB = "rgb"  # the camera observation the table domains record (efm.envs.render shows it too)
+
+
+def figure_frames(cfg: EnvConfig, episode: Episode, steps: np.ndarray) -> np.ndarray | None:
+    """Frames [len(steps), H, W, 3] showing an episode's observations `steps` (the steps-to-go
+    strips of Figures 2-3): the camera image where there is one; for Aloha both stacked images,
+    or in state mode the scene rendered from the recorded state; None where there is nothing to
+    show (pointmass's figure is its trajectory plot)."""
+    if cfg.domain == "aloha-insertion":
+        from efm.envs.aloha.env import figure_frames as aloha_frames
+
+        return aloha_frames(cfg.aloha, episode.observations, steps)
+    if RGB in episode.observations:
+        return np.asarray(episode.observations[RGB])[np.asarray(steps, int)]
+    return None

@@ -39,6 +39,12 @@ def self_improvement_reward(stg_t: Array, stg_tp1: Array) -> Array:
     return stg_t - stg_tp1
 
 
+def success_bonus_reward(rewards: Array, success_tp1: Array, bonus: float) -> Array:
+    """Section 4.1.3: r_t + bonus * 1[success at o_{t+1}], a small constant while a success
+    the model cannot see holds (Aloha's peg at the socket's pin). [T] -> [T]"""
+    return rewards + bonus * success_tp1.astype(rewards.dtype)
+
+
 def detect_success(stg: Array, threshold: float) -> Array:
     """Eq. 3: success(o, g) = 1[d(o, g) <= s]."""
     return stg <= threshold

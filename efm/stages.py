@@ -240,8 +240,8 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
         metrics[f"{name}_success_detector"] = detector
         panels[{"sft": "SFT (Stage 1)", "self_improved": "Self-Improved (Stage 2)"}[name]] = first_per_env(episodes)[:k]
     metrics["success_detector"] = metrics[f"{'self_improved' if 'self_improved' in policies else 'sft'}_success_detector"]
-    if k and RGB in next(iter(panels.values()))[0].observations:
-        write_camera_figures(fns, reward, panels, out, cfg.eval.strip_frames)
+    if k:
+        write_episode_figures(cfg, fns, reward, panels, out)
     if cfg.domain == "pointmass" and k:
         pm = cfg.env.pointmass
         plot_trajectories(panels, out / TRAJECTORIES, success_radius=pm.success_radius,
@@ -250,27 +250,37 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
     return metrics
 
 
-def write_camera_figures(fns: Any, reward: Any, panels: dict[str, list[Episode]], out: Path,
-                         num_frames: int) -> None:
-    """Per panel (dataset, SFT, Self-Improved): a captioned GIF of its episodes and a Figure 2-3
-    steps-to-go strip of its first episode under the frozen reward model (`fns`: EFMFunctions)."""
+def write_episode_figures(cfg: RunConfig, fns: Any, reward: Any, panels: dict[str, list[Episode]],
+                          out: Path) -> None:
+    """Per panel (dataset, SFT, Self-Improved): a Figure 2-3 steps-to-go strip of its first
+    episode under the frozen reward model (`fns`: EFMFunctions), `cfg.eval.strip_frames` frames
+    each with the predicted distribution and d(o, g) under it, where the domain has frames to
+    show (`efm.domains.figure_frames`: camera images; Aloha's scene, rendered from the recorded
+    state in state mode), and a captioned GIF of its episodes where they hold camera images."""
     import jax.numpy as jnp
 
     from efm.data.features import input_spec
+    from efm.domains import figure_frames
     from efm.evaluation.plots import plot_steps_to_go_strip
 
     spec = input_spec(fns.vocab)
     bins = fns.vocab.steps_to_go.bin_values()
     for title, episodes in panels.items():
+        if not episodes:
+            continue
         slug = title.split(" (")[0].lower().replace("-", "_").replace(" ", "_")
-        write_episodes_gif(episodes, out / f"episodes_{slug}.gif")
         episode = episodes[0]
-        steps = np.unique(np.linspace(0, episode.length, min(num_frames, episode.length + 1)).round().astype(int))
+        if RGB in episode.observations:
+            write_episodes_gif(episodes, out / f"episodes_{slug}.gif")
+        n = min(cfg.eval.strip_frames, episode.length + 1)
+        steps = np.unique(np.linspace(0, episode.length, n).round().astype(int))
+        frames = figure_frames(cfg.env, episode, steps)
+        if frames is None:
+            continue
         inputs = {k: jnp.asarray(v[steps]) for k, v in spec.episode_inputs(episode).items()}
         probs = np.exp(np.asarray(fns.steps_to_go_log_probs(reward, inputs)))
-        plot_steps_to_go_strip(episode.observations[RGB][steps], probs, bins, probs @ bins,
-                               out / f"steps_to_go_{slug}.png", f"{title}: {episode.instruction}",
-                               steps=list(steps), success=episode.success)
+        plot_steps_to_go_strip(frames, probs, bins, probs @ bins, out / f"steps_to_go_{slug}.png",
+                               f"{title}: {episode.instruction}", steps=list(steps), success=episode.success)
 
 
 def first_per_env(episodes: list[Episode]) -> list[Episode]:

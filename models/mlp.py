@@ -77,6 +77,21 @@ class MlpEFM(nn.Module):
             h = nn.gelu(layer(h))
         return self.head(h[:, :given])
 
+    def position_logits(self, context: jax.Array, objective: jax.Array, tokens: jax.Array, q: jax.Array) -> jax.Array:
+        """Logits of output position q alone [B, V] (q may be traced): `decode`'s position q,
+        without the other positions, so a decoding step costs one position, not all of them
+        (70 for Aloha's action chunks). tokens [B, <= max length]."""
+        e, length = self.variant.token_embed, self.max_target_length
+        b = tokens.shape[0]
+        tokens = jnp.pad(tokens, ((0, 0), (0, length - tokens.shape[1])))
+        seen = (jnp.arange(length) < q)[None, :, None]  # tokens before q
+        prefix = jnp.where(seen, self.token_embedding(tokens), 0.0).reshape(b, length * e)
+        pos = jnp.broadcast_to(self.position_embedding(q), (b, e))
+        h = jnp.concatenate([context, self.objective_embedding(objective), pos, prefix], axis=-1)
+        for layer in self.decoder:
+            h = nn.gelu(layer(h))
+        return self.head(h)
+
     def __call__(self, inputs: Inputs, objective: jax.Array, tokens: jax.Array) -> jax.Array:
         return self.decode(self.encode(inputs), objective, tokens)
 
@@ -95,5 +110,5 @@ class MlpEFM(nn.Module):
     def decode_step(self, cache: Cache, token: jax.Array, k: jax.Array) -> tuple[jax.Array, Cache]:
         """Output token k [B] in; logits of token k + 1 [B, V] out."""
         tokens = cache["tokens"].at[:, k].set(token)
-        logits = self.decode(cache["context"], cache["objective"], tokens)
-        return jnp.take(logits, k + 1, axis=1), {**cache, "tokens": tokens}
+        logits = self.position_logits(cache["context"], cache["objective"], tokens, k + 1)
+        return logits, {**cache, "tokens": tokens}

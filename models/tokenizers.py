@@ -254,12 +254,17 @@ class Vocabulary:
     (never an output).
 
     Layout: action | steps-to-go | state | text | begin.
+
+    `cameras`: the observation keys whose frames a model with text reads as image tokens (the
+    image tower makes those; they take no ids here), so that everything a model reads is
+    decided by its tokenizer config.
     """
 
     action: ActionTokenizer
     steps_to_go: StepsToGoTokenizer
     text: TextTokenizer | None = None
     state: StateTokenizer | None = None
+    cameras: tuple[str, ...] = ("rgb",)
 
     @property
     def size(self) -> int:
@@ -337,4 +342,5 @@ def make_vocabulary(cfg: TokenizerConfig) -> Vocabulary:
         action = UniformTokenizer(cfg.action_dim, cfg.uniform_bins, cfg.action_max_abs)
     text = TextTokenizer(cfg.text_tokens, cfg.text_words) if cfg.text_tokens else None
     state = StateTokenizer(cfg.state_key, cfg.state_low, cfg.state_high, cfg.state_bins) if cfg.state_key else None
-    return Vocabulary(action, StepsToGoTokenizer(cfg.steps_to_go_bins, cfg.steps_to_go_max), text, state)
+    return Vocabulary(action, StepsToGoTokenizer(cfg.steps_to_go_bins, cfg.steps_to_go_max), text, state,
+                      tuple(cfg.cameras))

@@ -1,8 +1,10 @@
 """The vision-language EFM (RT-2 / PaliGemma pattern): frames and an instruction in, tokens out.
 
 Sequence = prefix + suffix. The prefix is read with full attention: the image tokens of two
-camera frames (the current and the previous one, Appendix D.1; the first and the last for the
-auxiliary instruction objective), the instruction's byte tokens, proprioception tokens where
+frames of each camera the tokenizer config names (`tokenizer.cameras`; the current and the
+previous one, Appendix D.1; the first and the last for the auxiliary instruction objective):
+one camera on the table, Aloha's two stacked images (D.3), all through one image tower, camera
+after camera in the sequence; then the instruction's tokens, proprioception tokens where
 the model reads them (E.2 appends them to the instruction), and the objective named in words
 ("act", "steps to go", "instruction"). The suffix is causal: a begin token, then the
 output tokens, so output k is predicted at suffix position k from the prefix and outputs < k.
@@ -22,7 +24,8 @@ from efm.models.llm import LLM, LayerCache
 from efm.models.tokenizers import TextTokenizer
 from efm.models.vit import ViT
 
-# IMAGE [B, F, H, W, C] uint8, TEXT [B, L] int32 bytes, STATE [B, S] int32 in 1..bins (optional)
+# IMAGE [B, F, H, W, C] uint8 (F = 2 frames x cameras: cam0 now, cam0 before, cam1 now, ...),
+# TEXT [B, L] int32 text tokens, STATE [B, S] int32 in 1..bins (optional)
 Inputs = dict[str, jax.Array]
 IMAGE, TEXT, STATE = "image", "text", "state"
 OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction"}
@@ -59,10 +62,10 @@ class VisionLanguageEFM(nn.Module):
 
     def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(embeddings [B, P, D], valid [B, P])."""
-        frames = inputs[IMAGE]  # [B, F, H, W, C]
+        frames = inputs[IMAGE]  # [B, F, H, W, C], F = 2 x cameras
         b, f = frames.shape[:2]
-        img = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]))
-        img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D]
+        img = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]))  # every frame, one tower
+        img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D], frame after frame
         prompt = jnp.asarray(objective_prompts())[objective]  # [B, PROMPT_LENGTH]
         words = [(inputs[TEXT], self.text_offset)]
         if STATE in inputs:  # after the instruction (E.2), before the objective's words

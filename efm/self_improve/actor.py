@@ -138,10 +138,15 @@ def detected_success(threshold: float) -> Callable[[TimeStep, dict[str, Array]],
     return end_on
 
 
-def label_episode(episode: Episode, gamma: float, spec: InputSpec) -> dict[str, np.ndarray]:
-    """Replay samples (o_t, a_t, g, R_t) for t < T, from the recorded d(o_t, g). [T, ...]"""
+def label_episode(episode: Episode, gamma: float, spec: InputSpec, success_bonus: float = 0.0,
+                  ) -> dict[str, np.ndarray]:
+    """Replay samples (o_t, a_t, g, R_t) for t < T, from the recorded d(o_t, g), plus
+    `success_bonus` on each step into a ground-truth success (self_improve.success_bonus). [T, ...]"""
     stg = np.asarray(episode.observation_extras[STEPS_TO_GO], np.float32)  # [T+1]
     rewards = math.self_improvement_reward(stg[:-1], stg[1:])  # [T]
+    if success_bonus:
+        success = np.asarray(episode.observation_extras[SUCCESS], bool)  # [T+1] ground truth
+        rewards = math.success_bonus_reward(rewards, success[1:], success_bonus)
     returns = np.asarray(math.monte_carlo_returns(jnp.asarray(rewards), gamma))
     inputs = {f"{INPUTS}{k}": v[:-1] for k, v in spec.episode_inputs(episode).items()}
     return {**inputs, ACTION_TOKENS: episode.action_extras[ACTION_TOKENS].astype(np.int32),
@@ -268,7 +273,7 @@ class Actor:
                 if monitor is not None:
                     monitor.episode_finished(call, key, summary)
                 if episode.length:
-                    samples = label_episode(episode, si.gamma, self._spec)
+                    samples = label_episode(episode, si.gamma, self._spec, si.success_bonus)
                     samples[SAMPLE_ID] = sample_ids(key, episode.length)
                     samples[POLICY_VERSION] = np.full(episode.length, version, np.int64)
                     self._replay.add_episode(samples)

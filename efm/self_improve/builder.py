@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
 import numpy as np
 
 from efm.config import RunConfig
@@ -98,6 +99,13 @@ class FleetBuilder:
 
     def spec(self) -> SampleSpec:
         return replay_spec(self.fns, self.cfg)
+
+    def init_params(self, seed: int) -> Any:
+        """Fresh weights for the config's model and inputs (fleet tests and benchmarks, where
+        the accounting, not learning, is measured; the pipeline starts from Stage 1's)."""
+        inputs = {k.removeprefix(INPUTS): np.zeros((1, *shape), dtype)
+                  for k, (shape, dtype) in self.spec().items() if k.startswith(INPUTS)}
+        return self.fns.init(jax.random.PRNGKey(seed), inputs)
 
     def make_replay_server(self, advertise_host: str = "localhost") -> ReverbReplay:
         """The Reverb server (in the calling process), its address naming `advertise_host`."""

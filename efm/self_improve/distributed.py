@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -205,14 +206,23 @@ class LearnerWorker:
         self._learner = builder.make_learner(params)
         self._replay = builder.connect_replay(replay_address)
         self._fns = builder.fns
+        self._lock = threading.Lock()
+        self._served: dict[int, int] = {}  # Version 1: actions served, by the policy version that chose them
 
     def run_round(self, learning_rate: float) -> tuple[dict[str, float], Any, dict[str, list[int]]]:
         metrics = self._learner.run_round(self._replay, learning_rate)
         return metrics, self._learner.get_variables(), self._learner.last_episodes
 
     def act(self, inputs: dict[str, np.ndarray], key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        actions, tokens = self._fns.sample_actions(self._learner.get_variables(), inputs, key)
+        version, params = self._learner.version, self._learner.get_variables()
+        actions, tokens = self._fns.sample_actions(params, inputs, key)
+        with self._lock:
+            self._served[version] = self._served.get(version, 0) + len(actions)
         return np.asarray(actions), np.asarray(tokens)
+
+    def actions_served(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._served)
 
     def version(self) -> int:
         return self._learner.version
@@ -302,7 +312,9 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
     def collect_round(params: Any, r: int, budget: int) -> list[dict[str, float]]:
         ray.get(monitor.round_started.remote(r))
         version = ray.get(learner.version.remote())
-        ref = ray.put(params)  # Version 2: one broadcast of the new weights to every actor
+        # Version 2: one broadcast of the new weights to every actor; Version 1: the learner
+        # holds them, nothing goes out.
+        ref = ray.put(params) if serve is None else None
         running: dict[Any, tuple[int, int, int]] = {}  # future -> (actor, call, cap)
 
         def launch(i: int, cap: int) -> None:
@@ -360,6 +372,7 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
         return {"faults": ledger.totals(), "service": service_stats,
                 "service_retries": sum(a["service_retries"] for a in actor_stats),  # since each actor's last start
                 "policy_inference": fc.policy_inference,
+                **({"actions_served_by_learner": ray.get(learner.actions_served.remote())} if serve is not None else {}),
                 "policy_latency_ms_p50": float(np.percentile(policy_ms, 50)) if len(lat) else 0.0,
                 "policy_latency_ms_p99": float(np.percentile(policy_ms, 99)) if len(lat) else 0.0}
 
@@ -451,6 +464,21 @@ def kill_actor_mid_episode(fleet: Fleet, index: int, version: int, spared: set[i
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def drilled_collect(fleet: Fleet, drill: Callable[[int], Any]) -> Callable[[Any, int, int], list[dict[str, float]]]:
+    """`fleet.collect_round`, with `drill(round)` run in a thread during each round (a fault
+    drill such as `kill_actor_mid_episode`); give it to `coordinator.coordinate`."""
+
+    def collect(params: Any, r: int, budget: int) -> list[dict[str, float]]:
+        thread = threading.Thread(target=drill, args=(r,))
+        thread.start()
+        try:
+            return fleet.collect_round(params, r, budget)
+        finally:
+            thread.join()
+
+    return collect
 
 
 def kill_service(fleet: Fleet) -> int:

@@ -76,12 +76,14 @@ def draw_without_replacement(episodes: list[dict[str, np.ndarray]], num: int, rn
     return {k: v[pick] for k, v in data.items()}
 
 
-def check_on_policy(episodes: list[dict[str, np.ndarray]], version: int) -> None:
-    """Every sample must come from the policy the learner is about to update (Algorithm 1)."""
+def check_on_policy(episodes: list[dict[str, np.ndarray]], version: int) -> int:
+    """Every sample must come from the policy the learner is about to update (Algorithm 1).
+    Returns the version the samples carry (-1 for none)."""
     versions = sorted({int(v) for e in episodes for v in np.unique(e[POLICY_VERSION])})
     if versions and versions != [version]:
         raise ValueError(f"off-policy samples: the replay holds policy versions {versions}, "
                          f"the learner is at version {version}")
+    return versions[0] if versions else -1
 
 
 class Learner:
@@ -140,7 +142,7 @@ class Learner:
         held_episodes = replay.num_episodes()
         episodes = replay.take_episodes(held_episodes) if held_episodes else []
         replay.clear()  # on-policy: whatever was not drawn is discarded
-        check_on_policy(episodes, self.version)
+        sample_version = check_on_policy(episodes, self.version)
         held = int(sum(len(e[RETURN]) for e in episodes))
         num_updates = min(cfg.updates_per_round, held // cfg.batch_size)
         data = draw_without_replacement(episodes, num_updates * cfg.batch_size,
@@ -156,5 +158,6 @@ class Learner:
         self.version += 1
         lr = cfg.learning_rate if learning_rate is None else learning_rate
         return {"updates": float(num_updates), "learning_rate": lr, "samples_held": float(held),
+                "policy_version": float(sample_version),  # read off the samples: the weights that acted
                 "samples_used": float(num_updates * cfg.batch_size),
                 **{k: float(np.mean([m[k] for m in metrics])) for k in (metrics[0] if metrics else {})}}

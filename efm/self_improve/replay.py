@@ -9,6 +9,9 @@ implementation, so a successor can replace Reverb without touching either side.
 
 Without-replacement comes from the table itself (`max_times_sampled=1` deletes an item as it is
 drawn), so several learner processes cannot take the same episode twice either.
+
+Reverb (and TensorFlow with it, seconds to import) is imported where it is used, so a process
+that only names these types (a Ray steps-to-go service, a monitor) never loads it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import numpy as np
-import reverb
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import reverb
+    import tensorflow as tf
 
 # key -> (per-step shape, dtype). Flat on purpose: keys like "observation/image" keep the
 # structure readable while every backend (Reverb, arrays on disk, shared memory) can store it.
@@ -79,6 +84,8 @@ def spec_from_samples(samples: Mapping[str, np.ndarray]) -> SampleSpec:
 
 def _signature(spec: SampleSpec) -> dict[str, tf.TensorSpec]:
     """An item is one episode: every field gets a leading [T] axis of any length."""
+    import tensorflow as tf
+
     return {k: tf.TensorSpec((None, *shape), tf.as_dtype(dt)) for k, (shape, dt) in spec.items()}
 
 
@@ -91,7 +98,12 @@ def _spec_from_signature(signature: Mapping[str, tf.TensorSpec]) -> SampleSpec:
 # The step tally: one tiny item per step, written with the episode's item by the same writer
 # in the same flush, so that `size()` counts steps (Reverb's table info counts items).
 _STEPS_COLUMN = "__steps"
-_TALLY_SIGNATURE = {_STEPS_COLUMN: tf.TensorSpec((), tf.int32)}
+
+
+def _tally_signature() -> dict[str, tf.TensorSpec]:
+    import tensorflow as tf
+
+    return {_STEPS_COLUMN: tf.TensorSpec((), tf.int32)}
 
 
 _FLUSH_EVERY = 16  # tally items per flush: the episode item is sent (whole) by the first one
@@ -120,6 +132,9 @@ class ReverbReplay:
         timeout_s: float = 30.0,
     ) -> None:
         """Prefer `local`/`connect`; `timeout_s` bounds every blocking call to the server."""
+        import reverb
+        import tensorflow as tf
+
         self._address = address
         self._spec = normalize_spec(spec)
         self._table = table
@@ -147,6 +162,8 @@ class ReverbReplay:
         what `address` advertises; pass `socket.gethostname()` (or use `advertise_host`) when
         actors on other machines must connect, the server listens on all interfaces anyway.
         """
+        import reverb
+
         spec = normalize_spec(spec)
 
         def make_table(name: str, signature: dict[str, tf.TensorSpec]) -> reverb.Table:
@@ -161,7 +178,7 @@ class ReverbReplay:
             )
 
         server = reverb.Server(
-            tables=[make_table(table, _signature(spec)), make_table(_tally(table), _TALLY_SIGNATURE)],
+            tables=[make_table(table, _signature(spec)), make_table(_tally(table), _tally_signature())],
             port=port,
         )
         return cls(f"{host}:{server.port}", spec, table=table, server=server, timeout_s=timeout_s)
@@ -180,6 +197,8 @@ class ReverbReplay:
         A given spec is checked against the table's signature so a mismatched actor fails
         here, not at its first write.
         """
+        import reverb
+
         client = reverb.Client(address)
         info = client.server_info(timeout=max(1, int(np.ceil(timeout_s))))
         if table not in info or _tally(table) not in info:
@@ -287,6 +306,9 @@ class ReverbReplay:
         """
         if num < 1:
             raise ValueError(f"num must be >= 1, got {num}")
+        import reverb
+        import tensorflow as tf
+
         held = self.num_episodes()
         if num > held:
             raise ValueError(f"cannot take {num} episodes without replacement: replay holds {held}")

@@ -12,14 +12,21 @@ from efm.sft.trainer import load_history, restore_params
 
 SELECTION = "selection.json"
 POLICY, REWARD = "policy", "reward"
+PAST_BEST_BC = "past_best_bc:"
 
 
 def pick_step(history: list[dict[str, float]], rule: str) -> int:
-    """The evaluation step that a rule selects: best_<objective>, last, or step:N."""
+    """The evaluation step that a rule selects: best_<objective>, last, step:N, or
+    past_best_bc:F, the last step at or before F times the best BC validation loss's step
+    (Appendix B: Aloha's policy needed Stage 1 trained well past it; the last step if training
+    ended before F times it)."""
     if not history:
         raise ValueError("empty SFT history: nothing to select from")
     if rule == "last":
         return int(history[-1]["step"])
+    if rule.startswith(PAST_BEST_BC):
+        target = pick_step(history, "best_bc") * float(rule[len(PAST_BEST_BC):])
+        return max(int(h["step"]) for h in history if h["step"] <= target)
     if rule.startswith("step:"):
         want = int(rule[5:])
         steps = [int(h["step"]) for h in history]

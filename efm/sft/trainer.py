@@ -10,6 +10,7 @@ trained on, ends exactly where an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -159,10 +160,17 @@ class SftResult:
     final_step: int
 
 
-def _keep_steps(history: list[dict[str, float]], budget: int) -> set[int]:
-    """Checkpoints worth keeping: the latest and the best per objective, then the most recent."""
+def _keep_steps(history: list[dict[str, float]], budget: int, rules: tuple[str, ...] = ()) -> set[int]:
+    """Checkpoints worth keeping: the latest, the best per objective and what the selection
+    `rules` pick so far, then the most recent. (A past_best_bc pick, once made, stays the pick:
+    the best BC step came before it, so later steps change neither.)"""
+    from efm.sft.select import pick_step  # select imports this module
+
     steps = [int(h["step"]) for h in history]
     keep = {steps[-1]}
+    for rule in rules:
+        with contextlib.suppress(ValueError):  # step:N before step N
+            keep.add(pick_step(history, rule))
     for key in [k for k in history[-1] if k.startswith("val/")]:
         keep.add(int(min(history, key=lambda h, k=key: h[k])["step"]))
     for s in reversed(steps):
@@ -227,7 +235,8 @@ def run_sft(cfg: RunConfig, train_dir: str | os.PathLike[str], validation_dir: s
                 checkpoints.save_step(manager, done, state._asdict())
                 if jax.process_index() == 0:
                     _write_history(workdir, history)
-                for s in set(manager.all_steps()) - _keep_steps(history, sft.max_checkpoints):
+                rules = (cfg.select.policy_rule, cfg.select.reward_rule)
+                for s in set(manager.all_steps()) - _keep_steps(history, sft.max_checkpoints, rules):
                     manager.delete(s)
                 if on_checkpoint is not None:
                     on_checkpoint(done)

@@ -30,6 +30,32 @@ RGB_WRIST = "rgb_wrist"  # left wrist over right wrist
 NOMINAL_LENGTH = 17  # chunks the noise-free scripted demonstration takes (8.5 s): optimal_length
 
 
+def figure_frames(cfg: AlohaConfig, observations: dict[str, Array], steps: Array) -> Array | None:
+    """Frames of recorded observations `steps` for figures (Figures 2-3, 7): the two stacked
+    images side by side, [len(steps), 2 * view_height + band, 2 * view_width + band, 3]. Recorded
+    images where the episode has them; else the scene rendered from the recorded state (joints,
+    peg and socket poses: a kinematic render, objects and arms where they were, at rest); None
+    when the episode has neither (no state observation, no images)."""
+    steps = np.asarray(steps, int)
+    if RGB in observations and RGB_WRIST in observations:
+        pairs = [(observations[RGB][t], observations[RGB_WRIST][t]) for t in steps]
+    elif all(k in observations for k in (JOINTS, PEG_POSE, SOCKET_POSE)):
+        physics = scene.load_physics()
+        try:
+            pairs = []
+            for t in steps:
+                scene.set_state(physics, scene.unnormalize_joints(observations[JOINTS][t]),
+                                observations[PEG_POSE][t], observations[SOCKET_POSE][t])
+                pairs.append(scene.stacked_images(scene.render_views(physics, cfg.view_height, cfg.view_width),
+                                                  cfg.band_height))
+        finally:
+            physics.free()
+    else:
+        return None
+    gap = cfg.band_height
+    return np.stack([np.concatenate([a, np.zeros((a.shape[0], gap, 3), a.dtype), b], axis=1) for a, b in pairs])
+
+
 def validated_chunks(actions: Array, num_envs: int, chunk_length: int) -> Array:
     """[N, 14 * chunk] actions -> [N, chunk, 14] joint targets, clipped to [-1, 1]."""
     a = np.asarray(actions, np.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -12,13 +12,29 @@ import numpy as np
 import pytest
 import ray
 
-from efm.config import RunConfig, debug_config
+from efm.config import FleetConfig, RunConfig, debug_config
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.self_improve.builder import FleetBuilder
 from efm.self_improve.coordinator import coordinate
-from efm.self_improve.distributed import kill_actor_mid_episode, kill_service, wait_mid_episode
+from efm.self_improve.distributed import (
+    drilled_collect,
+    kill_actor_mid_episode,
+    kill_service,
+    start_ray,
+    wait_mid_episode,
+)
 from efm.self_improve.loop import SelfImproveResult, self_improve, stop_file
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    """One embedded Ray for this module's fleets (each start costs 10-30 s on 2 cores); a
+    fleet's close() leaves a Ray it did not start running."""
+    started = start_ray("", "127.0.0.1")
+    yield
+    if started:
+        ray.shutdown()
 
 
 def tiny(runtime: str = "single_process", **changes: object) -> RunConfig:
@@ -30,9 +46,7 @@ def tiny(runtime: str = "single_process", **changes: object) -> RunConfig:
 
 
 def params(cfg: RunConfig, seed: int) -> dict:
-    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
-    inputs = {"observation/position": np.zeros((1, 2), np.float32), "goal/target": np.zeros((1, 2), np.float32)}
-    return fns.init(jax.random.PRNGKey(seed), inputs)
+    return FleetBuilder(cfg).init_params(seed)
 
 
 def run(cfg: RunConfig, **kwargs: object) -> SelfImproveResult:
@@ -85,7 +99,7 @@ def test_stop_file_ends_running_episodes(tmp_path: Path) -> None:
     assert interrupt() is False
 
 
-def test_ray_fleet_survives_a_killed_actor_and_a_killed_service() -> None:
+def test_ray_fleet_survives_a_killed_actor_and_a_killed_service(ray_session: object) -> None:
     """Real embedded Ray, real Reverb: actor 0 is SIGKILLed mid-episode in round 0, the
     steps-to-go service mid-round in round 1; both rounds complete."""
     cfg = tiny("ray", num_actors=2, max_episodes=20, max_rounds=2, batch_size=16)
@@ -100,12 +114,7 @@ def test_ray_fleet_survives_a_killed_actor_and_a_killed_service() -> None:
         elif wait_mid_episode(fleet, 1, r) is not None:
             service_kills.append(kill_service(fleet))
 
-    def collect(p: object, r: int, budget: int) -> list[dict[str, float]]:
-        thread = threading.Thread(target=drill, args=(r,))
-        thread.start()
-        out = fleet.collect_round(p, r, budget)
-        thread.join()
-        return out
+    collect = drilled_collect(fleet, drill)
 
     try:
         result = coordinate(si, params(cfg, 0), collect, fleet.learn_round, progress=False)
@@ -127,6 +136,28 @@ def test_ray_fleet_survives_a_killed_actor_and_a_killed_service() -> None:
         assert held == row["episodes"] - row["episodes_cut_by_fault"] - row["writes_cut_by_fault"]
     assert result.rounds[1]["samples_held"] == result.rounds[1]["env_steps"]  # no actor died in round 1
     assert int(live["0"]["pid"]) != killed[0]  # actor 0 was restarted and rejoined
+
+
+def test_version_1_serves_actions_from_the_learner(ray_session: object) -> None:
+    """Version 1 on Ray: no weights go to the actor; the learner serves every action between
+    its updates, with the weights of the round, and each round's samples carry that round's
+    policy version. Given the same random keys the learner's actions are the actor's own, so
+    one actor on Ray gives the single-process rounds."""
+    cfg = tiny("ray", max_episodes=12, fleet=FleetConfig(policy_inference="learner"))
+    result = run(cfg)
+    check_rounds(result, cfg)
+    assert len(result.rounds) >= 2 and result.total_episodes == cfg.self_improve.max_episodes
+    assert [r["policy_version"] for r in result.rounds] == [float(r) for r in range(len(result.rounds))]
+    assert result.fleet["policy_inference"] == "learner" and result.fleet["policy_latency_ms_p50"] > 0
+    served = result.fleet["actions_served_by_learner"]  # policy version -> actions
+    assert sorted(served) == list(range(len(result.rounds)))  # every round's actions, by that round's weights
+    num_envs = cfg.self_improve.num_envs
+    for r, row in enumerate(result.rounds):  # every step's action; each call asks for all N envs'
+        assert row["env_steps"] <= served[r] <= num_envs * row["env_steps"]
+    single = run(tiny(max_episodes=12))
+    assert [r["episodes"] for r in result.rounds] == [r["episodes"] for r in single.rounds]
+    assert [r["env_steps"] for r in result.rounds] == [r["env_steps"] for r in single.rounds]
+    np.testing.assert_allclose([r["loss"] for r in result.rounds], [r["loss"] for r in single.rounds], rtol=1e-4)
 
 
 def test_single_process_run_is_reproducible() -> None:

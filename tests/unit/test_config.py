@@ -138,3 +138,21 @@ def test_table_workspace_matches_the_simulator() -> None:
     tok = default_config("tabletop").tokenizer
     assert tok.state_key == "effector_translation"
     assert (tok.state_low, tok.state_high) == TABLE_WORKSPACE
+
+
+def test_aloha_camera_config_reads_what_the_env_observes() -> None:
+    """The vision-language Aloha config: the env's two stacked images and its joints (config
+    cannot import the env, so the keys are repeated there), no privileged poses; JSON round trip."""
+    from efm.config import MODEL_VARIANTS, TransformerVariant, aloha_camera_config
+    from efm.envs.aloha import env
+
+    cfg = aloha_camera_config()
+    assert cfg.tokenizer.cameras == (env.RGB, env.RGB_WRIST) and cfg.tokenizer.state_key == env.JOINTS
+    assert cfg.env.aloha.render_images and not cfg.env.aloha.state_observation
+    assert isinstance(MODEL_VARIANTS[cfg.model.variant], TransformerVariant)
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+    assert default_config("aloha-insertion").tokenizer.cameras == ("rgb",)  # state mode: no cameras read
+    with pytest.raises(ValueError, match=r"model\.variant"):
+        aloha_camera_config(variant="mlp-tiny")
+    with pytest.raises(ValueError, match=r"env\.domain"):
+        aloha_camera_config(default_config("tabletop"))

@@ -117,3 +117,14 @@ def test_masked_mean() -> None:
     mask = jnp.asarray([True, True, True, False])
     assert float(math.masked_mean(x, mask)) == pytest.approx(2.0)
     assert float(math.masked_mean(x, jnp.zeros(4, bool))) == 0.0
+
+
+def test_success_bonus_reward_matches_loop() -> None:
+    rng = np.random.default_rng(3)
+    rewards = rng.normal(size=15).astype(np.float32)
+    success = rng.uniform(size=15) < 0.4
+    expected = [rewards[t] + (0.25 if success[t] else 0.0) for t in range(15)]
+    got = np.asarray(math.success_bonus_reward(jnp.asarray(rewards), jnp.asarray(success), 0.25))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(math.success_bonus_reward(jnp.asarray(rewards), jnp.asarray(success), 0.0)),
+                                  rewards)

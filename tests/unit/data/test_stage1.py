@@ -138,3 +138,59 @@ def test_training_batches_split_objectives_shuffle_and_resume(table_dir: Path) -
 def test_a_dataset_without_frames_is_refused_by_the_vision_language_model(point_dir: Path) -> None:
     with pytest.raises(rlds.DatasetError, match="camera frames 'rgb'"):
         Stage1Data(table_config()).check(point_dir)
+
+
+def aloha_episode(t: int, seed: int) -> Episode:
+    """Aloha as the vision-language model reads it: two stacked camera images and 14 joints."""
+    rng = np.random.default_rng(seed)
+    return Episode(
+        observations={"rgb": rng.integers(0, 256, (t + 1, 10, 8, 3)).astype(np.uint8),
+                      "rgb_wrist": rng.integers(0, 256, (t + 1, 10, 8, 3)).astype(np.uint8),
+                      "joints": rng.uniform(-1, 1, (t + 1, 14)).astype(np.float32)},
+        actions=rng.uniform(-1, 1, (t, 70)).astype(np.float32),
+        instruction="insert the red peg into the blue socket", success=True, episode_id=f"ep-{seed}")
+
+
+ALOHA = [aloha_episode(3, 0), aloha_episode(2, 1)]
+
+
+def aloha_config() -> RunConfig:
+    from efm.config import aloha_camera_config
+
+    cfg = aloha_camera_config(debug_config("aloha-insertion"))
+    return cfg.replace(sft=dataclasses.replace(cfg.sft, validation_batch_size=3))
+
+
+def test_two_cameras_give_four_frames_in_order() -> None:
+    """Aloha's two stacked images: each camera's current and previous frame, camera after camera."""
+    spec = input_spec(make_vocabulary(aloha_config().tokenizer))
+    assert spec.cameras == ("rgb", "rgb_wrist")
+    e = ALOHA[0]
+    got = spec.episode_inputs(e)
+    assert got[IMAGE].shape == (4, 4, 10, 8, 3) and got[STATE].shape == (4, 14) and got[TEXT].shape == (4, 8)
+    rgb, wrist = e.observations["rgb"], e.observations["rgb_wrist"]
+    np.testing.assert_array_equal(got[IMAGE][2], np.stack([rgb[2], rgb[1], wrist[2], wrist[1]]))
+    np.testing.assert_array_equal(got[IMAGE][0], np.stack([rgb[0], rgb[0], wrist[0], wrist[0]]))
+    np.testing.assert_array_equal(got[STATE], spec.state.encode(e.observations["joints"]))
+    np.testing.assert_array_equal(spec.first_last_inputs(ALOHA)[IMAGE][1],
+                                  np.stack([ALOHA[1].observations[k][i] for k in ("rgb", "rgb_wrist") for i in (0, -1)]))
+    odd = {**e.observations, "rgb_wrist": e.observations["rgb_wrist"][:, :6]}
+    with pytest.raises(ValueError, match="different shapes"):
+        spec.inputs({k: v[:1] for k, v in odd.items()}, None, {}, ["x"])
+    with pytest.raises(KeyError, match="rgb_wrist"):
+        spec.inputs({"rgb": rgb[:1]}, None, {}, ["x"])
+
+
+@pytest.mark.parametrize("objective", ["bc", "steps_to_go"])
+def test_streamed_two_camera_samples_equal_in_memory_ones(tmp_path: Path, objective: str) -> None:
+    directory = rlds.write_episodes(ALOHA, tmp_path / "ds")
+    cfg = aloha_config()
+    got, want = streamed(directory, cfg, objective), expected(ALOHA, cfg, objective)
+    assert set(got) == set(want) | {"objective"} and got[IMAGE].shape[1:] == (4, 10, 8, 3)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    missing = rlds.write_episodes([dataclasses.replace(e, observations={k: v for k, v in e.observations.items()
+                                                                       if k != "rgb_wrist"}) for e in ALOHA],
+                                  tmp_path / "one_camera")
+    with pytest.raises(rlds.DatasetError, match="camera frames 'rgb_wrist'"):
+        Stage1Data(cfg).check(missing)

@@ -47,3 +47,56 @@ def test_different_policies_see_identical_task_lists(monkeypatch: pytest.MonkeyP
     assert order_a != order_b  # the episodes finished in different orders
     assert a == b  # yet every (env, episode index) ran the same (start, target)
     assert len(set(a.values())) == len(a)  # and the tasks are distinct
+
+
+def test_aloha_steps_to_go_strip_is_written_for_a_tiny_model(tmp_path) -> None:
+    """Figures 2-3 for an Aloha episode in state mode: the scene rendered from the recorded
+    state, each frame with the predicted steps-to-go distribution and d(o, g); a PNG, logged
+    with the evaluation's other *.png."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    from PIL import Image
+
+    from efm.data.features import input_spec
+    from efm.domains import figure_frames, make_local_env
+    from efm.envs.base import Episode
+    from efm.models.efm import make_functions
+    from efm.models.tokenizers import make_vocabulary
+    from efm.stages import write_episode_figures
+
+    cfg = debug_config("aloha-insertion")
+    cfg = cfg.replace(eval=dataclasses.replace(cfg.eval, strip_frames=3))
+    env = make_local_env(cfg.env, 1, seed=0)
+    ts = env.reset()
+    obs, actions = [ts.observation], []
+    for _ in range(3):  # hold the current joints for a chunk
+        a = np.tile(ts.observation["joints"], (1, cfg.env.aloha.chunk_length))
+        ts = env.step(a)
+        obs.append(ts.observation)
+        actions.append(a[0])
+    env.close()
+    episode = Episode(observations={k: np.concatenate([o[k] for o in obs]) for k in obs[0]},
+                      actions=np.stack(actions).astype(np.float32), instruction=ts.instruction[0], success=False,
+                      episode_id="eval-0-0")
+    aloha = cfg.env.aloha
+    frames = figure_frames(cfg.env, episode, np.array([0, 3]))
+    assert frames.shape == (2, 2 * aloha.view_height + aloha.band_height, 2 * aloha.view_width + aloha.band_height, 3)
+    assert frames.std() > 10  # a rendered scene, not a blank image
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    x = {k: jnp.asarray(v) for k, v in input_spec(fns.vocab).episode_inputs(episode).items()}
+    params = jax.jit(fns.init)(jax.random.PRNGKey(0), x)
+    write_episode_figures(cfg, fns, params, {"SFT (Stage 1)": [episode]}, tmp_path)
+    png = tmp_path / "steps_to_go_sft.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as img:
+        assert img.size[0] > 300 and img.size[1] > 200 and np.asarray(img).std() > 10
+    assert not list(tmp_path.glob("*.gif"))  # state mode: no camera frames to animate
+    # With cameras the recorded stacked images are shown side by side, nothing rendered.
+    images = {"rgb": np.full((4, 6, 5, 3), 10, np.uint8), "rgb_wrist": np.full((4, 6, 5, 3), 200, np.uint8)}
+    shown = figure_frames(cfg.env, dataclasses.replace(episode, observations=images), np.array([1, 2]))
+    assert shown.shape == (2, 6, 5 + aloha.band_height + 5, 3)
+    assert (shown[:, :, :5] == 10).all() and (shown[:, :, -5:] == 200).all()
+    assert figure_frames(debug_config().env, dataclasses.replace(episode, observations={"position": np.zeros((4, 2))}),
+                         np.array([0])) is None  # pointmass: its figure is the trajectory plot

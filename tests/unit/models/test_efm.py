@@ -129,3 +129,32 @@ def test_image_input_creates_vision_encoder_params() -> None:
     ctx_a = fns.model.apply({"params": with_image}, x, method=MlpEFM.encode)
     ctx_b = fns.model.apply({"params": with_image}, other, method=MlpEFM.encode)
     assert np.abs(np.asarray(ctx_a) - np.asarray(ctx_b)).max() > 1e-6
+
+
+def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing() -> None:
+    """Aloha's quick runs: an MLP variant reads the joints and the peg and socket poses; its
+    decoding state gives the teacher-forced logits of all 70 action tokens."""
+    from efm.config import default_config
+    from efm.models.tokenizers import make_vocabulary
+
+    cfg = default_config("aloha-insertion")
+    fns = make_functions(ModelConfig(variant="mlp-tiny"), make_vocabulary(cfg.tokenizer))
+    rng = np.random.default_rng(0)
+    x = {"observation/joints": jnp.asarray(rng.uniform(-1, 1, (B, 14)), jnp.float32),
+         "observation/peg_pose": jnp.asarray(rng.normal(size=(B, 7)), jnp.float32),
+         "observation/socket_pose": jnp.asarray(rng.normal(size=(B, 7)), jnp.float32)}
+    params = jax.jit(fns.init)(jax.random.PRNGKey(0), x)
+    obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    tokens = jnp.asarray(rng.integers(0, 256, (B, 70)), jnp.int32)
+    full = np.asarray(jax.jit(lambda p, x, t: fns.model.apply({"params": p}, x, obj, t))(params, x, tokens))
+    logits, state = jax.jit(lambda p, x: fns.model.apply({"params": p}, x, obj, 70, method="prefill"))(params, x)
+    step = jax.jit(lambda p, s, t, k: fns.model.apply({"params": p}, s, t, k, method="decode_step"))
+    got = [np.asarray(logits)]
+    for k in range(69):
+        logits, state = step(params, state, tokens[:, k], jnp.int32(k))
+        got.append(np.asarray(logits))
+    np.testing.assert_allclose(np.stack(got, axis=1), full, rtol=1e-5, atol=1e-5)
+    actions, sampled = fns.sample_actions(params, x, jax.random.PRNGKey(1))
+    assert actions.shape == (B, 70) and sampled.shape == (B, 70) and np.abs(actions).max() <= 1
+    d = np.asarray(fns.steps_to_go(params, x))
+    assert d.shape == (B,) and np.all((d >= 0) & (d <= 300))

@@ -176,3 +176,45 @@ def test_state_tokenizer_config_is_checked() -> None:
         TokenizerConfig(state_key="e")
     with pytest.raises(ValueError, match="state_high"):
         TokenizerConfig(state_key="e", state_low=(1.0,), state_high=(0.0,))
+
+
+def test_aloha_tokenization_as_configured() -> None:
+    """Appendix E.2 from the aloha-insertion config: 70 action tokens of 256 uniform bins over
+    [-1, 1] (14 joints x a chunk of 5), 14 joint-input tokens of 256 bins after the instruction,
+    steps-to-go 0..300 one token per value (301 tokens)."""
+    from efm.config import aloha_camera_config, default_config
+
+    state_mode = make_vocabulary(default_config("aloha-insertion").tokenizer)
+    assert state_mode.action == ALOHA and state_mode.state is None and state_mode.text is None
+    vocab = make_vocabulary(aloha_camera_config().tokenizer)
+    assert vocab.action == ALOHA and vocab.max_target_length == 70
+    assert vocab.state == StateTokenizer("joints", (-1.0,) * 14, (1.0,) * 14, bins=256)
+    assert vocab.cameras == ("rgb", "rgb_wrist")
+    stg = vocab.steps_to_go
+    assert stg.vocab_size == 301
+    np.testing.assert_array_equal(stg.bin_values(), np.arange(301))
+    np.testing.assert_array_equal(stg.encode(np.arange(302)), np.minimum(np.arange(302), 300))
+
+    rng = np.random.default_rng(0)
+    centres = ALOHA.decode(rng.integers(0, 256, (50, 70)))  # 70-token round trip, exact at bin centres
+    tokens = vocab.action_targets(centres)
+    assert tokens.shape == (50, 70) and tokens.min() >= 0 and tokens.max() < 256
+    np.testing.assert_array_equal(vocab.action_from_tokens(tokens), centres)
+    a = rng.uniform(-1, 1, (200, 70))
+    assert np.abs(vocab.action_from_tokens(vocab.action_targets(a)) - a).max() <= 1 / 255 + 1e-6  # half a bin
+
+    joints = vocab.state.decode(rng.integers(1, 257, (50, 14)))  # 14-token round trip
+    j_tokens = vocab.state.encode(joints)
+    assert j_tokens.shape == (50, 14) and j_tokens.min() >= 1 and j_tokens.max() <= 256
+    np.testing.assert_allclose(vocab.state.decode(j_tokens), joints, atol=1e-6)
+    j = rng.uniform(-1, 1, (200, 14))
+    assert np.abs(vocab.state.decode(vocab.state.encode(j)) - j).max() <= 1 / 255 + 1e-6
+    assert vocab.text.encode(["insert the red peg into the blue socket"])[0].tolist() == [
+        256, 259, 261, 263, 265, 259, 267, 269]  # one token per word, all 8 fit
+
+
+def test_camera_keys_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"tokenizer\.cameras"):
+        TokenizerConfig(cameras=())
+    with pytest.raises(ValueError, match=r"tokenizer\.cameras"):
+        TokenizerConfig(cameras=("rgb", "rgb"))

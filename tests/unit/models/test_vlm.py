@@ -197,3 +197,56 @@ def test_conv_stem_keeps_one_token_per_patch() -> None:
     with pytest.raises(ValueError, match="patch"):
         TransformerVariant(patch=(18, 32), vit_width=8, vit_depth=1, vit_heads=1, vit_mlp=8, width=8, depth=1,
                            heads=1, head_dim=8, mlp=8, stem=(4, 4))
+
+
+def test_aloha_two_cameras_and_70_tokens_cached_equals_full() -> None:
+    """Aloha with cameras: the two stacked images' current and previous frames (4 frames of
+    124x80, 16 image tokens each), the instruction and 14 joint tokens; decoding the 70 action
+    tokens with the prefix encoded once equals re-running the whole sequence per token."""
+    from efm.config import aloha_camera_config
+
+    cfg = aloha_camera_config()
+    aloha = cfg.env.aloha
+    h, w = 2 * aloha.view_height + aloha.band_height, aloha.view_width
+    vocab = make_vocabulary(cfg.tokenizer)
+    fns = make_functions(cfg.model, vocab)
+    rng = np.random.default_rng(4)
+    x = {IMAGE: jnp.asarray(rng.integers(0, 256, (B, 4, h, w, 3)), jnp.uint8),
+         TEXT: jnp.asarray(vocab.text.encode(["insert the red peg into the blue socket"] * B)),
+         STATE: jnp.asarray(vocab.state.encode(rng.uniform(-1, 1, (B, 14))))}
+    params = jax.jit(fns.init)(jax.random.PRNGKey(0), x)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v * 100 if "input_embedding" in jax.tree_util.keystr(p) else v, params)
+    assert params["vision_encoder"]["pos_embedding"].shape[1] == 16  # 4x4 patches of 31x20
+    prefix = jax.jit(lambda p, x, o: fns.model.apply({"params": p}, x, o, method="prefix"))
+    emb, _ = prefix(params, x, jnp.zeros((B,), jnp.int32))
+    assert emb.shape[1] == 4 * 16 + 8 + 14 + 11  # frames, instruction words, joints, "steps to go" prompt
+    obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    # Inputs are arguments, not closed over: XLA would constant-fold the image tower otherwise.
+    forward = jax.jit(lambda p, x, t: fns.model.apply({"params": p}, x, obj, t))
+    first = np.asarray(forward(params, x, jnp.zeros((B, 1), jnp.int32)))
+    for changed in (x[IMAGE].at[:, 3].set(0), x[IMAGE].at[:, 0].set(0)):  # the wrist's previous frame, the top's
+        assert not np.allclose(first, forward(params, {**x, IMAGE: changed}, jnp.zeros((B, 1), jnp.int32)), atol=1e-4)
+    tokens = jnp.asarray(rng.integers(0, 256, (B, 70)), jnp.int32)  # any 70 tokens: every position's logits
+    full = np.asarray(forward(params, x, tokens))
+    logits, state = jax.jit(lambda p, x: fns.model.apply({"params": p}, x, obj, 70, method="prefill"))(params, x)
+    step = jax.jit(lambda p, s, t, k: fns.model.apply({"params": p}, s, t, k, method="decode_step"))
+    got = [np.asarray(logits)]
+    for k in range(69):
+        logits, state = step(params, state, tokens[:, k], jnp.int32(k))
+        got.append(np.asarray(logits))
+    np.testing.assert_allclose(np.stack(got, axis=1), full, rtol=1e-4, atol=1e-3)
+    # Greedy decoding through the cache (one prefix pass, a scan of 69 steps) against the full
+    # sequence re-run per token.
+    cached = np.asarray(fns.sample_action_tokens(params, x, jax.random.PRNGKey(0), True))
+    valid = fns.vocab.valid_tokens("bc")
+    greedy = np.zeros((B, 70), np.int32)
+    for k in range(70):
+        logits = np.asarray(forward(params, x, jnp.asarray(greedy)))[:, k]
+        greedy[:, k] = np.where(valid[k], logits, -1e9).argmax(-1)
+    np.testing.assert_array_equal(cached, greedy)
+    actions, sampled = fns.sample_actions(params, x, jax.random.PRNGKey(1))
+    assert actions.shape == (B, 70) and np.abs(actions).max() <= 1
+    np.testing.assert_array_equal(actions, vocab.action_from_tokens(sampled))
+    d = np.asarray(fns.steps_to_go(params, x))
+    assert d.shape == (B,) and np.all((d >= 0) & (d <= 300))

@@ -57,6 +57,31 @@ def test_label_episode_returns_match_loop(gamma: float) -> None:
     assert {v.shape[0] for v in out.values()} == {12}
 
 
+def test_success_bonus_is_added_while_ground_truth_success_holds() -> None:
+    """Section 4.1.3 (Aloha): r_t + bonus when o_{t+1} is a ground-truth success; off: Eq. 2 alone."""
+    from efm.rollout import SUCCESS
+
+    e = make_episode(10, seed=2)
+    success = np.zeros(11, bool)
+    success[7:] = True  # reached at o_7, held (not yet detected) to the end
+    e.observation_extras[SUCCESS] = success
+    d = e.observation_extras[STEPS_TO_GO].astype(np.float64)
+    rewards = [d[t] - d[t + 1] + (0.5 if success[t + 1] else 0.0) for t in range(10)]
+    expected = [sum(0.9 ** (i - t) * rewards[i] for i in range(t, 10)) for t in range(10)]
+    np.testing.assert_allclose(label_episode(e, 0.9, InputSpec(None), 0.5)[RETURN], expected, rtol=1e-5, atol=1e-4)
+    plain = [sum(0.9 ** (i - t) * (d[i] - d[i + 1]) for i in range(t, 10)) for t in range(10)]
+    np.testing.assert_allclose(label_episode(e, 0.9, InputSpec(None))[RETURN], plain, rtol=1e-5, atol=1e-4)
+
+
+def test_success_bonus_is_configured_for_aloha_only() -> None:
+    from efm.config import DOMAINS, default_config
+
+    for domain in DOMAINS:
+        assert (default_config(domain).self_improve.success_bonus > 0) == (domain == "aloha-insertion"), domain
+    with pytest.raises(ValueError, match=r"self_improve\.success_bonus"):
+        SelfImproveConfig(success_bonus=-1.0)
+
+
 def test_detected_success_ends_on_threshold() -> None:
     end_on = detected_success(1.0)
     np.testing.assert_array_equal(end_on(None, {STEPS_TO_GO: np.array([0.5, 1.0, 1.5])}), [True, True, False])

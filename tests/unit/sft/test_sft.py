@@ -112,6 +112,32 @@ def test_pick_step_rules() -> None:
         pick_step([], "last")
 
 
+def test_past_best_bc_rule_trains_well_past_the_best() -> None:
+    """Appendix B (Aloha): the policy from F times the best BC step, the last step when
+    training ended sooner; other domains keep best_bc."""
+    from efm.config import DOMAINS, default_config
+    from efm.sft.trainer import _keep_steps
+
+    assert pick_step(HISTORY, "past_best_bc:1") == 20  # best_bc at step 20
+    assert pick_step(HISTORY, "past_best_bc:1.5") == 30
+    assert pick_step(HISTORY, "past_best_bc:2") == 40
+    assert pick_step(HISTORY, "past_best_bc:50") == 40  # training ended before 1000 steps: the last
+    for domain in DOMAINS:
+        rule = default_config(domain).select.policy_rule
+        assert rule == ("past_best_bc:20" if domain == "aloha-insertion" else "best_bc"), domain
+    for bad in ("past_best_bc:0.5", "past_best_bc:x", "past_best_bc:", "past_best_bc:inf"):
+        with pytest.raises(ValueError, match=r"select\.policy_rule"):
+            SelectConfig(policy_rule=bad)
+    # SFT keeps the rule's pick although it is neither a best nor among the most recent.
+    long = [{"step": float(10 * i), "val/bc_loss": 1.0 if i == 2 else 2.0 + i, "val/steps_to_go_loss": 5.0 - 0.1 * i}
+            for i in range(1, 11)]
+    assert pick_step(long, "past_best_bc:3") == 60
+    keep = _keep_steps(long, 3, ("past_best_bc:3", "best_steps_to_go"))
+    assert keep == {100, 20, 60}
+    assert 60 not in _keep_steps(long, 3)
+    assert _keep_steps(long[:3], 4, ("step:80",)) == {10, 20, 30}  # step:N before step N: nothing to keep yet
+
+
 def test_run_select_writes_argmin_checkpoints(trained, tmp_path: Path) -> None:
     workdir, result = trained
     selection = run_select(workdir, tmp_path, SelectConfig())
@@ -134,6 +160,9 @@ def test_run_select_step_and_last_rules(trained, tmp_path: Path) -> None:
     assert_trees_equal(load_selected(tmp_path, "policy"), restore_params(workdir, 20))
     with pytest.raises(ValueError, match="step 25"):
         run_select(workdir, tmp_path / "bad", SelectConfig(policy_rule="step:25"))
+    past = run_select(workdir, tmp_path / "past", SelectConfig(policy_rule="past_best_bc:100"))
+    assert past["policy"]["step"] == NUM_STEPS and past["policy"]["rule"] == "past_best_bc:100"
+    assert_trees_equal(load_selected(tmp_path / "past", "policy"), restore_params(workdir, NUM_STEPS))
 
 
 def test_restore_missing_step_and_missing_history(trained, tmp_path: Path) -> None:

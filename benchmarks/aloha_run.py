@@ -1,0 +1,154 @@
+"""Aloha Single-Insertion (Section 4.1.3, Figure 11): Stage 1 on two dataset sizes and
+Self-Improvement from each, in state mode, over seeds.
+
+The pipeline's stages in this process, one directory per part under --out; a part whose
+result is already there is skipped, so an interrupted run resumes where it stopped (SFT also
+resumes from its latest checkpoint, Self-Improvement from its last completed round):
+
+  dataset/                        the successful scripted demonstrations (D.3), shared
+  subsample-s<seed>/              nested fractions and the validation split
+  f<fraction>-s<seed>/{sft,select,self_improve,evaluate}/
+
+After every branch it writes --results (default benchmarks/results/aloha-insertion.json): per
+branch the SFT and Self-Improved success rate and mean episode length (ground truth, the same
+evaluation tasks), the success detector's precision and recall, per-round detected and
+ground-truth success during Self-Improvement (like Figure 11, right), the practice episodes and
+env steps, and per fraction the means over seeds. Reported as measured, whichever way it
+comes out.
+
+    .venv/bin/python benchmarks/aloha_run.py --out runs/bench-aloha --fractions 0.3333 0.6667 --seeds 0 1
+    .venv/bin/python benchmarks/aloha_run.py --config '{"data": {"num_episodes": 130, ...}}' ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from efm.cli import load_config
+from efm.config import RunConfig
+from efm.data import rlds, subsample
+from efm.stages import (
+    dataset_stage,
+    evaluate_stage,
+    seeded,
+    select_stage,
+    self_improve_stage,
+    sft_stage,
+    subsample_stage,
+)
+
+RESULTS = Path(__file__).parent / "results" / "aloha-insertion.json"
+DONE = "part.json"  # a part's result, written when it completed
+POLICY_KEYS = ("success_rate", "mean_episode_length", "optimal_length_ratio")
+
+
+def part(directory: Path, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """The part's result: read when it completed before, else run (resuming what it can)."""
+    done = directory / DONE
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    result = {**run(directory), "seconds": time.time() - t0}
+    done.write_text(json.dumps(result, indent=1, default=float))
+    print(f"{directory}: {result['seconds']:.0f} s", flush=True)
+    return result
+
+
+def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: int) -> dict[str, Any]:
+    """SFT, selection, Self-Improvement and evaluation of one (data fraction, seed)."""
+    cfg = seeded(cfg, seed)
+    sub = out / f"subsample-s{seed}"
+
+    def subsampled(d: Path) -> dict[str, Any]:
+        shutil.rmtree(d, ignore_errors=True)  # an interrupted subsampling starts again
+        manifest = subsample_stage(cfg, dataset_dir, d, seed)
+        return {"counts": {f: v["count"] for f, v in manifest["fractions"].items()}}
+
+    part(sub, subsampled)
+    train = sub / subsample.fraction_dirname(fraction)
+    root = out / f"f{fraction:g}-s{seed}"
+    sft = part(root / "sft", lambda d: {k: v for k, v in sft_stage(cfg, train, sub / subsample.VALIDATION_DIR, d,
+                                                                        progress=False).items() if k != "history"})
+    selection = part(root / "select", lambda d: select_stage(cfg, root / "sft", d))
+    si = part(root / "self_improve", lambda d: self_improve_stage(cfg, root / "select", d, progress=False))
+    ev = part(root / "evaluate", lambda d: evaluate_stage(cfg, root / "select", root / "self_improve", d,
+                                                          train))
+    rounds = [{"round": i, **{k: r[k] for k in ("total_episodes", "success_rate", "ground_truth_success_rate",
+                                                 "mean_episode_length")}} for i, r in enumerate(si["rounds"])]
+    return {
+        "data_fraction": fraction, "seed": seed, "sft_episodes": sft["train_episodes"],
+        "sft_steps": sft["final_step"], "policy_step": selection["policy"]["step"],
+        "reward_step": selection["reward"]["step"],
+        "sft": {k: ev["sft"][k] for k in POLICY_KEYS},
+        "self_improved": {k: ev["self_improved"][k] for k in POLICY_KEYS},
+        "success_detector": ev["success_detector"],
+        "self_improvement_episodes": si["total_episodes"], "self_improvement_env_steps": si["total_env_steps"],
+        "best_round": si["best_round"], "rounds": rounds,
+        "seconds": {name: p["seconds"] for name, p in (("sft", sft), ("self_improve", si), ("evaluate", ev))},
+    }
+
+
+def means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per fraction, the means over seeds of success and length before and after."""
+    out = {}
+    for fraction in sorted({r["data_fraction"] for r in rows}):
+        mine = [r for r in rows if r["data_fraction"] == fraction]
+        out[f"{fraction:g}"] = {"seeds": len(mine), "sft_episodes": mine[0]["sft_episodes"], **{
+            f"{policy}.{k}": float(np.mean([r[policy][k] for r in mine]))
+            for policy in ("sft", "self_improved") for k in ("success_rate", "mean_episode_length")}}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-aloha"))
+    parser.add_argument("--fractions", type=float, nargs="+", default=[1 / 3, 2 / 3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--config", help="JSON overriding the aloha-insertion defaults, as for efm --config")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--dataset", type=Path,
+                        help="an existing aloha-insertion demonstration dataset (efm dataset) instead of generating one")
+    args = parser.parse_args()
+    cfg = load_config("aloha-insertion", args.config)
+    cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    config_path = args.out / "config.json"
+    if config_path.exists() and config_path.read_text() != cfg.to_json():
+        raise SystemExit(f"{args.out} holds a run of another config ({config_path}): use a new --out")
+    config_path.write_text(cfg.to_json())
+    t0 = time.time()
+    if args.dataset is None:
+        dataset_dir = args.out / "dataset"
+        dataset = part(dataset_dir, lambda d: dataset_stage(cfg, d, overwrite=True, progress=False))
+    else:  # a dataset made before (efm dataset --domain aloha-insertion): its statistics
+        dataset_dir = args.dataset
+        dataset = {"source": str(args.dataset.absolute()), **rlds.read_metadata(args.dataset).get("stats", {})}
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        for fraction in args.fractions:
+            rows.append(branch(cfg, args.out, dataset_dir, fraction, seed))
+            result = {"command": "benchmarks/aloha_run.py", "seconds_this_invocation": time.time() - t0,
+                      "config": json.loads(cfg.to_json()), "dataset": dataset, "results": rows,
+                      "means": means(rows)}
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(result, indent=1, default=float))
+    print(json.dumps(means(rows), indent=1))
+    for r in rows:
+        print(f"f{r['data_fraction']:g} s{r['seed']}: SFT {r['sft']['success_rate']:.2f} / "
+              f"{r['sft']['mean_episode_length']:.1f} steps -> Self-Improved {r['self_improved']['success_rate']:.2f} / "
+              f"{r['self_improved']['mean_episode_length']:.1f}; rounds "
+              f"{[round(x['ground_truth_success_rate'], 2) for x in r['rounds']]}")
+    print(f"({(time.time() - t0) / 60:.1f} min; {args.results})")
+
+
+if __name__ == "__main__":
+    main()
