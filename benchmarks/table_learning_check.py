@@ -7,6 +7,8 @@ tasks. Resumable: rerunning with the same --name continues the SFT from its last
   .venv/bin/efm subsample --domain tabletop --dataset runs/table4k/dataset --out runs/table4k/sub --fractions 0.1 0.8
   .venv/bin/python benchmarks/table_learning_check.py --train runs/table4k/sub/fraction_0.8 \\
       --validation runs/table4k/sub/validation --steps 1500
+
+From pretrained towers (benchmarks/table_pretrain.py): add --init runs/table-pretrain/pretrain/params.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def main() -> None:
     p.add_argument("--train", required=True)
     p.add_argument("--validation", required=True)
     p.add_argument("--variant", default=None, help="model variant (default: the table's)")
+    p.add_argument("--init", default=None,
+                   help="start from this Orbax params checkpoint (e.g. `efm pretrain`'s OUT/params) instead of scratch")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--episodes", type=int, default=50, help="Block2Block evaluation episodes")
@@ -59,7 +63,8 @@ def main() -> None:
     args = p.parse_args()
     cfg = default_config("tabletop")
     cfg = cfg.replace(
-        model=dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant),
+        model=dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant,
+                                  **({"init": "orbax", "init_path": args.init} if args.init else {})),
         sft=dataclasses.replace(cfg.sft, num_steps=args.steps, eval_every=args.eval_every,
                                 checkpoint_every=args.eval_every, warmup_steps=min(100, args.steps // 10)),
         eval=dataclasses.replace(cfg.eval, num_episodes=args.episodes, plot_episodes=4))
@@ -71,7 +76,7 @@ def main() -> None:
     sft_seconds = time.time() - t
     select_stage(cfg, out / "sft", out / "select")
     metrics = evaluate_stage(practice_config(cfg), out / "select", None, out / "eval", None)
-    result = {"variant": cfg.model.variant, "train": args.train, "steps": args.steps,
+    result = {"variant": cfg.model.variant, "init": args.init or "scratch", "train": args.train, "steps": args.steps,
               "batch_size": cfg.sft.batch_size, "sft_seconds_this_call": sft_seconds,
               "validation_nll": [{k: v for k, v in h.items() if k == "step" or k.startswith("val/")}
                                  for h in sft["history"]],

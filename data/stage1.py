@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from efm.config import OBJECTIVES, RunConfig
+from efm.config import OBJECTIVES, STAGE1_OBJECTIVES, RunConfig
 from efm.data import rlds
 from efm.data.features import InputSpec, input_spec
 from efm.models.tokenizers import Vocabulary, make_vocabulary
@@ -151,6 +151,9 @@ def _objective_dataset(directory: str | os.PathLike[str], split: str | None, spe
                            tf.data.Dataset, _Layout]:
     """Raw (still encoded) samples of one objective; shuffled and repeated when `shuffle` is
     (buffer, seed)."""
+    if objective not in STAGE1_OBJECTIVES:
+        raise ValueError(f"robot data holds no samples of the {objective!r} objective "
+                         f"(Stage 1 trains {STAGE1_OBJECTIVES}; efm pretrain renders its own)")
     episodes, layout = _episodes(directory, split, shuffle_seed=None if shuffle is None else shuffle[1], shard=shard)
     if spec.reads_images:
         for camera in spec.cameras:

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fractions", type=float, nargs="+")
 
+    p = sub.add_parser("pretrain", help="the towers on questions about rendered table boards (no actions), "
+                                        "to start Stage 1 from")
+    _add_common(p)
+    p.add_argument("--out", required=True, help="workdir (rerun to resume); OUT/params is the checkpoint")
+    p.add_argument("--steps", type=int, help="override pretrain.num_steps")
+
     p = sub.add_parser("sft", help="Stage 1: behavioural cloning + steps-to-go")
     _add_common(p)
     p.add_argument("--train", required=True, help="RLDS directory of training episodes")
@@ -401,6 +407,15 @@ def run(args: argparse.Namespace) -> dict:
         if args.fractions:
             cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
         return stages.subsample_stage(cfg, _existing(args.dataset, "dataset"), args.out, args.seed)
+    if args.command == "pretrain":
+        from efm.sft.pretrain import run_pretrain
+
+        if args.steps:
+            cfg = cfg.replace(pretrain=replace(cfg.pretrain, num_steps=args.steps))
+        out = run_pretrain(cfg, args.out, progress=progress)
+        init = {"model": {"init": "orbax", "init_path": out["params"]}}
+        return {"final_step": out["final_step"], "last": out["history"][-1], "localization": out["localization"],
+                "start_stage1_with": f"--config '{json.dumps(init)}'"}
     if args.command == "sft":
         cfg = _with_seed(cfg, args.seed)
         out = stages.sft_stage(cfg, _existing(args.train, "training data"), _existing(args.validation, "validation data"),

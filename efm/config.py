@@ -355,7 +355,11 @@ class ModelConfig:
 
 # bc: action tokens; steps_to_go: one token; instruction: LanguageTable's auxiliary objective
 # (Appendix A.3), the instruction predicted from an episode's first and last frame.
-OBJECTIVES = ("bc", "steps_to_go", "instruction")
+STAGE1_OBJECTIVES = ("bc", "steps_to_go", "instruction")
+# locate: pretraining on rendered image-text data without actions (`efm pretrain`): "where is
+# the red moon" answered in the position tokens the model reads the effector in.
+PRETRAIN_OBJECTIVES = ("locate",)
+OBJECTIVES = STAGE1_OBJECTIVES + PRETRAIN_OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -378,10 +382,11 @@ class SftConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for o in self.objectives:
-            _check(o in OBJECTIVES, "sft.objectives", self.objectives, f"each in {OBJECTIVES}")
-        _check("bc" in self.objectives and "steps_to_go" in self.objectives, "sft.objectives",
-               self.objectives, "must include bc and steps_to_go")
+        if tuple(self.objectives) != PRETRAIN_OBJECTIVES:  # what PretrainConfig.as_sft makes
+            for o in self.objectives:
+                _check(o in STAGE1_OBJECTIVES, "sft.objectives", self.objectives, f"each in {STAGE1_OBJECTIVES}")
+            _check("bc" in self.objectives and "steps_to_go" in self.objectives, "sft.objectives",
+                   self.objectives, "must include bc and steps_to_go")
         _check(self.batch_size % len(self.objectives) == 0, "sft.batch_size", self.batch_size,
                "divisible by the number of objectives")
         _check(self.num_steps > 0, "sft.num_steps", self.num_steps, "> 0")
@@ -393,6 +398,44 @@ class SftConfig:
         _check(self.data_threads > 0, "sft.data_threads", self.data_threads, "> 0")
         _check(self.validation_batch_size > 0, "sft.validation_batch_size", self.validation_batch_size, "> 0")
         _check(self.fsdp > 0, "sft.fsdp", self.fsdp, "> 0")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """`efm pretrain`: the towers trained on image-text data rendered from the table simulator
+    (no actions), to start Stage 1 from (`model.init`), as the paper starts from PaLI.
+
+    Each step renders `batch_size / questions_per_scene` random boards and asks "where is X"
+    about the blocks and the effector; the answer is X's board position in the position tokens
+    of `tokenizer.state_*` (the tokens the model reads the effector in). The validation boards
+    are fixed by the seed and never trained on.
+    """
+
+    num_steps: int = 4000
+    batch_size: int = 32
+    questions_per_scene: int = 4
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    eval_every: int = 500
+    validation_scenes: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.num_steps > 0, "pretrain.num_steps", self.num_steps, "> 0")
+        _check(1 <= self.questions_per_scene <= 5, "pretrain.questions_per_scene", self.questions_per_scene,
+               "in [1, 5] (a board holds 4 blocks and the effector)")
+        _check(self.batch_size > 0 and self.batch_size % self.questions_per_scene == 0, "pretrain.batch_size",
+               self.batch_size, "a positive multiple of questions_per_scene")
+        _check(self.learning_rate > 0, "pretrain.learning_rate", self.learning_rate, "> 0")
+        _check(self.eval_every > 0, "pretrain.eval_every", self.eval_every, "> 0")
+        _check(self.validation_scenes > 0, "pretrain.validation_scenes", self.validation_scenes, "> 0")
+
+    def as_sft(self) -> SftConfig:
+        """The trainer's settings for this run (one trainer for both)."""
+        return SftConfig(objectives=PRETRAIN_OBJECTIVES, batch_size=self.batch_size, num_steps=self.num_steps,
+                         learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
+                         eval_every=self.eval_every, checkpoint_every=self.eval_every, max_checkpoints=2,
+                         validation_batch_size=self.batch_size * 4, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -604,6 +647,7 @@ class RunConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     self_improve: SelfImproveConfig = field(default_factory=SelfImproveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -771,7 +815,7 @@ def default_config(domain: str = "pointmass") -> RunConfig:
                                   state_key="effector_translation",
                                   state_low=TABLE_WORKSPACE[0], state_high=TABLE_WORKSPACE[1], state_bins=32),
         model=ModelConfig(variant="vl-cpu"),
-        sft=SftConfig(objectives=OBJECTIVES, batch_size=48, num_steps=2000, warmup_steps=100, eval_every=250,
+        sft=SftConfig(objectives=STAGE1_OBJECTIVES, batch_size=48, num_steps=2000, warmup_steps=100, eval_every=250,
                       checkpoint_every=250, shuffle_buffer=8000, validation_batch_size=256),
         self_improve=SelfImproveConfig(
             success_threshold=1.5,  # 2-step bins: d(o, g) <= 1.5 needs most mass on the last bin

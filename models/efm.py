@@ -35,10 +35,12 @@ OBJECTIVE_ID = {name: i for i, name in enumerate(OBJECTIVES)}
 def objective_inputs(inputs: Inputs, objective: str) -> Inputs:
     """What an objective reads. The auxiliary instruction objective sees the first and last
     frame only: its hidden text and state are dropped, not just masked, which spares the
-    attention and MLPs ~40% of its sequence."""
-    if objective != "instruction" or TEXT not in inputs:
+    attention and MLPs ~40% of its sequence. The pretraining question "where is X" reads no
+    state: the effector's position would answer it."""
+    if objective not in ("instruction", "locate") or TEXT not in inputs:
         return inputs
-    return {**{k: v for k, v in inputs.items() if k != STATE}, TEXT: inputs[TEXT][:, :0]}
+    kept = {k: v for k, v in inputs.items() if k != STATE}
+    return {**kept, TEXT: inputs[TEXT][:, :0]} if objective == "instruction" else kept
 
 
 def make_model(cfg: ModelConfig, vocab: Vocabulary) -> nn.Module:
@@ -138,6 +140,13 @@ class EFMFunctions:
         tokens = self._decode(params, objective_inputs(inputs, "instruction"), "instruction", self.vocab.text.length,
                               jax.random.PRNGKey(0), True)
         return tokens - self.vocab.text_offset
+
+    @partial(jax.jit, static_argnums=0)
+    def locate(self, params: dict, inputs: Inputs) -> jax.Array:
+        """Greedy position tokens answering the question in inputs' text (pretraining). [B, dims]"""
+        assert self.vocab.state is not None
+        return self._decode(params, objective_inputs(inputs, "locate"), "locate", self.vocab.state.dims,
+                            jax.random.PRNGKey(0), True)
 
     def sample_actions(self, params: dict, inputs: Inputs, rng: jax.Array,
                        greedy: bool = False) -> tuple[np.ndarray, np.ndarray]:

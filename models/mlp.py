@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from efm.config import OBJECTIVES, MlpVariant
+from efm.config import STAGE1_OBJECTIVES, MlpVariant
 
 Inputs = dict[str, jax.Array]
 Cache = dict[str, jax.Array]
@@ -40,7 +40,7 @@ class MlpEFM(nn.Module):
         self.vision_encoder = VisionEncoder(v.width)
         self.observation_encoder = [nn.Dense(v.width) for _ in range(v.depth)]
         self.token_embedding = nn.Embed(self.vocab_size, v.token_embed)
-        self.objective_embedding = nn.Embed(len(OBJECTIVES), v.token_embed)
+        self.objective_embedding = nn.Embed(len(STAGE1_OBJECTIVES), v.token_embed)  # it reads no text: never pretrained
         self.position_embedding = nn.Embed(self.max_target_length, v.token_embed)
         self.decoder = [nn.Dense(v.width) for _ in range(v.depth)]
         self.head = nn.Dense(self.vocab_size)

@@ -251,7 +251,7 @@ class Vocabulary:
     """The model's token space: action tokens, steps-to-go tokens, and for models that read text
     the 256 byte tokens and a begin-of-output token (RT-2 places actions in a language model's
     vocabulary the same way), and for models that read proprioception its input tokens
-    (never an output).
+    (an output only of the pretraining objective, which answers positions in them).
 
     Layout: action | steps-to-go | state | text | begin.
 
@@ -293,7 +293,8 @@ class Vocabulary:
 
     @property
     def max_target_length(self) -> int:
-        return max(self.action.num_tokens, 1, 0 if self.text is None else self.text.length)
+        return max(self.action.num_tokens, 1, 0 if self.text is None else self.text.length,
+                   0 if self.state is None else self.state.dims)
 
     def text_tokens(self, byte_tokens: np.ndarray) -> np.ndarray:
         """Byte tokens [..., L] -> global ids."""
@@ -316,6 +317,18 @@ class Vocabulary:
         """[...] -> [..., 1] global token ids."""
         return (self.steps_to_go.encode(steps) + self.steps_to_go_offset)[..., None]
 
+    def position_targets(self, values: np.ndarray) -> np.ndarray:
+        """[..., dims] positions -> [..., dims] global ids of their state tokens: the answers of
+        the pretraining objective `locate`, in the code the model reads proprioception in."""
+        if self.state is None:
+            raise ValueError("this vocabulary has no state tokens to answer positions in")
+        return self.state.encode(values) + self.state_offset - 1
+
+    def position_from_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        """Inverse of position_targets (bin centres). [..., dims] global ids -> float32"""
+        assert self.state is not None
+        return self.state.decode(np.asarray(tokens) - self.state_offset + 1)
+
     def action_from_tokens(self, tokens: np.ndarray) -> np.ndarray:
         return self.action.decode(tokens)
 
@@ -329,6 +342,9 @@ class Vocabulary:
         elif objective == "instruction":  # a vocabulary without text admits only the padding token
             if self.text is not None:
                 valid[: self.text.length, self.text_offset : self.text_offset + self.text.vocab_size] = True
+        elif objective == "locate":  # likewise without state tokens
+            if self.state is not None:
+                valid[: self.state.dims, self.state_offset : self.state_offset + self.state.vocab_size] = True
         else:
             raise ValueError(f"unknown objective {objective!r}")
         valid[~valid.any(axis=-1), 0] = True  # padded positions: any fixed token, masked out of losses

@@ -6,7 +6,7 @@ previous one, Appendix D.1; the first and the last for the auxiliary instruction
 one camera on the table, Aloha's two stacked images (D.3), all through one image tower, camera
 after camera in the sequence; then the instruction's tokens, proprioception tokens where
 the model reads them (E.2 appends them to the instruction), and the objective named in words
-("act", "steps to go", "instruction"). The suffix is causal: a begin token, then the
+("act", "steps to go", "instruction", and "where" for pretraining). The suffix is causal: a begin token, then the
 output tokens, so output k is predicted at suffix position k from the prefix and outputs < k.
 
 Decoding encodes the prefix once into a KV cache, then runs one token per output.
@@ -28,7 +28,7 @@ from efm.models.vit import ViT
 # TEXT [B, L] int32 text tokens, STATE [B, S] int32 in 1..bins (optional)
 Inputs = dict[str, jax.Array]
 IMAGE, TEXT, STATE = "image", "text", "state"
-OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction"}
+OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction", "locate": "where"}
 PROMPT_LENGTH = max(len(p) for p in OBJECTIVE_PROMPTS.values())
 
 

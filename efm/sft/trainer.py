@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 
 from efm import checkpoints, sharding
-from efm.config import OBJECTIVES, RunConfig, SftConfig
+from efm.config import RunConfig, SftConfig
 from efm.data.stage1 import Batch, Stage1Data
 from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions, objective_inputs
 from efm.models.tokenizers import make_vocabulary
@@ -58,7 +59,8 @@ def target_length(fns: EFMFunctions, objective: str) -> int:
     """Output tokens an objective has (batches pad every objective to the longest)."""
     vocab = fns.vocab
     return {"bc": vocab.action.num_tokens, "steps_to_go": 1,
-            "instruction": vocab.text.length if vocab.text is not None else 0}[objective]
+            "instruction": vocab.text.length if vocab.text is not None else 0,
+            "locate": vocab.state.dims if vocab.state is not None else 0}[objective]
 
 
 def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, objective: str) -> jax.Array:
@@ -117,8 +119,17 @@ def _pad(batch: Batch, size: int) -> Batch:
     return out
 
 
-def make_validation_losses(fns: EFMFunctions, data: Stage1Data, cfg: SftConfig, mesh: jax.sharding.Mesh,
-                           ) -> Callable[[Any, str | os.PathLike[str]], dict[str, float]]:
+class Samples(NamedTuple):
+    """What the trainer reads: `training(seed=, start_step=, shard=)` endless batches,
+    `validation(objective)` each held-out sample of an objective once. Stage 1 binds
+    Stage1Data to its RLDS directories; pretraining renders its own (efm.sft.pretrain)."""
+
+    training: Callable[..., Iterator[Batch]]
+    validation: Callable[[str], Iterator[Batch]]
+
+
+def make_validation_losses(fns: EFMFunctions, samples: Samples, cfg: SftConfig, mesh: jax.sharding.Mesh,
+                           ) -> Callable[[Any], dict[str, float]]:
     """Mean negative log-likelihood per objective over a whole validation split."""
     def summed(objective: str) -> Callable:
         return jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b, objective)),
@@ -127,11 +138,11 @@ def make_validation_losses(fns: EFMFunctions, data: Stage1Data, cfg: SftConfig, 
     nll_fns = {name: summed(name) for name in cfg.objectives}
     size = -(-cfg.validation_batch_size // mesh.size) * mesh.size
 
-    def validation_losses(params: Any, directory: str | os.PathLike[str]) -> dict[str, float]:
+    def validation_losses(params: Any) -> dict[str, float]:
         out = {}
         for name in cfg.objectives:
             total, count = 0.0, 0
-            for batch in data.validation(directory, name):
+            for batch in samples.validation(name):
                 count += len(batch["objective"])
                 total += float(nll_fns[name](params, sharding.put_batch(mesh, _pad(batch, size))))
             out[f"val/{name}_loss"] = total / max(count, 1)
@@ -183,23 +194,33 @@ def _keep_steps(history: list[dict[str, float]], budget: int, rules: tuple[str, 
 def run_sft(cfg: RunConfig, train_dir: str | os.PathLike[str], validation_dir: str | os.PathLike[str],
             workdir: str | Path, log: Logger | None = None, progress: bool = True,
             on_checkpoint: Callable[[int], None] | None = None) -> SftResult:
-    """Trains from scratch (or `model.init`) or resumes from `workdir`'s latest checkpoint.
+    """Stage 1 on RLDS directories: trains from scratch (or `model.init`) or resumes from
+    `workdir`'s latest checkpoint.
 
     `on_checkpoint(step)` runs after each checkpoint is complete (history included), e.g. to
     copy the workdir to durable storage that a restarted task resumes from.
     """
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    data = Stage1Data(cfg, fns.vocab)
+    data.check(train_dir)
+    data.check(validation_dir)
+    samples = Samples(partial(data.training, train_dir), partial(data.validation, validation_dir))
+    return train(cfg, fns, samples, workdir, log=log, progress=progress, on_checkpoint=on_checkpoint, desc="sft")
+
+
+def train(cfg: RunConfig, fns: EFMFunctions, samples: Samples, workdir: str | Path, log: Logger | None = None,
+          progress: bool = True, on_checkpoint: Callable[[int], None] | None = None, desc: str = "train",
+          ) -> SftResult:
+    """The training loop of Stage 1 and of pretraining, as `cfg.sft` sets it; resumes from
+    `workdir`'s latest checkpoint and ends where an uninterrupted run would."""
     sharding.initialize_distributed()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     sft = cfg.sft
     mesh = sharding.make_mesh(sft.fsdp)
     sharding.check_batch(mesh, sft.batch_size)
-    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
-    data = Stage1Data(cfg, fns.vocab)
-    data.check(train_dir)
-    data.check(validation_dir)
     optimizer = make_optimizer(sft)
-    example = next(data.validation(validation_dir, OBJECTIVES[0]))
+    example = next(samples.validation(sft.objectives[0]))
     state, shardings = init_state(cfg, fns, optimizer, example, mesh)
 
     manager = checkpoints.training_manager(workdir / "checkpoints")
@@ -209,12 +230,11 @@ def run_sft(cfg: RunConfig, train_dir: str | os.PathLike[str], validation_dir: s
         history = [h for h in _read_history(workdir) if h["step"] <= int(state.step)]
 
     train_step = make_train_step(fns, optimizer, sft.objectives, mesh, shardings)
-    validation_losses = make_validation_losses(fns, data, sft, mesh)
+    validation_losses = make_validation_losses(fns, samples, sft, mesh)
     start = int(state.step)
-    bar = progress_bar(total=sft.num_steps, initial=start, desc="sft", enabled=progress)
+    bar = progress_bar(total=sft.num_steps, initial=start, desc=desc, enabled=progress)
     running: dict[str, list[Any]] = {}
-    batches = data.training(train_dir, seed=sft.seed, start_step=start,
-                            shard=(jax.process_count(), jax.process_index()))
+    batches = samples.training(seed=sft.seed, start_step=start, shard=(jax.process_count(), jax.process_index()))
     for step in range(start, sft.num_steps):
         state, metrics = train_step(state, sharding.put_batch(mesh, next(batches)))
         for k, v in metrics.items():
@@ -223,7 +243,7 @@ def run_sft(cfg: RunConfig, train_dir: str | os.PathLike[str], validation_dir: s
         done = step + 1
         if done % sft.eval_every == 0 or done == sft.num_steps:
             row = {"step": float(done), **{k: float(np.mean(jax.device_get(v))) for k, v in running.items()},
-                   **validation_losses(state.params, validation_dir)}
+                   **validation_losses(state.params)}
             running = {}
             if not all(np.isfinite(v) for v in row.values()):
                 raise FloatingPointError(f"non-finite loss at step {done}: {row}")
@@ -235,7 +255,7 @@ def run_sft(cfg: RunConfig, train_dir: str | os.PathLike[str], validation_dir: s
                 checkpoints.save_step(manager, done, state._asdict())
                 if jax.process_index() == 0:
                     _write_history(workdir, history)
-                rules = (cfg.select.policy_rule, cfg.select.reward_rule)
+                rules = (cfg.select.policy_rule, cfg.select.reward_rule) if "bc" in sft.objectives else ()
                 for s in set(manager.all_steps()) - _keep_steps(history, sft.max_checkpoints, rules):
                     manager.delete(s)
                 if on_checkpoint is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from efm.config import OBJECTIVES, RunConfig, debug_config
+from efm.config import OBJECTIVES, STAGE1_OBJECTIVES, RunConfig, debug_config
 from efm.data import rlds
 from efm.data.features import input_spec
 from efm.data.stage1 import Stage1Data
@@ -84,7 +84,7 @@ def point_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return rlds.write_episodes(POINT, tmp_path_factory.mktemp("point") / "ds")
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("objective", STAGE1_OBJECTIVES)
 def test_streamed_table_samples_equal_in_memory_ones(table_dir: Path, objective: str) -> None:
     cfg = table_config()
     got, want = streamed(table_dir, cfg, objective), expected(TABLE, cfg, objective)
@@ -194,3 +194,9 @@ def test_streamed_two_camera_samples_equal_in_memory_ones(tmp_path: Path, object
                                   tmp_path / "one_camera")
     with pytest.raises(rlds.DatasetError, match="camera frames 'rgb_wrist'"):
         Stage1Data(cfg).check(missing)
+
+
+def test_robot_data_refuses_the_pretraining_objective(table_dir: Path) -> None:
+    cfg = table_config()
+    with pytest.raises(ValueError, match="efm pretrain"):
+        next(Stage1Data(cfg).validation(table_dir, "locate"))

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from efm.config import TokenizerConfig
+from efm.config import TokenizerConfig, default_config
 from efm.models.tokenizers import (
     SignMagnitudeTokenizer,
     StateTokenizer,
@@ -218,3 +218,19 @@ def test_camera_keys_are_checked() -> None:
         TokenizerConfig(cameras=())
     with pytest.raises(ValueError, match=r"tokenizer\.cameras"):
         TokenizerConfig(cameras=("rgb", "rgb"))
+
+
+def test_locate_answers_only_in_position_tokens_and_round_trips() -> None:
+    cfg = default_config("tabletop").tokenizer
+    vocab = make_vocabulary(cfg)
+    valid = vocab.valid_tokens("locate")
+    state = np.zeros(vocab.size, bool)
+    state[vocab.state_offset:vocab.state_offset + cfg.state_bins] = True
+    for k in range(vocab.state.dims):
+        np.testing.assert_array_equal(valid[k], state)
+    assert not valid[vocab.state.dims:, 1:].any()  # the rest pads
+    xy = np.array([[0.15, -0.3048], [0.6, 0.3048], [0.37, 0.01]])
+    tokens = vocab.position_targets(xy)
+    assert state[tokens].all()
+    half_bin = (np.subtract(cfg.state_high, cfg.state_low)) / (cfg.state_bins - 1) / 2
+    assert (np.abs(vocab.position_from_tokens(tokens) - xy) <= half_bin + 1e-6).all()

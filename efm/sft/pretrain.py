@@ -1,0 +1,82 @@
+"""`efm pretrain`: the towers learn to see the table before Stage 1 (DESIGN.md's plan).
+
+The paper fine-tunes PaLI, which arrives knowing what a red moon looks like and where it is;
+a model trained from scratch on robot data must learn that from behavioural cloning's weak
+signal, and on two CPU cores does not within Stage 1's budget (benchmarks/table_probes.py).
+Pretraining trains the whole model on `locate` questions about rendered boards (no actions),
+with Stage 1's trainer, and exports its params as an Orbax params checkpoint; Stage 1 starts
+from it with `model.init=orbax, model.init_path=OUT/params`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from efm import checkpoints
+from efm.config import RunConfig
+from efm.data.pretrain import EFFECTOR, TableQuestions
+from efm.models.efm import EFMFunctions, make_functions
+from efm.models.tokenizers import make_vocabulary
+from efm.sft.trainer import Samples, restore_params, split_inputs, train
+from efm.types import Logger
+
+SUMMARY = "pretrain.json"
+LOCALIZATION = "localization.json"  # localization_errors at each checkpoint
+PARAMS = "params"
+
+
+def check_pretrainable(cfg: RunConfig) -> None:
+    """Fails before any work unless the config's model can be pretrained on table questions."""
+    if not cfg.model.reads_text:
+        raise ValueError(f"pretraining asks questions in text; model.variant={cfg.model.variant!r} reads none "
+                         f"(use a vision-language variant)")
+    if cfg.domain not in ("tabletop", "bananatable"):
+        raise ValueError(f"pretraining renders table boards; domain {cfg.domain!r} is not a table domain")
+
+
+def localization_errors(fns: EFMFunctions, params: Any, data: TableQuestions) -> dict[str, float]:
+    """Mean distance (cm) between the greedy answer and the true position over the validation
+    boards, for the effector and for the blocks, and the share of blocks found within 3 cm."""
+    vocab = fns.vocab
+    predicted = []
+    for batch in data.validation():
+        inputs, _ = split_inputs(batch)
+        predicted.append(vocab.position_from_tokens(np.asarray(fns.locate(params, inputs))))
+    answers = data.validation_answers()
+    error = 100 * np.linalg.norm(np.concatenate(predicted) - np.stack([xy for _, xy in answers]), axis=-1)
+    effector = np.array([name == EFFECTOR for name, _ in answers])
+    return {"effector_cm": float(error[effector].mean()), "blocks_cm": float(error[~effector].mean()),
+            "blocks_within_3cm": float((error[~effector] < 3.0).mean())}
+
+
+def run_pretrain(cfg: RunConfig, out_dir: str | Path, log: Logger | None = None, progress: bool = True,
+                 ) -> dict[str, Any]:
+    """Pretrains (or resumes) in `out_dir`, then writes OUT/params and OUT/pretrain.json."""
+    check_pretrainable(cfg)
+    out = Path(out_dir)
+    cfg = cfg.replace(sft=cfg.pretrain.as_sft())
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    data = TableQuestions(cfg, fns.vocab)
+    curve_path = out / LOCALIZATION
+    curve = json.loads(curve_path.read_text()) if curve_path.exists() else []
+
+    def measure(step: int) -> None:  # at each checkpoint; kept across resumptions
+        curve[:] = [c for c in curve if c["step"] < step]
+        curve.append({"step": step, **localization_errors(fns, restore_params(out, step), data)})
+        curve_path.write_text(json.dumps(curve, indent=1))
+
+    try:
+        result = train(cfg, fns, Samples(data.training, data.validation), out, log=log, progress=progress,
+                       on_checkpoint=measure, desc="pretrain")
+        checkpoints.save_params(out / PARAMS, restore_params(out, result.final_step))
+    finally:
+        data.close()
+    summary = {"final_step": result.final_step, "history": result.history,
+               "localization": curve[-1] if curve else {}, "localization_curve": curve,
+               "params": str((out / PARAMS).absolute()), "config": json.loads(cfg.to_json())}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,96 @@
+"""Pretraining questions rendered from the table: answers, determinism, validation boards."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from efm.config import OBJECTIVES, PretrainConfig, RunConfig, debug_config
+from efm.data.pretrain import EFFECTOR, TableQuestions, board_questions
+from efm.envs.tabletop.geometry import BLOCKS
+from efm.models.tokenizers import make_vocabulary
+from efm.models.vlm import IMAGE, STATE, TEXT
+
+
+def pretrain_config() -> RunConfig:
+    return debug_config("tabletop").replace(
+        pretrain=PretrainConfig(num_steps=4, batch_size=8, questions_per_scene=4, validation_scenes=3))
+
+
+@pytest.fixture(scope="module")
+def questions() -> TableQuestions:
+    cfg = pretrain_config()
+    data = TableQuestions(cfg, make_vocabulary(cfg.tokenizer))
+    yield data
+    data.close()
+
+
+def test_board_questions_name_each_object_once_with_its_position() -> None:
+    blocks = ("red_moon", "blue_cube")
+    block_xy = np.zeros((len(BLOCKS), 2), np.float32)
+    block_xy[BLOCKS.index("red_moon")] = (0.3, -0.1)
+    block_xy[BLOCKS.index("blue_cube")] = (0.5, 0.2)
+    effector = np.array([0.2, 0.0], np.float32)
+    out = board_questions(blocks, block_xy, effector, 3, np.random.default_rng(0))
+    assert sorted(name for name, _, _ in out) == sorted([*blocks, EFFECTOR])
+    for name, question, xy in out:
+        if name == EFFECTOR:
+            np.testing.assert_array_equal(xy, effector)
+            assert any(w in question for w in ("arm", "effector"))
+        else:
+            np.testing.assert_array_equal(xy, block_xy[BLOCKS.index(name)])
+            assert name.replace("_", " ") in question
+
+
+def test_batches_answer_in_position_tokens_of_the_true_positions(questions: TableQuestions) -> None:
+    cfg = pretrain_config()
+    vocab = make_vocabulary(cfg.tokenizer)
+    batch = next(questions.training(seed=0))
+    n = cfg.pretrain.batch_size
+    assert batch[f"inputs/{IMAGE}"].shape == (n, 2, cfg.env.tabletop.image_height, cfg.env.tabletop.image_width, 3)
+    np.testing.assert_array_equal(batch[f"inputs/{IMAGE}"][:, 0], batch[f"inputs/{IMAGE}"][:, 1])
+    assert (batch[f"inputs/{STATE}"] == 0).all()  # the effector's position would give answers away
+    assert (batch["objective"] == OBJECTIVES.index("locate")).all()
+    assert (batch["target_mask"].sum(axis=1) == 2).all()
+    valid = vocab.valid_tokens("locate")
+    rows = np.arange(2)
+    assert valid[rows, batch["targets"][:, :2]].all()
+    # the validation rows' tokens decode to within half a bin of the true positions
+    half_bin = (np.subtract(cfg.tokenizer.state_high, cfg.tokenizer.state_low)) / (cfg.tokenizer.state_bins - 1) / 2
+    val = list(questions.validation())
+    answers = questions.validation_answers()
+    targets = np.concatenate([b["targets"][:, :2] for b in val])
+    assert len(targets) == len(answers) == 5 * cfg.pretrain.validation_scenes
+    error = np.abs(vocab.position_from_tokens(targets) - np.stack([xy for _, xy in answers]))
+    assert (error <= half_bin + 1e-6).all()
+    texts = vocab.text.decode(np.concatenate([b[f"inputs/{TEXT}"] for b in val]))
+    for text, (name, _) in zip(texts, answers, strict=True):
+        assert (name.replace("_", " ") in text) if name != EFFECTOR else ("arm" in text or "effector" in text)
+
+
+def test_stream_is_deterministic_and_resumes_at_a_step(questions: TableQuestions) -> None:
+    first = list(itertools.islice(questions.training(seed=3), 3))
+    again = next(questions.training(seed=3, start_step=2))
+    for k in first[2]:
+        np.testing.assert_array_equal(first[2][k], again[k])
+    assert not np.array_equal(first[0][f"inputs/{IMAGE}"], first[1][f"inputs/{IMAGE}"])  # new boards each step
+    val = next(questions.validation())
+    train_frames = {f.tobytes() for b in first for f in b[f"inputs/{IMAGE}"][:, 0]}
+    assert not train_frames & {f.tobytes() for f in val[f"inputs/{IMAGE}"][:, 0]}
+
+
+def test_hosts_get_disjoint_halves(questions: TableQuestions) -> None:
+    a = next(questions.training(seed=0, shard=(2, 0)))
+    b = next(questions.training(seed=0, shard=(2, 1)))
+    assert len(a["objective"]) == len(b["objective"]) == pretrain_config().pretrain.batch_size // 2
+    assert not {f.tobytes() for f in a[f"inputs/{IMAGE}"][:, 0]} & {f.tobytes() for f in b[f"inputs/{IMAGE}"][:, 0]}
+
+
+def test_refuses_a_tokenizer_without_position_tokens() -> None:
+    cfg = pretrain_config()
+    cfg = cfg.replace(tokenizer=dataclasses.replace(cfg.tokenizer, state_key="", state_low=(), state_high=()))
+    with pytest.raises(ValueError, match="state_key"):
+        TableQuestions(cfg, make_vocabulary(cfg.tokenizer))

@@ -1,0 +1,73 @@
+"""`efm pretrain`: the trainer on rendered questions, the exported params, Stage 1 starting from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from efm.config import PretrainConfig, RunConfig, debug_config
+from efm.models.efm import make_functions
+from efm.models.tokenizers import make_vocabulary
+from efm.models.weights import load_initial
+from efm.sft.pretrain import PARAMS, SUMMARY, check_pretrainable, run_pretrain
+
+
+def pretrain_config(steps: int) -> RunConfig:
+    return debug_config("tabletop").replace(pretrain=PretrainConfig(
+        num_steps=steps, batch_size=16, eval_every=steps // 2, warmup_steps=2, learning_rate=3e-3,
+        validation_scenes=6))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("pretrain")
+    return out, run_pretrain(pretrain_config(30), out, progress=False)
+
+
+def test_pretraining_learns_and_writes_params_and_summary(pretrained) -> None:
+    out, summary = pretrained
+    assert summary["final_step"] == 30 and [h["step"] for h in summary["history"]] == [15.0, 30.0]
+    uniform = 2 * math.log(debug_config("tabletop").tokenizer.state_bins)  # two position tokens
+    assert summary["history"][-1]["val/locate_loss"] < uniform - 0.1
+    assert json.loads((out / SUMMARY).read_text())["final_step"] == 30
+    assert [c["step"] for c in summary["localization_curve"]] == [15, 30]
+    loc = summary["localization"]
+    assert loc["step"] == 30 and loc["effector_cm"] > 0 and loc["blocks_cm"] > 0 and 0 <= loc["blocks_within_3cm"] <= 1
+
+
+def test_stage1_starts_from_the_pretrained_params(pretrained) -> None:
+    out, _ = pretrained
+    cfg = debug_config("tabletop")
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, init="orbax", init_path=str(out / PARAMS)))
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    from efm import checkpoints
+
+    saved = checkpoints.load_params(out / PARAMS)
+    scratch = jax.tree_util.tree_map(np.zeros_like, saved)
+    started = load_initial(cfg.model, scratch)
+    for a, b in zip(jax.tree_util.tree_leaves(started), jax.tree_util.tree_leaves(saved), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert fns.vocab.state is not None
+
+
+def test_rerun_resumes_and_extends(pretrained, tmp_path: Path) -> None:
+    out, _ = pretrained
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    summary = run_pretrain(pretrain_config(30).replace(pretrain=dataclasses.replace(
+        pretrain_config(30).pretrain, num_steps=45)), copy, progress=False)
+    assert [h["step"] for h in summary["history"]] == [15.0, 30.0, 45.0]
+    assert [c["step"] for c in summary["localization_curve"]] == [15, 30, 45]
+
+
+def test_refuses_state_models_and_other_domains() -> None:
+    with pytest.raises(ValueError, match="reads none"):
+        check_pretrainable(debug_config("pointmass"))
