@@ -39,16 +39,20 @@ def main() -> None:
     cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant),
                       pretrain=dataclasses.replace(cfg.pretrain, num_steps=args.steps, eval_every=args.eval_every))
     out = Path(args.out) / "pretrain"
-    timing = Path(args.out) / "seconds.json"  # wall time over every call, for examples/s
-    seconds = json.loads(timing.read_text()) if timing.exists() else {}
+    timing = Path(args.out) / "calls.json"  # steps and wall time of each completed call, for examples/s
+    calls = json.loads(timing.read_text()) if timing.exists() else []
+    history = out / "history.json"
+    start = int(json.loads(history.read_text())[-1]["step"]) if history.exists() else 0
     t = time.time()
     summary = run_pretrain(cfg, out)
-    seconds[str(time.time())] = time.time() - t
-    timing.write_text(json.dumps(seconds))
-    total = sum(seconds.values())
+    calls.append({"steps": summary["final_step"] - start, "seconds": time.time() - t})
+    timing.write_text(json.dumps(calls))
+    steps, seconds = sum(c["steps"] for c in calls), sum(c["seconds"] for c in calls)
     result = {
         "variant": cfg.model.variant, "steps": summary["final_step"], "batch_size": cfg.pretrain.batch_size,
-        "seconds": total, "examples_per_second": summary["final_step"] * cfg.pretrain.batch_size / total,
+        "schedule_steps": args.steps, "learning_rate": cfg.pretrain.learning_rate,
+        "timed_steps": steps, "seconds": seconds,
+        "examples_per_second": steps * cfg.pretrain.batch_size / seconds if seconds else None,
         "curve": [{**c, **{k: v for k, v in h.items() if k.startswith("val/")}}
                   for c, h in zip(summary["localization_curve"], summary["history"], strict=True)],
         "params": summary["params"],

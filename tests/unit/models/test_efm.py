@@ -131,7 +131,7 @@ def test_image_input_creates_vision_encoder_params() -> None:
     assert np.abs(np.asarray(ctx_a) - np.asarray(ctx_b)).max() > 1e-6
 
 
-def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing() -> None:
+def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits) -> None:
     """Aloha's quick runs: an MLP variant reads the joints and the peg and socket poses; its
     decoding state gives the teacher-forced logits of all 70 action tokens."""
     from efm.config import default_config
@@ -147,13 +147,7 @@ def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing() -> None:
     obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
     tokens = jnp.asarray(rng.integers(0, 256, (B, 70)), jnp.int32)
     full = np.asarray(jax.jit(lambda p, x, t: fns.model.apply({"params": p}, x, obj, t))(params, x, tokens))
-    logits, state = jax.jit(lambda p, x: fns.model.apply({"params": p}, x, obj, 70, method="prefill"))(params, x)
-    step = jax.jit(lambda p, s, t, k: fns.model.apply({"params": p}, s, t, k, method="decode_step"))
-    got = [np.asarray(logits)]
-    for k in range(69):
-        logits, state = step(params, state, tokens[:, k], jnp.int32(k))
-        got.append(np.asarray(logits))
-    np.testing.assert_allclose(np.stack(got, axis=1), full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cached_logits(fns, params, x, obj, tokens), full, rtol=1e-5, atol=1e-5)
     actions, sampled = fns.sample_actions(params, x, jax.random.PRNGKey(1))
     assert actions.shape == (B, 70) and sampled.shape == (B, 70) and np.abs(actions).max() <= 1
     d = np.asarray(fns.steps_to_go(params, x))

@@ -199,7 +199,7 @@ def test_conv_stem_keeps_one_token_per_patch() -> None:
                            heads=1, head_dim=8, mlp=8, stem=(4, 4))
 
 
-def test_aloha_two_cameras_and_70_tokens_cached_equals_full() -> None:
+def test_aloha_two_cameras_and_70_tokens_cached_equals_full(cached_logits) -> None:
     """Aloha with cameras: the two stacked images' current and previous frames (4 frames of
     124x80, 16 image tokens each), the instruction and 14 joint tokens; decoding the 70 action
     tokens with the prefix encoded once equals re-running the whole sequence per token."""
@@ -229,13 +229,7 @@ def test_aloha_two_cameras_and_70_tokens_cached_equals_full() -> None:
         assert not np.allclose(first, forward(params, {**x, IMAGE: changed}, jnp.zeros((B, 1), jnp.int32)), atol=1e-4)
     tokens = jnp.asarray(rng.integers(0, 256, (B, 70)), jnp.int32)  # any 70 tokens: every position's logits
     full = np.asarray(forward(params, x, tokens))
-    logits, state = jax.jit(lambda p, x: fns.model.apply({"params": p}, x, obj, 70, method="prefill"))(params, x)
-    step = jax.jit(lambda p, s, t, k: fns.model.apply({"params": p}, s, t, k, method="decode_step"))
-    got = [np.asarray(logits)]
-    for k in range(69):
-        logits, state = step(params, state, tokens[:, k], jnp.int32(k))
-        got.append(np.asarray(logits))
-    np.testing.assert_allclose(np.stack(got, axis=1), full, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(cached_logits(fns, params, x, obj, tokens), full, rtol=1e-4, atol=1e-3)
     # Greedy decoding through the cache (one prefix pass, a scan of 69 steps) against the full
     # sequence re-run per token.
     cached = np.asarray(fns.sample_action_tokens(params, x, jax.random.PRNGKey(0), True))
