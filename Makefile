@@ -11,6 +11,7 @@ run:
 
 test:
 	./scripts/bootstrap.sh
+	./scripts/browser.sh
 	.venv/bin/ruff check .
 	.venv/bin/pytest -q -n 2 --dist loadfile tests
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 from efm.self_improve.console import Console
 from efm.self_improve.monitor import FleetMonitor
@@ -66,7 +67,7 @@ def test_the_stop_button_ends_a_running_actors_episodes() -> None:
     assert [e["length"] for e in episodes] == [0.0, 0.0, 0.0]  # ended at their first observation
 
 
-def test_console_in_a_headless_browser() -> None:
+def test_console_in_a_headless_browser(tmp_path: Path) -> None:
     """The page in real headless Chromium (Debian's chromium + chromium-driver, Selenium):
     actors and rounds rendered from the monitor, and its buttons reaching the monitor."""
     import shutil
@@ -92,7 +93,10 @@ def test_console_in_a_headless_browser() -> None:
     console = Console(monitor, "127.0.0.1", 0)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+    profile = tmp_path / "profile"  # a fresh profile; no background traffic into a closed network
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", f"--user-data-dir={profile}"):
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
