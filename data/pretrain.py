@@ -15,7 +15,9 @@ trained on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,26 +34,34 @@ EFFECTOR = "effector"
 VALIDATION_BOARDS = 10**12  # board ids from here on are validation boards
 
 
-def board_questions(blocks: Sequence[str], block_xy: np.ndarray, effector_xy: np.ndarray, count: int,
-                    rng: np.random.Generator) -> list[tuple[str, str, np.ndarray]]:
-    """`count` of a board's objects (its blocks and the effector), each as (object, question,
-    answer position [2]). Pure given the rng."""
+def object_phrase(name: str, rng: np.random.Generator) -> str:
+    return EFFECTOR_NAMES[rng.integers(len(EFFECTOR_NAMES))] if name == EFFECTOR else name.replace("_", " ")
+
+
+def board_questions(blocks: Sequence[str], block_xy: np.ndarray, effector_xy: np.ndarray, sizes: Sequence[int],
+                    rng: np.random.Generator) -> list[tuple[tuple[str, ...], str, np.ndarray]]:
+    """Questions about a board's objects (its blocks and the effector), question i naming
+    `sizes[i]` different objects: (objects, question, answer positions [sizes[i], 2]).
+    One object: "where is the red moon" and other phrasings; several: their names in a list
+    ("red moon blue cube arm", as a detection prompt), answered in that order. Pure given the rng."""
     objects = [*blocks, EFFECTOR]
-    out = []
-    for i in rng.choice(len(objects), size=count, replace=False):
-        name = objects[int(i)]
-        if name == EFFECTOR:
-            phrase, xy = EFFECTOR_NAMES[rng.integers(len(EFFECTOR_NAMES))], effector_xy
-        else:
-            phrase, xy = name.replace("_", " "), block_xy[BLOCKS.index(name)]
-        question = BLOCK_QUESTIONS[rng.integers(len(BLOCK_QUESTIONS))].format(phrase)
-        out.append((name, question, np.asarray(xy, np.float32)))
+    position = {**{b: block_xy[BLOCKS.index(b)] for b in blocks}, EFFECTOR: effector_xy}
+    out, order = [], []
+    for size in sizes:
+        if len(order) < size:  # objects repeat across a board's questions only once all were asked
+            order = [objects[int(i)] for i in rng.permutation(len(objects))]
+        names, order = tuple(order[:size]), order[size:]
+        phrases = [object_phrase(n, rng) for n in names]
+        question = (BLOCK_QUESTIONS[rng.integers(len(BLOCK_QUESTIONS))].format(phrases[0]) if size == 1
+                    else " ".join(phrases))
+        out.append((names, question, np.stack([np.asarray(position[n], np.float32) for n in names])))
     return out
 
 
 class TableQuestions:
     """`efm.sft.trainer.Samples` for pretraining: endless rendered batches and a fixed
-    validation set, in Stage 1's batch layout (objective `locate`)."""
+    validation set, in Stage 1's batch layout (objective `locate`). A training batch holds
+    `questions_per_scene` questions about each of `batch_size / questions_per_scene` boards."""
 
     def __init__(self, cfg: RunConfig, vocab: Vocabulary):
         if vocab.text is None or vocab.state is None or vocab.state.key != EFFECTOR_TRANSLATION:
@@ -63,6 +73,11 @@ class TableQuestions:
             raise ValueError(f"pretraining renders the table's one camera {RGB!r}; the tokenizer reads {vocab.cameras}")
         self._cfg, self._vocab = cfg.pretrain, vocab
         self._per_board = cfg.pretrain.questions_per_scene
+        self._per_question = cfg.pretrain.objects_per_question
+        self._objects = cfg.env.tabletop.num_blocks + 1  # what a board holds to ask about: blocks, effector
+        if self._per_question > self._objects:
+            raise ValueError(f"pretrain.objects_per_question={self._per_question}: a board holds {self._objects} "
+                             f"objects (tabletop.num_blocks={cfg.env.tabletop.num_blocks} and the effector)")
         table = dataclasses.replace(cfg.env.tabletop, render_images=True, state_observation=True)
         self._env = TabletopEnv(dataclasses.replace(cfg.env, tabletop=table),
                                 cfg.pretrain.batch_size // self._per_board, seed=cfg.pretrain.seed)
@@ -89,26 +104,28 @@ class TableQuestions:
             names.extend(self._env.blocks_on_board[: len(ids)])
         return np.concatenate(frames), np.concatenate(blocks), np.concatenate(effector), names
 
-    def _batch(self, boards: Sequence[int], per_board: int, rng: np.random.Generator,
-               ) -> tuple[Batch, list[tuple[str, np.ndarray]]]:
-        """One batch of `per_board` questions about each board, and (object, position) per row."""
+    def _batch(self, boards: Sequence[int], sizes: Sequence[int], rng: np.random.Generator,
+               ) -> tuple[Batch, list[tuple[tuple[str, ...], np.ndarray]]]:
+        """One row per question: about each board, questions naming `sizes` objects.
+        Returns the batch and each row's (objects, true positions)."""
         vocab = self._vocab
         assert vocab.text is not None and vocab.state is not None
         frames, blocks, effector, names = self._render(boards)
-        images, questions, answers = [], [], []
+        images, texts, answers = [], [], []
         for j in range(len(boards)):
-            for obj, question, xy in board_questions(names[j], blocks[j], effector[j], per_board, rng):
+            for objects, text, xy in board_questions(names[j], blocks[j], effector[j], sizes, rng):
                 images.append(frames[j])
-                questions.append(question)
-                answers.append((obj, xy))
-        n, dims = len(questions), vocab.state.dims
+                texts.append(text)
+                answers.append((objects, xy))
+        n, dims = len(texts), vocab.state.dims
         image = np.stack(images)
         targets = np.zeros((n, vocab.max_target_length), np.int32)
         mask = np.zeros((n, vocab.max_target_length), np.float32)
-        targets[:, :dims] = vocab.position_targets(np.stack([xy for _, xy in answers]))
-        mask[:, :dims] = 1.0
+        for i, (_, xy) in enumerate(answers):  # x, y of the first object, then of the next, ...
+            targets[i, :xy.size] = vocab.position_targets(xy).reshape(-1)
+            mask[i, :xy.size] = 1.0
         batch = {f"inputs/{IMAGE}": np.stack([image, image], axis=1),  # the board is still: now = before
-                 f"inputs/{TEXT}": vocab.text.encode(questions),
+                 f"inputs/{TEXT}": vocab.text.encode(texts),
                  f"inputs/{STATE}": np.zeros((n, dims), np.int32),  # 0: no state (locate reads none)
                  "targets": targets, "target_mask": mask,
                  "objective": np.full(n, OBJECTIVES.index("locate"), np.int32)}
@@ -116,30 +133,71 @@ class TableQuestions:
 
     def training(self, *, seed: int, start_step: int = 0, shard: tuple[int, int] = (1, 0)) -> Iterator[Batch]:
         """Endless batches of `pretrain.batch_size / shard count` questions; batch s is the same
-        for a seed whenever it is made."""
+        for a seed whenever it is made. Rendered a batch ahead in a thread, while the step runs."""
         per_host = self._env.num_envs // shard[0]
-        step = start_step
-        while True:
+
+        def batch(step: int) -> Batch:
             first = (step * shard[0] + shard[1]) * per_host
             rng = np.random.default_rng([seed, step, shard[1]])
-            yield self._batch(range(first, first + per_host), self._per_board, rng)[0]
-            step += 1
+            return self._batch(range(first, first + per_host), [self._per_question] * self._per_board, rng)[0]
+
+        return _ahead(batch, start_step)
 
     def validation(self, objective: str = "locate") -> Iterator[Batch]:
-        """Every question about each validation board (its blocks and the effector), once."""
+        """Questions covering every object of each validation board (its blocks and the
+        effector) once, `objects_per_question` at a time, as in training."""
         if objective != "locate":
             raise ValueError(f"pretraining data has only the locate objective, not {objective!r}")
         for batch, _ in self._validation_batches():
             yield batch
 
-    def validation_answers(self) -> list[tuple[str, np.ndarray]]:
-        """(object, true position) of each validation row, in validation()'s order."""
+    def validation_answers(self) -> list[tuple[tuple[str, ...], np.ndarray]]:
+        """(objects, true positions [k, 2]) of each validation row, in validation()'s order."""
         return [a for _, answers in self._validation_batches() for a in answers]
 
-    def _validation_batches(self) -> list[tuple[Batch, list[tuple[str, np.ndarray]]]]:
+    def _validation_batches(self) -> list[tuple[Batch, list[tuple[tuple[str, ...], np.ndarray]]]]:
         if self._validation is None:
+            per = self._per_question
+            k = self._objects
+            sizes = [per] * (k // per) + ([k % per] if k % per else [])  # every object once
             boards = VALIDATION_BOARDS + np.arange(self._cfg.validation_scenes)
-            per = max(1, self._cfg.batch_size * 4 // 5)  # boards per batch: 5 questions each
+            step = max(1, self._cfg.batch_size * 4 // len(sizes))  # boards per batch (as_sft's validation batch)
             rng = np.random.default_rng([self._cfg.seed, VALIDATION_BOARDS])
-            self._validation = [self._batch(boards[i:i + per], 5, rng) for i in range(0, len(boards), per)]
+            self._validation = [self._batch(boards[i:i + step], sizes, rng) for i in range(0, len(boards), step)]
         return self._validation
+
+
+def _ahead(make: Callable[[int], Batch], start: int, depth: int = 2) -> Iterator[Batch]:
+    """make(start), make(start + 1), ... produced `depth` ahead in a thread (rendering releases
+    the GIL to XLA's step); the thread stops when the iterator is closed or dropped."""
+    results: queue.Queue[Batch | BaseException] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        step = start
+        while not stop.is_set():
+            try:
+                item: Batch | BaseException = make(step)
+            except BaseException as e:  # handed to the consumer, raised there
+                item = e
+            while not stop.is_set():
+                try:
+                    results.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+            step += 1
+
+    thread = threading.Thread(target=produce, name="pretrain-render", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = results.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

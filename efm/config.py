@@ -359,6 +359,7 @@ STAGE1_OBJECTIVES = ("bc", "steps_to_go", "instruction")
 # locate: pretraining on rendered image-text data without actions (`efm pretrain`): "where is
 # the red moon" answered in the position tokens the model reads the effector in.
 PRETRAIN_OBJECTIVES = ("locate",)
+MAX_LOCATE_OBJECTS = 9  # objects one locate question may name: up to 8 blocks and the effector
 OBJECTIVES = STAGE1_OBJECTIVES + PRETRAIN_OBJECTIVES
 
 
@@ -414,6 +415,7 @@ class PretrainConfig:
     num_steps: int = 4000
     batch_size: int = 32
     questions_per_scene: int = 4
+    objects_per_question: int = 1  # >1: "red moon blue cube arm" answered with each one's position, in order
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     eval_every: int = 500
@@ -422,8 +424,9 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_steps > 0, "pretrain.num_steps", self.num_steps, "> 0")
-        _check(1 <= self.questions_per_scene <= 5, "pretrain.questions_per_scene", self.questions_per_scene,
-               "in [1, 5] (a board holds 4 blocks and the effector)")
+        _check(self.questions_per_scene >= 1, "pretrain.questions_per_scene", self.questions_per_scene, ">= 1")
+        _check(1 <= self.objects_per_question <= MAX_LOCATE_OBJECTS, "pretrain.objects_per_question",
+               self.objects_per_question, f"in [1, {MAX_LOCATE_OBJECTS}]")
         _check(self.batch_size > 0 and self.batch_size % self.questions_per_scene == 0, "pretrain.batch_size",
                self.batch_size, "a positive multiple of questions_per_scene")
         _check(self.learning_rate > 0, "pretrain.learning_rate", self.learning_rate, "> 0")

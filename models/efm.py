@@ -141,11 +141,12 @@ class EFMFunctions:
                               jax.random.PRNGKey(0), True)
         return tokens - self.vocab.text_offset
 
-    @partial(jax.jit, static_argnums=0)
-    def locate(self, params: dict, inputs: Inputs) -> jax.Array:
-        """Greedy position tokens answering the question in inputs' text (pretraining). [B, dims]"""
+    @partial(jax.jit, static_argnums=(0, 3))
+    def locate(self, params: dict, inputs: Inputs, objects: int = 1) -> jax.Array:
+        """Greedy position tokens answering the question in inputs' text (pretraining): x, y of
+        each of the `objects` it names, in order. [B, objects * dims]"""
         assert self.vocab.state is not None
-        return self._decode(params, objective_inputs(inputs, "locate"), "locate", self.vocab.state.dims,
+        return self._decode(params, objective_inputs(inputs, "locate"), "locate", objects * self.vocab.state.dims,
                             jax.random.PRNGKey(0), True)
 
     def sample_actions(self, params: dict, inputs: Inputs, rng: jax.Array,

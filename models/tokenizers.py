@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from efm.config import TokenizerConfig
+from efm.config import MAX_LOCATE_OBJECTS, TokenizerConfig
 
 
 class ActionTokenizer(Protocol):
@@ -296,6 +296,14 @@ class Vocabulary:
         return max(self.action.num_tokens, 1, 0 if self.text is None else self.text.length,
                    0 if self.state is None else self.state.dims)
 
+    @property
+    def locate_length(self) -> int:
+        """Output positions of the pretraining objective: the position tokens of as many objects
+        as a question may name, within the output length (0 without state tokens)."""
+        if self.state is None:
+            return 0
+        return min(MAX_LOCATE_OBJECTS, self.max_target_length // self.state.dims) * self.state.dims
+
     def text_tokens(self, byte_tokens: np.ndarray) -> np.ndarray:
         """Byte tokens [..., L] -> global ids."""
         assert self.text is not None
@@ -344,7 +352,8 @@ class Vocabulary:
                 valid[: self.text.length, self.text_offset : self.text_offset + self.text.vocab_size] = True
         elif objective == "locate":  # likewise without state tokens
             if self.state is not None:
-                valid[: self.state.dims, self.state_offset : self.state_offset + self.state.vocab_size] = True
+                n = self.locate_length
+                valid[:n, self.state_offset : self.state_offset + self.state.vocab_size] = True
         else:
             raise ValueError(f"unknown objective {objective!r}")
         valid[~valid.any(axis=-1), 0] = True  # padded positions: any fixed token, masked out of losses

@@ -42,13 +42,17 @@ def localization_errors(fns: EFMFunctions, params: Any, data: TableQuestions) ->
     """Mean distance (cm) between the greedy answer and the true position over the validation
     boards, for the effector and for the blocks, and the share of blocks found within 3 cm."""
     vocab = fns.vocab
+    assert vocab.state is not None
+    answers = data.validation_answers()
+    most = max(len(objects) for objects, _ in answers)
     predicted = []
     for batch in data.validation():
         inputs, _ = split_inputs(batch)
-        predicted.append(vocab.position_from_tokens(np.asarray(fns.locate(params, inputs))))
-    answers = data.validation_answers()
-    error = 100 * np.linalg.norm(np.concatenate(predicted) - np.stack([xy for _, xy in answers]), axis=-1)
-    effector = np.array([name == EFFECTOR for name, _ in answers])
+        tokens = np.asarray(fns.locate(params, inputs, most))
+        predicted.extend(vocab.position_from_tokens(tokens.reshape(len(tokens), most, vocab.state.dims)))
+    error = np.concatenate([100 * np.linalg.norm(p[:len(xy)] - xy, axis=-1)
+                            for p, (_, xy) in zip(predicted, answers, strict=True)])
+    effector = np.array([name == EFFECTOR for objects, _ in answers for name in objects])
     return {"effector_cm": float(error[effector].mean()), "blocks_cm": float(error[~effector].mean()),
             "blocks_within_3cm": float((error[~effector] < 3.0).mean())}
 

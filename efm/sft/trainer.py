@@ -60,7 +60,7 @@ def target_length(fns: EFMFunctions, objective: str) -> int:
     vocab = fns.vocab
     return {"bc": vocab.action.num_tokens, "steps_to_go": 1,
             "instruction": vocab.text.length if vocab.text is not None else 0,
-            "locate": vocab.state.dims if vocab.state is not None else 0}[objective]
+            "locate": vocab.locate_length}[objective]
 
 
 def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, objective: str) -> jax.Array:

@@ -28,21 +28,37 @@ def questions() -> TableQuestions:
     data.close()
 
 
-def test_board_questions_name_each_object_once_with_its_position() -> None:
+def board() -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     blocks = ("red_moon", "blue_cube")
     block_xy = np.zeros((len(BLOCKS), 2), np.float32)
     block_xy[BLOCKS.index("red_moon")] = (0.3, -0.1)
     block_xy[BLOCKS.index("blue_cube")] = (0.5, 0.2)
-    effector = np.array([0.2, 0.0], np.float32)
-    out = board_questions(blocks, block_xy, effector, 3, np.random.default_rng(0))
-    assert sorted(name for name, _, _ in out) == sorted([*blocks, EFFECTOR])
-    for name, question, xy in out:
+    return blocks, block_xy, np.array([0.2, 0.0], np.float32)
+
+
+def test_board_questions_name_each_object_once_with_its_position() -> None:
+    blocks, block_xy, effector = board()
+    out = board_questions(blocks, block_xy, effector, [1, 1, 1], np.random.default_rng(0))
+    assert sorted(objects[0] for objects, _, _ in out) == sorted([*blocks, EFFECTOR])
+    for (name,), question, xy in out:
         if name == EFFECTOR:
-            np.testing.assert_array_equal(xy, effector)
+            np.testing.assert_array_equal(xy, effector[None])
             assert any(w in question for w in ("arm", "effector"))
         else:
-            np.testing.assert_array_equal(xy, block_xy[BLOCKS.index(name)])
+            np.testing.assert_array_equal(xy, block_xy[BLOCKS.index(name)][None])
             assert name.replace("_", " ") in question
+
+
+def test_questions_naming_several_objects_answer_in_their_order() -> None:
+    blocks, block_xy, effector = board()
+    position = {"red_moon": (0.3, -0.1), "blue_cube": (0.5, 0.2), EFFECTOR: (0.2, 0.0)}
+    for objects, question, xy in board_questions(blocks, block_xy, effector, [2, 2, 2, 2], np.random.default_rng(1)):
+        assert len(set(objects)) == 2 and xy.shape == (2, 2)
+        np.testing.assert_allclose(xy, [position[o] for o in objects])
+        words = question.split(" ")
+        first = objects[0].replace("_", " ") if objects[0] != EFFECTOR else None
+        if first is not None:
+            assert " ".join(words[:2]) == first  # named in the order answered
 
 
 def test_batches_answer_in_position_tokens_of_the_true_positions(questions: TableQuestions) -> None:
@@ -56,19 +72,38 @@ def test_batches_answer_in_position_tokens_of_the_true_positions(questions: Tabl
     assert (batch["objective"] == OBJECTIVES.index("locate")).all()
     assert (batch["target_mask"].sum(axis=1) == 2).all()
     valid = vocab.valid_tokens("locate")
-    rows = np.arange(2)
-    assert valid[rows, batch["targets"][:, :2]].all()
+    assert valid[np.arange(2), batch["targets"][:, :2]].all()
     # the validation rows' tokens decode to within half a bin of the true positions
     half_bin = (np.subtract(cfg.tokenizer.state_high, cfg.tokenizer.state_low)) / (cfg.tokenizer.state_bins - 1) / 2
     val = list(questions.validation())
     answers = questions.validation_answers()
     targets = np.concatenate([b["targets"][:, :2] for b in val])
     assert len(targets) == len(answers) == 5 * cfg.pretrain.validation_scenes
-    error = np.abs(vocab.position_from_tokens(targets) - np.stack([xy for _, xy in answers]))
+    error = np.abs(vocab.position_from_tokens(targets) - np.concatenate([xy for _, xy in answers]))
     assert (error <= half_bin + 1e-6).all()
     texts = vocab.text.decode(np.concatenate([b[f"inputs/{TEXT}"] for b in val]))
-    for text, (name, _) in zip(texts, answers, strict=True):
+    for text, ((name,), _) in zip(texts, answers, strict=True):
         assert (name.replace("_", " ") in text) if name != EFFECTOR else ("arm" in text or "effector" in text)
+
+
+def test_validation_covers_every_object_of_each_board_in_multi_object_questions() -> None:
+    cfg = pretrain_config()
+    cfg = cfg.replace(pretrain=dataclasses.replace(cfg.pretrain, objects_per_question=2))
+    vocab = make_vocabulary(cfg.tokenizer)
+    data = TableQuestions(cfg, vocab)
+    try:
+        answers = data.validation_answers()
+        batches = list(data.validation())
+    finally:
+        data.close()
+    assert [len(o) for o, _ in answers] == [2, 2, 1] * cfg.pretrain.validation_scenes  # 5 objects a board
+    for k in range(cfg.pretrain.validation_scenes):
+        named = [n for o, _ in answers[3 * k:3 * k + 3] for n in o]
+        assert len(set(named)) == 5 and EFFECTOR in named
+    masks = np.concatenate([b["target_mask"] for b in batches])
+    np.testing.assert_array_equal(masks.sum(axis=1), [4, 4, 2] * cfg.pretrain.validation_scenes)
+    targets = np.concatenate([b["targets"] for b in batches])
+    np.testing.assert_array_equal(targets[0, :4], vocab.position_targets(answers[0][1]).reshape(-1))
 
 
 def test_stream_is_deterministic_and_resumes_at_a_step(questions: TableQuestions) -> None:
@@ -94,3 +129,23 @@ def test_refuses_a_tokenizer_without_position_tokens() -> None:
     cfg = cfg.replace(tokenizer=dataclasses.replace(cfg.tokenizer, state_key="", state_low=(), state_high=()))
     with pytest.raises(ValueError, match="state_key"):
         TableQuestions(cfg, make_vocabulary(cfg.tokenizer))
+
+
+def test_batches_made_ahead_in_order_errors_raised_and_thread_stopped() -> None:
+    import threading
+
+    from efm.data.pretrain import _ahead
+
+    def make(step: int) -> dict:
+        if step == 4:
+            raise RuntimeError("board 4 failed")
+        return {"step": np.array([step])}
+
+    it = _ahead(make, 1)
+    assert [int(next(it)["step"][0]) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(RuntimeError, match="board 4"):
+        next(it)
+    it = _ahead(make, 0)
+    next(it)
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name == "pretrain-render"]

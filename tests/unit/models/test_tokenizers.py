@@ -226,9 +226,10 @@ def test_locate_answers_only_in_position_tokens_and_round_trips() -> None:
     valid = vocab.valid_tokens("locate")
     state = np.zeros(vocab.size, bool)
     state[vocab.state_offset:vocab.state_offset + cfg.state_bins] = True
-    for k in range(vocab.state.dims):
+    assert vocab.locate_length == 9 * vocab.state.dims  # up to 8 blocks and the effector
+    for k in range(vocab.locate_length):
         np.testing.assert_array_equal(valid[k], state)
-    assert not valid[vocab.state.dims:, 1:].any()  # the rest pads
+    assert not valid[vocab.locate_length:, 1:].any()  # the rest pads
     xy = np.array([[0.15, -0.3048], [0.6, 0.3048], [0.37, 0.01]])
     tokens = vocab.position_targets(xy)
     assert state[tokens].all()

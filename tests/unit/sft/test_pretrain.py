@@ -71,3 +71,12 @@ def test_rerun_resumes_and_extends(pretrained, tmp_path: Path) -> None:
 def test_refuses_state_models_and_other_domains() -> None:
     with pytest.raises(ValueError, match="reads none"):
         check_pretrainable(debug_config("pointmass"))
+
+
+def test_multi_object_questions_train_and_are_measured_per_object(tmp_path: Path) -> None:
+    cfg = pretrain_config(4)
+    cfg = cfg.replace(pretrain=dataclasses.replace(cfg.pretrain, objects_per_question=5, questions_per_scene=1))
+    summary = run_pretrain(cfg, tmp_path, progress=False)
+    assert summary["final_step"] == 4 and np.isfinite(summary["history"][-1]["val/locate_loss"])
+    loc = summary["localization"]
+    assert 0 < loc["effector_cm"] < 100 and 0 < loc["blocks_cm"] < 100
