@@ -32,12 +32,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--variant", default=None, help="model variant (default: the table's)")
+    p.add_argument("--objects-per-question", type=int, default=None, help="pretrain.objects_per_question")
+    p.add_argument("--questions-per-scene", type=int, default=None, help="pretrain.questions_per_scene")
     p.add_argument("--out", default="runs/table-pretrain")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     cfg = default_config("tabletop")
     cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant),
-                      pretrain=dataclasses.replace(cfg.pretrain, num_steps=args.steps, eval_every=args.eval_every))
+                      pretrain=dataclasses.replace(cfg.pretrain, num_steps=args.steps, eval_every=args.eval_every,
+                                                   **{k: v for k, v in (("objects_per_question", args.objects_per_question),
+                                                                        ("questions_per_scene", args.questions_per_scene))
+                                                      if v is not None}))
     out = Path(args.out) / "pretrain"
     timing = Path(args.out) / "calls.json"  # steps and wall time of each completed call, for examples/s
     calls = json.loads(timing.read_text()) if timing.exists() else []
@@ -51,6 +56,8 @@ def main() -> None:
     result = {
         "variant": cfg.model.variant, "steps": summary["final_step"], "batch_size": cfg.pretrain.batch_size,
         "schedule_steps": args.steps, "learning_rate": cfg.pretrain.learning_rate,
+        "objects_per_question": cfg.pretrain.objects_per_question,
+        "questions_per_scene": cfg.pretrain.questions_per_scene,
         "timed_steps": steps, "seconds": seconds,
         "examples_per_second": steps * cfg.pretrain.batch_size / seconds if seconds else None,
         "curve": [{**c, **{k: v for k, v in h.items() if k.startswith("val/")}}
