@@ -767,19 +767,35 @@ def debug_config(domain: str = "pointmass") -> RunConfig:
     """A seconds-long run: tiny data, tiny model, a few updates. For tests."""
     base = default_config(domain)
     if domain == "aloha-insertion":
-        # Its demonstrations succeed within ~20 chunks (58 at most, benchmarks/results/aloha_env.json):
-        # 40 keeps an untrained policy's practice and evaluation episodes short, and 24
-        # demonstrations (~30 planned and simulated) take about half a minute.
-        base = base.replace(env=dataclasses.replace(base.env, max_episode_steps=40))
-    episodes = (24, 4) if domain == "aloha-insertion" else (60, 10)
+        return _aloha_debug_config(base)
     return base.replace(
-        data=DataConfig(num_episodes=episodes[0], validation_episodes=episodes[1], fractions=(0.5,), seed=0),
+        data=DataConfig(num_episodes=60, validation_episodes=10, fractions=(0.5,), seed=0),
         model=ModelConfig(variant="vl-tiny" if base.model.reads_text else "mlp-tiny"),
         sft=dataclasses.replace(base.sft, batch_size=16 * len(base.sft.objectives), num_steps=40, eval_every=20, checkpoint_every=20,
                                 warmup_steps=5),
         self_improve=dataclasses.replace(base.self_improve, batch_size=16, updates_per_round=2,
                                          max_episodes=12, num_envs=4),
         eval=EvalConfig(num_episodes=8, num_envs=4, plot_episodes=3),
+    )
+
+
+def _aloha_debug_config(base: RunConfig) -> RunConfig:
+    """Aloha's debug run, smaller than the others': its steps are 250 MuJoCo steps and its model
+    decodes 70 action tokens, so what costs is episodes. Its demonstrations succeed within ~20
+    chunks (58 at most, benchmarks/results/aloha_env.json): 40 keeps an untrained policy's
+    practice and evaluation episodes short. 12 demonstrations (~14 simulated) step in this
+    process (fewer than 2 x MIN_ENVS_PER_WORKER envs: no worker processes to start); 10 SFT
+    steps with a validation every 5 leave Appendix B's past_best_bc:20 the last step; Stage 2
+    runs two rounds of two episodes, and the evaluation two episodes per policy (one strip each)."""
+    return base.replace(
+        env=dataclasses.replace(base.env, max_episode_steps=40),
+        data=DataConfig(num_episodes=12, validation_episodes=2, fractions=(0.5,), seed=0),
+        model=ModelConfig(variant="mlp-tiny"),
+        sft=dataclasses.replace(base.sft, batch_size=16 * len(base.sft.objectives), num_steps=10, eval_every=5,
+                                checkpoint_every=5, warmup_steps=2),
+        self_improve=dataclasses.replace(base.self_improve, batch_size=16, updates_per_round=2,
+                                         max_episodes=4, num_envs=2),
+        eval=EvalConfig(num_episodes=2, num_envs=2, plot_episodes=1),
     )
 
 

@@ -1,9 +1,23 @@
-"""`efm run --debug` end to end (run once per module), single stages from its directories, CLI errors."""
+"""`efm run --debug` end to end through the CLI (kfp local), single stages from its directories,
+CLI errors, and the local task cache with MLflow tracking on.
+
+One module fixture runs `efm run --debug` three times into one directory:
+
+1. a fault injected into subsample: the run fails, its parent MLflow run ends FAILED;
+2. no fault: dataset (and its validation gate) come from the cache, the rest executes, the
+   parent finishes: the end-to-end checks read this run's artifacts and lineage;
+3. again: every stage comes from the cache; the parent still shows the whole lineage.
+
+(The second run's artifacts are those of a run that executed everything: the same config, seed
+and inputs; one set of runs serves both the end-to-end and the cache checks.)
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import mlflow
@@ -12,25 +26,46 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from efm.cli import main, ui_command
+from efm.components.tracking import FAULT_ENV, REUSED_RUNS, STAGE_RUNS
 from efm.config import debug_config
-from efm.tracking import UPSTREAM
+from efm.tracking import PARENT, UPSTREAM
 
 SEED = 7
 POLICY_KEYS = {"success_rate", "mean_episode_length", "optimal_length_ratio"}
+STAGE_TASKS = ["dataset", "validate", "subsample", "sft", "select", "self-improve", "evaluate"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`efm run` (the kfp local pipeline) on the debug config, one fraction and one seed."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`efm run` (the kfp local pipeline) on the debug config, one fraction and one seed, three
+    times into one directory: failing in subsample, then completing, then from the cache."""
     root = tmp_path_factory.mktemp("e2e")
     out, cwd = root / "out", root / "cwd"
     cwd.mkdir()
+    argv = ["run", "--debug", "--quiet", "--seeds", str(SEED), "--out", str(out)]
+    result: dict[str, Any] = {"out": out, "cwd": cwd, "seconds": []}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)  # anything written outside --out lands here, not in the repository
-        rc = main(["run", "--debug", "--seeds", str(SEED), "--out", str(out)])
-    assert rc == 0
-    (run_root,) = (out / "pipeline_root").iterdir()
-    return {"out": out, "cwd": cwd, "run_root": run_root, "dataset": run_root / "dataset" / "episodes",
+        mp.setenv(FAULT_ENV, "subsample")
+        with pytest.raises(RuntimeError, match="FAILURE"):
+            main(argv)
+        mp.delenv(FAULT_ENV)
+        for _ in range(2):
+            t0 = time.time()
+            assert main(argv) == 0
+            result["seconds"].append(time.time() - t0)
+            result.setdefault("summaries", []).append(json.loads((out / "summary.json").read_text()))
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(runs: dict[str, Any]) -> dict[str, Path]:
+    """The directories of the run that completed (the second): its stages' outputs, and the
+    dataset the failed first run generated and the second took from the cache."""
+    out = runs["out"]
+    run_root = out / "pipeline_root" / runs["summaries"][0]["kfp"]["run_name"]
+    (first_root,) = (p for p in (out / "pipeline_root").iterdir() if (p / "dataset").is_dir())
+    return {"out": out, "cwd": runs["cwd"], "run_root": run_root, "dataset": first_root / "dataset" / "episodes",
             "train": run_root / "subsample" / "train", "sft": run_root / "sft" / "model",
             "select": run_root / "select" / "model", "self_improve": run_root / "self-improve" / "model",
             "evaluate": run_root / "evaluate" / "evaluation"}
@@ -137,14 +172,23 @@ def test_mlflow_lineage_walks_from_evaluate_back_to_dataset(run_dir: dict[str, P
     assert parent.data.tags["kfp.run_name"] == run_dir["run_root"].name
     assert {"report.md", "summary.json", "success_vs_episodes.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    stages = {r.data.tags["stage"]: r for r in children}
+    # Every stage run hangs under the parent of the pipeline run that executed it: this run's
+    # from subsample on; the dataset and its gate under the failed first run's (taken from the
+    # cache here, and linked as reused).
+    first = client.get_run(chain[-1].data.tags["mlflow.parentRunId"])
+    assert first.data.tags["stage"] == "experiment" and first.info.run_id != parent.info.run_id
+    assert parent.data.tags[REUSED_RUNS] == chain[-1].info.run_id
+    stages, executed_in = {}, {}
+    for p in (first, parent):
+        for r in client.search_runs([p.info.experiment_id], f"tags.mlflow.parentRunId = '{p.info.run_id}'"):
+            if r.info.status == "FINISHED" or p is parent:
+                stages[r.data.tags["stage"]], executed_in[r.data.tags["stage"]] = r, p
+    assert {s for s, p in executed_in.items() if p is first} == {"dataset", "validate"}
     assert set(stages) == {"dataset", "validate", "subsample", "sft", "select", "self_improve", "evaluate"}
     for stage, r in stages.items():
         assert r.info.status == "FINISHED"
         assert r.data.tags["domain"] == "pointmass"
-        assert r.data.tags["kfp.run_name"] == run_dir["run_root"].name
+        assert r.data.tags["kfp.run_name"] == executed_in[stage].data.tags["kfp.run_name"]
         assert r.data.tags["kfp.task_name"] == stage.replace("_", "-")
         if stage not in ("dataset", "validate"):
             assert (r.data.tags["data_fraction"], r.data.tags["seed"]) == ("0.5", str(SEED))
@@ -163,8 +207,9 @@ def test_mlflow_records_datasets_models_and_comparable_metrics(run_dir: dict[str
     cfg = debug_config()
     client = _client(run_dir)
     (result,) = json.loads((run_dir["out"] / "summary.json").read_text())["results"]
-    runs = {r.data.tags["stage"]: r for r in client.search_runs(
-        [client.get_experiment_by_name("efm").experiment_id], "tags.stage != 'experiment'")}
+    runs = {r.data.tags["stage"]: r for r in client.search_runs(  # one finished run per stage
+        [client.get_experiment_by_name("efm").experiment_id], "tags.stage != 'experiment' and attributes.status = 'FINISHED'")}
+    assert len(runs) == 7
 
     inputs = {i.dataset.name: i for i in runs["sft"].inputs.dataset_inputs}
     assert set(inputs) == {f"train-f0.5-s{SEED}", f"validation-s{SEED}"}
@@ -354,3 +399,56 @@ def test_ui_serves_the_run_store(run_dir: dict[str, Path]) -> None:
 def test_ui_without_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ui", "--out", str(tmp_path)]) == 2
     assert "mlflow.db" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the task cache
+
+
+def _store(out: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+
+
+def _parents(client: MlflowClient) -> list[Any]:
+    exp = client.get_experiment_by_name("efm")
+    return client.search_runs([exp.experiment_id], "tags.stage = 'experiment'", order_by=["attributes.start_time ASC"])
+
+
+def test_a_failed_run_ends_its_parent_failed(runs: dict[str, Any]) -> None:
+    client = _store(runs["out"])
+    failed = _parents(client)[0]
+    assert failed.info.status == "FAILED"
+    children = client.search_runs([failed.info.experiment_id], f"tags.`{PARENT}` = '{failed.info.run_id}'")
+    assert {r.data.tags["stage"]: r.info.status for r in children} == {
+        "dataset": "FINISHED", "validate": "FINISHED", "subsample": "FAILED"}
+
+
+def test_later_runs_reuse_what_earlier_runs_executed(runs: dict[str, Any]) -> None:
+    second, third = (s["kfp"] for s in runs["summaries"])
+    assert second["cached"] == ["dataset", "validate"]  # the failed run's dataset, validated
+    assert sorted(second["executed"]) == sorted(["start-tracking", *STAGE_TASKS[2:], "report"])
+    assert sorted(third["cached"]) == sorted(STAGE_TASKS)
+    assert third["executed"] == ["start-tracking", "report"]
+    run_root = runs["out"] / "pipeline_root" / third["run_name"]
+    assert sorted(p.name for p in run_root.iterdir()) == ["report", "start-tracking"]  # nothing regenerated
+    first_result, again = (s["results"] for s in runs["summaries"])
+    assert first_result == again  # the same artifacts, so the same evaluation row
+    print(f"efm run --debug: {runs['seconds'][0]:.0f} s, then from the cache {runs['seconds'][1]:.0f} s")
+
+
+def test_the_cached_run_shows_the_whole_lineage_under_its_parent(runs: dict[str, Any]) -> None:
+    client = _store(runs["out"])
+    _, second, third = _parents(client)
+    for parent in (second, third):
+        assert parent.info.status == "FINISHED"
+        assert {"report.md", "summary.json", "lineage.json"} <= {a.path for a in client.list_artifacts(
+            parent.info.run_id)}
+    stage_runs = second.data.tags[STAGE_RUNS].split(",")
+    assert sorted(client.get_run(i).data.tags["stage"] for i in stage_runs) == sorted(
+        ["dataset", "subsample", "sft", "select", "self_improve", "evaluate"])
+    # The second run executed all but the dataset: that one hangs under the failed run's parent.
+    (reused,) = second.data.tags[REUSED_RUNS].split(",")
+    assert client.get_run(reused).data.tags["stage"] == "dataset"
+    # The third executed no stage: its parent links the second run's stage runs, all reused.
+    assert set(third.data.tags[STAGE_RUNS].split(",")) == set(stage_runs)
+    assert set(third.data.tags[REUSED_RUNS].split(",")) == set(stage_runs)
+    assert runs["summaries"][1]["results"][0]["mlflow_run_id"] in stage_runs

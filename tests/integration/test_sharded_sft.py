@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -43,9 +44,12 @@ def episode(t: int, seed: int) -> Episode:
 def run(devices: int, fsdp: int, dirs: tuple[Path, Path], out: Path) -> dict:
     from efm.config import debug_config
 
+    # Batches of 12 (4 per objective, 3 per device) and validation batches of 8 (2 per device):
+    # small, still split over the mesh, and the 3 validation episodes of 4 steps need more than
+    # one validation batch per objective (the last padded), so the losses sum over batches.
     cfg = debug_config("tabletop")
-    cfg = cfg.replace(sft=cfg.sft.__class__(**{**cfg.sft.__dict__, "num_steps": 4, "eval_every": 2,
-                                               "checkpoint_every": 2, "fsdp": fsdp}))
+    cfg = cfg.replace(sft=dataclasses.replace(cfg.sft, num_steps=4, eval_every=2, checkpoint_every=2, fsdp=fsdp,
+                                              batch_size=12, validation_batch_size=8))
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, cfg.to_json(), str(dirs[0]), str(dirs[1]), str(out)],

@@ -23,10 +23,15 @@ from efm.stages import (
 
 @pytest.fixture(scope="module")
 def cfg():
+    # 12 demonstrations step in this process (fewer than 2 x MIN_ENVS_PER_WORKER envs); Stage 2
+    # runs two rounds of two episodes, the evaluation one episode per env (one GIF and strip each).
     base = debug_config("tabletop")
     return base.replace(env=dataclasses.replace(base.env, max_episode_steps=30),
-                        data=dataclasses.replace(base.data, num_episodes=30, validation_episodes=6),
-                        sft=dataclasses.replace(base.sft, num_steps=20, eval_every=10, checkpoint_every=10))
+                        data=dataclasses.replace(base.data, num_episodes=12, validation_episodes=4),
+                        sft=dataclasses.replace(base.sft, num_steps=10, eval_every=5, checkpoint_every=5,
+                                                warmup_steps=2),
+                        self_improve=dataclasses.replace(base.self_improve, max_episodes=4, num_envs=2),
+                        eval=dataclasses.replace(base.eval, num_episodes=2, num_envs=2, plot_episodes=1))
 
 
 @pytest.fixture(scope="module")
