@@ -62,7 +62,7 @@ def main() -> None:
         "examples_per_second": steps * cfg.pretrain.batch_size / seconds if seconds else None,
         "curve": [{**c, **{k: v for k, v in h.items() if k.startswith("val/")}}
                   for c, h in zip(summary["localization_curve"], summary["history"], strict=True)],
-        "params": summary["params"],
+        "params": str(out / "params"),  # as given (relative to where it ran), not this machine's absolute path
         "machine": {"cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0], "python": platform.python_version()},
     }
     print(json.dumps(result, indent=1))
