@@ -195,13 +195,13 @@ def test_dataflow_options_are_built_from_the_config_and_the_step(tmp_path: Path)
         raise _Stop
 
     with pytest.raises(_Stop):
-        validation.run_validation(cfg, episodes, tmp_path / "out", temp_root=f"{validation.GCS_FUSE_PREFIX}bucket/root/validate/statistics",
+        validation.run_validation(cfg, episodes, tmp_path / "out", temp_root=f"{validation.GCS_FUSE_PREFIX}bucket/pipeline-root/validate/statistics",
                                   job_name="efm-experiment-2026", make_pipeline=fake_pipeline)
     (options,) = seen
     gcp = options.view_as(GoogleCloudOptions)
     assert options.view_as(StandardOptions).runner == "DataflowRunner"
     assert (gcp.project, gcp.region) == ("my-project", "europe-west4")
-    assert gcp.temp_location == "gs://bucket/root/validate/statistics/dataflow"
+    assert gcp.temp_location == "gs://bucket/pipeline-root/validate/statistics/dataflow"
     assert gcp.job_name == "efm-validate-efm-experiment-2026"
     assert options.view_as(WorkerOptions).sdk_container_image == EFM_IMAGE
     assert options.view_as(WorkerOptions).max_num_workers == 8
