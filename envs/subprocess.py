@@ -39,13 +39,13 @@ def shares(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
 
 def _share_step(env: Any, command: str, arg: Any) -> tuple[TimeStep, Array | None]:
     if command == "reset":
-        ts = env.reset(arg)
+        ts = env.reset(*arg)
         return ts, np.asarray(env.optimal_length())
     return env.step(arg), None
 
 
 def _worker(conn: Connection, cfg: EnvConfig, num_envs: int, seed: int, first_env: int) -> None:
-    """A worker's loop: ("reset", mask | None) and ("step", actions) answer ("ok", (timestep,
+    """A worker's loop: ("reset", (mask | None, tasks | None)) and ("step", actions) answer ("ok", (timestep,
     optimal lengths after a reset)); ("close", None) ends it. Errors answer ("error", exception)."""
     from efm.domains import make_local_env
 
@@ -144,17 +144,18 @@ class SubprocessVectorEnv:
     def _timestep(self) -> TimeStep:
         return merge([s for s in self._last if s is not None])
 
-    def reset(self, mask: Array | None = None) -> TimeStep:
-        """Resets where mask is True; shares without any keep their last TimeStep (nothing
-        moved there since)."""
+    def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
+        """Resets where mask is True, to the named `tasks` if given (as VectorEnv.reset); shares
+        without any keep their last TimeStep (nothing moved there since)."""
         mask = None if mask is None else np.asarray(mask, bool)
+        tasks = None if tasks is None else np.asarray(tasks)
         if mask is not None and mask.shape != (self.num_envs,):
             raise ValueError(f"mask must have shape {(self.num_envs,)}, got {mask.shape}")
         todo = [w for w, (a, b) in enumerate(self._shares)
                 if mask is None or mask[a:b].any() or self._last[w] is None]
         for w in todo:
             a, b = self._shares[w]
-            self._conns[w].send(("reset", None if mask is None else mask[a:b]))
+            self._conns[w].send(("reset", (None if mask is None else mask[a:b], None if tasks is None else tasks[a:b])))
         for w, (ts, optimal) in zip(todo, self._receive_all(todo), strict=True):
             a, b = self._shares[w]
             self._last[w] = ts

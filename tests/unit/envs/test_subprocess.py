@@ -57,6 +57,10 @@ def test_workers_give_the_in_process_episodes_images_included(domain: str) -> No
                 mask[[0, 1]] = True
                 _assert_same(local.reset(mask), sub.reset(mask))
                 np.testing.assert_array_equal(local.optimal_length(), sub.optimal_length())
+        tasks = np.array([7, 3, 9, 0, 4])  # named tasks (evaluation's fixed list), every share
+        _assert_same(local.reset(tasks=tasks), sub.reset(tasks=tasks))
+        mask = np.array([False, False, False, True, True])  # the second share only
+        _assert_same(local.reset(mask, tasks + 5), sub.reset(mask, tasks + 5))
 
 
 def test_aloha_workers_give_the_in_process_episodes() -> None:
