@@ -62,7 +62,7 @@ def measure_variant(variant: str, train: Path, steps: int, warmup: int, batch_si
     optimizer = make_optimizer(cfg.sft)
     first = next(batches)
     state, shardings = init_state(cfg, fns, optimizer, first, mesh)
-    step = make_train_step(fns, optimizer, cfg.sft.objectives, mesh, shardings)
+    step = make_train_step(fns, optimizer, cfg.sft, mesh, shardings)
     flops = None
     try:
         cost = step.lower(state, sharding.put_batch(mesh, first)).compile().cost_analysis()

@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--variant", default=None, help="model variant (default: the table's)")
     p.add_argument("--objects-per-question", type=int, default=None, help="pretrain.objects_per_question")
     p.add_argument("--questions-per-scene", type=int, default=None, help="pretrain.questions_per_scene")
+    p.add_argument("--ordinal-sigma", type=float, default=None, help="pretrain.ordinal_sigma (bins)")
     p.add_argument("--out", default="runs/table-pretrain")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -41,7 +42,8 @@ def main() -> None:
     cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant),
                       pretrain=dataclasses.replace(cfg.pretrain, num_steps=args.steps, eval_every=args.eval_every,
                                                    **{k: v for k, v in (("objects_per_question", args.objects_per_question),
-                                                                        ("questions_per_scene", args.questions_per_scene))
+                                                                        ("questions_per_scene", args.questions_per_scene),
+                                                                        ("ordinal_sigma", args.ordinal_sigma))
                                                       if v is not None}))
     out = Path(args.out) / "pretrain"
     timing = Path(args.out) / "calls.json"  # steps and wall time of each completed call, for examples/s
@@ -57,7 +59,7 @@ def main() -> None:
         "variant": cfg.model.variant, "steps": summary["final_step"], "batch_size": cfg.pretrain.batch_size,
         "schedule_steps": args.steps, "learning_rate": cfg.pretrain.learning_rate,
         "objects_per_question": cfg.pretrain.objects_per_question,
-        "questions_per_scene": cfg.pretrain.questions_per_scene,
+        "questions_per_scene": cfg.pretrain.questions_per_scene, "ordinal_sigma": cfg.pretrain.ordinal_sigma,
         "timed_steps": steps, "seconds": seconds,
         "examples_per_second": steps * cfg.pretrain.batch_size / seconds if seconds else None,
         "curve": [{**c, **{k: v for k, v in h.items() if k.startswith("val/")}}

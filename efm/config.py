@@ -380,6 +380,9 @@ class SftConfig:
     data_threads: int = 2  # tf.data's thread pool; small on 2 cores so it does not starve XLA
     validation_batch_size: int = 512
     fsdp: int = 1  # devices per parameter shard group; the rest of the mesh is data-parallel
+    # Training targets of ordered bins (positions, steps-to-go, action magnitudes) spread as a
+    # Gaussian of this many bins (0: one-hot); validation losses stay the true tokens' NLL.
+    ordinal_sigma: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -399,6 +402,7 @@ class SftConfig:
         _check(self.data_threads > 0, "sft.data_threads", self.data_threads, "> 0")
         _check(self.validation_batch_size > 0, "sft.validation_batch_size", self.validation_batch_size, "> 0")
         _check(self.fsdp > 0, "sft.fsdp", self.fsdp, "> 0")
+        _check(self.ordinal_sigma >= 0, "sft.ordinal_sigma", self.ordinal_sigma, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -416,6 +420,7 @@ class PretrainConfig:
     batch_size: int = 32
     questions_per_scene: int = 4
     objects_per_question: int = 1  # >1: "red moon blue cube arm" answered with each one's position, in order
+    ordinal_sigma: float = 0.0  # as sft.ordinal_sigma: answers spread over neighbouring position bins
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     eval_every: int = 500
@@ -438,7 +443,8 @@ class PretrainConfig:
         return SftConfig(objectives=PRETRAIN_OBJECTIVES, batch_size=self.batch_size, num_steps=self.num_steps,
                          learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
                          eval_every=self.eval_every, checkpoint_every=self.eval_every, max_checkpoints=2,
-                         validation_batch_size=self.batch_size * 4, seed=self.seed)
+                         validation_batch_size=self.batch_size * 4, ordinal_sigma=self.ordinal_sigma,
+                         seed=self.seed)
 
 
 @dataclass(frozen=True)

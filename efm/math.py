@@ -29,6 +29,27 @@ def token_log_likelihood(logits: Array, targets: Array, valid: Array, target_mas
     return jnp.sum(picked * target_mask, axis=-1)
 
 
+def ordinal_targets(index: Array, start: Array, length: Array, size: int, sigma: float) -> Array:
+    """Target distribution over `size` tokens: one-hot at `index`, or, for sigma > 0, a Gaussian
+    of sigma tokens around it over its ordered run [start, start + length) (the bins of one
+    quantity), so that a near miss costs less than a far one (HL-Gauss, Farebrother et al.
+    2024). A run of length 1 (a sign, a byte) stays one-hot. [...] ints -> [..., size]"""
+    if sigma <= 0:
+        return jax.nn.one_hot(index, size)
+    v = jnp.arange(size)
+    start, length = jnp.broadcast_to(start, jnp.shape(index)), jnp.broadcast_to(length, jnp.shape(index))
+    inside = (v >= start[..., None]) & (v < (start + length)[..., None])
+    d = (v - index[..., None]) / sigma
+    return jax.nn.softmax(jnp.where(inside, -0.5 * d**2, -jnp.inf), axis=-1)
+
+
+def token_cross_entropy(logits: Array, target_probs: Array, valid: Array, target_mask: Array) -> Array:
+    """Cross-entropy of target distributions, summed over the positions (with one-hot targets,
+    minus token_log_likelihood). logits, target_probs [B, L, V] -> [B]"""
+    logp = masked_log_softmax(logits, valid)
+    return -jnp.sum(jnp.sum(target_probs * logp, axis=-1) * target_mask, axis=-1)
+
+
 def expected_steps_to_go(stg_log_probs: Array, bin_values: Array) -> Array:
     """Eq. 1: d(o, g), the mean of the predicted steps-to-go distribution. [B, K] -> [B]"""
     return jnp.exp(stg_log_probs) @ bin_values

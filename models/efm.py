@@ -69,12 +69,19 @@ class EFMFunctions:
         return jnp.asarray(self.vocab.valid_tokens(objective)[:length])
 
     def log_likelihood(self, params: dict, inputs: Inputs, objective: jax.Array, targets: jax.Array,
-                       target_mask: jax.Array) -> jax.Array:
-        """log p(targets | o, g, objective) for a batch mixing objectives. [B]"""
+                       target_mask: jax.Array, sigma: float = 0.0) -> jax.Array:
+        """log p(targets | o, g, objective) for a batch mixing objectives. [B]
+
+        sigma > 0 (training only): minus the cross-entropy against targets spread over their
+        ordered bins as a Gaussian of sigma bins (`math.ordinal_targets`), not a likelihood."""
         logits = self.model.apply({"params": params}, inputs, objective, targets)
         length = targets.shape[1]
         valid = jnp.stack([self._valid(o, length) for o in OBJECTIVES])[objective]  # [B, L, V]
-        return math.token_log_likelihood(logits, targets, valid, target_mask)
+        if sigma <= 0:
+            return math.token_log_likelihood(logits, targets, valid, target_mask)
+        runs = jnp.asarray(self.vocab.ordinal_runs())[targets]  # [B, L, 2]
+        probs = math.ordinal_targets(targets, runs[..., 0], runs[..., 1], self.vocab.size, sigma)
+        return -math.token_cross_entropy(logits, probs, valid, target_mask)
 
     def action_log_prob(self, params: dict, inputs: Inputs, action_tokens: jax.Array) -> jax.Array:
         """log pi(a | o, g) of tokenized actions. [B, L_a] -> [B]"""

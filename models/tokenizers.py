@@ -26,6 +26,7 @@ class ActionTokenizer(Protocol):
     def encode(self, actions: np.ndarray) -> np.ndarray: ...  # [..., A] float -> [..., L] int32
     def decode(self, tokens: np.ndarray) -> np.ndarray: ...  # [..., L] int -> [..., A] float32
     def valid_tokens(self) -> np.ndarray: ...  # [L, vocab_size] bool
+    def ordinal_runs(self) -> np.ndarray: ...  # [vocab_size, 2]: (start, length) of each token's ordered run
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class SignMagnitudeTokenizer:
         valid[1::2, 2:] = True
         return valid
 
+    def ordinal_runs(self) -> np.ndarray:
+        """The magnitudes are ordered; each sign stands alone."""
+        return np.array([(0, 1), (1, 1)] + [(2, self.magnitude_bins)] * self.magnitude_bins, np.int32)
+
 
 @dataclass(frozen=True)
 class UniformTokenizer:
@@ -89,6 +94,9 @@ class UniformTokenizer:
 
     def valid_tokens(self) -> np.ndarray:
         return np.ones((self.num_tokens, self.vocab_size), bool)
+
+    def ordinal_runs(self) -> np.ndarray:
+        return np.tile(np.array([[0, self.bins]], np.int32), (self.bins, 1))
 
 
 @dataclass(frozen=True)
@@ -339,6 +347,19 @@ class Vocabulary:
 
     def action_from_tokens(self, tokens: np.ndarray) -> np.ndarray:
         return self.action.decode(tokens)
+
+    def ordinal_runs(self) -> np.ndarray:
+        """[size, 2] int32: (first id, length) of the ordered run of bins each token belongs to
+        (an action's magnitudes, the steps-to-go bins, the position bins); (id, 1) for tokens
+        without an order (signs, text, begin). Read by the Gaussian target smoothing."""
+        runs = np.stack([np.arange(self.size), np.ones(self.size, int)], axis=-1).astype(np.int32)
+        runs[: self.action.vocab_size] = self.action.ordinal_runs()
+        k = self.steps_to_go.vocab_size
+        runs[self.steps_to_go_offset : self.steps_to_go_offset + k] = (self.steps_to_go_offset, k)
+        if self.state is not None:
+            runs[self.state_offset : self.state_offset + self.state.vocab_size] = (self.state_offset,
+                                                                                   self.state.vocab_size)
+        return runs
 
     def valid_tokens(self, objective: str) -> np.ndarray:
         """[max_target_length, size] bool: which global tokens each output position admits."""

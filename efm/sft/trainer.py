@@ -63,20 +63,21 @@ def target_length(fns: EFMFunctions, objective: str) -> int:
             "locate": vocab.locate_length}[objective]
 
 
-def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, objective: str) -> jax.Array:
+def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, objective: str, sigma: float = 0.0) -> jax.Array:
     """Negative log-likelihood per sample of a batch of one objective; the auxiliary
     instruction's is per token, so a 40-byte instruction weighs like one output rather than
-    forty. [B]"""
+    forty. sigma > 0: the cross-entropy of Gaussian-smoothed ordinal targets (training). [B]"""
     inputs, rest = split_inputs(batch)
     inputs = objective_inputs(inputs, objective)
     length = target_length(fns, objective)
     targets, mask = rest["targets"][:, :length], rest["target_mask"][:, :length]
-    nll = -fns.log_likelihood(params, inputs, rest["objective"], targets, mask)
+    nll = -fns.log_likelihood(params, inputs, rest["objective"], targets, mask, sigma)
     per_token = rest["objective"] == OBJECTIVE_ID["instruction"]
     return nll / jnp.where(per_token, jnp.maximum(jnp.sum(mask, axis=-1), 1.0), 1.0)
 
 
-def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple[str, ...]) -> dict[str, jax.Array]:
+def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple[str, ...],
+                  sigma: float = 0.0) -> dict[str, jax.Array]:
     """Per-sample NLL of each objective's share of a training batch (B / K samples each).
 
     The batch is grouped by objective (a stable sort: its layout across hosts does not matter)
@@ -88,14 +89,16 @@ def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple
     out = {}
     for j, name in enumerate(names):
         group = {k: v[order[j * per:(j + 1) * per]] for k, v in batch.items()}
-        out[name] = _per_sample_nll(fns, params, group, name)
+        out[name] = _per_sample_nll(fns, params, group, name, sigma)
     return out
 
 
-def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, objectives: tuple[str, ...],
+def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, cfg: SftConfig,
                     mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
+    """One jitted update on a batch split over cfg.objectives; the training loss smooths the
+    ordinal targets by cfg.ordinal_sigma (the validation losses never do)."""
     def loss_fn(params: Any, batch: dict) -> tuple[jax.Array, dict]:
-        nll = objective_nll(fns, params, batch, objectives)
+        nll = objective_nll(fns, params, batch, cfg.objectives, cfg.ordinal_sigma)
         metrics = {f"train/{name}_loss": jnp.mean(v) for name, v in nll.items()}
         return jnp.mean(jnp.concatenate(list(nll.values()))), metrics
 
@@ -229,7 +232,7 @@ def train(cfg: RunConfig, fns: EFMFunctions, samples: Samples, workdir: str | Pa
         state = TrainState(**checkpoints.restore_step(manager, manager.latest_step(), state._asdict()))
         history = [h for h in _read_history(workdir) if h["step"] <= int(state.step)]
 
-    train_step = make_train_step(fns, optimizer, sft.objectives, mesh, shardings)
+    train_step = make_train_step(fns, optimizer, sft, mesh, shardings)
     validation_losses = make_validation_losses(fns, samples, sft, mesh)
     start = int(state.step)
     bar = progress_bar(total=sft.num_steps, initial=start, desc=desc, enabled=progress)

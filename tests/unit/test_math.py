@@ -128,3 +128,36 @@ def test_success_bonus_reward_matches_loop() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(math.success_bonus_reward(jnp.asarray(rewards), jnp.asarray(success), 0.0)),
                                   rewards)
+
+
+def test_ordinal_targets_spread_over_the_run_only() -> None:
+    index, start, length = jnp.asarray([3, 0, 7]), jnp.asarray([2, 0, 7]), jnp.asarray([5, 4, 1])
+    hard = np.asarray(math.ordinal_targets(index, start, length, 10, 0.0))
+    np.testing.assert_array_equal(hard, np.eye(10)[[3, 0, 7]])
+    soft = np.asarray(math.ordinal_targets(index, start, length, 10, 1.5))
+    np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
+    assert (soft[0, [0, 1, 7, 8, 9]] == 0).all() and (soft[1, 4:] == 0).all()  # nothing outside the run
+    assert soft[0].argmax() == 3 and soft[0, 2] == pytest.approx(soft[0, 4])  # peaked, symmetric
+    assert soft[0, 4] > soft[0, 5] > 0  # a near bin gets more than a far one
+    np.testing.assert_array_equal(soft[2], np.eye(10)[7])  # a run of one (a sign, a byte) stays one-hot
+
+
+def test_token_cross_entropy_of_one_hot_targets_is_the_nll() -> None:
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 6)), jnp.float32)
+    targets = jnp.asarray([[1, 2, 5], [0, 4, 3]])
+    valid, mask = jnp.ones((2, 3, 6), bool), jnp.asarray([[1, 1, 0], [1, 1, 1]], jnp.float32)
+    xent = math.token_cross_entropy(logits, jax.nn.one_hot(targets, 6), valid, mask)
+    np.testing.assert_allclose(xent, -math.token_log_likelihood(logits, targets, valid, mask), rtol=1e-6)
+
+
+def test_smoothed_cross_entropy_prefers_a_near_miss() -> None:
+    """A model sure of bin 4: with smoothed targets, a true bin of 5 costs less than a true bin of
+    9; one-hot targets cost both the same."""
+    logits = jnp.asarray([[[0.0] * 4 + [6.0] + [0.0] * 5]] * 2)
+    valid, mask = jnp.ones((2, 1, 10), bool), jnp.ones((2, 1))
+    targets = jnp.asarray([[5], [9]])
+    for sigma, near_cheaper in ((0.0, False), (1.5, True)):
+        probs = math.ordinal_targets(targets, 0, 10, 10, sigma)
+        near, far = np.asarray(math.token_cross_entropy(logits, probs, valid, mask))
+        assert (near < far - 0.5) == near_cheaper and (near == pytest.approx(far)) != near_cheaper

@@ -152,3 +152,28 @@ def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits) ->
     assert actions.shape == (B, 70) and sampled.shape == (B, 70) and np.abs(actions).max() <= 1
     d = np.asarray(fns.steps_to_go(params, x))
     assert d.shape == (B,) and np.all((d >= 0) & (d <= 300))
+
+
+def test_smoothed_targets_spread_over_the_magnitude_bins(fns_params: tuple[EFMFunctions, dict]) -> None:
+    """sigma > 0: the cross-entropy against each target spread over its own run of bins (signs
+    alone, magnitudes together), against a numpy reference; a narrow sigma is the likelihood."""
+    fns, params = fns_params
+    x = inputs()
+    objective = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    tokens = fns.sample_action_tokens(params, x, jax.random.PRNGKey(0))
+    mask = jnp.ones(tokens.shape)
+    exact = fns.log_likelihood(params, x, objective, tokens, mask)
+    np.testing.assert_allclose(fns.log_likelihood(params, x, objective, tokens, mask, 1e-3), exact, rtol=1e-5)
+
+    logits = np.asarray(fns.model.apply({"params": params}, x, objective, tokens), np.float64)
+    valid = fns.vocab.valid_tokens("bc")
+    expected = np.zeros(B)
+    for i, k in np.ndindex(*tokens.shape):
+        t = int(tokens[i, k])
+        run = np.arange(2, 13) if t >= 2 else np.array([t])  # magnitudes 2..12; a sign alone
+        q = np.exp(-0.5 * ((run - t) / 2.0) ** 2)
+        allowed = np.flatnonzero(valid[k])
+        logz = np.log(np.exp(logits[i, k, allowed]).sum())
+        expected[i] += (q / q.sum()) @ (logits[i, k, run] - logz)
+    got = fns.log_likelihood(params, x, objective, tokens, mask, 2.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)

@@ -235,3 +235,21 @@ def test_locate_answers_only_in_position_tokens_and_round_trips() -> None:
     assert state[tokens].all()
     half_bin = (np.subtract(cfg.state_high, cfg.state_low)) / (cfg.state_bins - 1) / 2
     assert (np.abs(vocab.position_from_tokens(tokens) - xy) <= half_bin + 1e-6).all()
+
+
+def test_ordinal_runs_group_the_bins_of_one_quantity() -> None:
+    vocab = make_vocabulary(default_config("tabletop").tokenizer)
+    runs = vocab.ordinal_runs()
+    assert runs.shape == (vocab.size, 2)
+    assert (runs[:2] == [[0, 1], [1, 1]]).all()  # the signs stand alone
+    assert (runs[2:13] == [2, 11]).all()  # the 11 magnitudes are one run
+    k, off = vocab.steps_to_go.vocab_size, vocab.steps_to_go_offset
+    assert (runs[off:off + k] == [off, k]).all()
+    n = vocab.state.vocab_size
+    assert (runs[vocab.state_offset:vocab.state_offset + n] == [vocab.state_offset, n]).all()
+    text = np.arange(vocab.text_offset, vocab.size)  # text and begin: no order
+    assert (runs[text, 0] == text).all() and (runs[text, 1] == 1).all()
+    for start, length in runs:  # every run lies within one objective's valid tokens
+        assert start + length <= vocab.size
+    uniform = Vocabulary(ALOHA, StepsToGoTokenizer(301, 301.0))
+    assert (uniform.ordinal_runs()[:256] == [0, 256]).all()
