@@ -278,7 +278,8 @@ class TransformerVariant:
     channels of stride-2 3x3 convolutions before the patch embedding (a hybrid ViT, as
     big_vision's ResNet-stem variants): small objects in a large patch are found by local
     filters rather than one linear map of the whole patch, which a small model trained briefly
-    needs. Empty: PaliGemma's plain ViT.
+    needs. Empty: PaliGemma's plain ViT. `keypoints`: K spatial-softmax keypoint tokens per
+    frame after the patch tokens (where each of K learned detectors fires, as coordinates).
     """
 
     patch: tuple[int, int]
@@ -292,6 +293,7 @@ class TransformerVariant:
     head_dim: int
     mlp: int
     stem: tuple[int, ...] = ()
+    keypoints: int = 0
 
     def __post_init__(self) -> None:
         down = 2 ** len(self.stem)
@@ -309,6 +311,9 @@ MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
     # the 2-core CPU benchmarks: 6x4 = 24 tokens per 72x128 frame from a 2-conv stem
     "vl-cpu": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2, vit_mlp=128,
                                  width=128, depth=2, heads=4, head_dim=32, mlp=384),
+    # vl-cpu and 16 keypoint tokens per frame
+    "vl-cpu-kp": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2,
+                                    vit_mlp=128, width=128, depth=2, heads=4, head_dim=32, mlp=384, keypoints=16),
     # Aloha's stacked 124x80 images (two 60x80 views and a 4-pixel band): 4x4 = 16 tokens per
     # frame, 64 for the two cameras' current and previous frames; trains in seconds (tests)
     "vl-aloha-tiny": TransformerVariant(patch=(31, 20), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,

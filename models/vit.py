@@ -3,7 +3,8 @@
 Names follow big_vision so a PaliGemma-style checkpoint's `img/...` tree maps onto this one:
 embedding (patch conv), pos_embedding, Transformer/encoderblock_<i>/{LayerNorm_0,
 MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0}, Transformer/encoder_norm, and head,
-which projects image tokens to the text tower's width.
+which projects image tokens to the text tower's width. Optionally (`keypoints`), spatial-softmax
+keypoint tokens after the patch tokens (see `spatial_keypoints`).
 """
 
 from __future__ import annotations
@@ -56,8 +57,26 @@ class Encoder(nn.Module):
         return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
+def spatial_keypoints(features: jax.Array) -> jax.Array:
+    """Spatial softmax (Levine et al. 2016): each channel's softmax over the pixels, and the
+    expected (row, column) under it, in [-1, 1]. [B, H, W, K] -> [B, K, 2]"""
+    b, h, w, k = features.shape
+    attention = jax.nn.softmax(features.reshape(b, h * w, k).astype(jnp.float32), axis=1)
+    rows, cols = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
+    grid = jnp.stack([rows.ravel(), cols.ravel()], axis=-1)  # [H*W, 2]
+    return jnp.einsum("bnk,nd->bkd", attention, grid)
+
+
+def fourier_features(xy: jax.Array, frequencies: int) -> jax.Array:
+    """[..., 2] in [-1, 1] -> [..., 2 + 4 * frequencies]: the coordinates and their sines and
+    cosines at octave frequencies, from which a bin of the position is one layer away."""
+    scaled = xy[..., None] * (jnp.pi * 2.0 ** jnp.arange(frequencies))  # [..., 2, F]
+    return jnp.concatenate([xy, *(f(scaled).reshape(*xy.shape[:-1], -1) for f in (jnp.sin, jnp.cos))], axis=-1)
+
+
 class ViT(nn.Module):
-    """uint8 frames [B, H, W, C] -> image tokens [B, N, out_width], one per `patch` pixels."""
+    """uint8 frames [B, H, W, C] -> image tokens [B, N (+ keypoints), out_width], one per `patch`
+    pixels, then one per keypoint."""
 
     patch: tuple[int, int]
     width: int
@@ -67,12 +86,14 @@ class ViT(nn.Module):
     out_width: int
     dtype: Dtype = jnp.float32
     stem: tuple[int, ...] = ()  # channels of stride-2 3x3 convs before the patch embedding
+    keypoints: int = 0  # spatial-softmax keypoint tokens read off the stem's features
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
         x = image.astype(self.dtype) / 127.5 - 1.0  # big_vision's value range
         for i, channels in enumerate(self.stem):
             x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_{i}")(x))
+        features = x
         down = 2 ** len(self.stem)
         patch = (self.patch[0] // down, self.patch[1] // down)
         x = nn.Conv(self.width, patch, strides=patch, padding="VALID", dtype=self.dtype, name="embedding")(x)
@@ -81,4 +102,15 @@ class ViT(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(stddev=1 / c**0.5), (1, h * w, c), jnp.float32)
         x = x + pos.astype(self.dtype)
         x = Encoder(self.depth, self.mlp_dim, self.num_heads, self.dtype, name="Transformer")(x)
-        return nn.Dense(self.out_width, dtype=self.dtype, name="head")(x)
+        x = nn.Dense(self.out_width, dtype=self.dtype, name="head")(x)
+        if not self.keypoints:
+            return x
+        # Where each of K learned detectors fires, as tokens: an object's position is then read
+        # off one token instead of being assembled from patches by attention, which a small
+        # model trained from scratch finds only after thousands of steps (README, Results).
+        heat = nn.Conv(self.keypoints, (3, 3), padding="SAME", dtype=self.dtype, name="keypoint_conv")(features)
+        xy = fourier_features(spatial_keypoints(heat), 4)  # [B, K, 18]
+        kp = nn.Dense(self.out_width, dtype=self.dtype, name="keypoint_head")(xy.astype(self.dtype))
+        which = self.param("keypoint_embedding", nn.initializers.normal(stddev=1 / self.out_width**0.5),
+                           (1, self.keypoints, self.out_width), jnp.float32)
+        return jnp.concatenate([x, kp + which.astype(self.dtype)], axis=1)

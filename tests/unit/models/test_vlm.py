@@ -199,6 +199,47 @@ def test_conv_stem_keeps_one_token_per_patch() -> None:
                            heads=1, head_dim=8, mlp=8, stem=(4, 4))
 
 
+def test_spatial_keypoints_find_each_channels_peak() -> None:
+    from efm.models.vit import spatial_keypoints
+
+    heat = np.full((1, 5, 9, 2), -1e4, np.float32)
+    heat[0, 0, 8, 0] = 0.0  # channel 0 fires at the top right corner
+    heat[0, 2, 4, 1] = 0.0  # channel 1 at the centre
+    np.testing.assert_allclose(spatial_keypoints(jnp.asarray(heat))[0], [[-1.0, 1.0], [0.0, 0.0]], atol=1e-6)
+
+
+def test_keypoint_tokens_follow_the_patch_tokens_and_decode_through_the_cache(cached_logits, monkeypatch) -> None:
+    """K keypoint tokens per frame after the patch tokens, each moving with what its detector
+    sees; the KV cache gives the teacher-forced logits."""
+    from efm.config import TransformerVariant
+    from efm.models.vit import ViT
+
+    frames = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, H, W, 3)), jnp.uint8)
+    vit = ViT((12, 16), 16, 1, 32, 2, 24, stem=(8,), keypoints=5)
+    params = vit.init(jax.random.PRNGKey(0), frames)
+    tokens = np.asarray(vit.apply(params, frames))
+    patches = (H // 12) * (W // 16)
+    assert tokens.shape == (2, patches + 5, 24)
+    moved = np.asarray(vit.apply(params, frames.at[:, :, : W // 2].set(0)))  # blank the left half
+    assert not np.allclose(moved[:, patches:], tokens[:, patches:], atol=1e-5)
+
+    variant = TransformerVariant(patch=(12, 16), stem=(8,), keypoints=5, vit_width=16, vit_depth=1, vit_heads=2,
+                                 vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64)
+    from efm.config import MODEL_VARIANTS
+
+    monkeypatch.setitem(MODEL_VARIANTS, "test-kp", variant)
+    fns = make_functions(ModelConfig(variant="test-kp"), make_vocabulary(
+        TokenizerConfig(steps_to_go_bins=50, text_tokens=TEXT_LEN)))
+    x = inputs()
+    params = fns.init(jax.random.PRNGKey(1), x)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v * 100 if "input_embedding" in jax.tree_util.keystr(p) else v, params)
+    obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    out = jnp.asarray(np.random.default_rng(2).integers(0, fns.vocab.size, (B, 4)), jnp.int32)
+    full = np.asarray(fns.model.apply({"params": params}, x, obj, out))
+    np.testing.assert_allclose(cached_logits(fns, params, x, obj, out), full, rtol=1e-4, atol=1e-3)
+
+
 def test_aloha_two_cameras_and_70_tokens_cached_equals_full(cached_logits) -> None:
     """Aloha with cameras: the two stacked images' current and previous frames (4 frames of
     124x80, 16 image tokens each), the instruction and 14 joint tokens; decoding the 70 action
