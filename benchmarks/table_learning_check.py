@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--init", default=None,
                    help="start from this Orbax params checkpoint (e.g. `efm pretrain`'s OUT/params) instead of scratch")
     p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--ordinal-sigma", type=float, default=None, help="sft.ordinal_sigma (default: the table's)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--episodes", type=int, default=50, help="Block2Block evaluation episodes")
     p.add_argument("--name", default="check")
@@ -66,7 +67,8 @@ def main() -> None:
         model=dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant,
                                   **({"init": "orbax", "init_path": args.init} if args.init else {})),
         sft=dataclasses.replace(cfg.sft, num_steps=args.steps, eval_every=args.eval_every,
-                                checkpoint_every=args.eval_every, warmup_steps=min(100, args.steps // 10)),
+                                checkpoint_every=args.eval_every, warmup_steps=min(100, args.steps // 10),
+                                ordinal_sigma=cfg.sft.ordinal_sigma if args.ordinal_sigma is None else args.ordinal_sigma),
         eval=dataclasses.replace(cfg.eval, num_episodes=args.episodes, plot_episodes=4))
     from efm.stages import evaluate_stage, select_stage, sft_stage  # after the config is checked
 
@@ -76,7 +78,8 @@ def main() -> None:
     sft_seconds = time.time() - t
     select_stage(cfg, out / "sft", out / "select")
     metrics = evaluate_stage(practice_config(cfg), out / "select", None, out / "eval", None)
-    result = {"variant": cfg.model.variant, "init": args.init or "scratch", "train": args.train, "steps": args.steps,
+    result = {"variant": cfg.model.variant, "init": args.init or "scratch", "ordinal_sigma": cfg.sft.ordinal_sigma,
+              "train": args.train, "steps": args.steps,
               "batch_size": cfg.sft.batch_size, "sft_seconds_this_call": sft_seconds,
               "validation_nll": [{k: v for k, v in h.items() if k == "step" or k.startswith("val/")}
                                  for h in sft["history"]],

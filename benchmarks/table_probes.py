@@ -24,6 +24,7 @@ Resumable: each finished probe is kept in the results file and skipped on a reru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import time
@@ -41,12 +42,13 @@ from efm.config import default_config
 from efm.data import rlds
 from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION
 from efm.envs.tabletop.tasks import parse_instruction, task_target
+from efm.math import ordinal_targets
 from efm.models.efm import make_model
 from efm.models.tokenizers import Vocabulary, make_vocabulary
 from efm.models.vlm import IMAGE, TEXT
 
 RESULTS = Path(__file__).parent / "results" / "table_probes.json"
-READERS = ("cnn-regression", "cnn-tokens", "vlm")
+READERS = ("cnn-regression", "cnn-tokens", "cnn-tokens-gauss", "cnn-tokens-mean", "vlm", "vlm-gauss")
 Arrays = dict[str, np.ndarray]
 
 
@@ -160,16 +162,23 @@ class SpatialSoftmaxCNN(nn.Module):
 
 
 def localization_probe(reader: str, train: Arrays, val: Arrays, steps: int, eval_every: int,
-                       batch: int, seed: int) -> dict[str, Any]:
+                       batch: int, seed: int, sigma: float = 1.0, variant: str | None = None) -> dict[str, Any]:
     """Train one reader to find the effector; its validation error (cm) along the way."""
     cfg = default_config("tabletop")
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=variant or cfg.model.variant))
     tok = cfg.tokenizer
     lo, hi, bins = np.asarray(tok.state_low), np.asarray(tok.state_high), tok.state_bins
     vocab = make_vocabulary(tok)
     to_bins = lambda xy: np.clip(np.floor((xy - lo) / (hi - lo) * bins), 0, bins - 1).astype(np.int32)  # noqa: E731
     centre = lambda k: lo + (np.asarray(k) + 0.5) / bins * (hi - lo)  # noqa: E731
     predict: Callable[[Any, np.ndarray], np.ndarray]
-    if reader == "vlm":
+    gauss = reader.endswith("-gauss")
+
+    def soft(k: jax.Array, n: int) -> jax.Array:
+        """Target distribution over the n bins: one-hot, or a Gaussian of SIGMA bins."""
+        return ordinal_targets(k, 0, n, n, sigma / n if gauss else 0.0)
+
+    if reader.startswith("vlm"):
         model = make_model(cfg.model, vocab)
         empty = vocab.text.encode([""] * batch) if vocab.text else None
         objective = jnp.zeros((batch,), jnp.int32)
@@ -180,7 +189,8 @@ def localization_probe(reader: str, train: Arrays, val: Arrays, steps: int, eval
         def loss(p: Any, rgb: jax.Array, xy: jax.Array) -> jax.Array:
             targets = vocab.state_offset + xy  # position tokens as answers (teacher-forced)
             logits = model.apply({"params": p}, inputs(rgb), objective[:len(rgb)], targets)
-            return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
+            logp = jax.nn.log_softmax(logits)[..., vocab.state_offset:vocab.state_offset + bins]
+            return -jnp.sum(soft(xy, bins) * logp, -1).mean()
 
         apply = jax.jit(model.apply)
 
@@ -208,7 +218,12 @@ def localization_probe(reader: str, train: Arrays, val: Arrays, steps: int, eval
             if regression:
                 return jnp.mean((out - xy) ** 2)
             logp = jax.nn.log_softmax(out.reshape(-1, 2, bins))
-            return -jnp.take_along_axis(logp, xy[..., None], -1).mean()
+            xent = -jnp.sum(soft(xy, bins) * logp, -1).mean()
+            if reader != "cnn-tokens-mean":
+                return xent
+            centres = (jnp.arange(bins) + 0.5) / bins * 2 - 1  # the bins' centres, scaled to [-1, 1]
+            mean = jnp.sum(jnp.exp(logp) * centres, -1)
+            return xent + jnp.mean((mean - centres[xy]) ** 2)
 
         apply = jax.jit(net.apply)
 
@@ -244,6 +259,12 @@ def localization_probe(reader: str, train: Arrays, val: Arrays, steps: int, eval
     return {"batch": batch, "curve": curve, "mean_position_error_cm": float(guess)}
 
 
+def probe_key(reader: str, sigma: float, variant: str | None) -> str:
+    """The results entry of a localization probe: the reader, its target width, its variant."""
+    key = f"localization/{reader}" + (f"-sigma{sigma:g}" if reader.endswith("-gauss") else "")
+    return key + (f"-{variant}" if variant and reader.startswith("vlm") else "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True)
@@ -252,6 +273,8 @@ def main() -> None:
     p.add_argument("--every", type=int, default=4, help="keep every n-th frame for localization")
     p.add_argument("--readers", nargs="+", default=list(READERS), choices=READERS, help="localization readers")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", default=None, help="the vlm readers' model variant (default: the table's)")
+    p.add_argument("--sigma", type=float, default=1.0, help="the -gauss readers' target width, in bins")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
@@ -266,12 +289,15 @@ def main() -> None:
                       decision_data(args.validation, "validation", vocab))
         results["decision"] = decision_probe(train, val, vocab, (250, 500, 1000, 2000, 5000), 16, args.seed)
         save()
-    todo = [r for r in args.readers if f"localization/{r}" not in results]
+    todo = [r for r in args.readers if probe_key(r, args.sigma, args.variant) not in results]
     if todo:
         train = frame_data(args.train, "train", args.every)
         val = frame_data(args.validation, "validation", args.every)
         for reader in todo:
-            results[f"localization/{reader}"] = localization_probe(reader, train, val, args.steps, 100, 48, args.seed)
+            results[probe_key(reader, args.sigma, args.variant)] = {
+                **localization_probe(reader, train, val, args.steps, 100, 48, args.seed, args.sigma, args.variant),
+                **({"sigma_bins": args.sigma} if reader.endswith("-gauss") else {}),
+                **({"variant": args.variant} if args.variant and reader.startswith("vlm") else {})}
             save()
     if "localization/vlm-48-frames" not in results:
         few = {k: v[:48] for k, v in frame_data(args.validation, "validation", args.every).items()}

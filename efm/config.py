@@ -386,7 +386,8 @@ class SftConfig:
     validation_batch_size: int = 512
     fsdp: int = 1  # devices per parameter shard group; the rest of the mesh is data-parallel
     # Training targets of ordered bins (positions, steps-to-go, action magnitudes) spread as a
-    # Gaussian of this many bins (0: one-hot); validation losses stay the true tokens' NLL.
+    # Gaussian of this standard deviation, as a fraction of the bins of the quantity (0: one-hot);
+    # validation losses stay the true tokens' NLL.
     ordinal_sigma: float = 0.0
     seed: int = 0
 

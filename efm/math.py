@@ -31,15 +31,16 @@ def token_log_likelihood(logits: Array, targets: Array, valid: Array, target_mas
 
 def ordinal_targets(index: Array, start: Array, length: Array, size: int, sigma: float) -> Array:
     """Target distribution over `size` tokens: one-hot at `index`, or, for sigma > 0, a Gaussian
-    of sigma tokens around it over its ordered run [start, start + length) (the bins of one
-    quantity), so that a near miss costs less than a far one (HL-Gauss, Farebrother et al.
-    2024). A run of length 1 (a sign, a byte) stays one-hot. [...] ints -> [..., size]"""
+    around it over its ordered run [start, start + length) (the bins of one quantity), of
+    standard deviation sigma x length bins, so that a near miss costs less than a far one
+    (HL-Gauss, Farebrother et al. 2024). A run of length 1 (a sign, a byte) stays one-hot.
+    [...] ints -> [..., size]"""
     if sigma <= 0:
         return jax.nn.one_hot(index, size)
     v = jnp.arange(size)
     start, length = jnp.broadcast_to(start, jnp.shape(index)), jnp.broadcast_to(length, jnp.shape(index))
     inside = (v >= start[..., None]) & (v < (start + length)[..., None])
-    d = (v - index[..., None]) / sigma
+    d = (v - index[..., None]) / (sigma * length[..., None])
     return jax.nn.softmax(jnp.where(inside, -0.5 * d**2, -jnp.inf), axis=-1)
 
 

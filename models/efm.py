@@ -73,7 +73,8 @@ class EFMFunctions:
         """log p(targets | o, g, objective) for a batch mixing objectives. [B]
 
         sigma > 0 (training only): minus the cross-entropy against targets spread over their
-        ordered bins as a Gaussian of sigma bins (`math.ordinal_targets`), not a likelihood."""
+        ordered bins as a Gaussian (`math.ordinal_targets`: sigma x the run's bins), not a
+        likelihood."""
         logits = self.model.apply({"params": params}, inputs, objective, targets)
         length = targets.shape[1]
         valid = jnp.stack([self._valid(o, length) for o in OBJECTIVES])[objective]  # [B, L, V]

@@ -146,7 +146,7 @@ class Embedder(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self) -> None:
-        self.input_embedding = self.param("input_embedding", nn.initializers.normal(),
+        self.input_embedding = self.param("input_embedding", nn.initializers.normal(stddev=self.width**-0.5),
                                           (self.vocab_size, self.width))
 
     def encode(self, tokens: jax.Array) -> jax.Array:

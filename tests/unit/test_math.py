@@ -134,7 +134,7 @@ def test_ordinal_targets_spread_over_the_run_only() -> None:
     index, start, length = jnp.asarray([3, 0, 7]), jnp.asarray([2, 0, 7]), jnp.asarray([5, 4, 1])
     hard = np.asarray(math.ordinal_targets(index, start, length, 10, 0.0))
     np.testing.assert_array_equal(hard, np.eye(10)[[3, 0, 7]])
-    soft = np.asarray(math.ordinal_targets(index, start, length, 10, 1.5))
+    soft = np.asarray(math.ordinal_targets(index, start, length, 10, 0.3))
     np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
     assert (soft[0, [0, 1, 7, 8, 9]] == 0).all() and (soft[1, 4:] == 0).all()  # nothing outside the run
     assert soft[0].argmax() == 3 and soft[0, 2] == pytest.approx(soft[0, 4])  # peaked, symmetric
@@ -157,7 +157,7 @@ def test_smoothed_cross_entropy_prefers_a_near_miss() -> None:
     logits = jnp.asarray([[[0.0] * 4 + [6.0] + [0.0] * 5]] * 2)
     valid, mask = jnp.ones((2, 1, 10), bool), jnp.ones((2, 1))
     targets = jnp.asarray([[5], [9]])
-    for sigma, near_cheaper in ((0.0, False), (1.5, True)):
+    for sigma, near_cheaper in ((0.0, False), (0.15, True)):
         probs = math.ordinal_targets(targets, 0, 10, 10, sigma)
         near, far = np.asarray(math.token_cross_entropy(logits, probs, valid, mask))
         assert (near < far - 0.5) == near_cheaper and (near == pytest.approx(far)) != near_cheaper
