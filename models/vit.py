@@ -108,9 +108,14 @@ class ViT(nn.Module):
         # Where each of K learned detectors fires, as tokens: an object's position is then read
         # off one token instead of being assembled from patches by attention, which a small
         # model trained from scratch finds only after thousands of steps (README, Results).
+        # Each keypoint has its own projection: even attention spread evenly over the tokens
+        # (as at initialisation) then reads every detector's position apart, not their sum.
         heat = nn.Conv(self.keypoints, (3, 3), padding="SAME", dtype=self.dtype, name="keypoint_conv")(features)
-        xy = fourier_features(spatial_keypoints(heat), 4)  # [B, K, 18]
-        kp = nn.Dense(self.out_width, dtype=self.dtype, name="keypoint_head")(xy.astype(self.dtype))
-        which = self.param("keypoint_embedding", nn.initializers.normal(stddev=1 / self.out_width**0.5),
-                           (1, self.keypoints, self.out_width), jnp.float32)
-        return jnp.concatenate([x, kp + which.astype(self.dtype)], axis=1)
+        xy = fourier_features(spatial_keypoints(heat), 4).astype(self.dtype)  # [B, K, F]
+        k, f = xy.shape[1:]
+        kernel = self.param("keypoint_kernel", nn.initializers.lecun_normal(batch_axis=(0,)), (k, f, self.out_width),
+                            jnp.float32)
+        bias = self.param("keypoint_bias", nn.initializers.normal(stddev=1 / self.out_width**0.5),
+                          (k, self.out_width), jnp.float32)
+        kp = jnp.einsum("bkf,kfd->bkd", xy, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return jnp.concatenate([x, kp], axis=1)
