@@ -175,7 +175,7 @@ def localization_probe(reader: str, train: Arrays, val: Arrays, steps: int, eval
     gauss = reader.endswith("-gauss")
 
     def soft(k: jax.Array, n: int) -> jax.Array:
-        """Target distribution over the n bins: one-hot, or a Gaussian of SIGMA bins."""
+        """Target distribution over the n bins: one-hot, or a Gaussian of --sigma bins."""
         return ordinal_targets(k, 0, n, n, sigma / n if gauss else 0.0)
 
     if reader.startswith("vlm"):
