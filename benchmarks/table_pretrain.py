@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--variant", default=None, help="model variant (default: the table's)")
     p.add_argument("--objects-per-question", type=int, default=None, help="pretrain.objects_per_question")
     p.add_argument("--questions-per-scene", type=int, default=None, help="pretrain.questions_per_scene")
-    p.add_argument("--ordinal-sigma", type=float, default=None, help="pretrain.ordinal_sigma (bins)")
+    p.add_argument("--ordinal-sigma", type=float, default=None, help="pretrain.ordinal_sigma (a fraction of each quantity's bins)")
     p.add_argument("--out", default="runs/table-pretrain")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()

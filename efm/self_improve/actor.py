@@ -82,6 +82,8 @@ class Monitor(Protocol):
 
     def status(self, actor: int, status: dict[str, Any]) -> None: ...
 
+    def claim_in_flight(self, actor: int, call: int, samples: int) -> int: ...
+
     def take_stop(self, actor: int) -> bool: ...
 
     def paused(self) -> bool: ...
@@ -183,9 +185,10 @@ class Actor:
     """Environments + a policy + a steps-to-go client + a replay writer (one per robot station).
 
     `run_round` collects with the given weights: it starts episodes while the shared replay's
-    samples plus its in-flight lower bound stay below `target_size` and this actor has started
-    fewer than `max_episodes`, and runs every started episode to its end (detected success,
-    max length or an operator stop) into the replay. With a `monitor` it reports each start,
+    samples plus the in-flight lower bound of the whole fleet (its own, and the other actors'
+    through the monitor) stay below `target_size` and this actor has started fewer than
+    `max_episodes`, and runs every started episode to its end (detected success, max length
+    or an operator stop) into the replay. With a `monitor` it reports each start,
     each finished episode (before its write) and each write, and its live status; an
     operator's stop there ends its running episodes, a pause holds new starts.
     """
@@ -246,16 +249,21 @@ class Actor:
         if monitor is not None:
             monitor.call_started(self._index, call, version)
 
+        running_steps = 0  # actions taken so far in this actor's running episodes
+
         def may_start(in_flight: int) -> bool:
             while monitor is not None and monitor.paused():  # the operator holds new episodes
                 time.sleep(STATUS_EVERY_S)
-            return self._replay.size() + in_flight < target_size
+            others = monitor.claim_in_flight(self._index, call, in_flight) if monitor is not None else 0
+            return self._replay.size() + in_flight + others < target_size
 
         def on_start(n: int) -> None:
             if monitor is not None:
                 monitor.episodes_started(call, n)
 
         def on_step(steps: Array) -> None:
+            nonlocal running_steps
+            running_steps = int(np.sum(np.where(steps >= 0, steps, 0)))
             stg = getattr(self._agent, "last_steps_to_go", None)
             if stg is not None:  # env 0's running episode
                 self._curve = ([] if steps[0] <= 0 else self._curve[-CURVE_POINTS + 1:]) + [float(stg[0])]
@@ -266,6 +274,9 @@ class Actor:
                                       end_on=detected_success(si.success_threshold), max_episodes=max_episodes,
                                       interrupt=interrupt, may_start=may_start, id_prefix=f"si-r{version}",
                                       on_start=on_start, on_step=on_step):
+            if monitor is not None:  # out of flight before they are in the replay: never counted twice
+                running_steps -= sum(e.length for e in finished)
+                monitor.claim_in_flight(self._index, call, running_steps)
             for episode in finished:
                 key = episode_key(self._index, call, len(summaries))
                 summary = {**episode_summary(episode, si.success_threshold), "key": float(key)}

@@ -141,6 +141,9 @@ class RemoteMonitor:
     def status(self, actor: int, status: dict[str, Any]) -> None:
         self._handle.status.remote(actor, status)
 
+    def claim_in_flight(self, actor: int, call: int, samples: int) -> int:
+        return int(ray.get(self._handle.claim_in_flight.remote(actor, call, samples)))
+
     def take_stop(self, actor: int) -> bool:
         now = time.monotonic()
         if now - self._polled < self._poll_s:

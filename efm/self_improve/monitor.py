@@ -25,6 +25,8 @@ class FleetMonitor:
         self._written: dict[int, set[int]] = {}  # call -> keys whose replay write returned
         self._call_round: dict[int, int] = {}
         self._live: dict[int, dict[str, Any]] = {}  # actor -> latest status
+        # actor -> (call, samples its running episodes will still deliver, at least)
+        self._in_flight: dict[int, tuple[int, int]] = {}
         self._rounds: list[dict[str, float]] = []
         self._stop: set[int] = set()  # actors asked to end their running episodes
         self._paused = False
@@ -37,6 +39,7 @@ class FleetMonitor:
             self._started.setdefault(call, 0)
             self._finished.setdefault(call, {})
             self._written.setdefault(call, set())
+            self._in_flight[actor] = (call, 0)  # a restarted actor's cut episodes never arrive
 
     def episodes_started(self, call: int, n: int) -> None:
         with self._lock:
@@ -53,6 +56,19 @@ class FleetMonitor:
     def status(self, actor: int, status: dict[str, Any]) -> None:
         with self._lock:
             self._live[actor] = {**status, "time": time.time()}
+            if "call" in status and "in_flight_steps" in status:
+                self._in_flight[actor] = (int(status["call"]), int(status["in_flight_steps"]))
+
+    def claim_in_flight(self, actor: int, call: int, samples: int) -> int:
+        """Records that `actor`'s running episodes (of `call`) will deliver at least `samples`
+        more; returns what the other actors' running episodes of the same round will deliver.
+        Actors report before each replay write, so an episode is never counted both in the
+        replay and in flight (which could stop the fleet short of N*B)."""
+        with self._lock:
+            self._in_flight[actor] = (call, samples)
+            round_index = self._call_round.get(call)
+            return sum(n for a, (c, n) in self._in_flight.items()
+                       if a != actor and self._call_round.get(c) == round_index)
 
     # -- the coordinator --
     def round_started(self, round_index: int) -> None:

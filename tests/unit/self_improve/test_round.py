@@ -25,6 +25,7 @@ from efm.self_improve.actor import (
 )
 from efm.self_improve.learner import Learner, check_freeze, module_names
 from efm.self_improve.loop import replay_spec, self_improve
+from efm.self_improve.monitor import FleetMonitor
 from efm.self_improve.replay import ReverbReplay
 
 
@@ -108,8 +109,8 @@ def setup() -> Iterator[tuple[RunConfig, EFMFunctions, ReverbReplay]]:
 
 
 def scripted_actor(cfg: RunConfig, fns: EFMFunctions, replay: ReverbReplay, lengths: list[list[int]],
-                   index: int = 0) -> tuple[Actor, ScriptedPointEnv]:
-    actor = Actor(cfg, fns, None, None, replay, seed=0, actor_index=index)  # type: ignore[arg-type]
+                   index: int = 0, monitor: FleetMonitor | None = None) -> tuple[Actor, ScriptedPointEnv]:
+    actor = Actor(cfg, fns, None, None, replay, seed=0, actor_index=index, monitor=monitor)  # type: ignore[arg-type]
     env = ScriptedPointEnv(lengths)
     actor._env = env  # scripted episode lengths instead of a policy's
     actor._agent = OracleAgent(env, fns.vocab.action.num_tokens)  # type: ignore[assignment]
@@ -157,6 +158,23 @@ def test_round_respects_the_episode_budget(setup) -> None:
     summaries = actor.run_round(None, 0, max_episodes=3, target_size=1000)
     assert len(summaries) == env.resets == 3
     assert replay.size() == 6
+
+
+def test_actor_counts_the_other_actors_in_flight_samples(setup) -> None:
+    """Actors collecting at once count each other's running episodes toward N*B (counting only
+    their own, K actors gathered about K*N*B per round)."""
+    cfg, fns, replay = setup
+    monitor = FleetMonitor()
+    monitor.call_started(1, 9, 0)
+    assert monitor.claim_in_flight(1, 9, 12) == 0  # actor 1's running episodes: 12 samples at least
+    monitor.call_started(2, 11, 1)
+    monitor.claim_in_flight(2, 11, 100)  # another round's: not counted
+    actor, _ = scripted_actor(cfg, fns, replay, [[4] * 50, [4] * 50], monitor=monitor)
+    summaries = actor.run_round(None, 0, max_episodes=100, target_size=20, call=5)
+    total = sum(s["length"] for s in summaries)
+    assert 20 - 12 <= total < 20
+    assert total - (20 - 12) < 2 * 4 + 2
+    assert monitor.claim_in_flight(1, 9, 12) == 0  # actor 0's episodes all ended: none in flight
 
 
 def test_second_actor_starts_nothing_once_the_replay_is_full(setup) -> None:
