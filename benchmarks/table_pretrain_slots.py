@@ -27,9 +27,11 @@ def main() -> None:
     p.add_argument("--step", type=int, required=True)
     p.add_argument("--objects", type=int, default=5, help="objects per question the checkpoint was trained on")
     p.add_argument("--boards", type=int, default=32)
+    p.add_argument("--variant", default=None, help="the checkpoint's model variant (default: the table's)")
     args = p.parse_args()
     cfg = default_config("tabletop")
-    cfg = cfg.replace(pretrain=dataclasses.replace(cfg.pretrain, validation_scenes=args.boards,
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant),
+                      pretrain=dataclasses.replace(cfg.pretrain, validation_scenes=args.boards,
                                                    objects_per_question=args.objects, questions_per_scene=1))
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     vocab, k = fns.vocab, args.objects

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,12 @@ def test_aloha_camera_config_reads_what_the_env_observes() -> None:
         aloha_camera_config(variant="mlp-tiny")
     with pytest.raises(ValueError, match=r"env\.domain"):
         aloha_camera_config(default_config("tabletop"))
+
+
+def test_shipped_aloha_camera_file_is_the_camera_config() -> None:
+    """`--config configs/aloha-cameras.json` on the command line gives what the function does."""
+    from efm.cli import load_config
+    from efm.config import aloha_camera_config
+
+    path = Path(__file__).parents[2] / "configs" / "aloha-cameras.json"
+    assert load_config("aloha-insertion", str(path)) == aloha_camera_config()
