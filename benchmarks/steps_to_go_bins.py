@@ -1,0 +1,155 @@
+"""How many steps-to-go bins? The paper's 50 over 0..100 (2-step bins) against coarser and finer
+ones, judged by what the success detector d(o, g) <= s needs: precision and recall.
+
+For each bin count it trains Stage 1 on the same data fraction and seed (only
+`tokenizer.steps_to_go_bins` differs), selects checkpoints as the pipeline does, and then
+scores every reward model on the same observations: the evaluation episodes of the first bin
+count's SFT policy (ground-truth success per observation recorded), so the detectors differ and
+the states they judge do not. Per bin count and threshold s (in steps): precision, recall and
+F1 of d(o, g) <= s; the mean absolute error of d on the validation demonstrations (true
+steps-to-go T - t); and the SFT policy's own success rate (the bins are also the policy's
+steps-to-go objective). Resumable: finished parts are kept under --out and skipped.
+
+  .venv/bin/python benchmarks/steps_to_go_bins.py --out runs/bench-stg-bins --bins 100 50 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from efm.cli import load_config
+from efm.config import RunConfig
+from efm.data import subsample
+from efm.data.features import input_spec
+from efm.envs.base import Episode
+from efm.rollout import SUCCESS
+from efm.stages import dataset_stage, read_split, seeded, select_stage, sft_stage, subsample_stage
+
+RESULTS = Path(__file__).parent / "results" / "steps_to_go_bins.json"
+DONE = "part.json"
+
+
+def part(directory: Path, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """The part's result: read when it completed before, else run."""
+    done = directory / DONE
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    result = {**run(directory), "seconds": time.time() - t0}
+    directory.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result, indent=1, default=float))
+    print(f"{directory}: {result['seconds']:.0f} s", flush=True)
+    return result
+
+
+def detector_curve(d: np.ndarray, truth: np.ndarray, thresholds: list[float]) -> list[dict[str, float | None]]:
+    """Precision, recall and F1 of d <= s against ground truth, per threshold s."""
+    out = []
+    for s in thresholds:
+        pred = d <= s
+        tp = float(np.sum(pred & truth))
+        precision = tp / pred.sum() if pred.any() else None
+        recall = tp / truth.sum() if truth.any() else None
+        f1 = (2 * precision * recall / (precision + recall)) if precision and recall else None
+        out.append({"threshold": s, "precision": precision, "recall": recall, "f1": f1})
+    return out
+
+
+def scores(cfg: RunConfig, select_dir: Path, episodes: list[Episode]) -> np.ndarray:
+    """d(o, g) of the selected reward model for every observation of the episodes, concatenated."""
+    from efm.models.efm import make_functions
+    from efm.models.tokenizers import make_vocabulary
+    from efm.sft.select import REWARD, load_selected
+
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    reward, spec = load_selected(select_dir, REWARD), input_spec(fns.vocab)
+    return np.concatenate([np.asarray(fns.steps_to_go(reward, spec.episode_inputs(e))) for e in episodes])
+
+
+def evaluation_episodes(cfg: RunConfig, select_dir: Path) -> tuple[dict[str, float], list[Episode]]:
+    from efm.evaluation.evaluate import evaluate_policy
+    from efm.models.efm import make_functions
+    from efm.models.tokenizers import make_vocabulary
+    from efm.sft.select import POLICY, REWARD, load_selected
+
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    metrics, _, episodes = evaluate_policy(cfg, fns, load_selected(select_dir, POLICY),
+                                           load_selected(select_dir, REWARD))
+    return metrics, episodes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--domain", default="pointmass")
+    p.add_argument("--bins", type=int, nargs="+", default=[100, 50, 25])
+    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    p.add_argument("--validation-episodes", type=int, default=100, help="demonstrations for the error of d")
+    p.add_argument("--config", help="JSON overriding the domain's defaults, as for efm --config")
+    p.add_argument("--out", type=Path, default=Path("runs/bench-stg-bins"))
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args()
+    base = seeded(load_config(args.domain, args.config), args.seed)
+    base = base.replace(data=replace(base.data, fractions=(args.fraction,)))
+    t0 = time.time()
+    data_dir = args.out / "dataset"
+    part(data_dir, lambda d: dataset_stage(base, d, overwrite=True, progress=False))
+
+    def subsampled(d: Path) -> dict[str, Any]:
+        shutil.rmtree(d, ignore_errors=True)  # an interrupted subsampling starts again
+        return {"counts": {f: v["count"] for f, v in subsample_stage(base, data_dir, d, args.seed)["fractions"].items()}}
+
+    sub = args.out / "subsample"
+    part(sub, subsampled)
+    train, validation = sub / subsample.fraction_dirname(args.fraction), sub / subsample.VALIDATION_DIR
+    configs = {b: base.replace(tokenizer=replace(base.tokenizer, steps_to_go_bins=b)) for b in args.bins}
+    for b, cfg in configs.items():
+        root = args.out / f"bins{b}"
+        part(root / "sft", lambda d, cfg=cfg: {k: v for k, v in sft_stage(cfg, train, validation, d, progress=False).items()
+                                               if k != "history"})
+        part(root / "select", lambda d, cfg=cfg, root=root: select_stage(cfg, root / "sft", d))
+    first = args.bins[0]
+    own: dict[int, dict[str, float]] = {}
+    episodes: list[Episode] = []
+    for b, cfg in configs.items():
+        metrics, eps = evaluation_episodes(cfg, args.out / f"bins{b}" / "select")
+        own[b] = metrics
+        if b == first:
+            episodes = eps
+    truth = np.concatenate([e.observation_extras[SUCCESS] for e in episodes]).astype(bool)
+    demos = read_split(validation, limit=args.validation_episodes)
+    true_stg = np.concatenate([np.arange(e.length, -1, -1) for e in demos]).astype(float)
+    rows = []
+    for b, cfg in configs.items():
+        select_dir = args.out / f"bins{b}" / "select"
+        d = scores(cfg, select_dir, episodes)
+        curve = detector_curve(d, truth, args.thresholds)
+        best = max((c for c in curve if c["f1"] is not None), key=lambda c: c["f1"], default=None)
+        error = np.abs(scores(cfg, select_dir, demos) - true_stg)
+        rows.append({"bins": b, "bin_width_steps": cfg.tokenizer.steps_to_go_max / b, "detector": curve,
+                     "best_f1": best, "validation_abs_error_steps": {"mean": float(error.mean()),
+                                                                     "median": float(np.median(error))},
+                     "sft_policy": own[b]})
+        print(f"{b:4d} bins: best F1 {best['f1'] if best else float('nan'):.3f} at s={best['threshold'] if best else '-'}; "
+              f"|d - true| mean {error.mean():.2f} steps; own SFT success {own[b]['success_rate']:.2f}", flush=True)
+    result = {"command": "benchmarks/steps_to_go_bins.py", "domain": args.domain, "fraction": args.fraction,
+              "seed": args.seed, "scored_on": f"{len(episodes)} evaluation episodes of the {first}-bin SFT policy "
+              f"({int(truth.size)} observations, {int(truth.sum())} successful)",
+              "seconds_this_invocation": time.time() - t0, "results": rows}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(args.results)
+
+
+if __name__ == "__main__":
+    main()
