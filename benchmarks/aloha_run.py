@@ -26,12 +26,12 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from resumable import part
 
 from efm.cli import load_config
 from efm.config import RunConfig
@@ -47,20 +47,7 @@ from efm.stages import (
 )
 
 RESULTS = Path(__file__).parent / "results" / "aloha-insertion.json"
-DONE = "part.json"  # a part's result, written when it completed
 POLICY_KEYS = ("success_rate", "mean_episode_length", "optimal_length_ratio")
-
-
-def part(directory: Path, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """The part's result: read when it completed before, else run (resuming what it can)."""
-    done = directory / DONE
-    if done.exists():
-        return json.loads(done.read_text())
-    t0 = time.time()
-    result = {**run(directory), "seconds": time.time() - t0}
-    done.write_text(json.dumps(result, indent=1, default=float))
-    print(f"{directory}: {result['seconds']:.0f} s", flush=True)
-    return result
 
 
 def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: int) -> dict[str, Any]:

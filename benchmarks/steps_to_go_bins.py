@@ -19,12 +19,12 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from resumable import part
 
 from efm.cli import load_config
 from efm.config import RunConfig
@@ -35,20 +35,6 @@ from efm.rollout import SUCCESS
 from efm.stages import dataset_stage, read_split, seeded, select_stage, sft_stage, subsample_stage
 
 RESULTS = Path(__file__).parent / "results" / "steps_to_go_bins.json"
-DONE = "part.json"
-
-
-def part(directory: Path, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """The part's result: read when it completed before, else run."""
-    done = directory / DONE
-    if done.exists():
-        return json.loads(done.read_text())
-    t0 = time.time()
-    result = {**run(directory), "seconds": time.time() - t0}
-    directory.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(result, indent=1, default=float))
-    print(f"{directory}: {result['seconds']:.0f} s", flush=True)
-    return result
 
 
 def detector_curve(d: np.ndarray, truth: np.ndarray, thresholds: list[float]) -> list[dict[str, float | None]]:

@@ -1,0 +1,25 @@
+"""Resumable benchmark parts: a part's result is written when it completes, and a rerun reads it
+instead of running the part again (long CPU benchmarks span sessions)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DONE = "part.json"  # a part's result, written when it completed
+
+
+def part(directory: Path, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """The part's result: read when it completed before, else run (resuming what it can)."""
+    done = directory / DONE
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    result = {**run(directory), "seconds": time.time() - t0}
+    directory.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result, indent=1, default=float))
+    print(f"{directory}: {result['seconds']:.0f} s", flush=True)
+    return result
