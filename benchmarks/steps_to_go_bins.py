@@ -31,6 +31,7 @@ from efm.config import RunConfig
 from efm.data import subsample
 from efm.data.features import input_spec
 from efm.envs.base import Episode
+from efm.evaluation.evaluate import evaluate_policy, precision_recall
 from efm.rollout import SUCCESS
 from efm.stages import dataset_stage, read_split, seeded, select_stage, sft_stage, subsample_stage
 
@@ -41,36 +42,26 @@ def detector_curve(d: np.ndarray, truth: np.ndarray, thresholds: list[float]) ->
     """Precision, recall and F1 of d <= s against ground truth, per threshold s."""
     out = []
     for s in thresholds:
-        pred = d <= s
-        tp = float(np.sum(pred & truth))
-        precision = tp / pred.sum() if pred.any() else None
-        recall = tp / truth.sum() if truth.any() else None
-        f1 = (2 * precision * recall / (precision + recall)) if precision and recall else None
-        out.append({"threshold": s, "precision": precision, "recall": recall, "f1": f1})
+        pr = precision_recall(d, truth, s)
+        p, r = pr["precision"], pr["recall"]
+        out.append({"threshold": s, **pr, "f1": 2 * p * r / (p + r) if p and r else None})
     return out
 
 
-def scores(cfg: RunConfig, select_dir: Path, episodes: list[Episode]) -> np.ndarray:
-    """d(o, g) of the selected reward model for every observation of the episodes, concatenated."""
-    from efm.models.efm import make_functions
-    from efm.models.tokenizers import make_vocabulary
-    from efm.sft.select import REWARD, load_selected
-
-    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
-    reward, spec = load_selected(select_dir, REWARD), input_spec(fns.vocab)
-    return np.concatenate([np.asarray(fns.steps_to_go(reward, spec.episode_inputs(e))) for e in episodes])
-
-
-def evaluation_episodes(cfg: RunConfig, select_dir: Path) -> tuple[dict[str, float], list[Episode]]:
-    from efm.evaluation.evaluate import evaluate_policy
+def reward_and_policy(cfg: RunConfig, select_dir: Path) -> tuple[Any, Any, Any]:
+    """(functions, selected reward params, selected policy params) of one bin count's run."""
     from efm.models.efm import make_functions
     from efm.models.tokenizers import make_vocabulary
     from efm.sft.select import POLICY, REWARD, load_selected
 
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
-    metrics, _, episodes = evaluate_policy(cfg, fns, load_selected(select_dir, POLICY),
-                                           load_selected(select_dir, REWARD))
-    return metrics, episodes
+    return fns, load_selected(select_dir, REWARD), load_selected(select_dir, POLICY)
+
+
+def scores(fns: Any, reward: Any, episodes: list[Episode]) -> np.ndarray:
+    """d(o, g) of the reward model for every observation of the episodes, concatenated."""
+    spec = input_spec(fns.vocab)
+    return np.concatenate([np.asarray(fns.steps_to_go(reward, spec.episode_inputs(e))) for e in episodes])
 
 
 def main() -> None:
@@ -105,11 +96,12 @@ def main() -> None:
                                                if k != "history"})
         part(root / "select", lambda d, cfg=cfg, root=root: select_stage(cfg, root / "sft", d))
     first = args.bins[0]
+    models = {b: reward_and_policy(cfg, args.out / f"bins{b}" / "select") for b, cfg in configs.items()}
     own: dict[int, dict[str, float]] = {}
     episodes: list[Episode] = []
     for b, cfg in configs.items():
-        metrics, eps = evaluation_episodes(cfg, args.out / f"bins{b}" / "select")
-        own[b] = metrics
+        fns, reward, policy = models[b]
+        own[b], _, eps = evaluate_policy(cfg, fns, policy, reward)
         if b == first:
             episodes = eps
     truth = np.concatenate([e.observation_extras[SUCCESS] for e in episodes]).astype(bool)
@@ -117,11 +109,10 @@ def main() -> None:
     true_stg = np.concatenate([np.arange(e.length, -1, -1) for e in demos]).astype(float)
     rows = []
     for b, cfg in configs.items():
-        select_dir = args.out / f"bins{b}" / "select"
-        d = scores(cfg, select_dir, episodes)
-        curve = detector_curve(d, truth, args.thresholds)
+        fns, reward, _ = models[b]
+        curve = detector_curve(scores(fns, reward, episodes), truth, args.thresholds)
         best = max((c for c in curve if c["f1"] is not None), key=lambda c: c["f1"], default=None)
-        error = np.abs(scores(cfg, select_dir, demos) - true_stg)
+        error = np.abs(scores(fns, reward, demos) - true_stg)
         rows.append({"bins": b, "bin_width_steps": cfg.tokenizer.steps_to_go_max / b, "detector": curve,
                      "best_f1": best, "validation_abs_error_steps": {"mean": float(error.mean()),
                                                                      "median": float(np.median(error))},

@@ -33,18 +33,22 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     }
 
 
-def detector_metrics(episodes: list[Episode], threshold: float) -> dict[str, float | None]:
-    """Precision and recall of d(o, g) <= s against ground-truth success, per observation.
-
-    None where undefined (the detector never fired, or no observation was a success).
-    """
-    pred = np.concatenate([e.observation_extras[STEPS_TO_GO] <= threshold for e in episodes])
-    truth = np.concatenate([e.observation_extras[SUCCESS] for e in episodes]).astype(bool)
+def precision_recall(steps_to_go: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """Precision and recall of the detector d <= s against ground-truth success, per
+    observation. None where undefined (the detector never fired, or no observation was a success)."""
+    pred = np.asarray(steps_to_go) <= threshold
+    truth = np.asarray(truth, bool)
     tp = float(np.sum(pred & truth))
     return {
         "precision": tp / float(pred.sum()) if pred.any() else None,
         "recall": tp / float(truth.sum()) if truth.any() else None,
     }
+
+
+def detector_metrics(episodes: list[Episode], threshold: float) -> dict[str, float | None]:
+    """`precision_recall` of the d(o, g) recorded over every observation of the episodes."""
+    return precision_recall(np.concatenate([e.observation_extras[STEPS_TO_GO] for e in episodes]),
+                            np.concatenate([e.observation_extras[SUCCESS] for e in episodes]), threshold)
 
 
 def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
