@@ -250,11 +250,16 @@ class Actor:
             monitor.call_started(self._index, call, version)
 
         running_steps = 0  # actions taken so far in this actor's running episodes
+        # The other actors' steps in flight this round, as of this actor's last claim: made at
+        # the start and whenever episodes end, just before may_start is asked.
+        others = monitor.claim_in_flight(self._index, call, 0) if monitor is not None else 0
 
         def may_start(in_flight: int) -> bool:
-            while monitor is not None and monitor.paused():  # the operator holds new episodes
-                time.sleep(STATUS_EVERY_S)
-            others = monitor.claim_in_flight(self._index, call, in_flight) if monitor is not None else 0
+            nonlocal others
+            if monitor is not None and monitor.paused():  # the operator holds new episodes
+                while monitor.paused():
+                    time.sleep(STATUS_EVERY_S)
+                others = monitor.claim_in_flight(self._index, call, running_steps)  # the fleet moved on meanwhile
             return self._replay.size() + in_flight + others < target_size
 
         def on_start(n: int) -> None:
@@ -276,7 +281,7 @@ class Actor:
                                       on_start=on_start, on_step=on_step):
             if monitor is not None:  # out of flight before they are in the replay: never counted twice
                 running_steps -= sum(e.length for e in finished)
-                monitor.claim_in_flight(self._index, call, running_steps)
+                others = monitor.claim_in_flight(self._index, call, running_steps)
             for episode in finished:
                 key = episode_key(self._index, call, len(summaries))
                 summary = {**episode_summary(episode, si.success_threshold), "key": float(key)}
