@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--validation", required=True)
     p.add_argument("--variant", default=None, help="model variant (default: the table's)")
     p.add_argument("--init", default=None,
-                   help="start from this Orbax params checkpoint (e.g. `efm pretrain`'s OUT/params) instead of scratch")
+                   help="start from this Orbax params checkpoint (e.g. `efm pretrain`'s OUT/params); default: scratch")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--ordinal-sigma", type=float, default=None, help="sft.ordinal_sigma (default: the table's)")
     p.add_argument("--eval-every", type=int, default=500)
@@ -65,7 +65,8 @@ def main() -> None:
     cfg = default_config("tabletop")
     cfg = cfg.replace(
         model=dataclasses.replace(cfg.model, variant=args.variant or cfg.model.variant,
-                                  **({"init": "orbax", "init_path": args.init} if args.init else {})),
+                                  **({"init": "orbax", "init_path": args.init} if args.init
+                                     else {"init": "scratch", "init_path": ""})),
         sft=dataclasses.replace(cfg.sft, num_steps=args.steps, eval_every=args.eval_every,
                                 checkpoint_every=args.eval_every, warmup_steps=min(100, args.steps // 10),
                                 ordinal_sigma=cfg.sft.ordinal_sigma if args.ordinal_sigma is None else args.ordinal_sigma),

@@ -124,6 +124,29 @@ def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed:
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
+def pretrain(config_json: str, tracking_uri: str, model: Output[Model], metrics: Output[Metrics],
+             kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
+    """The towers pretrained on questions about rendered table boards (`efm pretrain`), once
+    per pipeline: every branch's SFT starts from it (model.init="pretrain"). The model artifact
+    is the pretraining workdir, mirrored as SFT's is, so a restarted task resumes."""
+    from efm.components.artifacts import mirrored
+    from efm.components.tracking import stage_run
+    from efm.config import RunConfig
+    from efm.stages import pretrain_stage
+
+    cfg = RunConfig.from_json(config_json)
+    with stage_run("pretrain", cfg, tracking_uri, "", kfp_run, kfp_task, [], [model, metrics]) as run:
+        with mirrored(model.path) as (work, sync):
+            out = pretrain_stage(cfg, work, log=run, on_checkpoint=sync)
+        found = {f"localization.{k}": float(v) for k, v in out["localization"].items() if k != "step"}
+        run.log_metrics(found)
+        run.log_artifacts(model.path, "*.png")
+    for k, v in {**found, "final_step": out["final_step"]}.items():
+        metrics.log_metric(k, float(v))
+    model.metadata.update({"final_step": out["final_step"]})
+
+
+@dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def sft(config_json: str, train: Input[Dataset], validation: Input[Dataset], fraction: float, seed: int,
         tracking_uri: str, model: Output[Model], metrics: Output[Metrics],
         kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
@@ -132,25 +155,21 @@ def sft(config_json: str, train: Input[Dataset], validation: Input[Dataset], fra
     Checkpoints are copied to the artifact as training goes (`mirrored`), so a restarted task
     (retry, preemption) resumes from the last one and ends with the same result.
     """
-    from efm.components.artifacts import mirrored
-    from efm.components.tracking import branch_label, stage_run
-    from efm.config import RunConfig
-    from efm.stages import seeded, sft_stage
+    from efm.components.training import run_sft_task
 
-    cfg = seeded(RunConfig.from_json(config_json), seed)
-    with stage_run("sft", cfg, tracking_uri, "", kfp_run, kfp_task, [train, validation],
-                   [model, metrics], fraction, seed) as run:
-        label = branch_label(fraction, seed)
-        run.log_dataset(train.path, train.uri, f"train-{label}", "training")
-        run.log_dataset(validation.path, validation.uri, f"validation-s{seed}", "validation")
-        with mirrored(model.path) as (work, sync):
-            out = sft_stage(cfg, train.path, validation.path, work, log=run, on_checkpoint=sync)
-        run.log_artifacts(model.path, "*.png")
-    for k, v in out["history"][-1].items():
-        if k.startswith("val/"):
-            metrics.log_metric(k.replace("/", "."), float(v))
-    metrics.log_metric("final_step", float(out["final_step"]))
-    model.metadata.update({"final_step": out["final_step"], "train_episodes": out["train_episodes"]})
+    run_sft_task(config_json, train, validation, fraction, seed, tracking_uri, model, metrics, kfp_run, kfp_task)
+
+
+@dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
+def sft_pretrained(config_json: str, train: Input[Dataset], validation: Input[Dataset], pretrained: Input[Model],
+                   fraction: float, seed: int, tracking_uri: str, model: Output[Model], metrics: Output[Metrics],
+                   kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                   kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
+    """Stage 1 as `sft`, starting from the pipeline's pretrain step (model.init="pretrain")."""
+    from efm.components.training import run_sft_task
+
+    run_sft_task(config_json, train, validation, fraction, seed, tracking_uri, model, metrics, kfp_run, kfp_task,
+                 pretrained=pretrained)
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)

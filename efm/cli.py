@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="the towers on questions about rendered table boards (no actions), "
                                         "to start Stage 1 from")
     _add_common(p)
-    p.add_argument("--out", required=True, help="workdir (rerun to resume); OUT/params is the checkpoint")
+    p.add_argument("--out", required=True, help="workdir (rerun to resume); Stage 1 starts from it with "
+                   "model.init=pretrain, model.init_path=OUT")
     p.add_argument("--steps", type=int, help="override pretrain.num_steps")
 
     p = sub.add_parser("sft", help="Stage 1: behavioural cloning + steps-to-go")
@@ -283,6 +284,7 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
     from dataclasses import replace
 
     from efm.pipelines import vertex
+    from efm.pipelines.experiment import GraphShape
 
     check_trainable(cfg)
     fractions = args.fractions or list(cfg.data.fractions)
@@ -292,7 +294,7 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
 
         resources = _resources(args) if args.target == "vertex" else None
         path = compile_pipeline(args.out, fractions, args.seeds, target=args.target, resources=resources,
-                                transfer_domains=cfg.self_improve.transfer_domains)
+                                shape=GraphShape.of(cfg))
         return {"path": str(path), "target": args.target, "fractions": fractions, "seeds": args.seeds}
     settings = vertex.VertexConfig(
         project=args.project, region=args.region, pipeline_root=args.pipeline_root,
@@ -311,7 +313,7 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
         else:
             out = Path(tmp) / "pipeline.yaml"
         path = vertex.compile_for_vertex(out, fractions, args.seeds, settings.sft_resources(),
-                                         cfg.self_improve.transfer_domains)
+                                         GraphShape.of(cfg))
         if args.command == "schedule":
             request = vertex.build_schedule_request(settings, path, cfg, args.cron, args.display_name,
                                                     args.max_concurrent_runs, args.max_runs)
@@ -408,12 +410,10 @@ def run(args: argparse.Namespace) -> dict:
             cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
         return stages.subsample_stage(cfg, _existing(args.dataset, "dataset"), args.out, args.seed)
     if args.command == "pretrain":
-        from efm.sft.pretrain import run_pretrain
-
         if args.steps:
             cfg = cfg.replace(pretrain=replace(cfg.pretrain, num_steps=args.steps))
-        out = run_pretrain(cfg, args.out, progress=progress)
-        init = {"model": {"init": "orbax", "init_path": out["params"]}}
+        out = stages.pretrain_stage(cfg, args.out, progress=progress)
+        init = {"model": {"init": "pretrain", "init_path": str(Path(args.out).absolute())}}
         return {"final_step": out["final_step"], "last": out["history"][-1], "localization": out["localization"],
                 "start_stage1_with": f"--config '{json.dumps(init)}'"}
     if args.command == "sft":

@@ -170,13 +170,34 @@ def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path
     return subsample.subsample_dataset(dataset_dir, out_dir, cfg.data.fractions, cfg.data.validation_episodes, seed)
 
 
+def pretrain_stage(cfg: RunConfig, out_dir: str | Path, log: Logger | None = None, progress: bool = True,
+                   on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The towers pretrained on rendered table questions (`efm pretrain`); resumes in `out_dir`.
+    Stage 1 starts from `out_dir` with model.init="pretrain"."""
+    from efm.evaluation.plots import plot_curves
+    from efm.sft.pretrain import run_pretrain
+
+    out = _start(cfg, out_dir)
+    result = run_pretrain(cfg, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
+    curve = result["localization_curve"]
+    steps = [c["step"] for c in curve]
+    plot_curves({"effector": (steps, [c["effector_cm"] for c in curve]),
+                 "blocks (mean)": (steps, [c["blocks_cm"] for c in curve])},
+                out / "localization.png", xlabel="step", ylabel="cm",
+                title="Pretraining: greedy answer's distance to the named object")
+    return result
+
+
 def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
               log: Logger | None = None, progress: bool = True,
               on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     from efm.evaluation.plots import plot_curves
+    from efm.models.weights import initial_weights_path
     from efm.sft.trainer import run_sft
 
     check_trainable(cfg)
+    if cfg.model.init != "scratch" and not initial_weights_path(cfg.model).exists():
+        raise FileNotFoundError(f"model.init={cfg.model.init!r}: {initial_weights_path(cfg.model)} does not exist")
     out = _start(cfg, out_dir)
     result = run_sft(cfg, train_dir, validation_dir, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
     steps = [h["step"] for h in result.history]

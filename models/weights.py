@@ -6,7 +6,8 @@ Two formats:
   (recovered with `.view(ml_dtypes.bfloat16)`, as big_vision's `utils.recover_dtype`). Scanned
   layers (`encoderblock/...`, `layers/...` with a leading layer axis) are unstacked into this
   model's `encoderblock_<i>` / `layers_<i>`.
-- this project's Orbax params checkpoints (`select/policy`, a Self-Improved policy).
+- this project's Orbax params checkpoints (`select/policy`, a Self-Improved policy), and the
+  one an `efm pretrain` output directory holds (`params/`, `model.init="pretrain"`).
 Every array of a loaded part must exist with the model's shape; anything else is an error that
 names the keys, before training starts. Pretrained towers of our own plug in through either.
 """
@@ -24,6 +25,7 @@ from flax import traverse_util
 from efm.config import ModelConfig
 
 Params = dict[str, Any]
+PRETRAINED_PARAMS = "params"  # in an `efm pretrain` output directory
 BIG_VISION_PARTS = {"img": "vision_encoder", "llm": "llm"}  # big_vision tower -> this model's module
 _SCANNED = {"encoderblock": "encoderblock_{}", "layers": "layers_{}"}
 
@@ -91,12 +93,23 @@ def merge_parts(params: Params, loaded: dict[tuple[str, ...], np.ndarray], parts
     return traverse_util.unflatten_dict(flat)
 
 
+def initial_weights_path(cfg: ModelConfig) -> Path:
+    """The file or directory `cfg.init` loads: init_path, or an `efm pretrain` output's params."""
+    if cfg.init != "pretrain":
+        return Path(cfg.init_path)
+    if not cfg.init_path:
+        raise ValueError("model.init='pretrain' starts from an `efm pretrain` output: set model.init_path to its "
+                         "directory (the pipeline's pretrain step sets it)")
+    return Path(cfg.init_path) / PRETRAINED_PARAMS
+
+
 def load_initial(cfg: ModelConfig, params: Params) -> Params:
     """The model's starting parameters: `params` (scratch) with `cfg.init_parts` replaced."""
     if cfg.init == "scratch":
         return params
-    loaded = read_big_vision_npz(cfg.init_path) if cfg.init == "big_vision" else _read_orbax(cfg.init_path)
-    return merge_parts(params, loaded, cfg.init_parts, f"{cfg.init} checkpoint {cfg.init_path}")
+    path = initial_weights_path(cfg)
+    loaded = read_big_vision_npz(path) if cfg.init == "big_vision" else _read_orbax(path)
+    return merge_parts(params, loaded, cfg.init_parts, f"{cfg.init} checkpoint {path}")
 
 
 def write_big_vision_npz(path: str | Path, params: Params, *, bfloat16: bool = True) -> None:

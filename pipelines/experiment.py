@@ -1,6 +1,6 @@
-"""The experiment as a KFP pipeline: dataset, the data validation gate (validate), then per
-seed and data fraction a branch subsample -> sft -> select -> self_improve -> evaluate, then the
-report.
+"""The experiment as a KFP pipeline: dataset, the data validation gate (validate), with
+model.init="pretrain" one pretrain step, then per seed and data fraction a branch subsample ->
+sft -> select -> self_improve -> evaluate, then the report.
 
 kfp 2.13 runs neither dsl.ParallelFor nor dsl.If locally, so branches are unrolled with plain
 Python loops when the pipeline is defined: `make_experiment_pipeline` takes the fractions and
@@ -16,7 +16,7 @@ branches. The last step's summary is the pipeline's output.
     python -m efm.pipelines.experiment --fractions 0.1 0.2 0.8 --seeds 0 1 2 --out pipeline.yaml
 
 Two targets share the graph. "local" (the default) is what kfp.local runs: every step a
-lightweight component. "vertex" makes SFT a Vertex AI custom job on a TPU VM (gcpc's
+lightweight component. "vertex" makes SFT (and pretraining) a Vertex AI custom job on a TPU VM (gcpc's
 `create_custom_training_job_from_component`; kfp.local cannot run that launcher) and puts CPU
 and memory limits, and optionally an accelerator for Self-Improvement, on the other steps; the
 machines come from `efm.pipelines.vertex.VertexResources`.
@@ -27,6 +27,7 @@ No `from __future__ import annotations`: kfp reads the pipeline function's annot
 import argparse
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from kfp import compiler, dsl
 
 from efm.components import stages
 from efm.components.tracking import branch_label
+from efm.config import RunConfig
 from efm.pipelines.vertex import VertexResources
 
 Target = Literal["local", "vertex"]
@@ -44,8 +46,8 @@ PIPELINE_NAME = "efm-experiment"
 # Retries cover preemptions and transient storage errors; training stages retry once since a
 # deterministic failure (bad config, NaN loss) would only fail again at full cost; so does
 # the data gate (validate), whose anomalies are deterministic.
-RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "validate": 1, "subsample": 2, "sft": 1, "select": 2, "self_improve": 1,
-                           "evaluate": 2, "report": 2}
+RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "validate": 1, "subsample": 2, "pretrain": 1, "sft": 1,
+                           "select": 2, "self_improve": 1, "evaluate": 2, "report": 2}
 # Every stage is a deterministic function of its inputs and the config (seeds included), so a
 # cached result is the result. No stage task takes anything that changes from one pipeline run
 # to the next (its MLflow run finds the parent by the KFP run name, see
@@ -53,8 +55,23 @@ RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "validate": 1, "subsampl
 # is generated (and validated) once. start-tracking (opens the parent run) and the report steps
 # (finish it with the lineage, reused runs included) run in every pipeline run. Locally the
 # cache is efm.pipelines.cache (kfp 2.13's local runner has none).
-CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "validate": True, "subsample": True, "sft": True,
-                            "select": True, "self_improve": True, "evaluate": True, "report": False}
+CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "validate": True, "subsample": True,
+                            "pretrain": True, "sft": True, "select": True, "self_improve": True, "evaluate": True,
+                            "report": False}
+
+
+@dataclass(frozen=True)
+class GraphShape:
+    """What of the config changes the pipeline's graph (the config itself is a run parameter):
+    Self-Improvement in each of `transfer_domains` beside the data's domain, and a pretrain
+    step that every branch's SFT starts from."""
+
+    transfer_domains: tuple[str, ...] = ()
+    pretrain: bool = False
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "GraphShape":
+        return cls(tuple(cfg.self_improve.transfer_domains), cfg.model.init == "pretrain")
 
 
 def _check(fractions: Sequence[float], seeds: Sequence[int]) -> tuple[list[float], list[int]]:
@@ -74,9 +91,10 @@ def _configure(task: dsl.PipelineTask, stage: str, display_name: str) -> dsl.Pip
             .set_caching_options(enable_caching=CACHING[stage]))
 
 
-def _vertex_sft(resources: VertexResources) -> tuple[Callable[..., dsl.PipelineTask], dict[str, Any]]:
-    """The sft component as a Vertex custom job on `resources.sft_machine_type`, and the extra
-    task arguments it needs.
+def _vertex_job(component: Any, display_name: str, resources: VertexResources,
+                ) -> tuple[Callable[..., dsl.PipelineTask], dict[str, Any]]:
+    """A training component (sft, pretrain) as a Vertex custom job on
+    `resources.sft_machine_type`, and the extra task arguments it needs.
 
     A single-host TPU VM is just a machine type (ct5lp-hightpu-4t: 4 v5e chips), so the gcpc
     util's worker pool spec (the default of the op's `worker_pool_specs` input) is enough. The
@@ -88,7 +106,7 @@ def _vertex_sft(resources: VertexResources) -> tuple[Callable[..., dsl.PipelineT
     )
 
     op = create_custom_training_job_from_component(
-        stages.sft, display_name="efm-sft", machine_type=resources.sft_machine_type,
+        component, display_name=display_name, machine_type=resources.sft_machine_type,
         accelerator_type=resources.sft_accelerator_type, accelerator_count=resources.sft_accelerator_count,
         boot_disk_size_gb=resources.sft_boot_disk_gb, service_account=resources.sft_service_account)
     if not resources.sft_tpu_topology:
@@ -108,11 +126,11 @@ def _on_cpu(task: dsl.PipelineTask, resources: VertexResources | None) -> dsl.Pi
 def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                              name: str = PIPELINE_NAME, target: Target = "local",
                              resources: VertexResources | None = None,
-                             transfer_domains: Sequence[str] = ()) -> Callable[..., Any]:
+                             shape: GraphShape = GraphShape()) -> Callable[..., Any]:
     """A pipeline function with one branch per (seed, fraction); its parameter is `config_json`
-    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use. Each branch
-    also self-improves in `transfer_domains` (the config's self_improve.transfer_domains) from
-    its selected checkpoints.
+    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use. `shape`
+    (`GraphShape.of(config)`): each branch also self-improves in its transfer domains from its
+    selected checkpoints, and with `pretrain` one pretrain step feeds every branch's SFT.
 
     target "vertex" runs SFT as a TPU custom job and sizes the other steps by `resources`
     (default `VertexResources()`); "local" uses plain components that kfp.local can run.
@@ -122,11 +140,15 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if target == "local" and resources is not None:
         raise ValueError("resources only apply to target 'vertex'")
-    sft_op: Callable[..., dsl.PipelineTask] = stages.sft
+    sft_component = stages.sft_pretrained if shape.pretrain else stages.sft
+    sft_op: Callable[..., dsl.PipelineTask] = sft_component
+    pretrain_op: Callable[..., dsl.PipelineTask] = stages.pretrain
     sft_args: dict[str, Any] = {}
+    pretrain_args: dict[str, Any] = {}
     if target == "vertex":
         resources = resources or VertexResources()
-        sft_op, sft_args = _vertex_sft(resources)
+        sft_op, sft_args = _vertex_job(sft_component, "efm-sft", resources)
+        pretrain_op, pretrain_args = _vertex_job(stages.pretrain, "efm-pretrain", resources)
 
     @dsl.pipeline(name=name, description="Self-Improving Embodied Foundation Models: SFT then "
                   f"Self-Improvement for data fractions {fractions} and seeds {seeds}.")
@@ -145,6 +167,12 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
         gate = _on_cpu(_configure(stages.validate(
             config_json=config_json, episodes=data.outputs["episodes"], fractions=" ".join(f"{f:g}" for f in fractions),
             seeds=" ".join(str(s) for s in seeds), **track), "validate", "validate"), resources)
+        # Pretraining reads no dataset: it renders its own boards, once for every branch.
+        pretrained: dict[str, Any] = {}
+        if shape.pretrain:
+            job = {"display_name": "efm-pretrain", **pretrain_args} if target == "vertex" else {}
+            pre = _configure(pretrain_op(config_json=config_json, **track, **job).after(start), "pretrain", "pretrain")
+            pretrained = {"pretrained": pre.outputs["model"]}
         summary = None
         branches = [(seed, fraction) for seed in seeds for fraction in fractions]
         for i, (seed, fraction) in enumerate(branches):
@@ -154,11 +182,11 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                              f"subsample-{b}").after(gate)
             job = {"display_name": f"efm-sft-{b}", **sft_args} if target == "vertex" else {}
             sft = _configure(sft_op(train=sub.outputs["train"], validation=sub.outputs["validation"],
-                                    **common, **job), "sft", f"sft-{b}")
+                                    **pretrained, **common, **job), "sft", f"sft-{b}")
             sel = _configure(stages.select(sft_model=sft.outputs["model"], **common), "select", f"select-{b}")
             _on_cpu(sub, resources)
             _on_cpu(sel, resources)
-            for domain in ("", *transfer_domains):  # the data's domain, then transfer (Section 4.3.2)
+            for domain in ("", *shape.transfer_domains):  # the data's domain, then transfer (Section 4.3.2)
                 name = f"{b}-{domain}" if domain else b
                 si = _configure(stages.self_improve(selected=sel.outputs["model"], practice_domain=domain, **common),
                                 "self_improve", f"self-improve-{name}")
@@ -169,7 +197,7 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                                                 selected=sel.outputs["model"], improved=si.outputs["model"],
                                                 practice_domain=domain, **common),
                                 "evaluate", f"evaluate-{name}")
-                final = i == len(branches) - 1 and domain == ("", *transfer_domains)[-1]
+                final = i == len(branches) - 1 and domain == ("", *shape.transfer_domains)[-1]
                 if summary is None:
                     rep = stages.report(result=ev.outputs["result"], final=final, **report_track)
                 else:
@@ -186,10 +214,10 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
 
 def compile_pipeline(path: str | Path, fractions: Sequence[float], seeds: Sequence[int],
                      name: str = PIPELINE_NAME, target: Target = "local",
-                     resources: VertexResources | None = None, transfer_domains: Sequence[str] = ()) -> Path:
+                     resources: VertexResources | None = None, shape: GraphShape = GraphShape()) -> Path:
     """Writes the pipeline spec (YAML): target "local" for any KFP backend, "vertex" for
-    Vertex AI Pipelines with SFT on TPU."""
-    pipeline = make_experiment_pipeline(fractions, seeds, name, target, resources, transfer_domains)
+    Vertex AI Pipelines with SFT (and pretraining) on TPU."""
+    pipeline = make_experiment_pipeline(fractions, seeds, name, target, resources, shape)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(path))

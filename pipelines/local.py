@@ -28,7 +28,7 @@ from efm.components.tracking import fail_experiment
 from efm.config import RunConfig, check_trainable, debug_config, default_config
 from efm.evaluation.report import PLOT, SUMMARY, TABLE
 from efm.pipelines.cache import LocalTaskCache
-from efm.pipelines.experiment import make_experiment_pipeline
+from efm.pipelines.experiment import GraphShape, make_experiment_pipeline
 from efm.progress import QUIET_ENV
 from efm.tracking import Tracker, local_artifacts, local_store
 
@@ -66,7 +66,7 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     pipeline = make_experiment_pipeline(config.data.fractions if fractions is None else fractions, seeds,
-                                        transfer_domains=config.self_improve.transfer_domains)
+                                        shape=GraphShape.of(config))
     if tracking_uri is None:
         tracking_uri = local_store(out)
         # The experiment is made here so that its artifacts live beside the database; tasks

@@ -21,9 +21,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from efm.config import RunConfig
+
+if TYPE_CHECKING:  # experiment imports this module's resources
+    from efm.pipelines.experiment import GraphShape
 
 DEFAULT_SFT_MACHINE_TYPE = "ct5lp-hightpu-4t"  # one TPU v5e host, 4 chips (topology 2x2)
 
@@ -311,12 +314,13 @@ def execute(request: Mapping[str, Any], client_factory: Callable[[], VertexClien
 
 
 def compile_for_vertex(path: str | Path, fractions: Sequence[float], seeds: Sequence[int],
-                       resources: VertexResources | None = None, transfer_domains: Sequence[str] = ()) -> Path:
-    """The experiment pipeline with SFT as a TPU custom job and sized CPU steps."""
-    from efm.pipelines.experiment import compile_pipeline
+                       resources: VertexResources | None = None, shape: GraphShape | None = None) -> Path:
+    """The experiment pipeline with SFT (and pretraining) as TPU custom jobs and sized CPU
+    steps; `shape` default: no transfer domains, no pretraining."""
+    from efm.pipelines.experiment import GraphShape, compile_pipeline
 
     return compile_pipeline(path, fractions, seeds, target="vertex", resources=resources or VertexResources(),
-                            transfer_domains=transfer_domains)
+                            shape=shape or GraphShape())
 
 
 def submit(vertex: VertexConfig, template_path: str | Path, config: RunConfig | str, *,

@@ -5,37 +5,31 @@ a model trained from scratch on robot data must learn that from behavioural clon
 signal, and on two CPU cores does not within Stage 1's budget (benchmarks/table_probes.py).
 Pretraining trains the whole model on `locate` questions about rendered boards (no actions),
 with Stage 1's trainer, and exports its params as an Orbax params checkpoint; Stage 1 starts
-from it with `model.init=orbax, model.init_path=OUT/params`.
+from it with `model.init=pretrain, model.init_path=OUT` (in the pipeline, the pretrain step's output).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from efm import checkpoints
-from efm.config import RunConfig
+from efm.config import RunConfig, check_pretrainable
 from efm.data.pretrain import EFFECTOR, TableQuestions
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
+from efm.models.weights import PRETRAINED_PARAMS
 from efm.sft.trainer import Samples, restore_params, split_inputs, train
 from efm.types import Logger
 
 SUMMARY = "pretrain.json"
 LOCALIZATION = "localization.json"  # localization_errors at each checkpoint
-PARAMS = "params"
-
-
-def check_pretrainable(cfg: RunConfig) -> None:
-    """Fails before any work unless the config's model can be pretrained on table questions."""
-    if not cfg.model.reads_text:
-        raise ValueError(f"pretraining asks questions in text; model.variant={cfg.model.variant!r} reads none "
-                         f"(use a vision-language variant)")
-    if cfg.domain not in ("tabletop", "bananatable"):
-        raise ValueError(f"pretraining renders table boards; domain {cfg.domain!r} is not a table domain")
+PARAMS = PRETRAINED_PARAMS
 
 
 def localization_errors(fns: EFMFunctions, params: Any, data: TableQuestions) -> dict[str, float]:
@@ -60,11 +54,15 @@ def localization_errors(fns: EFMFunctions, params: Any, data: TableQuestions) ->
 
 
 def run_pretrain(cfg: RunConfig, out_dir: str | Path, log: Logger | None = None, progress: bool = True,
-                 ) -> dict[str, Any]:
-    """Pretrains (or resumes) in `out_dir`, then writes OUT/params and OUT/pretrain.json."""
+                 on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Pretrains (or resumes) in `out_dir`, then writes OUT/params and OUT/pretrain.json.
+    `on_checkpoint(step)` runs after each checkpoint is saved and measured."""
     check_pretrainable(cfg)
     out = Path(out_dir)
-    cfg = cfg.replace(sft=cfg.pretrain.as_sft())
+    model = cfg.model
+    if model.init == "pretrain":  # what Stage 1 will start from is made here, from scratch
+        model = dataclasses.replace(model, init="scratch", init_path="")
+    cfg = cfg.replace(sft=cfg.pretrain.as_sft(), model=model)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     data = TableQuestions(cfg, fns.vocab)
     curve_path = out / LOCALIZATION
@@ -74,6 +72,8 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, log: Logger | None = None,
         curve[:] = [c for c in curve if c["step"] < step]
         curve.append({"step": step, **localization_errors(fns, restore_params(out, step), data)})
         curve_path.write_text(json.dumps(curve, indent=1))
+        if on_checkpoint is not None:
+            on_checkpoint(step)
 
     try:
         result = train(cfg, fns, Samples(data.training, data.validation), out, log=log, progress=progress,

@@ -452,3 +452,22 @@ def test_the_cached_run_shows_the_whole_lineage_under_its_parent(runs: dict[str,
     assert set(third.data.tags[STAGE_RUNS].split(",")) == set(stage_runs)
     assert set(third.data.tags[REUSED_RUNS].split(",")) == set(stage_runs)
     assert runs["summaries"][1]["results"][0]["mlflow_run_id"] in stage_runs
+
+
+def test_starting_from_pretraining_is_checked_before_any_work(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """model.init="pretrain": refused for a config that cannot pretrain (a state model on
+    pointmass) before the pipeline starts; outside the pipeline `efm sft` needs the pretrain
+    output's directory, and names the missing one."""
+    assert main(["run", "--debug", "--quiet", "--out", str(tmp_path / "o"), "--config",
+                 '{"model": {"init": "pretrain"}}']) == 2
+    assert "reads no text" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["sft", "--domain", "tabletop", "--debug", "--quiet", "--train", str(data), "--validation", str(data),
+            "--out", str(tmp_path / "sft")]
+    assert main([*argv, "--config", '{"model": {"init": "pretrain"}}']) == 2
+    assert "model.init_path" in capsys.readouterr().err
+    missing = tmp_path / "no-pretrain"
+    assert main([*argv, "--config", json.dumps({"model": {"init": "pretrain", "init_path": str(missing)}})]) == 2
+    assert str(missing) in capsys.readouterr().err and not (tmp_path / "sft").exists()

@@ -178,3 +178,31 @@ def test_staged_output_replaces_an_earlier_attempt(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]  # a failure publishes nothing
     publish(target, tmp_path / "copy")
     assert (tmp_path / "copy" / "a.txt").read_text() == "a"
+
+
+def test_pretraining_is_one_step_that_every_branch_starts_from(tmp_path: Path) -> None:
+    """model.init="pretrain" (the table's default) adds one pretrain task, after start-tracking
+    and independent of the data; every branch's SFT takes its model as `pretrained`. Without
+    it (pointmass) there is no such task and SFT has no such input."""
+    from efm.config import default_config
+    from efm.pipelines.experiment import GraphShape
+
+    shape = GraphShape.of(default_config("tabletop"))
+    assert shape == GraphShape(transfer_domains=("bananatable",), pretrain=True)
+    assert GraphShape.of(default_config("pointmass")) == GraphShape()
+    path = compile_pipeline(tmp_path / "p.yaml", [0.1, 0.2], [0], shape=GraphShape(pretrain=True))
+    spec = json_format.ParseDict(yaml.safe_load(path.read_text()), pipeline_spec_pb2.PipelineSpec())
+    tasks = spec.root.dag.tasks
+    key = {t.task_info.name: k for k, t in tasks.items()}
+    pre = tasks[key["pretrain"]]
+    assert set(pre.dependent_tasks) == {key["start-tracking"]} and not pre.inputs.artifacts
+    assert pre.caching_options.enable_cache and pre.retry_policy.max_retry_count == RETRIES["pretrain"]
+    for f in (0.1, 0.2):
+        sft = tasks[key[f"sft-f{f:g}-s0"]]
+        assert sft.inputs.artifacts["pretrained"].task_output_artifact.producer_task == key["pretrain"]
+        assert spec.components[sft.component_ref.name].input_definitions.artifacts.keys() == {
+            "train", "validation", "pretrained"}
+    plain = json_format.ParseDict(yaml.safe_load(compile_pipeline(tmp_path / "q.yaml", [0.1], [0]).read_text()),
+                                  pipeline_spec_pb2.PipelineSpec())
+    assert "pretrain" not in {t.task_info.name for t in plain.root.dag.tasks.values()}
+    assert all("pretrained" not in t.inputs.artifacts for t in plain.root.dag.tasks.values())

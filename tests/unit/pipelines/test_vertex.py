@@ -139,6 +139,22 @@ def test_multi_host_topology_and_self_improve_accelerator(tmp_path: Path) -> Non
     assert res["resourceCpuLimit"] == "8" and res["resourceMemoryLimit"] == "32G"
 
 
+def test_vertex_runs_pretraining_as_a_tpu_custom_job_too(tmp_path: Path) -> None:
+    from efm.pipelines.experiment import GraphShape
+
+    raw, spec = _spec(compile_pipeline(tmp_path / "p.yaml", [0.5], [3], target="vertex",
+                                       shape=GraphShape(pretrain=True)))
+    (pre,) = [t for t in spec.root.dag.tasks.values() if t.task_info.name == "pretrain"]
+    component = raw["components"][pre.component_ref.name]
+    (pool,) = component["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
+    assert pool["machine_spec"] == {"machine_type": "ct5lp-hightpu-4t"}
+    assert _executor(raw, spec, pre)["args"][:2] == ["--type", "CustomJob"]
+    assert pre.inputs.parameters["display_name"].runtime_value.constant.string_value == "efm-pretrain"
+    (sft,) = _tasks(spec, "sft")
+    assert set(sft.inputs.artifacts) == {"train", "validation", "pretrained"}
+    assert _executor(raw, spec, sft)["args"][:2] == ["--type", "CustomJob"]
+
+
 def test_local_target_is_unchanged_plain_components(tmp_path: Path) -> None:
     raw, spec = _spec(compile_pipeline(tmp_path / "p.yaml", [0.5], [3]))
     executors = raw["deploymentSpec"]["executors"].values()

@@ -71,8 +71,13 @@ def test_rerun_resumes_and_extends(pretrained, tmp_path: Path) -> None:
 
 
 def test_refuses_state_models_and_other_domains() -> None:
-    with pytest.raises(ValueError, match="reads none"):
+    from efm.config import aloha_camera_config
+
+    with pytest.raises(ValueError, match="reads no text"):
         check_pretrainable(debug_config("pointmass"))
+    with pytest.raises(ValueError, match="renders table boards"):
+        check_pretrainable(aloha_camera_config())
+    check_pretrainable(debug_config("bananatable"))
 
 
 def test_multi_object_questions_train_and_are_measured_per_object(tmp_path: Path) -> None:
