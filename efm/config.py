@@ -280,6 +280,8 @@ class TransformerVariant:
     filters rather than one linear map of the whole patch, which a small model trained briefly
     needs. Empty: PaliGemma's plain ViT. `keypoints`: K spatial-softmax keypoint tokens per
     frame after the patch tokens (where each of K learned detectors fires, as coordinates).
+    `grounding`: each text token, with its neighbours, queries the stem's features of every
+    frame, and where the query fires is added to that token (text-conditioned keypoints).
     """
 
     patch: tuple[int, int]
@@ -294,6 +296,7 @@ class TransformerVariant:
     mlp: int
     stem: tuple[int, ...] = ()
     keypoints: int = 0
+    grounding: bool = False
 
     def __post_init__(self) -> None:
         down = 2 ** len(self.stem)
@@ -314,6 +317,10 @@ MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
     # vl-cpu and 16 keypoint tokens per frame
     "vl-cpu-kp": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2,
                                     vit_mlp=128, width=128, depth=2, heads=4, head_dim=32, mlp=384, keypoints=16),
+    # vl-cpu-kp and grounded text: named objects found by text-conditioned keypoints
+    "vl-cpu-gkp": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2,
+                                     vit_mlp=128, width=128, depth=2, heads=4, head_dim=32, mlp=384, keypoints=16,
+                                     grounding=True),
     # Aloha's stacked 124x80 images (two 60x80 views and a 4-pixel band): 4x4 = 16 tokens per
     # frame, 64 for the two cameras' current and previous frames; trains in seconds (tests)
     "vl-aloha-tiny": TransformerVariant(patch=(31, 20), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,

@@ -4,7 +4,8 @@ Names follow big_vision so a PaliGemma-style checkpoint's `img/...` tree maps on
 embedding (patch conv), pos_embedding, Transformer/encoderblock_<i>/{LayerNorm_0,
 MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0}, Transformer/encoder_norm, and head,
 which projects image tokens to the text tower's width. Optionally (`keypoints`), spatial-softmax
-keypoint tokens after the patch tokens (see `spatial_keypoints`).
+keypoint tokens after the patch tokens (see `spatial_keypoints`), and (`grounding`) where each
+text token's query fires in the frames, added to the text tokens.
 """
 
 from __future__ import annotations
@@ -87,9 +88,14 @@ class ViT(nn.Module):
     dtype: Dtype = jnp.float32
     stem: tuple[int, ...] = ()  # channels of stride-2 3x3 convs before the patch embedding
     keypoints: int = 0  # spatial-softmax keypoint tokens read off the stem's features
+    grounding: bool = False  # where each text token's query fires (`text` given to __call__)
 
     @nn.compact
-    def __call__(self, image: jax.Array) -> jax.Array:
+    def __call__(self, image: jax.Array, text: jax.Array | None = None,
+                 text_valid: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """With `grounding`, `text` [B, L, D] (embeddings of the text tokens of the B samples
+        whose F frames each are `image`'s B*F) and `text_valid` [B, L]: also returns
+        [B, L, out_width], per text token where its query fires in each of its sample's frames."""
         x = image.astype(self.dtype) / 127.5 - 1.0  # big_vision's value range
         for i, channels in enumerate(self.stem):
             x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_{i}")(x))
@@ -103,8 +109,15 @@ class ViT(nn.Module):
         x = x + pos.astype(self.dtype)
         x = Encoder(self.depth, self.mlp_dim, self.num_heads, self.dtype, name="Transformer")(x)
         x = nn.Dense(self.out_width, dtype=self.dtype, name="head")(x)
-        if not self.keypoints:
+        if self.keypoints:
+            x = jnp.concatenate([x, self._keypoints(features)], axis=1)
+        if not self.grounding:
             return x
+        if text is None or text_valid is None:
+            raise ValueError("a grounding ViT reads the text: pass text and text_valid")
+        return x, self._grounding(features, text, text_valid)
+
+    def _keypoints(self, features: jax.Array) -> jax.Array:
         # Where each of K learned detectors fires, as tokens: an object's position is then read
         # off one token instead of being assembled from patches by attention, which a small
         # model trained from scratch finds only after thousands of steps (README, Results).
@@ -117,5 +130,20 @@ class ViT(nn.Module):
                             jnp.float32)
         bias = self.param("keypoint_bias", nn.initializers.normal(stddev=1 / self.out_width**0.5),
                           (k, self.out_width), jnp.float32)
-        kp = jnp.einsum("bkf,kfd->bkd", xy, kernel.astype(self.dtype)) + bias.astype(self.dtype)
-        return jnp.concatenate([x, kp], axis=1)
+        return jnp.einsum("bkf,kfd->bkd", xy, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+    def _grounding(self, features: jax.Array, text: jax.Array, valid: jax.Array) -> jax.Array:
+        # Text-conditioned keypoints (as RT-1 conditions its image tower on the instruction with
+        # FiLM): each text token, read with its neighbours ("red" + "moon"), makes a query over
+        # the stem's features; where it fires is added to that token. A named block is then
+        # found by a learned query, instead of by one of K fixed detectors the answer must pick.
+        bf, c = features.shape[0], features.shape[-1]
+        b, length, _ = text.shape
+        frames = bf // b
+        query = nn.Conv(c, (3,), padding="SAME", dtype=self.dtype, name="grounding_query")(text)  # [B, L, C]
+        query = jnp.repeat(query, frames, axis=0)  # [B*F, L, C], frame-major like `features`
+        heat = jnp.einsum("bhwc,blc->bhwl", features, query) / c**0.5
+        xy = fourier_features(spatial_keypoints(heat), 4)  # [B*F, L, 18]
+        xy = xy.reshape(b, frames, length, -1).transpose(0, 2, 1, 3).reshape(b, length, -1).astype(self.dtype)
+        where = nn.Dense(self.out_width, dtype=self.dtype, name="grounding_out")(xy)
+        return where * valid[..., None].astype(self.dtype)

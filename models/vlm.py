@@ -57,14 +57,19 @@ class VisionLanguageEFM(nn.Module):
     def setup(self) -> None:
         v = self.variant
         self.vision_encoder = ViT(v.patch, v.vit_width, v.vit_depth, v.vit_mlp, v.vit_heads, v.width, self.dtype,
-                                  v.stem, v.keypoints)
+                                  v.stem, v.keypoints, v.grounding)
         self.llm = LLM(self.vocab_size, v.width, v.depth, v.heads, v.head_dim, v.mlp, self.dtype)
 
     def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(embeddings [B, P, D], valid [B, P])."""
         frames = inputs[IMAGE]  # [B, F, H, W, C], F = 2 x cameras
         b, f = frames.shape[:2]
-        img = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]))  # every frame, one tower
+        frames = frames.reshape(b * f, *frames.shape[2:])  # every frame, one tower
+        text = inputs[TEXT]
+        if self.variant.grounding:  # the tower also says where each instruction token is seen
+            img, where = self.vision_encoder(frames, self.llm.embed(text + self.text_offset), text != 0)
+        else:
+            img = self.vision_encoder(frames)
         img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D], frame after frame
         prompt = jnp.asarray(objective_prompts())[objective]  # [B, PROMPT_LENGTH]
         words = [(inputs[TEXT], self.text_offset)]
@@ -72,7 +77,10 @@ class VisionLanguageEFM(nn.Module):
             words.append((inputs[STATE], self.state_offset - 1))
         words.append((prompt, self.text_offset))
         ids = jnp.concatenate([t + offset for t, offset in words], axis=1)
-        emb = jnp.concatenate([img.astype(self.dtype), self.llm.embed(ids)], axis=1)
+        word_emb = self.llm.embed(ids)
+        if self.variant.grounding:
+            word_emb = word_emb.at[:, :text.shape[1]].add(where.astype(word_emb.dtype))
+        emb = jnp.concatenate([img.astype(self.dtype), word_emb], axis=1)
         valid = jnp.concatenate([jnp.ones(img.shape[:2], bool), *(t != 0 for t, _ in words)], axis=1)
         return emb, valid
 

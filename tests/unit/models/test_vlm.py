@@ -285,3 +285,41 @@ def test_aloha_two_cameras_and_70_tokens_cached_equals_full(cached_logits) -> No
     np.testing.assert_array_equal(actions, vocab.action_from_tokens(sampled))
     d = np.asarray(fns.steps_to_go(params, x))
     assert d.shape == (B,) and np.all((d >= 0) & (d <= 300))
+
+
+def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeypatch) -> None:
+    """Each text token gets where its query fires in its own sample's frames: a token's
+    grounding moves with the image of its sample only, padding gets none; through the model,
+    the KV cache still gives the teacher-forced logits."""
+    from efm.config import MODEL_VARIANTS, TransformerVariant
+    from efm.models.vit import ViT
+
+    frames = jnp.asarray(np.random.default_rng(0).integers(0, 256, (B * 2, H, W, 3)), jnp.uint8)  # 2 per sample
+    text = jnp.asarray(np.random.default_rng(1).normal(size=(B, 6, 24)), jnp.float32)
+    valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [4], [2]]))
+    vit = ViT((12, 16), 16, 1, 32, 2, 24, stem=(8,), grounding=True)
+    params = vit.init(jax.random.PRNGKey(0), frames, text, valid)
+    tokens, where = (np.asarray(a) for a in vit.apply(params, frames, text, valid))
+    assert tokens.shape == (B * 2, (H // 12) * (W // 16), 24) and where.shape == (B, 6, 24)
+    assert np.all(where[1, 4:] == 0) and np.all(where[2, 2:] == 0) and np.abs(where[1, :4]).min() > 0
+    blanked = frames.at[2:4, :, : W // 2].set(0)  # sample 1's two frames, left half
+    _, moved = (np.asarray(a) for a in vit.apply(params, blanked, text, valid))
+    assert not np.allclose(moved[1], where[1], atol=1e-5)
+    np.testing.assert_array_equal(moved[[0, 2]], where[[0, 2]])
+    with pytest.raises(ValueError, match="reads the text"):
+        vit.apply(params, frames)
+
+    variant = TransformerVariant(patch=(12, 16), stem=(8,), keypoints=3, grounding=True, vit_width=16, vit_depth=1,
+                                 vit_heads=2, vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64)
+    monkeypatch.setitem(MODEL_VARIANTS, "test-gkp", variant)
+    fns = make_functions(ModelConfig(variant="test-gkp"), make_vocabulary(
+        TokenizerConfig(steps_to_go_bins=50, text_tokens=TEXT_LEN)))
+    x = inputs()
+    params = fns.init(jax.random.PRNGKey(1), x)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v * 100 if "input_embedding" in jax.tree_util.keystr(p) else v, params)
+    assert "grounding_query" in params["vision_encoder"]
+    obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    out = jnp.asarray(np.random.default_rng(2).integers(0, fns.vocab.size, (B, 4)), jnp.int32)
+    full = np.asarray(fns.model.apply({"params": params}, x, obj, out))
+    np.testing.assert_allclose(cached_logits(fns, params, x, obj, out), full, rtol=1e-4, atol=1e-3)
