@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--objects-per-question", type=int, default=None, help="pretrain.objects_per_question")
     p.add_argument("--questions-per-scene", type=int, default=None, help="pretrain.questions_per_scene")
     p.add_argument("--ordinal-sigma", type=float, default=None, help="pretrain.ordinal_sigma (a fraction of each quantity's bins)")
+    p.add_argument("--grounding-weight", type=float, default=None, help="pretrain.grounding_weight (grounding variants)")
     p.add_argument("--out", default="runs/table-pretrain")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -43,7 +44,8 @@ def main() -> None:
                       pretrain=dataclasses.replace(cfg.pretrain, num_steps=args.steps, eval_every=args.eval_every,
                                                    **{k: v for k, v in (("objects_per_question", args.objects_per_question),
                                                                         ("questions_per_scene", args.questions_per_scene),
-                                                                        ("ordinal_sigma", args.ordinal_sigma))
+                                                                        ("ordinal_sigma", args.ordinal_sigma),
+                                                                        ("grounding_weight", args.grounding_weight))
                                                       if v is not None}))
     out = Path(args.out) / "pretrain"
     timing = Path(args.out) / "calls.json"  # steps and wall time of each completed call, for examples/s
@@ -60,9 +62,9 @@ def main() -> None:
         "schedule_steps": args.steps, "learning_rate": cfg.pretrain.learning_rate,
         "objects_per_question": cfg.pretrain.objects_per_question,
         "questions_per_scene": cfg.pretrain.questions_per_scene, "ordinal_sigma": cfg.pretrain.ordinal_sigma,
-        "timed_steps": steps, "seconds": seconds,
+        "grounding_weight": cfg.pretrain.grounding_weight, "timed_steps": steps, "seconds": seconds,
         "examples_per_second": steps * cfg.pretrain.batch_size / seconds if seconds else None,
-        "curve": [{**c, **{k: v for k, v in h.items() if k.startswith("val/")}}
+        "curve": [{**c, **{k: v for k, v in h.items() if k.startswith("val/") or k == "train/grounding_loss"}}
                   for c, h in zip(summary["localization_curve"], summary["history"], strict=True)],
         "params": str(out / "params"),  # as given (relative to where it ran), not this machine's absolute path
         "machine": {"cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0], "python": platform.python_version()},

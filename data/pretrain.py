@@ -18,13 +18,15 @@ import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from efm.config import OBJECTIVES, RunConfig
 from efm.envs.tabletop.env import TabletopEnv
 from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION, RGB
-from efm.models.tokenizers import Vocabulary
+from efm.models.efm import GROUND_MASK, GROUND_XY
+from efm.models.tokenizers import TextTokenizer, Vocabulary
 from efm.models.vlm import IMAGE, STATE, TEXT
 
 Batch = dict[str, np.ndarray]
@@ -38,12 +40,19 @@ def object_phrase(name: str, rng: np.random.Generator) -> str:
     return EFFECTOR_NAMES[rng.integers(len(EFFECTOR_NAMES))] if name == EFFECTOR else name.replace("_", " ")
 
 
+class Question(NamedTuple):
+    objects: tuple[str, ...]  # named in this order
+    text: str
+    positions: np.ndarray  # [objects, 2], the answer
+    spans: tuple[tuple[int, int], ...]  # each object's name in `text` (character offsets)
+
+
 def board_questions(blocks: Sequence[str], block_xy: np.ndarray, effector_xy: np.ndarray, sizes: Sequence[int],
-                    rng: np.random.Generator) -> list[tuple[tuple[str, ...], str, np.ndarray]]:
+                    rng: np.random.Generator) -> list[Question]:
     """Questions about a board's objects (its blocks and the effector), question i naming
-    `sizes[i]` different objects: (objects, question, answer positions [sizes[i], 2]).
-    One object: "where is the red moon" and other phrasings; several: their names in a list
-    ("red moon blue cube arm", as a detection prompt), answered in that order. Pure given the rng."""
+    `sizes[i]` different objects. One object: "where is the red moon" and other phrasings;
+    several: their names in a list ("red moon blue cube arm", as a detection prompt), answered
+    in that order. Pure given the rng."""
     objects = [*blocks, EFFECTOR]
     position = {**{b: block_xy[BLOCKS.index(b)] for b in blocks}, EFFECTOR: effector_xy}
     out, order = [], []
@@ -52,10 +61,28 @@ def board_questions(blocks: Sequence[str], block_xy: np.ndarray, effector_xy: np
             order = [objects[int(i)] for i in rng.permutation(len(objects))]
         names, order = tuple(order[:size]), order[size:]
         phrases = [object_phrase(n, rng) for n in names]
-        question = (BLOCK_QUESTIONS[rng.integers(len(BLOCK_QUESTIONS))].format(phrases[0]) if size == 1
-                    else " ".join(phrases))
-        out.append((names, question, np.stack([np.asarray(position[n], np.float32) for n in names])))
+        if size == 1:
+            template = BLOCK_QUESTIONS[rng.integers(len(BLOCK_QUESTIONS))]
+            start = template.index("{}")
+            question, spans = template.format(phrases[0]), ((start, start + len(phrases[0])),)
+        else:
+            question = " ".join(phrases)
+            starts = np.cumsum([0] + [len(ph) + 1 for ph in phrases[:-1]])
+            spans = tuple((int(s), int(s) + len(ph)) for s, ph in zip(starts, phrases, strict=True))
+        out.append(Question(names, question, np.stack([np.asarray(position[n], np.float32) for n in names]), spans))
     return out
+
+
+def name_tokens(text: TextTokenizer, question: Question) -> np.ndarray:
+    """Which object (its index in `question.objects`) each text token of the question names,
+    -1 for the others. [text length]"""
+    def count(prefix: str) -> int:  # tokens of a prefix ending before a word (its space goes with the word)
+        return int(np.count_nonzero(text.encode([prefix.rstrip(" ")])[0]))
+
+    owner = np.full(text.length, -1, np.int32)
+    for i, (start, end) in enumerate(question.spans):
+        owner[count(question.text[:start]):count(question.text[:end])] = i
+    return owner
 
 
 class TableQuestions:
@@ -111,25 +138,30 @@ class TableQuestions:
         vocab = self._vocab
         assert vocab.text is not None and vocab.state is not None
         frames, blocks, effector, names = self._render(boards)
-        images, texts, answers = [], [], []
+        images, questions = [], []
         for j in range(len(boards)):
-            for objects, text, xy in board_questions(names[j], blocks[j], effector[j], sizes, rng):
+            for question in board_questions(names[j], blocks[j], effector[j], sizes, rng):
                 images.append(frames[j])
-                texts.append(text)
-                answers.append((objects, xy))
-        n, dims = len(texts), vocab.state.dims
+                questions.append(question)
+        n, dims = len(questions), vocab.state.dims
         image = np.stack(images)
         targets = np.zeros((n, vocab.max_target_length), np.int32)
         mask = np.zeros((n, vocab.max_target_length), np.float32)
-        for i, (_, xy) in enumerate(answers):  # x, y of the first object, then of the next, ...
-            targets[i, :xy.size] = vocab.position_targets(xy).reshape(-1)
-            mask[i, :xy.size] = 1.0
+        owners = np.stack([name_tokens(vocab.text, q) for q in questions])  # [n, text length]
+        ground_xy = np.zeros((n, vocab.text.length, 2), np.float32)
+        for i, q in enumerate(questions):  # x, y of the first object, then of the next, ...
+            targets[i, :q.positions.size] = vocab.position_targets(q.positions).reshape(-1)
+            mask[i, :q.positions.size] = 1.0
+            named = owners[i] >= 0
+            ground_xy[i, named] = q.positions[owners[i, named]]
         batch = {f"inputs/{IMAGE}": np.stack([image, image], axis=1),  # the board is still: now = before
-                 f"inputs/{TEXT}": vocab.text.encode(texts),
+                 f"inputs/{TEXT}": vocab.text.encode([q.text for q in questions]),
                  f"inputs/{STATE}": np.zeros((n, dims), np.int32),  # 0: no state (locate reads none)
                  "targets": targets, "target_mask": mask,
+                 # where the object each name token names is (`sft.grounding_weight`)
+                 GROUND_XY: ground_xy, GROUND_MASK: (owners >= 0).astype(np.float32),
                  "objective": np.full(n, OBJECTIVES.index("locate"), np.int32)}
-        return batch, answers
+        return batch, [(q.objects, q.positions) for q in questions]
 
     def training(self, *, seed: int, start_step: int = 0, shard: tuple[int, int] = (1, 0)) -> Iterator[Batch]:
         """Endless batches of `pretrain.batch_size / shard count` questions; batch s is the same

@@ -311,6 +311,9 @@ MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
     # trains in seconds (tests)
     "vl-tiny": TransformerVariant(patch=(18, 32), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,
                                   width=32, depth=1, heads=2, head_dim=16, mlp=64),
+    # vl-tiny with a stem and grounded text (tests of the grounding path, seconds)
+    "vl-tiny-g": TransformerVariant(patch=(18, 32), stem=(8,), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,
+                                    width=32, depth=1, heads=2, head_dim=16, mlp=64, grounding=True),
     # the 2-core CPU benchmarks: 6x4 = 24 tokens per 72x128 frame from a 2-conv stem
     "vl-cpu": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2, vit_mlp=128,
                                  width=128, depth=2, heads=4, head_dim=32, mlp=384),
@@ -398,9 +401,15 @@ class SftConfig:
     # Gaussian of this standard deviation, as a fraction of the bins of the quantity (0: one-hot);
     # validation losses stay the true tokens' NLL.
     ordinal_sigma: float = 0.0
+    # Pretraining with a grounding variant: weight of the squared error between where each name
+    # token's query fires and the named object (PretrainConfig.grounding_weight sets it)
+    grounding_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.grounding_weight == 0 or tuple(self.objectives) == PRETRAIN_OBJECTIVES, "sft.grounding_weight",
+               self.grounding_weight, "0 outside pretraining (Stage-1 data name no positions)")
+        _check(self.grounding_weight >= 0, "sft.grounding_weight", self.grounding_weight, ">= 0")
         if tuple(self.objectives) != PRETRAIN_OBJECTIVES:  # what PretrainConfig.as_sft makes
             for o in self.objectives:
                 _check(o in STAGE1_OBJECTIVES, "sft.objectives", self.objectives, f"each in {STAGE1_OBJECTIVES}")
@@ -436,6 +445,9 @@ class PretrainConfig:
     questions_per_scene: int = 4
     objects_per_question: int = 1  # >1: "red moon blue cube arm" answered with each one's position, in order
     ordinal_sigma: float = 0.0  # as sft.ordinal_sigma: answers spread over neighbouring position bins
+    # Grounding variants: also regress where each name token's query fires onto the object it
+    # names (squared error in 10 cm units, this weight); 0: the answers alone teach it
+    grounding_weight: float = 0.0
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     eval_every: int = 500
@@ -452,6 +464,7 @@ class PretrainConfig:
         _check(self.learning_rate > 0, "pretrain.learning_rate", self.learning_rate, "> 0")
         _check(self.eval_every > 0, "pretrain.eval_every", self.eval_every, "> 0")
         _check(self.validation_scenes > 0, "pretrain.validation_scenes", self.validation_scenes, "> 0")
+        _check(self.grounding_weight >= 0, "pretrain.grounding_weight", self.grounding_weight, ">= 0")
 
     def as_sft(self) -> SftConfig:
         """The trainer's settings for this run (one trainer for both)."""
@@ -459,7 +472,7 @@ class PretrainConfig:
                          learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
                          eval_every=self.eval_every, checkpoint_every=self.eval_every, max_checkpoints=2,
                          validation_batch_size=self.batch_size * 4, ordinal_sigma=self.ordinal_sigma,
-                         seed=self.seed)
+                         grounding_weight=self.grounding_weight, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -781,6 +794,10 @@ def check_pretrainable(cfg: RunConfig) -> None:
            "reads no text, and pretraining asks questions in text: use a vision-language variant")
     _check(cfg.domain in PRETRAIN_DOMAINS, "domain", cfg.domain,
            f"one of {PRETRAIN_DOMAINS} to pretrain (pretraining renders table boards; model.init='pretrain' needs it)")
+    variant = MODEL_VARIANTS[cfg.model.variant]
+    _check(cfg.pretrain.grounding_weight == 0 or (isinstance(variant, TransformerVariant) and variant.grounding),
+           "pretrain.grounding_weight", cfg.pretrain.grounding_weight,
+           f"0 for model.variant={cfg.model.variant!r}, which has no grounded text")
 
 
 def practice_config(cfg: RunConfig, domain: str = "") -> RunConfig:

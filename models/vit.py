@@ -92,10 +92,12 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, image: jax.Array, text: jax.Array | None = None,
-                 text_valid: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+                 text_valid: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
         """With `grounding`, `text` [B, L, D] (embeddings of the text tokens of the B samples
-        whose F frames each are `image`'s B*F) and `text_valid` [B, L]: also returns
-        [B, L, out_width], per text token where its query fires in each of its sample's frames."""
+        whose F frames each are `image`'s B*F) and `text_valid` [B, L]: also returns, per text
+        token, where its query fires in each of its sample's frames, as [B, L, out_width] to add
+        to the token, and as a board position [B*F, L, 2] (a learned map of the image position,
+        for the pretraining loss that supervises it, `sft.grounding_weight`)."""
         x = image.astype(self.dtype) / 127.5 - 1.0  # big_vision's value range
         for i, channels in enumerate(self.stem):
             x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_{i}")(x))
@@ -115,7 +117,7 @@ class ViT(nn.Module):
             return x
         if text is None or text_valid is None:
             raise ValueError("a grounding ViT reads the text: pass text and text_valid")
-        return x, self._grounding(features, text, text_valid)
+        return x, *self._grounding(features, text, text_valid)
 
     def _keypoints(self, features: jax.Array) -> jax.Array:
         # Where each of K learned detectors fires, as tokens: an object's position is then read
@@ -132,7 +134,7 @@ class ViT(nn.Module):
                           (k, self.out_width), jnp.float32)
         return jnp.einsum("bkf,kfd->bkd", xy, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
-    def _grounding(self, features: jax.Array, text: jax.Array, valid: jax.Array) -> jax.Array:
+    def _grounding(self, features: jax.Array, text: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
         # Text-conditioned keypoints (as RT-1 conditions its image tower on the instruction with
         # FiLM): each text token, read with its neighbours ("red" + "moon"), makes a query over
         # the stem's features; where it fires is added to that token. A named block is then
@@ -143,7 +145,9 @@ class ViT(nn.Module):
         query = nn.Conv(c, (3,), padding="SAME", dtype=self.dtype, name="grounding_query")(text)  # [B, L, C]
         query = jnp.repeat(query, frames, axis=0)  # [B*F, L, C], frame-major like `features`
         heat = jnp.einsum("bhwc,blc->bhwl", features, query) / c**0.5
-        xy = fourier_features(spatial_keypoints(heat), 4)  # [B*F, L, 18]
+        rc = spatial_keypoints(heat)  # [B*F, L, 2], (row, column) in [-1, 1]
+        board = nn.Dense(2, name="grounding_board")(rc)  # the camera's perspective, learned
+        xy = fourier_features(rc, 4)  # [B*F, L, 18]
         xy = xy.reshape(b, frames, length, -1).transpose(0, 2, 1, 3).reshape(b, length, -1).astype(self.dtype)
         where = nn.Dense(self.out_width, dtype=self.dtype, name="grounding_out")(xy)
-        return where * valid[..., None].astype(self.dtype)
+        return where * valid[..., None].astype(self.dtype), board

@@ -67,7 +67,7 @@ class VisionLanguageEFM(nn.Module):
         frames = frames.reshape(b * f, *frames.shape[2:])  # every frame, one tower
         text = inputs[TEXT]
         if self.variant.grounding:  # the tower also says where each instruction token is seen
-            img, where = self.vision_encoder(frames, self.llm.embed(text + self.text_offset), text != 0)
+            img, where, _ = self.vision_encoder(frames, self.llm.embed(text + self.text_offset), text != 0)
         else:
             img = self.vision_encoder(frames)
         img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D], frame after frame
@@ -83,6 +83,17 @@ class VisionLanguageEFM(nn.Module):
         emb = jnp.concatenate([img.astype(self.dtype), word_emb], axis=1)
         valid = jnp.concatenate([jnp.ones(img.shape[:2], bool), *(t != 0 for t, _ in words)], axis=1)
         return emb, valid
+
+    def ground(self, inputs: Inputs) -> jax.Array:
+        """Grounding variants: the board position [B, L, 2] where each text token's query fires
+        in the current frame (of the first camera)."""
+        if not self.variant.grounding:
+            raise ValueError("this variant has no grounded text (TransformerVariant.grounding)")
+        frames, text = inputs[IMAGE], inputs[TEXT]
+        b, f = frames.shape[:2]
+        _, _, board = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]),
+                                          self.llm.embed(text + self.text_offset), text != 0)
+        return board.reshape(b, f, *board.shape[1:])[:, 0]
 
     def _sequence(self, inputs: Inputs, objective: jax.Array, suffix: jax.Array) -> tuple[jax.Array, jax.Array, int]:
         """Prefix + [begin, suffix...]: (embeddings, attention mask, prefix length)."""

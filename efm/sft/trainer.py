@@ -27,7 +27,14 @@ import optax
 from efm import checkpoints, sharding
 from efm.config import RunConfig, SftConfig
 from efm.data.stage1 import Batch, Stage1Data
-from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions, objective_inputs
+from efm.models.efm import (
+    GROUND_MASK,
+    GROUND_XY,
+    OBJECTIVE_ID,
+    EFMFunctions,
+    make_functions,
+    objective_inputs,
+)
 from efm.models.tokenizers import make_vocabulary
 from efm.models.weights import load_initial
 from efm.progress import progress_bar
@@ -100,7 +107,13 @@ def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, 
     def loss_fn(params: Any, batch: dict) -> tuple[jax.Array, dict]:
         nll = objective_nll(fns, params, batch, cfg.objectives, cfg.ordinal_sigma)
         metrics = {f"train/{name}_loss": jnp.mean(v) for name, v in nll.items()}
-        return jnp.mean(jnp.concatenate(list(nll.values()))), metrics
+        loss = jnp.mean(jnp.concatenate(list(nll.values())))
+        if cfg.grounding_weight > 0:  # pretraining: where each name's query fires, supervised
+            inputs, rest = split_inputs(batch)
+            metrics["train/grounding_loss"] = fns.grounding_loss(
+                params, objective_inputs(inputs, "locate"), rest[GROUND_XY], rest[GROUND_MASK])
+            loss = loss + cfg.grounding_weight * metrics["train/grounding_loss"]
+        return loss, metrics
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
@@ -119,6 +132,8 @@ def _pad(batch: Batch, size: int) -> Batch:
         return batch
     out = {k: np.concatenate([v, np.repeat(v[:1], size - n, axis=0)]) for k, v in batch.items()}
     out["target_mask"][n:] = 0.0
+    if GROUND_MASK in out:
+        out[GROUND_MASK][n:] = 0.0
     return out
 
 

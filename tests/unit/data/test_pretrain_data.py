@@ -39,8 +39,8 @@ def board() -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
 def test_board_questions_name_each_object_once_with_its_position() -> None:
     blocks, block_xy, effector = board()
     out = board_questions(blocks, block_xy, effector, [1, 1, 1], np.random.default_rng(0))
-    assert sorted(objects[0] for objects, _, _ in out) == sorted([*blocks, EFFECTOR])
-    for (name,), question, xy in out:
+    assert sorted(q.objects[0] for q in out) == sorted([*blocks, EFFECTOR])
+    for (name,), question, xy, _ in out:
         if name == EFFECTOR:
             np.testing.assert_array_equal(xy, effector[None])
             assert any(w in question for w in ("arm", "effector"))
@@ -52,7 +52,8 @@ def test_board_questions_name_each_object_once_with_its_position() -> None:
 def test_questions_naming_several_objects_answer_in_their_order() -> None:
     blocks, block_xy, effector = board()
     position = {"red_moon": (0.3, -0.1), "blue_cube": (0.5, 0.2), EFFECTOR: (0.2, 0.0)}
-    for objects, question, xy in board_questions(blocks, block_xy, effector, [2, 2, 2, 2], np.random.default_rng(1)):
+    for objects, question, xy, _ in board_questions(blocks, block_xy, effector, [2, 2, 2, 2],
+                                                    np.random.default_rng(1)):
         assert len(set(objects)) == 2 and xy.shape == (2, 2)
         np.testing.assert_allclose(xy, [position[o] for o in objects])
         words = question.split(" ")
@@ -149,3 +150,35 @@ def test_batches_made_ahead_in_order_errors_raised_and_thread_stopped() -> None:
     next(it)
     it.close()
     assert not [t for t in threading.enumerate() if t.name == "pretrain-render"]
+
+
+def test_name_tokens_carry_the_position_of_what_they_name() -> None:
+    """The grounding loss's targets: each token of an object's name (and only those) has that
+    object's position, for one-object questions and for lists of names."""
+    from efm.data.pretrain import name_tokens
+
+    cfg = pretrain_config()
+    text = make_vocabulary(cfg.tokenizer).text
+    blocks, block_xy, effector = board()
+    for sizes in ([1, 1, 1], [3], [2, 1]):
+        for q in board_questions(blocks, block_xy, effector, sizes, np.random.default_rng(2)):
+            owner = name_tokens(text, q)
+            tokens = text.encode([q.text])[0]
+            for i, (start, end) in enumerate(q.spans):
+                assert text.decode(tokens[owner == i][None])[0].strip() == q.text[start:end]
+            assert (owner[tokens == 0] == -1).all()
+    question = board_questions(blocks, block_xy, effector, [3], np.random.default_rng(2))[0]
+    assert question.text == " ".join(question.text[s:e] for s, e in question.spans)
+
+
+def test_batches_carry_grounding_targets(questions: TableQuestions) -> None:
+    from efm.models.efm import GROUND_MASK, GROUND_XY
+
+    batch = next(questions.training(seed=0))
+    answers = questions.validation_answers()
+    assert batch[GROUND_MASK].shape == batch[f"inputs/{TEXT}"].shape and batch[GROUND_MASK].sum(1).min() >= 1
+    val = next(questions.validation())
+    for row, (_, xy) in enumerate(answers[:len(val["objective"])]):
+        named = val[GROUND_MASK][row] > 0
+        got = {tuple(np.round(p, 5)) for p in val[GROUND_XY][row][named]}
+        assert got == {tuple(np.round(p, 5)) for p in xy}  # every named object, nothing else

@@ -299,11 +299,13 @@ def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeyp
     valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [4], [2]]))
     vit = ViT((12, 16), 16, 1, 32, 2, 24, stem=(8,), grounding=True)
     params = vit.init(jax.random.PRNGKey(0), frames, text, valid)
-    tokens, where = (np.asarray(a) for a in vit.apply(params, frames, text, valid))
+    tokens, where, board = (np.asarray(a) for a in vit.apply(params, frames, text, valid))
     assert tokens.shape == (B * 2, (H // 12) * (W // 16), 24) and where.shape == (B, 6, 24)
+    assert board.shape == (B * 2, 6, 2)  # where each token fires in each frame, on the board
+    assert board.shape == (B * 2, 6, 2)  # where each token fires in each frame, on the board
     assert np.all(where[1, 4:] == 0) and np.all(where[2, 2:] == 0) and np.abs(where[1, :4]).min() > 0
     blanked = frames.at[2:4, :, : W // 2].set(0)  # sample 1's two frames, left half
-    _, moved = (np.asarray(a) for a in vit.apply(params, blanked, text, valid))
+    _, moved, _ = (np.asarray(a) for a in vit.apply(params, blanked, text, valid))
     assert not np.allclose(moved[1], where[1], atol=1e-5)
     np.testing.assert_array_equal(moved[[0, 2]], where[[0, 2]])
     with pytest.raises(ValueError, match="reads the text"):

@@ -87,3 +87,19 @@ def test_multi_object_questions_train_and_are_measured_per_object(tmp_path: Path
     assert summary["final_step"] == 4 and np.isfinite(summary["history"][-1]["val/locate_loss"])
     loc = summary["localization"]
     assert 0 < loc["effector_cm"] < 100 and 0 < loc["blocks_cm"] < 100
+
+
+def test_grounding_loss_trains_where_names_are_found(tmp_path: Path) -> None:
+    """pretrain.grounding_weight: the squared error of where each name token's query fires is
+    part of the training loss and falls; refused for a variant without grounded text."""
+    cfg = pretrain_config(30)
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant="vl-tiny-g"),
+                      pretrain=dataclasses.replace(cfg.pretrain, grounding_weight=1.0))
+    summary = run_pretrain(cfg, tmp_path, progress=False)
+    first, last = (h["train/grounding_loss"] for h in summary["history"])
+    assert np.isfinite(first) and last < first
+    with pytest.raises(ValueError, match="grounding_weight"):
+        check_pretrainable(pretrain_config(30).replace(
+            pretrain=dataclasses.replace(pretrain_config(30).pretrain, grounding_weight=1.0)))
+    with pytest.raises(ValueError, match=r"sft\.grounding_weight"):
+        dataclasses.replace(cfg.sft, grounding_weight=1.0)  # Stage-1 data name no positions
