@@ -143,13 +143,12 @@ class ViT(nn.Module):
         b, length, _ = text.shape
         frames = bf // b
         query = nn.Conv(c, (3,), padding="SAME", dtype=self.dtype, name="grounding_query")(text)  # [B, L, C]
-        # Normalised, unscaled: text embeddings start at 1/sqrt(width), and a query that small
-        # leaves every heat map flat, its softmax at the centre and its gradient near zero (the
-        # pretraining loss on it stayed at the mean guess for 750 steps; named_block_probe.py,
-        # whose queries start at unit scale, finds blocks from step 300).
+        # Normalised: text embeddings start at 1/sqrt(width), and a query that small leaves
+        # every heat map flat. With the 1/sqrt(C) below the heat maps start as smooth as those of
+        # named_block_probe.py, which finds named blocks by regression from step 300.
         query = nn.LayerNorm(dtype=self.dtype, name="grounding_norm")(query)
         query = jnp.repeat(query, frames, axis=0)  # [B*F, L, C], frame-major like `features`
-        heat = jnp.einsum("bhwc,blc->bhwl", features, query)
+        heat = jnp.einsum("bhwc,blc->bhwl", features, query) / c**0.5
         rc = spatial_keypoints(heat)  # [B*F, L, 2], (row, column) in [-1, 1]
         board = nn.Dense(2, name="grounding_board")(rc)  # the camera's perspective, learned
         xy = fourier_features(rc, 4)  # [B*F, L, 18]
