@@ -225,19 +225,7 @@ def test_keypoint_tokens_follow_the_patch_tokens_and_decode_through_the_cache(ca
 
     variant = TransformerVariant(patch=(12, 16), stem=(8,), keypoints=5, vit_width=16, vit_depth=1, vit_heads=2,
                                  vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64)
-    from efm.config import MODEL_VARIANTS
-
-    monkeypatch.setitem(MODEL_VARIANTS, "test-kp", variant)
-    fns = make_functions(ModelConfig(variant="test-kp"), make_vocabulary(
-        TokenizerConfig(steps_to_go_bins=50, text_tokens=TEXT_LEN)))
-    x = inputs()
-    params = fns.init(jax.random.PRNGKey(1), x)
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, v: v * 100 if "input_embedding" in jax.tree_util.keystr(p) else v, params)
-    obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
-    out = jnp.asarray(np.random.default_rng(2).integers(0, fns.vocab.size, (B, 4)), jnp.int32)
-    full = np.asarray(fns.model.apply({"params": params}, x, obj, out))
-    np.testing.assert_allclose(cached_logits(fns, params, x, obj, out), full, rtol=1e-4, atol=1e-3)
+    _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits)
 
 
 def test_aloha_two_cameras_and_70_tokens_cached_equals_full(cached_logits) -> None:
@@ -291,7 +279,7 @@ def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeyp
     """Each text token gets where its query fires in its own sample's frames: a token's
     grounding moves with the image of its sample only, padding gets none; through the model,
     the KV cache still gives the teacher-forced logits."""
-    from efm.config import MODEL_VARIANTS, TransformerVariant
+    from efm.config import TransformerVariant
     from efm.models.vit import ViT
 
     frames = jnp.asarray(np.random.default_rng(0).integers(0, 256, (B * 2, H, W, 3)), jnp.uint8)  # 2 per sample
@@ -313,15 +301,23 @@ def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeyp
 
     variant = TransformerVariant(patch=(12, 16), stem=(8,), keypoints=3, grounding=True, vit_width=16, vit_depth=1,
                                  vit_heads=2, vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64)
-    monkeypatch.setitem(MODEL_VARIANTS, "test-gkp", variant)
-    fns = make_functions(ModelConfig(variant="test-gkp"), make_vocabulary(
+    assert "grounding_query" in _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits)["vision_encoder"]
+
+
+def _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits) -> dict:
+    """A model of `variant` (input embeddings scaled up so logits differ between tokens): the
+    KV cache gives the teacher-forced logits. Returns its params."""
+    from efm.config import MODEL_VARIANTS
+
+    monkeypatch.setitem(MODEL_VARIANTS, "test-variant", variant)
+    fns = make_functions(ModelConfig(variant="test-variant"), make_vocabulary(
         TokenizerConfig(steps_to_go_bins=50, text_tokens=TEXT_LEN)))
     x = inputs()
     params = fns.init(jax.random.PRNGKey(1), x)
     params = jax.tree_util.tree_map_with_path(
         lambda p, v: v * 100 if "input_embedding" in jax.tree_util.keystr(p) else v, params)
-    assert "grounding_query" in params["vision_encoder"]
     obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
     out = jnp.asarray(np.random.default_rng(2).integers(0, fns.vocab.size, (B, 4)), jnp.int32)
     full = np.asarray(fns.model.apply({"params": params}, x, obj, out))
     np.testing.assert_allclose(cached_logits(fns, params, x, obj, out), full, rtol=1e-4, atol=1e-3)
+    return params
