@@ -196,8 +196,8 @@ def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path,
     from efm.sft.trainer import run_sft
 
     check_trainable(cfg)
-    if cfg.model.init != "scratch" and not initial_weights_path(cfg.model).exists():
-        raise FileNotFoundError(f"model.init={cfg.model.init!r}: {initial_weights_path(cfg.model)} does not exist")
+    if cfg.model.init != "scratch" and not (start := initial_weights_path(cfg.model)).exists():
+        raise FileNotFoundError(f"model.init={cfg.model.init!r}: {start} does not exist")
     out = _start(cfg, out_dir)
     result = run_sft(cfg, train_dir, validation_dir, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
     steps = [h["step"] for h in result.history]

@@ -29,7 +29,6 @@ from efm.types import Logger
 
 SUMMARY = "pretrain.json"
 LOCALIZATION = "localization.json"  # localization_errors at each checkpoint
-PARAMS = PRETRAINED_PARAMS
 
 
 def localization_errors(fns: EFMFunctions, params: Any, data: TableQuestions) -> dict[str, float]:
@@ -78,11 +77,11 @@ def run_pretrain(cfg: RunConfig, out_dir: str | Path, log: Logger | None = None,
     try:
         result = train(cfg, fns, Samples(data.training, data.validation), out, log=log, progress=progress,
                        on_checkpoint=measure, desc="pretrain")
-        checkpoints.save_params(out / PARAMS, restore_params(out, result.final_step))
+        checkpoints.save_params(out / PRETRAINED_PARAMS, restore_params(out, result.final_step))
     finally:
         data.close()
     summary = {"final_step": result.final_step, "history": result.history,
                "localization": curve[-1] if curve else {}, "localization_curve": curve,
-               "params": str((out / PARAMS).absolute()), "config": json.loads(cfg.to_json())}
+               "params": str((out / PRETRAINED_PARAMS).absolute()), "config": json.loads(cfg.to_json())}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary

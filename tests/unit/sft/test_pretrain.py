@@ -14,8 +14,8 @@ import pytest
 from efm.config import PretrainConfig, RunConfig, debug_config
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
-from efm.models.weights import load_initial
-from efm.sft.pretrain import PARAMS, SUMMARY, check_pretrainable, run_pretrain
+from efm.models.weights import PRETRAINED_PARAMS, load_initial
+from efm.sft.pretrain import SUMMARY, check_pretrainable, run_pretrain
 
 
 def pretrain_config(steps: int) -> RunConfig:
@@ -46,11 +46,11 @@ def test_pretraining_learns_and_writes_params_and_summary(pretrained) -> None:
 def test_stage1_starts_from_the_pretrained_params(pretrained) -> None:
     out, _ = pretrained
     cfg = debug_config("tabletop")
-    cfg = cfg.replace(model=dataclasses.replace(cfg.model, init="orbax", init_path=str(out / PARAMS)))
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, init="orbax", init_path=str(out / PRETRAINED_PARAMS)))
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     from efm import checkpoints
 
-    saved = checkpoints.load_params(out / PARAMS)
+    saved = checkpoints.load_params(out / PRETRAINED_PARAMS)
     scratch = jax.tree_util.tree_map(np.zeros_like, saved)
     started = load_initial(cfg.model, scratch)
     for a, b in zip(jax.tree_util.tree_leaves(started), jax.tree_util.tree_leaves(saved), strict=True):
