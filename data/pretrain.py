@@ -24,8 +24,16 @@ import numpy as np
 
 from efm.config import OBJECTIVES, RunConfig
 from efm.envs.tabletop.env import TabletopEnv
-from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION, RGB
-from efm.models.efm import GROUND_MASK, GROUND_XY
+from efm.envs.tabletop.geometry import (
+    BLOCK_HALF_HEIGHT,
+    BLOCK_TRANSLATION,
+    BLOCKS,
+    EFFECTOR_TRANSLATION,
+    EFFECTOR_Z,
+    RGB,
+)
+from efm.envs.tabletop.scene import image_position
+from efm.models.efm import GROUND_MASK, GROUND_RC
 from efm.models.tokenizers import TextTokenizer, Vocabulary
 from efm.models.vlm import IMAGE, STATE, TEXT
 
@@ -83,6 +91,13 @@ def name_tokens(text: TextTokenizer, question: Question) -> np.ndarray:
     for i, (start, end) in enumerate(question.spans):
         owner[count(question.text[:start]):count(question.text[:end])] = i
     return owner
+
+
+def object_points(objects: Sequence[str], xy: np.ndarray) -> np.ndarray:
+    """The centres of a board's objects in the world [objects, 3] (blocks rest on the table,
+    the effector hovers), for where they appear in the camera image."""
+    z = [EFFECTOR_Z if name == EFFECTOR else BLOCK_HALF_HEIGHT for name in objects]
+    return np.concatenate([xy, np.asarray(z, np.float32)[:, None]], axis=1)
 
 
 class TableQuestions:
@@ -148,18 +163,20 @@ class TableQuestions:
         targets = np.zeros((n, vocab.max_target_length), np.int32)
         mask = np.zeros((n, vocab.max_target_length), np.float32)
         owners = np.stack([name_tokens(vocab.text, q) for q in questions])  # [n, text length]
-        ground_xy = np.zeros((n, vocab.text.length, 2), np.float32)
+        ground_rc = np.zeros((n, vocab.text.length, 2), np.float32)
+        aspect = image.shape[2] / image.shape[1]
         for i, q in enumerate(questions):  # x, y of the first object, then of the next, ...
             targets[i, :q.positions.size] = vocab.position_targets(q.positions).reshape(-1)
             mask[i, :q.positions.size] = 1.0
             named = owners[i] >= 0
-            ground_xy[i, named] = q.positions[owners[i, named]]
+            rc = image_position(object_points(q.objects, q.positions), aspect)
+            ground_rc[i, named] = rc[owners[i, named]]
         batch = {f"inputs/{IMAGE}": np.stack([image, image], axis=1),  # the board is still: now = before
                  f"inputs/{TEXT}": vocab.text.encode([q.text for q in questions]),
                  f"inputs/{STATE}": np.zeros((n, dims), np.int32),  # 0: no state (locate reads none)
                  "targets": targets, "target_mask": mask,
-                 # where the object each name token names is (`sft.grounding_weight`)
-                 GROUND_XY: ground_xy, GROUND_MASK: (owners >= 0).astype(np.float32),
+                 # where in the image the object each name token names is (`sft.grounding_weight`)
+                 GROUND_RC: ground_rc, GROUND_MASK: (owners >= 0).astype(np.float32),
                  "objective": np.full(n, OBJECTIVES.index("locate"), np.int32)}
         return batch, [(q.objects, q.positions) for q in questions]
 

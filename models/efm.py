@@ -30,9 +30,11 @@ from efm.models.vlm import STATE, TEXT, VisionLanguageEFM
 
 Inputs = dict[str, jax.Array]
 OBJECTIVE_ID = {name: i for i, name in enumerate(OBJECTIVES)}
-# Pretraining batches: per text token, the board position of the object it names, and whether
-# it names one (data/pretrain.py); the grounding loss's squared error is in units of 10 cm.
-GROUND_XY, GROUND_MASK = "ground_xy", "ground_mask"
+# Pretraining batches: per text token, where the object it names is in the camera image (row,
+# column in [-1, 1], `envs.tabletop.image_position`), and whether it names one
+# (data/pretrain.py); the grounding loss's squared error is in units of GROUND_SCALE (a 20th of
+# the image's height or width).
+GROUND_RC, GROUND_MASK = "ground_rc", "ground_mask"
 GROUND_SCALE = 0.1
 
 
@@ -88,11 +90,12 @@ class EFMFunctions:
         probs = math.ordinal_targets(targets, runs[..., 0], runs[..., 1], self.vocab.size, sigma)
         return -math.token_cross_entropy(logits, probs, valid, target_mask)
 
-    def grounding_loss(self, params: dict, inputs: Inputs, xy: jax.Array, mask: jax.Array) -> jax.Array:
+    def grounding_loss(self, params: dict, inputs: Inputs, rc: jax.Array, mask: jax.Array) -> jax.Array:
         """Grounding variants: mean squared distance (in GROUND_SCALE units) between where each
-        name token's query fires and the position of the object it names (`mask` [B, L])."""
-        board = self.model.apply({"params": params}, inputs, method="ground")
-        error = jnp.sum(jnp.square(board - xy), axis=-1) / GROUND_SCALE**2
+        name token's query fires in the current frame and where the object it names is (`rc`
+        [B, L, 2], `mask` [B, L])."""
+        where = self.model.apply({"params": params}, inputs, method="ground")
+        error = jnp.sum(jnp.square(where - rc), axis=-1) / GROUND_SCALE**2
         return jnp.sum(error * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
     def action_log_prob(self, params: dict, inputs: Inputs, action_tokens: jax.Array) -> jax.Array:

@@ -60,10 +60,12 @@ class Encoder(nn.Module):
 
 def spatial_keypoints(features: jax.Array) -> jax.Array:
     """Spatial softmax (Levine et al. 2016): each channel's softmax over the pixels, and the
-    expected (row, column) under it, in [-1, 1]. [B, H, W, K] -> [B, K, 2]"""
+    expected (row, column) under it, the image spanning [-1, 1] (pixel centres at
+    +-(1 - 1/n), as `envs.tabletop.image_position` gives them). [B, H, W, K] -> [B, K, 2]"""
     b, h, w, k = features.shape
     attention = jax.nn.softmax(features.reshape(b, h * w, k).astype(jnp.float32), axis=1)
-    rows, cols = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
+    rows, cols = jnp.meshgrid(jnp.linspace(1 / h - 1, 1 - 1 / h, h), jnp.linspace(1 / w - 1, 1 - 1 / w, w),
+                              indexing="ij")
     grid = jnp.stack([rows.ravel(), cols.ravel()], axis=-1)  # [H*W, 2]
     return jnp.einsum("bnk,nd->bkd", attention, grid)
 
@@ -96,8 +98,8 @@ class ViT(nn.Module):
         """With `grounding`, `text` [B, L, D] (embeddings of the text tokens of the B samples
         whose F frames each are `image`'s B*F) and `text_valid` [B, L]: also returns, per text
         token, where its query fires in each of its sample's frames, as [B, L, out_width] to add
-        to the token, and as a board position [B*F, L, 2] (a learned map of the image position,
-        for the pretraining loss that supervises it, `sft.grounding_weight`)."""
+        to the token, and as an image position [B*F, L, 2] (row, column in [-1, 1], for the
+        pretraining loss that supervises it, `sft.grounding_weight`)."""
         x = image.astype(self.dtype) / 127.5 - 1.0  # big_vision's value range
         for i, channels in enumerate(self.stem):
             x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_{i}")(x))
@@ -147,11 +149,10 @@ class ViT(nn.Module):
         # every heat map flat. With the 1/sqrt(C) below the heat maps start as smooth as those of
         # named_block_probe.py, which finds named blocks by regression from step 300.
         query = nn.LayerNorm(dtype=self.dtype, name="grounding_norm")(query)
-        query = jnp.repeat(query, frames, axis=0)  # [B*F, L, C], frame-major like `features`
+        query = jnp.repeat(query, frames, axis=0)  # [B*F, L, C]: a sample's query for each of its frames
         heat = jnp.einsum("bhwc,blc->bhwl", features, query) / c**0.5
         rc = spatial_keypoints(heat)  # [B*F, L, 2], (row, column) in [-1, 1]
-        board = nn.Dense(2, name="grounding_board")(rc)  # the camera's perspective, learned
         xy = fourier_features(rc, 4)  # [B*F, L, 18]
         xy = xy.reshape(b, frames, length, -1).transpose(0, 2, 1, 3).reshape(b, length, -1).astype(self.dtype)
         where = nn.Dense(self.out_width, dtype=self.dtype, name="grounding_out")(xy)
-        return where * valid[..., None].astype(self.dtype), board
+        return where * valid[..., None].astype(self.dtype), rc

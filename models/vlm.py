@@ -85,15 +85,15 @@ class VisionLanguageEFM(nn.Module):
         return emb, valid
 
     def ground(self, inputs: Inputs) -> jax.Array:
-        """Grounding variants: the board position [B, L, 2] where each text token's query fires
-        in the current frame (of the first camera)."""
+        """Grounding variants: where each text token's query fires in the current frame (of the
+        first camera), as (row, column) [B, L, 2], the image spanning [-1, 1]."""
         if not self.variant.grounding:
             raise ValueError("this variant has no grounded text (TransformerVariant.grounding)")
         frames, text = inputs[IMAGE], inputs[TEXT]
         b, f = frames.shape[:2]
-        _, _, board = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]),
-                                          self.llm.embed(text + self.text_offset), text != 0)
-        return board.reshape(b, f, *board.shape[1:])[:, 0]
+        _, _, rc = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]),
+                                       self.llm.embed(text + self.text_offset), text != 0)
+        return rc.reshape(b, f, *rc.shape[1:])[:, 0]
 
     def _sequence(self, inputs: Inputs, objective: jax.Array, suffix: jax.Array) -> tuple[jax.Array, jax.Array, int]:
         """Prefix + [begin, suffix...]: (embeddings, attention mask, prefix length)."""

@@ -29,7 +29,7 @@ from efm.config import RunConfig, SftConfig
 from efm.data.stage1 import Batch, Stage1Data
 from efm.models.efm import (
     GROUND_MASK,
-    GROUND_XY,
+    GROUND_RC,
     OBJECTIVE_ID,
     EFMFunctions,
     make_functions,
@@ -111,7 +111,7 @@ def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, 
         if cfg.grounding_weight > 0:  # pretraining: where each name's query fires, supervised
             inputs, rest = split_inputs(batch)
             metrics["train/grounding_loss"] = fns.grounding_loss(
-                params, objective_inputs(inputs, "locate"), rest[GROUND_XY], rest[GROUND_MASK])
+                params, objective_inputs(inputs, "locate"), rest[GROUND_RC], rest[GROUND_MASK])
             loss = loss + cfg.grounding_weight * metrics["train/grounding_loss"]
         return loss, metrics
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from efm.config import OBJECTIVES, PretrainConfig, RunConfig, debug_config
-from efm.data.pretrain import EFFECTOR, TableQuestions, board_questions
+from efm.data.pretrain import EFFECTOR, TableQuestions, board_questions, object_points
 from efm.envs.tabletop.geometry import BLOCKS
+from efm.envs.tabletop.scene import image_position
 from efm.models.tokenizers import make_vocabulary
 from efm.models.vlm import IMAGE, STATE, TEXT
 
@@ -172,13 +173,15 @@ def test_name_tokens_carry_the_position_of_what_they_name() -> None:
 
 
 def test_batches_carry_grounding_targets(questions: TableQuestions) -> None:
-    from efm.models.efm import GROUND_MASK, GROUND_XY
+    from efm.models.efm import GROUND_MASK, GROUND_RC
 
     batch = next(questions.training(seed=0))
     answers = questions.validation_answers()
     assert batch[GROUND_MASK].shape == batch[f"inputs/{TEXT}"].shape and batch[GROUND_MASK].sum(1).min() >= 1
     val = next(questions.validation())
-    for row, (_, xy) in enumerate(answers[:len(val["objective"])]):
+    h, w = val[f"inputs/{IMAGE}"].shape[2:4]
+    for row, (objects, xy) in enumerate(answers[:len(val["objective"])]):
         named = val[GROUND_MASK][row] > 0
-        got = {tuple(np.round(p, 5)) for p in val[GROUND_XY][row][named]}
-        assert got == {tuple(np.round(p, 5)) for p in xy}  # every named object, nothing else
+        got = {tuple(np.round(p, 5)) for p in val[GROUND_RC][row][named]}
+        where = image_position(object_points(objects, xy), w / h)  # in the image, where each object is
+        assert got == {tuple(np.round(p, 5)) for p in where}  # every named object, nothing else

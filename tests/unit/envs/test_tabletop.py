@@ -16,11 +16,14 @@ from efm.envs.tabletop import (
     BLOCK2BLOCK,
     BLOCK2LOCATION,
     BLOCK2RELATIVE,
+    BLOCK_HALF_HEIGHT,
     BLOCK_TRANSLATION,
     BLOCKS,
+    BOARD_RGBA,
     COLOR_RGBA,
     DIRECTIONS,
     EFFECTOR_TRANSLATION,
+    EFFECTOR_Z,
     LOCATIONS,
     RELATIVE_DISTANCES,
     RGB,
@@ -31,6 +34,7 @@ from efm.envs.tabletop import (
     all_instructions,
     arc_shape,
     extrude,
+    image_position,
     instruction_for,
     location_target,
     parse_instruction,
@@ -419,6 +423,31 @@ def test_blocks_visible_in_camera_image_by_colour() -> None:
         ref = np.array(rgba[:3]) * 255
         near = np.linalg.norm(image - ref, axis=-1) < 70  # lit faces stay close to the colour
         assert (near.sum() >= 4) == (color in colors), color
+    env.close()
+
+
+def test_image_position_lands_on_each_object() -> None:
+    env = TabletopEnv(env_cfg(render_images=True, num_blocks=5), 2, seed=4)
+    env.reset()
+    obs = env.timestep().observation
+    h, w = obs[RGB].shape[1:3]
+    palette = {**{c: rgba[:3] for c, rgba in COLOR_RGBA.items()}, "board": BOARD_RGBA[:3]}
+    names, refs = list(palette), np.array(list(palette.values()))
+    refs = refs / np.linalg.norm(refs, axis=1, keepdims=True)
+
+    def around(xy: np.ndarray, z: float, image: np.ndarray) -> np.ndarray:  # the 3x3 pixels there
+        row, col = image_position(np.array([*xy, z]), w / h)
+        r, c = round((row + 1) / 2 * h - 0.5), round((col + 1) / 2 * w - 0.5)
+        return image[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].reshape(-1, 3).astype(float)
+
+    for i in range(2):
+        image = obs[RGB][i]
+        for block in env.blocks_on_board[i]:
+            patch = around(obs[BLOCK_TRANSLATION][i][BLOCKS.index(block)], BLOCK_HALF_HEIGHT, image)
+            hue = np.argmax(patch @ refs.T / np.linalg.norm(patch, axis=1, keepdims=True), axis=1)  # shading aside
+            assert block.split("_")[0] in {names[k] for k in hue}, block
+        patch = around(obs[EFFECTOR_TRANSLATION][i], EFFECTOR_Z, image)
+        assert np.linalg.norm(patch, axis=1).min() < 0.5 * np.linalg.norm(np.array(BOARD_RGBA[:3]) * 255)
     env.close()
 
 

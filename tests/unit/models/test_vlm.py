@@ -203,9 +203,9 @@ def test_spatial_keypoints_find_each_channels_peak() -> None:
     from efm.models.vit import spatial_keypoints
 
     heat = np.full((1, 5, 9, 2), -1e4, np.float32)
-    heat[0, 0, 8, 0] = 0.0  # channel 0 fires at the top right corner
+    heat[0, 0, 8, 0] = 0.0  # channel 0 fires at the top right pixel, whose centre is 1/n from the edge
     heat[0, 2, 4, 1] = 0.0  # channel 1 at the centre
-    np.testing.assert_allclose(spatial_keypoints(jnp.asarray(heat))[0], [[-1.0, 1.0], [0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(spatial_keypoints(jnp.asarray(heat))[0], [[-0.8, 8 / 9], [0.0, 0.0]], atol=1e-6)
 
 
 def test_keypoint_tokens_follow_the_patch_tokens_and_decode_through_the_cache(cached_logits, monkeypatch) -> None:
@@ -287,10 +287,9 @@ def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeyp
     valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [4], [2]]))
     vit = ViT((12, 16), 16, 1, 32, 2, 24, stem=(8,), grounding=True)
     params = vit.init(jax.random.PRNGKey(0), frames, text, valid)
-    tokens, where, board = (np.asarray(a) for a in vit.apply(params, frames, text, valid))
+    tokens, where, rc = (np.asarray(a) for a in vit.apply(params, frames, text, valid))
     assert tokens.shape == (B * 2, (H // 12) * (W // 16), 24) and where.shape == (B, 6, 24)
-    assert board.shape == (B * 2, 6, 2)  # where each token fires in each frame, on the board
-    assert board.shape == (B * 2, 6, 2)  # where each token fires in each frame, on the board
+    assert rc.shape == (B * 2, 6, 2) and np.abs(rc).max() < 1  # where each token fires in each frame
     assert np.all(where[1, 4:] == 0) and np.all(where[2, 2:] == 0) and np.abs(where[1, :4]).min() > 0
     blanked = frames.at[2:4, :, : W // 2].set(0)  # sample 1's two frames, left half
     _, moved, _ = (np.asarray(a) for a in vit.apply(params, blanked, text, valid))
