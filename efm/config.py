@@ -402,7 +402,7 @@ class SftConfig:
     # validation losses stay the true tokens' NLL.
     ordinal_sigma: float = 0.0
     # Pretraining with a grounding variant: weight of the squared error between where each name
-    # token's query fires and the named object (PretrainConfig.grounding_weight sets it)
+    # token's query fires and where the named object is in the image (PretrainConfig sets it)
     grounding_weight: float = 0.0
     seed: int = 0
 
@@ -445,8 +445,9 @@ class PretrainConfig:
     questions_per_scene: int = 4
     objects_per_question: int = 1  # >1: "red moon blue cube arm" answered with each one's position, in order
     ordinal_sigma: float = 0.0  # as sft.ordinal_sigma: answers spread over neighbouring position bins
-    # Grounding variants: also regress where each name token's query fires onto the object it
-    # names (squared error in 10 cm units, this weight); 0: the answers alone teach it
+    # Grounding variants: also regress where each name token's query fires onto where the object
+    # it names is in the image (squared error in 20ths of the image, this weight); 0: the
+    # answers alone teach it
     grounding_weight: float = 0.0
     learning_rate: float = 1e-3
     warmup_steps: int = 100

@@ -74,7 +74,8 @@ def fourier_features(xy: jax.Array, frequencies: int) -> jax.Array:
     """[..., 2] in [-1, 1] -> [..., 2 + 4 * frequencies]: the coordinates and their sines and
     cosines at octave frequencies, from which a bin of the position is one layer away."""
     scaled = xy[..., None] * (jnp.pi * 2.0 ** jnp.arange(frequencies))  # [..., 2, F]
-    return jnp.concatenate([xy, *(f(scaled).reshape(*xy.shape[:-1], -1) for f in (jnp.sin, jnp.cos))], axis=-1)
+    return jnp.concatenate([xy, *(f(scaled).reshape(*xy.shape[:-1], 2 * frequencies) for f in (jnp.sin, jnp.cos))],
+                           axis=-1)
 
 
 class ViT(nn.Module):
@@ -153,6 +154,8 @@ class ViT(nn.Module):
         heat = jnp.einsum("bhwc,blc->bhwl", features, query) / c**0.5
         rc = spatial_keypoints(heat)  # [B*F, L, 2], (row, column) in [-1, 1]
         xy = fourier_features(rc, 4)  # [B*F, L, 18]
-        xy = xy.reshape(b, frames, length, -1).transpose(0, 2, 1, 3).reshape(b, length, -1).astype(self.dtype)
+        # explicit sizes: a text may have no tokens (the instruction objective hides it)
+        f = xy.shape[-1]
+        xy = xy.reshape(b, frames, length, f).transpose(0, 2, 1, 3).reshape(b, length, frames * f).astype(self.dtype)
         where = nn.Dense(self.out_width, dtype=self.dtype, name="grounding_out")(xy)
         return where * valid[..., None].astype(self.dtype), rc

@@ -297,10 +297,16 @@ def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeyp
     np.testing.assert_array_equal(moved[[0, 2]], where[[0, 2]])
     with pytest.raises(ValueError, match="reads the text"):
         vit.apply(params, frames)
+    _, none, rc = vit.apply(params, frames, text[:, :0], valid[:, :0])  # a hidden instruction: nothing to ground
+    assert none.shape == (B, 0, 24) and rc.shape == (B * 2, 0, 2)
 
     variant = TransformerVariant(patch=(12, 16), stem=(8,), keypoints=3, grounding=True, vit_width=16, vit_depth=1,
                                  vit_heads=2, vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64)
-    assert "grounding_query" in _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits)["vision_encoder"]
+    params = _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits)
+    assert "grounding_query" in params["vision_encoder"]
+    fns = make_functions(ModelConfig(variant="test-variant"), make_vocabulary(
+        TokenizerConfig(steps_to_go_bins=50, text_tokens=TEXT_LEN)))
+    assert fns.predict_instruction(params, inputs()).shape == (B, TEXT_LEN)  # its objective sees no text
 
 
 def _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits) -> dict:
