@@ -38,14 +38,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from efm.config import default_config
+from efm.config import default_config, practice_config
 from efm.data import rlds
+from efm.domains import make_env
+from efm.envs.base import TimeStep
+from efm.envs.tabletop.demonstrator import TabletopDemonstrator
 from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION
-from efm.envs.tabletop.tasks import parse_instruction, task_target
+from efm.envs.tabletop.tasks import Task, parse_instruction, task_target
 from efm.math import ordinal_targets
 from efm.models.efm import make_model
 from efm.models.tokenizers import Vocabulary, make_vocabulary
 from efm.models.vlm import IMAGE, TEXT
+from efm.rollout import end_on_ground_truth, rollout
 
 RESULTS = Path(__file__).parent / "results" / "table_probes.json"
 READERS = ("cnn-regression", "cnn-tokens", "cnn-tokens-gauss", "cnn-tokens-mean", "vlm", "vlm-gauss")
@@ -53,6 +57,15 @@ Arrays = dict[str, np.ndarray]
 
 
 # --- data ---------------------------------------------------------------------------------------
+
+def pose_features(task: Task, effector: np.ndarray, blocks: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The decision probe's input: the effector, the named block, its target and their
+    differences. blocks [len(BLOCKS), 2] (absent blocks anywhere); start: the block at reset."""
+    target = task_target(task, dict(zip(BLOCKS, blocks, strict=True)), start)
+    block = blocks[BLOCKS.index(task.block)]
+    return np.concatenate([effector, block, target, block - effector, target - block,
+                           [np.linalg.norm(target - block)]]).astype(np.float32)
+
 
 def decision_data(directory: str, split: str, vocab: Vocabulary) -> Arrays:
     """Per step: privileged features (effector, the named block, its target and their
@@ -63,10 +76,7 @@ def decision_data(directory: str, split: str, vocab: Vocabulary) -> Arrays:
         blocks, effector = ep.observations[BLOCK_TRANSLATION], ep.observations[EFFECTOR_TRANSLATION]
         b = BLOCKS.index(task.block)
         for t in range(ep.length):
-            target = task_target(task, dict(zip(BLOCKS, blocks[t], strict=True)), blocks[0, b])
-            block = blocks[t, b]
-            x.append(np.concatenate([effector[t], block, target, block - effector[t], target - block,
-                                     [np.linalg.norm(target - block)]]))
+            x.append(pose_features(task, effector[t], blocks[t], blocks[0, b]))
         actions.append(ep.actions)
         stg.append(np.arange(ep.length, 0, -1))
     return {"x": np.asarray(x, np.float32), "bc": vocab.action.encode(np.concatenate(actions)),
@@ -101,8 +111,14 @@ def mlp(params: list, x: jax.Array) -> jax.Array:
     return x @ w + b
 
 
+apply_mlp = jax.jit(mlp)
+Logits = Callable[[np.ndarray], np.ndarray]  # pose features [N, F] -> the MLP's outputs [N, na*ka + ks]
+
+
 def decision_probe(train: Arrays, val: Arrays, vocab: Vocabulary, checkpoints: tuple[int, ...],
-                   batch: int, seed: int) -> dict[str, Any]:
+                   batch: int, seed: int, as_policy: Callable[[Logits], dict] | None = None) -> dict[str, Any]:
+    """Train the MLP; at each checkpoint its validation NLLs and, with `as_policy`, what that
+    function measures of it in closed loop."""
     na, ka = vocab.action.num_tokens, vocab.action.vocab_size
     ks = vocab.steps_to_go.vocab_size
     mu, sd = train["x"].mean(0), train["x"].std(0) + 1e-6
@@ -136,10 +152,68 @@ def decision_probe(train: Arrays, val: Arrays, vocab: Vocabulary, checkpoints: t
         if i in checkpoints:
             bc, st = jax.jit(nll)(params, xv, val["bc"], val["stg"])
             curve.append({"step": i, "samples": i * batch, "val_bc": float(bc), "val_steps_to_go": float(st)})
+            if as_policy is not None:
+                curve[-1]["closed_loop"] = as_policy(lambda x, p=params: np.asarray(apply_mlp(p, (x - mu) / sd)))
             print("decision", curve[-1], flush=True)
     return {"batch": batch, "curve": curve,
             "input_blind": {"val_bc": marginal_xent(train["bc"], val["bc"], ka),
                             "val_steps_to_go": marginal_xent(train["stg"][:, None], val["stg"][:, None], ks)}}
+
+
+class PosePolicy:
+    """The decision probe as an agent (efm.rollout.Agent): reads the privileged poses and the
+    instruction, samples each BC token from the MLP (greedy: the most likely), decodes the action."""
+
+    def __init__(self, logits: Logits, vocab: Vocabulary, greedy: bool, seed: int):
+        self._logits, self._vocab, self._greedy = logits, vocab, greedy
+        self._rng = np.random.default_rng(seed)
+        self._tasks: list[Task | None] = []
+        self._start: dict[int, np.ndarray] = {}
+
+    def reset(self, mask: np.ndarray) -> None:
+        if len(self._tasks) != len(mask):
+            self._tasks = [None] * len(mask)
+        for i in np.flatnonzero(mask):
+            self._tasks[i] = None
+
+    def observe(self, ts: TimeStep) -> dict[str, np.ndarray]:
+        return {}
+
+    def act(self, ts: TimeStep) -> dict[str, np.ndarray]:
+        blocks, effector = ts.observation[BLOCK_TRANSLATION], ts.observation[EFFECTOR_TRANSLATION]
+        x = []
+        for i, text in enumerate(ts.instruction):
+            if self._tasks[i] is None:  # the episode's first observation
+                self._tasks[i] = parse_instruction(text)
+                self._start[i] = blocks[i, BLOCKS.index(self._tasks[i].block)]
+            x.append(pose_features(self._tasks[i], effector[i], blocks[i], self._start[i]))
+        action = self._vocab.action
+        na, ka = action.num_tokens, action.vocab_size
+        logits = self._logits(np.stack(x))[:, :na * ka].reshape(-1, na, ka)
+        logits = np.where(action.valid_tokens(), logits, -np.inf)
+        if self._greedy:
+            tokens = logits.argmax(-1)
+        else:  # Gumbel-max: one sample per token from softmax(logits)
+            tokens = (logits + self._rng.gumbel(size=logits.shape)).argmax(-1)
+        return {"action": action.decode(tokens)}
+
+
+def closed_loop(agent_for: Callable[[int], Any], episodes: int, seed: int) -> dict[str, float]:
+    """Block2Block success and length of the agent on the Stage-1 check's fixed task list
+    (the table's practice config, its evaluation seed), without rendering."""
+    cfg = practice_config(default_config("tabletop"))
+    cfg = cfg.replace(env=dataclasses.replace(cfg.env, tabletop=dataclasses.replace(
+        cfg.env.tabletop, render_images=False, state_observation=True)))
+    num_envs = min(episodes, cfg.eval.num_envs)
+    env = make_env(cfg.env, num_envs, seed=cfg.eval.seed)
+    try:
+        done = list(rollout(env, agent_for(num_envs), max_steps=cfg.env.max_episode_steps, end_on=end_on_ground_truth,
+                            episodes_per_env=-(-episodes // num_envs), fixed_tasks=True))
+    finally:
+        env.close()
+    return {"episodes": len(done), "success_rate": float(np.mean([e.success for e in done])),
+            "mean_length": float(np.mean([e.length for e in done])),
+            "max_length": cfg.env.max_episode_steps}
 
 
 class SpatialSoftmaxCNN(nn.Module):
@@ -275,6 +349,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", default=None, help="the vlm readers' model variant (default: the table's)")
     p.add_argument("--sigma", type=float, default=1.0, help="the -gauss readers' target width, in bins")
+    p.add_argument("--policy-steps", type=int, nargs="*", default=[1000, 5000, 20000],
+                   help="decision MLP steps at which it acts in closed loop (none: skip)")
+    p.add_argument("--episodes", type=int, default=100, help="closed-loop Block2Block episodes")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
@@ -288,6 +365,23 @@ def main() -> None:
         train, val = (decision_data(args.train, "train", vocab),
                       decision_data(args.validation, "validation", vocab))
         results["decision"] = decision_probe(train, val, vocab, (250, 500, 1000, 2000, 5000), 16, args.seed)
+        save()
+    if "decision_policy" not in results and args.policy_steps:
+        train, val = (decision_data(args.train, "train", vocab),
+                      decision_data(args.validation, "validation", vocab))
+        demonstrator = closed_loop(lambda n: TabletopDemonstrator(
+            default_config("tabletop").env, n, args.seed), args.episodes, args.seed)
+        print("demonstrator", demonstrator, flush=True)
+
+        def as_policy(logits: Logits) -> dict:
+            measured = {mode: closed_loop(lambda n, g=mode == "greedy": PosePolicy(logits, vocab, g, args.seed),
+                                          args.episodes, args.seed) for mode in ("sampled", "greedy")}
+            print("closed loop", measured, flush=True)
+            return measured
+
+        results["decision_policy"] = {
+            "demonstrator": demonstrator,
+            **decision_probe(train, val, vocab, tuple(args.policy_steps), 16, args.seed, as_policy)}
         save()
     todo = [r for r in args.readers if probe_key(r, args.sigma, args.variant) not in results]
     if todo:
