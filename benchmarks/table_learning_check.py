@@ -56,6 +56,9 @@ def main() -> None:
                    help="start from this Orbax params checkpoint (e.g. `efm pretrain`'s OUT/params); default: scratch")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--ordinal-sigma", type=float, default=None, help="sft.ordinal_sigma (default: the table's)")
+    p.add_argument("--grounding-weight", type=float, default=0.0,
+                   help="sft.grounding_weight: supervise the instruction's block names to their blocks "
+                        "(a grounded variant; privileged positions as training targets only)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--episodes", type=int, default=50, help="Block2Block evaluation episodes")
     p.add_argument("--name", default="check")
@@ -69,7 +72,8 @@ def main() -> None:
                                      else {"init": "scratch", "init_path": ""})),
         sft=dataclasses.replace(cfg.sft, num_steps=args.steps, eval_every=args.eval_every,
                                 checkpoint_every=args.eval_every, warmup_steps=min(100, args.steps // 10),
-                                ordinal_sigma=cfg.sft.ordinal_sigma if args.ordinal_sigma is None else args.ordinal_sigma),
+                                ordinal_sigma=cfg.sft.ordinal_sigma if args.ordinal_sigma is None else args.ordinal_sigma,
+                                grounding_weight=args.grounding_weight),
         eval=dataclasses.replace(cfg.eval, num_episodes=args.episodes, plot_episodes=4))
     from efm.stages import evaluate_stage, select_stage, sft_stage  # after the config is checked
 
@@ -82,7 +86,8 @@ def main() -> None:
     result = {"variant": cfg.model.variant, "init": args.init or "scratch", "ordinal_sigma": cfg.sft.ordinal_sigma,
               "train": args.train, "steps": args.steps,
               "batch_size": cfg.sft.batch_size, "sft_seconds_this_call": sft_seconds,
-              "validation_nll": [{k: v for k, v in h.items() if k == "step" or k.startswith("val/")}
+              "grounding_weight": args.grounding_weight,
+              "validation_nll": [{k: v for k, v in h.items() if k in ("step", "train/grounding_loss") or k.startswith("val/")}
                                  for h in sft["history"]],
               "input_blind_nll": marginal_nll(args.train, cfg), "block2block": metrics["sft"]}
     print(json.dumps(result, indent=1))

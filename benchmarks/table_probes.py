@@ -1,10 +1,15 @@
-"""Why does the vision-language EFM not learn the table on 2 CPU cores? Two probes on a table
-dataset, each a short training run measured on held-out episodes:
+"""Why does the vision-language EFM not learn the table on 2 CPU cores? Probes on a table
+dataset, each a short training run measured on held-out episodes (`--parts`):
 
 1. decision: an MLP that reads the simulator's privileged poses (effector, the named block,
    its target) predicts the BC and steps-to-go tokens, at the SFT's 16 samples per objective
    per step. How fast the targets are learnable once perception is solved.
-2. localization: where is the effector, from one camera frame? The black effector is the
+2. policy: the same MLP acting in closed loop on the Stage-1 check's Block2Block tasks
+   (tokens sampled, and greedy) at `--policy-steps`, beside the scripted demonstrator on the
+   same tasks: which BC NLL makes a policy. Then again with the block positions seen through
+   Gaussian noise (`--noise-cm` per axis, in training and acting): how accurate perception
+   must be for a policy.
+3. localization: where is the effector, from one camera frame? The black effector is the
    easiest thing in the frame to find. Three readers, the same frames and steps:
    - `vlm`: the table's vision-language model, answering with position tokens (the state
      tokenizer's bins, as the model reads the effector position), teacher-forced cross-entropy;
@@ -18,7 +23,7 @@ dataset, each a short training run measured on held-out episodes:
 Resumable: each finished probe is kept in the results file and skipped on a rerun.
 
   .venv/bin/python benchmarks/table_probes.py --train runs/table4k/sub/fraction_0.8 \\
-      --validation runs/table4k/sub/validation
+      --validation runs/table4k/sub/validation [--parts policy]
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from efm.models.vlm import IMAGE, TEXT
 from efm.rollout import end_on_ground_truth, rollout
 
 RESULTS = Path(__file__).parent / "results" / "table_probes.json"
+PARTS = ("decision", "policy", "localization")
 READERS = ("cnn-regression", "cnn-tokens", "cnn-tokens-gauss", "cnn-tokens-mean", "vlm", "vlm-gauss")
 Arrays = dict[str, np.ndarray]
 
@@ -67,18 +73,28 @@ def pose_features(task: Task, effector: np.ndarray, blocks: np.ndarray, start: n
                            [np.linalg.norm(target - block)]]).astype(np.float32)
 
 
-def decision_data(directory: str, split: str, vocab: Vocabulary) -> Arrays:
+PoseEpisode = tuple[Task, np.ndarray, np.ndarray, np.ndarray]  # task, effector [T+1, 2], blocks [T+1, 16, 2], actions [T, 2]
+
+
+def pose_episodes(directory: str, split: str) -> list[PoseEpisode]:
+    """What the decision probe reads of each episode (the frames are decoded and dropped)."""
+    return [(parse_instruction(ep.instruction), ep.observations[EFFECTOR_TRANSLATION],
+             ep.observations[BLOCK_TRANSLATION], ep.actions) for ep in rlds.iter_episodes(directory, split)]
+
+
+def decision_data(episodes: list[PoseEpisode], vocab: Vocabulary, noise_cm: float = 0.0, seed: int = 0) -> Arrays:
     """Per step: privileged features (effector, the named block, its target and their
-    differences), the BC tokens and the steps-to-go token."""
+    differences; Gaussian noise of `noise_cm` per axis on every block, as imperfect
+    perception), the BC tokens and the steps-to-go token."""
+    rng = np.random.default_rng(seed)
     x, actions, stg = [], [], []
-    for ep in rlds.iter_episodes(directory, split):
-        task = parse_instruction(ep.instruction)
-        blocks, effector = ep.observations[BLOCK_TRANSLATION], ep.observations[EFFECTOR_TRANSLATION]
-        b = BLOCKS.index(task.block)
-        for t in range(ep.length):
-            x.append(pose_features(task, effector[t], blocks[t], blocks[0, b]))
-        actions.append(ep.actions)
-        stg.append(np.arange(ep.length, 0, -1))
+    for task, effector, blocks, acts in episodes:
+        length = len(acts)
+        seen = blocks + rng.normal(0.0, noise_cm / 100, blocks.shape)
+        start = seen[0, BLOCKS.index(task.block)]
+        x.extend(pose_features(task, effector[t], seen[t], start) for t in range(length))
+        actions.append(acts)
+        stg.append(np.arange(length, 0, -1))
     return {"x": np.asarray(x, np.float32), "bc": vocab.action.encode(np.concatenate(actions)),
             "stg": vocab.steps_to_go.encode(np.concatenate(stg).astype(np.float32))}
 
@@ -164,8 +180,8 @@ class PosePolicy:
     """The decision probe as an agent (efm.rollout.Agent): reads the privileged poses and the
     instruction, samples each BC token from the MLP (greedy: the most likely), decodes the action."""
 
-    def __init__(self, logits: Logits, vocab: Vocabulary, greedy: bool, seed: int):
-        self._logits, self._vocab, self._greedy = logits, vocab, greedy
+    def __init__(self, logits: Logits, vocab: Vocabulary, greedy: bool, seed: int, noise_cm: float = 0.0):
+        self._logits, self._vocab, self._greedy, self._noise = logits, vocab, greedy, noise_cm / 100
         self._rng = np.random.default_rng(seed)
         self._tasks: list[Task | None] = []
         self._start: dict[int, np.ndarray] = {}
@@ -181,6 +197,7 @@ class PosePolicy:
 
     def act(self, ts: TimeStep) -> dict[str, np.ndarray]:
         blocks, effector = ts.observation[BLOCK_TRANSLATION], ts.observation[EFFECTOR_TRANSLATION]
+        blocks = blocks + self._rng.normal(0.0, self._noise, blocks.shape)  # as the training data saw them
         x = []
         for i, text in enumerate(ts.instruction):
             if self._tasks[i] is None:  # the episode's first observation
@@ -349,9 +366,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", default=None, help="the vlm readers' model variant (default: the table's)")
     p.add_argument("--sigma", type=float, default=1.0, help="the -gauss readers' target width, in bins")
-    p.add_argument("--policy-steps", type=int, nargs="*", default=[1000, 5000, 20000],
-                   help="decision MLP steps at which it acts in closed loop (none: skip)")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which probes to run")
+    p.add_argument("--policy-steps", type=int, nargs="+", default=[1000, 5000, 20000],
+                   help="decision MLP steps at which it acts in closed loop")
     p.add_argument("--episodes", type=int, default=100, help="closed-loop Block2Block episodes")
+    p.add_argument("--noise-cm", type=float, nargs="*", default=[1.0, 2.0, 3.2],
+                   help="also the policy from block positions seen with this Gaussian noise per axis "
+                        "(3.2: 4 cm mean error, the grounded pretraining's)")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
@@ -361,29 +382,40 @@ def main() -> None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=1) + "\n")
 
-    if "decision" not in results:
-        train, val = (decision_data(args.train, "train", vocab),
-                      decision_data(args.validation, "validation", vocab))
-        results["decision"] = decision_probe(train, val, vocab, (250, 500, 1000, 2000, 5000), 16, args.seed)
+    episodes: dict[str, list[PoseEpisode]] = {}
+
+    def decision_split(noise_cm: float) -> tuple[Arrays, Arrays]:
+        if not episodes:  # read once, only when a decision part is still to run
+            episodes.update(train=pose_episodes(args.train, "train"),
+                            validation=pose_episodes(args.validation, "validation"))
+        return (decision_data(episodes["train"], vocab, noise_cm, args.seed),
+                decision_data(episodes["validation"], vocab, noise_cm, args.seed + 1))
+
+    def policy_part(noise_cm: float) -> dict:
+        def as_policy(logits: Logits) -> dict:
+            measured = {mode: closed_loop(lambda n, g=mode == "greedy": PosePolicy(logits, vocab, g, args.seed, noise_cm),
+                                          args.episodes, args.seed) for mode in ("sampled", "greedy")}
+            print("closed loop", noise_cm, measured, flush=True)
+            return measured
+
+        return decision_probe(*decision_split(noise_cm), vocab, tuple(args.policy_steps), 16, args.seed, as_policy)
+
+    if "decision" in args.parts and "decision" not in results:
+        results["decision"] = decision_probe(*decision_split(0.0), vocab, (250, 500, 1000, 2000, 5000), 16, args.seed)
         save()
-    if "decision_policy" not in results and args.policy_steps:
-        train, val = (decision_data(args.train, "train", vocab),
-                      decision_data(args.validation, "validation", vocab))
+    if "policy" in args.parts and "decision_policy" not in results:
         demonstrator = closed_loop(lambda n: TabletopDemonstrator(
             default_config("tabletop").env, n, args.seed), args.episodes, args.seed)
         print("demonstrator", demonstrator, flush=True)
-
-        def as_policy(logits: Logits) -> dict:
-            measured = {mode: closed_loop(lambda n, g=mode == "greedy": PosePolicy(logits, vocab, g, args.seed),
-                                          args.episodes, args.seed) for mode in ("sampled", "greedy")}
-            print("closed loop", measured, flush=True)
-            return measured
-
-        results["decision_policy"] = {
-            "demonstrator": demonstrator,
-            **decision_probe(train, val, vocab, tuple(args.policy_steps), 16, args.seed, as_policy)}
+        results["decision_policy"] = {"demonstrator": demonstrator, **policy_part(0.0)}
         save()
-    todo = [r for r in args.readers if probe_key(r, args.sigma, args.variant) not in results]
+    for noise_cm in args.noise_cm if "policy" in args.parts else ():
+        key = f"decision_policy/noise{noise_cm:g}cm"
+        if key not in results:
+            results[key] = {"noise_cm_per_axis": noise_cm, **policy_part(noise_cm)}
+            save()
+    todo = [r for r in args.readers if probe_key(r, args.sigma, args.variant) not in results
+            and "localization" in args.parts]
     if todo:
         train = frame_data(args.train, "train", args.every)
         val = frame_data(args.validation, "validation", args.every)
@@ -393,7 +425,7 @@ def main() -> None:
                 **({"sigma_bins": args.sigma} if reader.endswith("-gauss") else {}),
                 **({"variant": args.variant} if args.variant and reader.startswith("vlm") else {})}
             save()
-    if "localization/vlm-48-frames" not in results:
+    if "localization" in args.parts and "localization/vlm-48-frames" not in results:
         few = {k: v[:48] for k, v in frame_data(args.validation, "validation", args.every).items()}
         results["localization/vlm-48-frames"] = localization_probe("vlm", few, few, 300, 50, 48, args.seed)
         save()

@@ -23,15 +23,9 @@ from typing import NamedTuple
 import numpy as np
 
 from efm.config import OBJECTIVES, RunConfig
+from efm.data.grounding import EFFECTOR, object_points, span_owners
 from efm.envs.tabletop.env import TabletopEnv
-from efm.envs.tabletop.geometry import (
-    BLOCK_HALF_HEIGHT,
-    BLOCK_TRANSLATION,
-    BLOCKS,
-    EFFECTOR_TRANSLATION,
-    EFFECTOR_Z,
-    RGB,
-)
+from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION, RGB
 from efm.envs.tabletop.scene import image_position
 from efm.models.efm import GROUND_MASK, GROUND_RC
 from efm.models.tokenizers import TextTokenizer, Vocabulary
@@ -40,7 +34,6 @@ from efm.models.vlm import IMAGE, STATE, TEXT
 Batch = dict[str, np.ndarray]
 BLOCK_QUESTIONS = ("where is the {}", "find the {}", "locate the {}", "{}")
 EFFECTOR_NAMES = ("arm", "effector", "robot arm", "end effector")
-EFFECTOR = "effector"
 VALIDATION_BOARDS = 10**12  # board ids from here on are validation boards
 
 
@@ -84,20 +77,7 @@ def board_questions(blocks: Sequence[str], block_xy: np.ndarray, effector_xy: np
 def name_tokens(text: TextTokenizer, question: Question) -> np.ndarray:
     """Which object (its index in `question.objects`) each text token of the question names,
     -1 for the others. [text length]"""
-    def count(prefix: str) -> int:  # tokens of a prefix ending before a word (its space goes with the word)
-        return int(np.count_nonzero(text.encode([prefix.rstrip(" ")])[0]))
-
-    owner = np.full(text.length, -1, np.int32)
-    for i, (start, end) in enumerate(question.spans):
-        owner[count(question.text[:start]):count(question.text[:end])] = i
-    return owner
-
-
-def object_points(objects: Sequence[str], xy: np.ndarray) -> np.ndarray:
-    """The centres of a board's objects in the world [objects, 3] (blocks rest on the table,
-    the effector hovers), for where they appear in the camera image."""
-    z = [EFFECTOR_Z if name == EFFECTOR else BLOCK_HALF_HEIGHT for name in objects]
-    return np.concatenate([xy, np.asarray(z, np.float32)[:, None]], axis=1)
+    return span_owners(text, question.text, question.spans)
 
 
 class TableQuestions:

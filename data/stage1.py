@@ -28,10 +28,13 @@ import tensorflow_datasets as tfds
 from efm.config import OBJECTIVES, STAGE1_OBJECTIVES, RunConfig
 from efm.data import rlds
 from efm.data.features import InputSpec, input_spec
+from efm.models.efm import GROUND_MASK, GROUND_RC
 from efm.models.tokenizers import Vocabulary, make_vocabulary
 from efm.models.vlm import IMAGE, STATE, TEXT
 
 Batch = dict[str, np.ndarray]
+BLOCK_POSITIONS = "block_translation"  # the table's privileged block positions (envs.tabletop.BLOCK_TRANSLATION)
+GROUND_BLOCKS = "ground/blocks"  # a raw sample's block positions, the grounding targets' source
 EPISODE_BUFFER = 64  # encoded episodes mixed before they are cut into samples
 _f = tfds.features
 
@@ -79,8 +82,9 @@ def _episodes(directory: str | os.PathLike[str], split: str | None,
     return ds, layout
 
 
-def _step_samples(spec: InputSpec, layout: _Layout, objective: str) -> Any:
-    """episode -> dataset of raw step samples for one objective (inside the tf.data graph)."""
+def _step_samples(spec: InputSpec, layout: _Layout, objective: str, ground: bool) -> Any:
+    """episode -> dataset of raw step samples for one objective (inside the tf.data graph);
+    with `ground`, each step's privileged block positions too (grounding targets)."""
     def fn(episode: dict[str, Any]) -> tf.data.Dataset:
         steps = episode["steps"].batch(2**31 - 1).get_single_element()
         md = episode.get("episode_metadata", {})
@@ -105,6 +109,8 @@ def _step_samples(spec: InputSpec, layout: _Layout, objective: str) -> Any:
             out[TEXT] = tf.fill(count, instruction)
             if spec.state is not None:  # raw values; tokenized per batch
                 out[STATE] = tf.cast(tf.gather(steps["observation"][spec.state.key], t), tf.float32)
+            if ground:
+                out[GROUND_BLOCKS] = tf.cast(tf.gather(steps["observation"][BLOCK_POSITIONS], t), tf.float32)
         else:
             for k in layout.observation_keys:
                 out[f"observation/{k}"] = tf.gather(steps["observation"][k], t)
@@ -147,10 +153,11 @@ def _decode_frames(layout: _Layout, cameras: tuple[str, ...]) -> Any:
 
 
 def _objective_dataset(directory: str | os.PathLike[str], split: str | None, spec: InputSpec, objective: str,
-                       threads: int, shuffle: tuple[int, int] | None, shard: tuple[int, int]) -> tuple[
-                           tf.data.Dataset, _Layout]:
+                       threads: int, shuffle: tuple[int, int] | None, shard: tuple[int, int],
+                       ground: bool = False) -> tuple[tf.data.Dataset, _Layout]:
     """Raw (still encoded) samples of one objective; shuffled and repeated when `shuffle` is
-    (buffer, seed)."""
+    (buffer, seed); with `ground`, the block positions of its steps (not of the instruction
+    objective's, whose text is hidden)."""
     if objective not in STAGE1_OBJECTIVES:
         raise ValueError(f"robot data holds no samples of the {objective!r} objective "
                          f"(Stage 1 trains {STAGE1_OBJECTIVES}; efm pretrain renders its own)")
@@ -167,10 +174,15 @@ def _objective_dataset(directory: str | os.PathLike[str], split: str | None, spe
     if spec.state is not None and spec.state.key not in layout.observation_keys:
         raise rlds.DatasetError(f"{directory}: the model reads the state input {spec.state.key!r}, "
                                 f"the dataset's observations are {list(layout.observation_keys)}")
+    ground = ground and objective != "instruction"
+    if ground and BLOCK_POSITIONS not in layout.observation_keys:
+        raise rlds.DatasetError(f"{directory}: sft.grounding_weight > 0 supervises the instruction's block names "
+                                f"with the steps' {BLOCK_POSITIONS!r}; the dataset's observations are "
+                                f"{list(layout.observation_keys)}")
     if objective == "steps_to_go":
         episodes = episodes.filter(_successful(layout))
     cycle = 1 if shuffle is None else threads  # unshuffled: samples in stored order
-    ds = episodes.interleave(_step_samples(spec, layout, objective), cycle_length=cycle, block_length=1,
+    ds = episodes.interleave(_step_samples(spec, layout, objective, ground), cycle_length=cycle, block_length=1,
                              num_parallel_calls=cycle, deterministic=True)
     if shuffle is not None:
         ds = ds.shuffle(shuffle[0], seed=shuffle[1])
@@ -196,11 +208,13 @@ class Stage1Data:
         self._cfg = cfg
         self._vocab = vocab or make_vocabulary(cfg.tokenizer)
         self._spec = input_spec(self._vocab)
+        self._ground = cfg.sft.grounding_weight > 0
+        self._aspect = 1.0  # the frames' width / height, from the dataset read
 
     def check(self, directory: str | os.PathLike[str]) -> None:
         """Fails with a DatasetError naming what is missing, before any training."""
         for objective in self._cfg.sft.objectives:
-            _objective_dataset(directory, None, self._spec, objective, 1, None, (1, 0))
+            _objective_dataset(directory, None, self._spec, objective, 1, None, (1, 0), self._ground)
 
     def training(self, directory: str | os.PathLike[str], *, seed: int, start_step: int = 0,
                  shard: tuple[int, int] = (1, 0)) -> Iterator[Batch]:
@@ -211,9 +225,13 @@ class Stage1Data:
         parts, layout = [], None
         for i, objective in enumerate(sft.objectives):
             ds, layout = _objective_dataset(directory, None, self._spec, objective, sft.data_threads,
-                                            (sft.shuffle_buffer, seed * 1000 + i), shard)
+                                            (sft.shuffle_buffer, seed * 1000 + i), shard, self._ground)
             parts.append(ds.batch(per, drop_remainder=True))
         ds = tf.data.Dataset.zip(tuple(parts)).skip(start_step)
+        if self._ground and self._spec.reads_images:
+            assert layout is not None
+            height, width = layout.image_shapes[self._spec.cameras[0]][:2]
+            self._aspect = width / height
         if self._spec.reads_images:
             assert layout is not None
             decode = _decode_frames(layout, self._spec.cameras)
@@ -239,9 +257,14 @@ class Stage1Data:
         """Raw samples per objective -> one batch with tokenized targets, objectives in order."""
         vocab, length = self._vocab, self._vocab.max_target_length
         out: dict[str, list[np.ndarray]] = {}
+        grounded = any(GROUND_BLOCKS in raw for raw in parts.values())  # training batches with grounding
         for objective, raw in parts.items():
             raw = dict(raw)
             n = len(next(iter(raw.values())))
+            if grounded:
+                out_rc, out_mask = self._grounding(raw, n)
+                out.setdefault(GROUND_RC, []).append(out_rc)
+                out.setdefault(GROUND_MASK, []).append(out_mask)
             targets = np.zeros((n, length), np.int32)
             mask = np.zeros((n, length), np.float32)
             if objective == "bc":
@@ -264,6 +287,19 @@ class Stage1Data:
                          "objective": np.full(n, OBJECTIVES.index(objective), np.int32)}.items():
                 out.setdefault(k, []).append(v)
         return {k: np.concatenate(v) for k, v in out.items()}
+
+
+    def _grounding(self, raw: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Grounding targets of n samples (popping their block positions): the instruction's
+        block names at their blocks' image positions; nothing for samples without positions."""
+        assert self._vocab.text is not None
+        if GROUND_BLOCKS not in raw:
+            length = self._vocab.text.length
+            return np.zeros((n, length, 2), np.float32), np.zeros((n, length), np.float32)
+        # PyBullet's camera model, imported only when grounding
+        from efm.data.grounding import instruction_grounding
+
+        return instruction_grounding(self._vocab.text, _strings(raw[TEXT]), raw.pop(GROUND_BLOCKS), self._aspect)
 
 
 def _strings(x: np.ndarray) -> list[str]:

@@ -401,14 +401,14 @@ class SftConfig:
     # Gaussian of this standard deviation, as a fraction of the bins of the quantity (0: one-hot);
     # validation losses stay the true tokens' NLL.
     ordinal_sigma: float = 0.0
-    # Pretraining with a grounding variant: weight of the squared error between where each name
-    # token's query fires and where the named object is in the image (PretrainConfig sets it)
+    # Grounding variants: weight of the squared error between where each name token's query
+    # fires and where the named object is in the image. Pretraining supervises its questions'
+    # names (PretrainConfig sets it); Stage 1 on the table the block names of the instruction,
+    # from the dataset's privileged block positions (training targets only, never an input).
     grounding_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.grounding_weight == 0 or tuple(self.objectives) == PRETRAIN_OBJECTIVES, "sft.grounding_weight",
-               self.grounding_weight, "0 outside pretraining (Stage-1 data name no positions)")
         _check(self.grounding_weight >= 0, "sft.grounding_weight", self.grounding_weight, ">= 0")
         if tuple(self.objectives) != PRETRAIN_OBJECTIVES:  # what PretrainConfig.as_sft makes
             for o in self.objectives:
@@ -782,8 +782,18 @@ def check_trainable(cfg: RunConfig) -> None:
     _check(cfg.domain not in INSTRUCTION_GOAL_DOMAINS or cfg.model.reads_text, "model.variant", cfg.model.variant,
            f"reads no text, and the goal in {cfg.domain!r} is an instruction: use a vision-language variant "
            f"({sorted(k for k, v in MODEL_VARIANTS.items() if isinstance(v, TransformerVariant))})")
+    if cfg.sft.grounding_weight > 0:
+        _check(cfg.domain == "tabletop", "sft.grounding_weight", cfg.sft.grounding_weight,
+               f"0 on {cfg.domain!r}: Stage-1 grounding needs the table's block positions and instructions")
+        _check(_grounded(cfg.model.variant), "sft.grounding_weight", cfg.sft.grounding_weight,
+               f"0 for model.variant={cfg.model.variant!r}, which has no grounded text")
     if cfg.model.init == "pretrain":
         check_pretrainable(cfg)
+
+
+def _grounded(variant: str) -> bool:
+    v = MODEL_VARIANTS[variant]
+    return isinstance(v, TransformerVariant) and v.grounding
 
 
 PRETRAIN_DOMAINS = ("tabletop", "bananatable")  # pretraining renders the table's boards
@@ -795,8 +805,7 @@ def check_pretrainable(cfg: RunConfig) -> None:
            "reads no text, and pretraining asks questions in text: use a vision-language variant")
     _check(cfg.domain in PRETRAIN_DOMAINS, "domain", cfg.domain,
            f"one of {PRETRAIN_DOMAINS} to pretrain (pretraining renders table boards; model.init='pretrain' needs it)")
-    variant = MODEL_VARIANTS[cfg.model.variant]
-    _check(cfg.pretrain.grounding_weight == 0 or (isinstance(variant, TransformerVariant) and variant.grounding),
+    _check(cfg.pretrain.grounding_weight == 0 or _grounded(cfg.model.variant),
            "pretrain.grounding_weight", cfg.pretrain.grounding_weight,
            f"0 for model.variant={cfg.model.variant!r}, which has no grounded text")
 

@@ -108,7 +108,7 @@ def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, 
         nll = objective_nll(fns, params, batch, cfg.objectives, cfg.ordinal_sigma)
         metrics = {f"train/{name}_loss": jnp.mean(v) for name, v in nll.items()}
         loss = jnp.mean(jnp.concatenate(list(nll.values())))
-        if cfg.grounding_weight > 0:  # pretraining: where each name's query fires, supervised
+        if cfg.grounding_weight > 0:  # where each name token's query fires, supervised (questions, instructions)
             inputs, rest = split_inputs(batch)
             metrics["train/grounding_loss"] = fns.grounding_loss(
                 params, objective_inputs(inputs, "locate"), rest[GROUND_RC], rest[GROUND_MASK])

@@ -122,6 +122,15 @@ def block_text(block: str) -> str:
     return block.replace("_", " ")
 
 
+_BLOCK_MENTION = re.compile(r"\b(" + "|".join(block_text(b) for b in BLOCKS) + r")\b")
+
+
+def block_mentions(text: str) -> list[tuple[str, int, int]]:
+    """The blocks an instruction names, in text order: (block, start, end) character offsets of
+    each mention ("push the red moon to the blue cube": red_moon 9-17, blue_cube 25-34)."""
+    return [(m[1].replace(" ", "_"), m.start(), m.end()) for m in _BLOCK_MENTION.finditer(text.lower())]
+
+
 def location_target(location: str) -> Array:
     """The board point a block2location task aims at: a 3 x 3 grid inset from the edges."""
     row, col = LOCATIONS[location]

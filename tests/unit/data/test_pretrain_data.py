@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from efm.config import OBJECTIVES, PretrainConfig, RunConfig, debug_config
-from efm.data.pretrain import EFFECTOR, TableQuestions, board_questions, object_points
+from efm.data.grounding import EFFECTOR, object_points
+from efm.data.pretrain import TableQuestions, board_questions
 from efm.envs.tabletop.geometry import BLOCKS
 from efm.envs.tabletop.scene import image_position
 from efm.models.tokenizers import make_vocabulary

@@ -13,6 +13,7 @@ from efm.data import rlds
 from efm.data.features import input_spec
 from efm.data.stage1 import Stage1Data
 from efm.envs.base import Episode
+from efm.models.efm import GROUND_MASK, GROUND_RC
 from efm.models.tokenizers import make_vocabulary
 from efm.models.vlm import IMAGE, STATE, TEXT
 
@@ -200,3 +201,48 @@ def test_robot_data_refuses_the_pretraining_objective(table_dir: Path) -> None:
     cfg = table_config()
     with pytest.raises(ValueError, match="efm pretrain"):
         next(Stage1Data(cfg).validation(table_dir, "locate"))
+
+
+def grounded_config() -> RunConfig:
+    cfg = table_config()
+    return cfg.replace(sft=dataclasses.replace(cfg.sft, grounding_weight=1.0))
+
+
+def test_grounding_targets_put_the_instruction_block_names_at_their_blocks(table_dir: Path) -> None:
+    """sft.grounding_weight: each block name of the instruction is supervised to where that
+    block is in the sample's current frame (from the step's privileged positions, which stay
+    out of the model's inputs); the instruction objective, whose text is hidden, gets none."""
+    from efm.envs.tabletop import BLOCK_HALF_HEIGHT, BLOCKS, image_position
+
+    cfg = grounded_config()
+    batch = next(Stage1Data(cfg).training(table_dir, seed=0))
+    assert not any("block" in k for k in batch)  # the positions became targets, not inputs
+    frames = {ep.observations["rgb"][t].tobytes(): (ep, t) for ep in TABLE for t in range(ep.length + 1)}
+    for i, objective in enumerate(batch["objective"]):
+        mask = batch[GROUND_MASK][i]
+        if objective == OBJECTIVES.index("instruction"):
+            assert mask.sum() == 0
+            continue
+        ep, t = frames[batch[f"inputs/{IMAGE}"][i, 0].tobytes()]
+        # "push the red moon to the blue cube 3": one token per word, the names are words 2-3 and 6-7
+        np.testing.assert_array_equal(np.flatnonzero(mask), [2, 3, 6, 7])
+        blocks = ep.observations["block_translation"][t][[BLOCKS.index("red_moon"), BLOCKS.index("blue_cube")]]
+        points = np.concatenate([blocks, np.full((2, 1), BLOCK_HALF_HEIGHT)], axis=1)
+        where = np.repeat(image_position(points, 16 / 12), 2, axis=0)  # two tokens per name
+        np.testing.assert_allclose(batch[GROUND_RC][i][mask > 0], where, atol=1e-5)
+
+
+def test_grounding_needs_the_block_positions(tmp_path: Path) -> None:
+    ep = table_episode(3, 0)
+    blind = dataclasses.replace(ep, observations={k: v for k, v in ep.observations.items() if k != "block_translation"})
+    directory = rlds.write_episodes([blind], tmp_path / "ds")
+    Stage1Data(table_config()).check(directory)  # without grounding, nothing privileged is read
+    with pytest.raises(rlds.DatasetError, match="block_translation"):
+        Stage1Data(grounded_config()).check(directory)
+
+
+def test_the_block_positions_key_is_the_simulators() -> None:
+    from efm.data.stage1 import BLOCK_POSITIONS
+    from efm.envs.tabletop import BLOCK_TRANSLATION
+
+    assert BLOCK_POSITIONS == BLOCK_TRANSLATION

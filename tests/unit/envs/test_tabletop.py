@@ -33,6 +33,8 @@ from efm.envs.tabletop import (
     Task,
     all_instructions,
     arc_shape,
+    block_mentions,
+    block_text,
     extrude,
     image_position,
     instruction_for,
@@ -145,6 +147,15 @@ def test_sampled_instructions_round_trip() -> None:
         text = instruction_for(task, rng)
         assert parse_instruction(text) == task, text
         assert parse_instruction(f"  {text.capitalize()}. ") == task  # case, spacing, full stop
+
+
+def test_block_mentions_name_the_task_blocks_in_order() -> None:
+    """Stage-1 grounding supervises these spans: the task's block, then a Block2Block target."""
+    for task in all_tasks()[::97]:
+        for text in all_instructions(task)[::5]:
+            mentions = block_mentions(text.capitalize())
+            assert [m[0] for m in mentions] == list(task.blocks), text
+            assert [text[a:b] for _, a, b in mentions] == [block_text(b) for b in task.blocks]
 
 
 def test_every_phrasing_parses_back_and_none_is_ambiguous() -> None:
