@@ -73,20 +73,36 @@ WALL_RGBA = (0.25, 0.22, 0.2, 1.0)
 EFFECTOR_RGBA = (0.2, 0.2, 0.22, 1.0)
 
 
-def image_position(points: np.ndarray, aspect: float) -> np.ndarray:
-    """Where world points [..., 3] appear in the camera's image (width / height = `aspect`):
-    (row, column) [..., 2], the image spanning [-1, 1] top to bottom and left to right (pixel
-    centres at +-(1 - 1/n)). The pinhole camera PyBullet renders with (look-at and vertical
-    field of view), so a model's image positions can be supervised with the objects' poses."""
+def _camera() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The render camera: eye, unit forward, right and down vectors, tan(vertical FOV / 2)."""
     eye, target, up = (np.asarray(v, np.float64) for v in (CAMERA_EYE, CAMERA_TARGET, CAMERA_UP))
     forward = (target - eye) / np.linalg.norm(target - eye)
     right = np.cross(forward, up)
     right /= np.linalg.norm(right)
     down = -np.cross(right, forward)
+    return eye, forward, right, down, math.tan(math.radians(CAMERA_FOV) / 2)
+
+
+def image_position(points: np.ndarray, aspect: float) -> np.ndarray:
+    """Where world points [..., 3] appear in the camera's image (width / height = `aspect`):
+    (row, column) [..., 2], the image spanning [-1, 1] top to bottom and left to right (pixel
+    centres at +-(1 - 1/n)). The pinhole camera PyBullet renders with (look-at and vertical
+    field of view), so a model's image positions can be supervised with the objects' poses."""
+    eye, forward, right, down, half = _camera()
     d = np.asarray(points, np.float64) - eye
     depth = d @ forward
-    half = math.tan(math.radians(CAMERA_FOV) / 2)
     return np.stack([(d @ down) / (depth * half), (d @ right) / (depth * half * aspect)], axis=-1).astype(np.float32)
+
+
+def table_position(rc: np.ndarray, z: float, aspect: float) -> np.ndarray:
+    """`image_position` inverted on the horizontal plane at height z: the (x, y) [..., 2] that
+    an image position (row, column) [..., 2] sees there, to read a model's image positions in
+    board centimetres."""
+    eye, forward, right, down, half = _camera()
+    rc = np.asarray(rc, np.float64)
+    ray = forward + rc[..., :1] * half * down + rc[..., 1:] * half * aspect * right  # [..., 3]
+    s = (z - eye[2]) / ray[..., 2:]
+    return (eye[:2] + s * ray[..., :2]).astype(np.float32)
 
 
 def planar_pose(position: Sequence[float], quaternion: Sequence[float]) -> tuple[Array, float]:

@@ -45,6 +45,7 @@ from efm.envs.tabletop import (
     push_steps_estimate,
     ray_exit_distance,
     relative_offset,
+    table_position,
     task_satisfied,
     task_target,
 )
@@ -460,6 +461,14 @@ def test_image_position_lands_on_each_object() -> None:
         patch = around(obs[EFFECTOR_TRANSLATION][i], EFFECTOR_Z, image)
         assert np.linalg.norm(patch, axis=1).min() < 0.5 * np.linalg.norm(np.array(BOARD_RGBA[:3]) * 255)
     env.close()
+
+
+def test_table_position_inverts_image_position() -> None:
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(WORKSPACE[0], WORKSPACE[1], (50, 2))
+    for z in (BLOCK_HALF_HEIGHT, EFFECTOR_Z):
+        rc = image_position(np.concatenate([xy, np.full((50, 1), z)], axis=1), 16 / 9)
+        np.testing.assert_allclose(table_position(rc, z, 16 / 9), xy, atol=1e-5)
 
 
 def test_config_validation_and_round_trip() -> None:
