@@ -282,6 +282,8 @@ class TransformerVariant:
     frame after the patch tokens (where each of K learned detectors fires, as coordinates).
     `grounding`: each text token, with its neighbours, queries the stem's features of every
     frame, and where the query fires is added to that token (text-conditioned keypoints).
+    `feature_convs`: stride-1 3x3 convolutions on the stem's features before the keypoints and
+    the grounding read them (a wider receptive field, to tell one colour's shapes apart).
     """
 
     patch: tuple[int, int]
@@ -297,8 +299,11 @@ class TransformerVariant:
     stem: tuple[int, ...] = ()
     keypoints: int = 0
     grounding: bool = False
+    feature_convs: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.feature_convs == 0 or (self.stem and (self.keypoints or self.grounding)),
+               "model variant feature_convs", self.feature_convs, "0 without a stem read by keypoints or grounding")
         down = 2 ** len(self.stem)
         _check(all(p % down == 0 for p in self.patch), "model variant patch", self.patch,
                f"divisible by the stem's downsampling ({down})")
@@ -324,6 +329,10 @@ MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
     "vl-cpu-gkp": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2,
                                      vit_mlp=128, width=128, depth=2, heads=4, head_dim=32, mlp=384, keypoints=16,
                                      grounding=True),
+    # vl-cpu-gkp with two more convs on the stem's features before keypoints and grounding
+    "vl-cpu-gkp2": TransformerVariant(patch=(12, 32), stem=(16, 32), vit_width=64, vit_depth=1, vit_heads=2,
+                                      vit_mlp=128, width=128, depth=2, heads=4, head_dim=32, mlp=384, keypoints=16,
+                                      grounding=True, feature_convs=2),
     # Aloha's stacked 124x80 images (two 60x80 views and a 4-pixel band): 4x4 = 16 tokens per
     # frame, 64 for the two cameras' current and previous frames; trains in seconds (tests)
     "vl-aloha-tiny": TransformerVariant(patch=(31, 20), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,

@@ -92,6 +92,7 @@ class ViT(nn.Module):
     stem: tuple[int, ...] = ()  # channels of stride-2 3x3 convs before the patch embedding
     keypoints: int = 0  # spatial-softmax keypoint tokens read off the stem's features
     grounding: bool = False  # where each text token's query fires (`text` given to __call__)
+    feature_convs: int = 0  # stride-1 3x3 convs on the stem's features for keypoints and grounding
 
     @nn.compact
     def __call__(self, image: jax.Array, text: jax.Array | None = None,
@@ -105,6 +106,9 @@ class ViT(nn.Module):
         for i, channels in enumerate(self.stem):
             x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_{i}")(x))
         features = x
+        for i in range(self.feature_convs):
+            features = nn.gelu(nn.Conv(x.shape[-1], (3, 3), padding="SAME", dtype=self.dtype,
+                                       name=f"feature_{i}")(features))
         down = 2 ** len(self.stem)
         patch = (self.patch[0] // down, self.patch[1] // down)
         x = nn.Conv(self.width, patch, strides=patch, padding="VALID", dtype=self.dtype, name="embedding")(x)

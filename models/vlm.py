@@ -57,7 +57,7 @@ class VisionLanguageEFM(nn.Module):
     def setup(self) -> None:
         v = self.variant
         self.vision_encoder = ViT(v.patch, v.vit_width, v.vit_depth, v.vit_mlp, v.vit_heads, v.width, self.dtype,
-                                  v.stem, v.keypoints, v.grounding)
+                                  v.stem, v.keypoints, v.grounding, v.feature_convs)
         self.llm = LLM(self.vocab_size, v.width, v.depth, v.heads, v.head_dim, v.mlp, self.dtype)
 
     def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -301,9 +303,12 @@ def test_grounded_text_tokens_say_where_their_query_fires(cached_logits, monkeyp
     assert none.shape == (B, 0, 24) and rc.shape == (B * 2, 0, 2)
 
     variant = TransformerVariant(patch=(12, 16), stem=(8,), keypoints=3, grounding=True, vit_width=16, vit_depth=1,
-                                 vit_heads=2, vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64)
+                                 vit_heads=2, vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64,
+                                 feature_convs=1)
     fns, params = _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits)
-    assert "grounding_query" in params["vision_encoder"]
+    assert {"grounding_query", "feature_0"} <= set(params["vision_encoder"])
+    with pytest.raises(ValueError, match="feature_convs"):  # nothing would read them
+        dataclasses.replace(variant, keypoints=0, grounding=False)
     assert fns.predict_instruction(params, inputs()).shape == (B, TEXT_LEN)  # its objective sees no text
 
 
