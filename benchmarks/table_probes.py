@@ -197,7 +197,8 @@ class PosePolicy:
 
     def act(self, ts: TimeStep) -> dict[str, np.ndarray]:
         blocks, effector = ts.observation[BLOCK_TRANSLATION], ts.observation[EFFECTOR_TRANSLATION]
-        blocks = blocks + self._rng.normal(0.0, self._noise, blocks.shape)  # as the training data saw them
+        if self._noise:  # as the training data saw them (exact positions draw nothing: same samples)
+            blocks = blocks + self._rng.normal(0.0, self._noise, blocks.shape)
         x = []
         for i, text in enumerate(ts.instruction):
             if self._tasks[i] is None:  # the episode's first observation

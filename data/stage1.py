@@ -209,7 +209,6 @@ class Stage1Data:
         self._vocab = vocab or make_vocabulary(cfg.tokenizer)
         self._spec = input_spec(self._vocab)
         self._ground = cfg.sft.grounding_weight > 0
-        self._aspect = 1.0  # the frames' width / height, from the dataset read
 
     def check(self, directory: str | os.PathLike[str]) -> None:
         """Fails with a DatasetError naming what is missing, before any training."""
@@ -228,10 +227,6 @@ class Stage1Data:
                                             (sft.shuffle_buffer, seed * 1000 + i), shard, self._ground)
             parts.append(ds.batch(per, drop_remainder=True))
         ds = tf.data.Dataset.zip(tuple(parts)).skip(start_step)
-        if self._ground and self._spec.reads_images:
-            assert layout is not None
-            height, width = layout.image_shapes[self._spec.cameras[0]][:2]
-            self._aspect = width / height
         if self._spec.reads_images:
             assert layout is not None
             decode = _decode_frames(layout, self._spec.cameras)
@@ -299,7 +294,8 @@ class Stage1Data:
         # PyBullet's camera model, imported only when grounding
         from efm.data.grounding import instruction_grounding
 
-        return instruction_grounding(self._vocab.text, _strings(raw[TEXT]), raw.pop(GROUND_BLOCKS), self._aspect)
+        height, width = raw[IMAGE].shape[2:4]  # [n, frames, H, W, 3]
+        return instruction_grounding(self._vocab.text, _strings(raw[TEXT]), raw.pop(GROUND_BLOCKS), width / height)
 
 
 def _strings(x: np.ndarray) -> list[str]:
