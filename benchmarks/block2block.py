@@ -7,7 +7,8 @@ from the same Stage-1 checkpoints, Self-Improvement on BananaTable, whose banana
 contained. Writes benchmarks/results/block2block.json in the summary.json contract and checks
 the claim: SFT(10%) + Self-Improvement (a few % extra episodes) beats SFT(80%) on Block2Block
 success. Reported as measured, whichever way it comes out. Rerunning with the same --out reuses
-the steps kfp has cached (the dataset first of all).
+the steps kfp has cached (the dataset first of all) and resumes an interrupted one from its
+last checkpoint, so the benchmark can be run in pieces.
 
     .venv/bin/python benchmarks/block2block.py --out runs/bench-block2block
 """

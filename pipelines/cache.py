@@ -13,6 +13,11 @@ the earlier outputs, artifacts included, which keep pointing to the earlier run'
 the pipeline root, without starting a process; downstream tasks then see the same inputs and
 hit too. Entries whose artifact files are gone from disk are ignored.
 
+A task that started but did not finish (it failed, or the run was interrupted) is resumed by
+the next run with the same key as a KFP retry would be: that run's task starts with what the
+unfinished attempt left in its task root (a stage that checkpoints as it goes, mirrored to its
+artifact, continues from its last checkpoint; `components.artifacts`).
+
 Like the backends' cache this trusts the component: a change in library code that a component
 calls does not change the key (`efm run --no-cache` reruns everything).
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +37,7 @@ from typing import Any
 from kfp.local import executor_input_utils, status, task_dispatcher
 
 ENTRY_SUFFIX = ".pkl"
+ATTEMPT_SUFFIX = ".attempt"  # names the task root of an execution that started and did not finish
 
 
 def _plain(value: Any) -> Any:
@@ -67,13 +74,15 @@ def _written(outputs: Mapping[str, Any]) -> list[str]:
 class LocalTaskCache:
     """`directory` holds one entry per cached execution; `cacheable` names the components whose
     tasks were compiled with caching on (None: every one). After a run, `executed` and
-    `cached` list its tasks and `run_name` is kfp's name for it (the KFP run name)."""
+    `cached` list its tasks, `resumed` those executed from an unfinished attempt's files, and
+    `run_name` is kfp's name for it (the KFP run name)."""
 
     directory: Path
     cacheable: frozenset[str] | None = None
     enabled: bool = True
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
     run_name: str | None = None
 
     @classmethod
@@ -99,6 +108,18 @@ class LocalTaskCache:
         tmp.write_bytes(pickle.dumps(entry))
         tmp.replace(self.directory / f"{key}{ENTRY_SUFFIX}")
 
+    def _resume(self, key: str, task_root: Path) -> bool:
+        """Seeds `task_root` with what the last unfinished attempt of `key` left, if anything,
+        and records `task_root` as the attempt now under way."""
+        attempt = self.directory / f"{key}{ATTEMPT_SUFFIX}"
+        previous = Path(attempt.read_text()) if attempt.is_file() else None
+        resumed = previous is not None and previous != task_root and previous.is_dir()
+        if resumed:
+            shutil.copytree(previous, task_root, dirs_exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        attempt.write_text(str(task_root))
+        return resumed
+
     @contextmanager
     def installed(self) -> Iterator[LocalTaskCache]:
         """kfp.local consults this cache for the tasks it runs meanwhile."""
@@ -114,10 +135,17 @@ class LocalTaskCache:
                 print(f"kfp.local: {name}: cached, outputs of run {entry['run']}", flush=True)
                 self.cached.append(name)
                 return entry["outputs"], status.Status.SUCCESS
+            if use:
+                task_root = Path(executor_input_utils.construct_local_task_root(
+                    kwargs["pipeline_root"], self.run_name, name))
+                if self._resume(key, task_root):
+                    print(f"kfp.local: {name}: resuming an unfinished attempt", flush=True)
+                    self.resumed.append(name)
             outputs, task_status = original(**kwargs)
             self.executed.append(name)
             if use and task_status == status.Status.SUCCESS:
                 self._store(key, {"outputs": outputs, "paths": _written(outputs), "run": self.run_name, "task": name})
+                (self.directory / f"{key}{ATTEMPT_SUFFIX}").unlink(missing_ok=True)
             return outputs, task_status
 
         task_dispatcher.run_single_task_implementation = run_task

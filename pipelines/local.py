@@ -5,7 +5,10 @@ substitutes it for the components' `python3`), and the components are built with
 `install_kfp_package=False`, so nothing is installed at task time. Tasks run one after another;
 artifacts land under OUT/pipeline_root/<run>/<task>/. Tasks compiled with caching on are taken
 from OUT/kfp_cache when an earlier run in OUT executed them with the same inputs
-(`efm.pipelines.cache`). A failed run ends its MLflow parent run as FAILED.
+(`efm.pipelines.cache`), and a task an earlier run started but did not finish (a failure, Ctrl-C,
+a killed machine) resumes from what it left, as a KFP retry would: rerunning the same command
+continues an interrupted SFT from its last checkpoint. A failed run ends its MLflow parent run
+as FAILED.
 
     python -m efm.pipelines.local --debug --fractions 0.5 --seeds 7 --out runs/kfp
 """
@@ -59,7 +62,7 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     Tracking goes to `tracking_uri`, by default a SQLite store OUT/mlflow.db with its
     artifacts in OUT/mlartifacts; "" tracks nothing. `progress` False silences the steps'
     progress lines. `cache` False executes every task (and records nothing in the cache). The
-    summary's `kfp` entry names the run and its executed and cached tasks. If a task fails, the
+    summary's `kfp` entry names the run and its executed, resumed and cached tasks. If a task fails, the
     parent MLflow run is ended as FAILED and the error raised.
     """
     check_trainable(config)
@@ -92,7 +95,8 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
         shutil.copyfile(report_dir / name, out / name)
     summary = json.loads((out / SUMMARY).read_text())
     summary["tracking_uri"] = tracking_uri
-    summary["kfp"] = {"run_name": tasks.run_name, "executed": tasks.executed, "cached": tasks.cached}
+    summary["kfp"] = {"run_name": tasks.run_name, "executed": tasks.executed, "resumed": tasks.resumed,
+                      "cached": tasks.cached}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
     return summary
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kfp import dsl, local
 
-from efm.pipelines.cache import ENTRY_SUFFIX, LocalTaskCache
+from efm.pipelines.cache import ATTEMPT_SUFFIX, ENTRY_SUFFIX, LocalTaskCache
 
 IMAGE = "python:3.11"  # not used locally: tasks run in this interpreter
 
@@ -89,3 +89,51 @@ def test_a_failed_task_is_not_cached_and_the_run_name_is_known(tmp_path: Path) -
         failing(x="no")
     assert cache.run_name and cache.run_name.startswith("fails-")
     assert not list((tmp_path / "cache").glob(f"*{ENTRY_SUFFIX}"))
+
+
+@dsl.component(install_kfp_package=False, base_image=IMAGE)
+def checkpointed(needed: int, work: dsl.Output[dsl.Artifact]) -> int:
+    """Saves one 'checkpoint' per attempt in its artifact and is interrupted until it has `needed`."""
+    from pathlib import Path
+
+    root = Path(work.path)
+    root.mkdir(parents=True, exist_ok=True)
+    done = len(list(root.iterdir())) + 1
+    (root / f"checkpoint_{done}").write_text("")
+    if done < needed:
+        raise RuntimeError(f"interrupted after checkpoint {done}")
+    return done
+
+
+@dsl.pipeline(name="resume-test")
+def long_step(needed: int) -> int:
+    return checkpointed(needed=needed).set_caching_options(enable_caching=True).outputs["Output"]
+
+
+def test_a_rerun_resumes_an_unfinished_task_from_what_it_left(tmp_path: Path) -> None:
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+
+    def run(needed: int = 3) -> tuple[int | None, LocalTaskCache]:
+        cache = LocalTaskCache.for_pipeline(long_step, tmp_path / "cache")
+        try:
+            with cache.installed():
+                return long_step(needed=needed).output, cache
+        except RuntimeError:
+            return None, cache
+
+    first, c1 = run()
+    assert first is None and c1.resumed == []
+    second, c2 = run()  # starts from the first attempt's checkpoint
+    assert second is None and c2.resumed == ["checkpointed"]
+    third, c3 = run()
+    assert third == 3 and c3.resumed == ["checkpointed"]
+    # every attempt's files are in the finished task's artifact; the first run's are untouched
+    assert sorted(p.name for p in (tmp_path / "root" / c3.run_name / "checkpointed" / "work").iterdir()) == [
+        "checkpoint_1", "checkpoint_2", "checkpoint_3"]
+    assert [p.name for p in (tmp_path / "root" / c1.run_name / "checkpointed" / "work").iterdir()] == ["checkpoint_1"]
+    fourth, c4 = run()  # finished: cached, nothing left to resume
+    assert fourth == 3 and c4.cached == ["checkpointed"] and c4.resumed == []
+    assert not list((tmp_path / "cache").glob(f"*{ATTEMPT_SUFFIX}"))
+    fresh, c5 = run(needed=1)  # other inputs: another key, a fresh start
+    assert fresh == 1 and c5.resumed == []
