@@ -53,8 +53,10 @@ def ensure_dataset(root: Path, episodes: int) -> Path:
 
 def measure_variant(variant: str, train: Path, steps: int, warmup: int, batch_size: int, dtype: str) -> dict:
     cfg = default_config("tabletop")
-    cfg = cfg.replace(model=ModelConfig(variant=variant, compute_dtype=dtype),
-                      sft=dataclasses.replace(cfg.sft, batch_size=batch_size, num_steps=steps + warmup))
+    model = ModelConfig(variant=variant, compute_dtype=dtype)
+    # the table's Stage-1 grounding for a variant that has it (it is part of the step's cost)
+    cfg = cfg.replace(model=model, sft=dataclasses.replace(cfg.sft, batch_size=batch_size, num_steps=steps + warmup,
+                                                           grounding_weight=cfg.sft.grounding_weight if model.grounded else 0.0))
     mesh = sharding.make_mesh(cfg.sft.fsdp)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     data = Stage1Data(cfg, fns.vocab)

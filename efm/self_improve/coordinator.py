@@ -50,12 +50,14 @@ def round_score(rounds: list[dict[str, float]], r: int, window: int) -> tuple[fl
 
 
 def best_round(rounds: list[dict[str, float]], window: int) -> int:
-    """The complete round with the best pooled score (the first on ties); round 0 if none is
-    complete (a budget too small for one full round)."""
+    """The complete round with the best pooled score, the latest on ties; round 0 if none is
+    complete (a budget too small for one full round). Ties are where the detector tells rounds
+    apart no better than chance (on the table: no success detected, every episode at the length
+    limit): there the most practised policy is kept, not round 0's, which is Stage 1's."""
     candidates = [r for r, row in enumerate(rounds) if row["complete"] and row["episodes"] > 0]
     if not candidates:
         return 0
-    return max(candidates, key=lambda r: (round_score(rounds, r, window), -r))
+    return max(candidates, key=lambda r: (round_score(rounds, r, window), r))
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def prune_candidates(state: CoordinatorState, window: int) -> None:
     open_from = len(state.rounds) - window // 2
     settled = sorted(r for r in state.candidates if r < open_from)
     scored = [r for r in settled if state.rounds[r]["complete"] and state.rounds[r]["episodes"] > 0]
-    keep = {max(scored, key=lambda r: (round_score(state.rounds, r, window), -r))} if scored else set(settled[:1])
+    keep = {max(scored, key=lambda r: (round_score(state.rounds, r, window), r))} if scored else set(settled[:1])
     for r in settled:
         if r not in keep:
             del state.candidates[r]

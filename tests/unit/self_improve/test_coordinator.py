@@ -26,6 +26,14 @@ def test_a_lucky_round_alone_does_not_win_with_a_window() -> None:
     assert round_score(rounds, 0, 3) == (1.0, -(50 + 60) / 4)
 
 
+def test_rounds_the_detector_cannot_tell_apart_keep_the_latest_policy() -> None:
+    # Nothing detected and every episode at the length limit: round 0 would be Stage 1's policy.
+    rounds = [row(0.0, 100) for _ in range(6)] + [row(0.0, 100, complete=False)]
+    assert best_round(rounds, window=1) == 5 and best_round(rounds, window=5) == 5
+    rounds[2] = row(0.1, 100)  # any signal still wins
+    assert best_round(rounds, window=1) == 2
+
+
 def test_incomplete_rounds_are_never_picked_nor_pooled() -> None:
     rounds = [row(0.5, 20), row(1.0, 5, complete=False), row(0.6, 20)]
     assert best_round(rounds, window=1) == 2
