@@ -2,7 +2,7 @@
 
 Reports ground-truth success rate, mean episode length and its ratio to the optimal length,
 and how the learned success detector d(o, g) <= s agrees with ground truth over every
-observation visited (precision and recall).
+observation visited (precision and recall at s, and the threshold that would agree best).
 """
 
 from __future__ import annotations
@@ -45,15 +45,35 @@ def precision_recall(steps_to_go: np.ndarray, truth: np.ndarray, threshold: floa
     }
 
 
-def detector_metrics(episodes: list[Episode], threshold: float) -> dict[str, float | None]:
-    """`precision_recall` of the d(o, g) recorded over every observation of the episodes."""
-    return precision_recall(np.concatenate([e.observation_extras[STEPS_TO_GO] for e in episodes]),
-                            np.concatenate([e.observation_extras[SUCCESS] for e in episodes]), threshold)
+def best_threshold(steps_to_go: np.ndarray, truth: np.ndarray) -> dict[str, float] | None:
+    """The threshold s at which d <= s agrees best with ground truth (the highest F1 over the
+    values d took), with its precision and recall: what s could be for this reward model. None
+    without a successful observation."""
+    d, truth = np.asarray(steps_to_go, float), np.asarray(truth, bool)
+    positives = int(truth.sum())
+    if not positives:
+        return None
+    order = np.argsort(d, kind="stable")
+    d, tp = d[order], np.cumsum(truth[order])
+    fired = np.arange(1, len(d) + 1)  # observations with d <= d[i]...
+    closes = np.r_[d[1:] != d[:-1], True]  # ...counted only where a run of equal values ends
+    f1 = np.where(closes, 2 * tp / (fired + positives), -1.0)
+    i = int(np.argmax(f1))
+    return {"threshold": float(d[i]), "precision": float(tp[i] / fired[i]), "recall": float(tp[i] / positives),
+            "f1": float(f1[i])}
+
+
+def detector_metrics(episodes: list[Episode], threshold: float) -> dict[str, Any]:
+    """`precision_recall` at s of the d(o, g) recorded over every observation of the episodes,
+    and the `best_threshold` of the same observations."""
+    d = np.concatenate([e.observation_extras[STEPS_TO_GO] for e in episodes])
+    truth = np.concatenate([e.observation_extras[SUCCESS] for e in episodes])
+    return {**precision_recall(d, truth, threshold), "best_f1": best_threshold(d, truth)}
 
 
 def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
                     progress: bool = False, name: str = "policy",
-                    ) -> tuple[dict[str, float], dict[str, float | None], list[Episode]]:
+                    ) -> tuple[dict[str, float], dict[str, Any], list[Episode]]:
     """(policy metrics, detector metrics, episodes) on a fixed task list, deterministic per eval seed."""
     ev = cfg.eval
     env = make_env(cfg.env, ev.num_envs, seed=ev.seed)

@@ -100,3 +100,14 @@ def test_aloha_steps_to_go_strip_is_written_for_a_tiny_model(tmp_path) -> None:
     assert (shown[:, :, :5] == 10).all() and (shown[:, :, -5:] == 200).all()
     assert figure_frames(debug_config().env, dataclasses.replace(episode, observations={"position": np.zeros((4, 2))}),
                          np.array([0])) is None  # pointmass: its figure is the trajectory plot
+
+
+def test_best_threshold_is_where_the_detector_agrees_best_with_ground_truth() -> None:
+    d = np.array([0.5, 3.0, 3.0, 8.0, 9.0, 20.0, 30.0])
+    truth = np.array([1, 1, 0, 1, 0, 0, 0], bool)
+    best = evaluate.best_threshold(d, truth)
+    # s = 8 fires on 4 observations, 3 of them successes (F1 6/7); s = 3 would be 2 of 3 (F1 2/3);
+    # ties in d fire together, so s = 3.0 cannot count one of its two observations alone.
+    assert best == {"threshold": 8.0, "precision": 0.75, "recall": 1.0, "f1": pytest.approx(6 / 7)}
+    assert evaluate.best_threshold(d, np.zeros(7, bool)) is None
+    assert evaluate.precision_recall(d, truth, best["threshold"]) == {"precision": 0.75, "recall": 1.0}
