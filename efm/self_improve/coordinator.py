@@ -49,6 +49,11 @@ def round_score(rounds: list[dict[str, float]], r: int, window: int) -> tuple[fl
     return success, -length
 
 
+def _best_of(rounds: list[dict[str, float]], candidates: list[int], window: int) -> int:
+    """The candidate round with the best pooled score, the latest on ties (see `best_round`)."""
+    return max(candidates, key=lambda r: (round_score(rounds, r, window), r))
+
+
 def best_round(rounds: list[dict[str, float]], window: int) -> int:
     """The complete round with the best pooled score, the latest on ties; round 0 if none is
     complete (a budget too small for one full round). Ties are where the detector tells rounds
@@ -57,7 +62,7 @@ def best_round(rounds: list[dict[str, float]], window: int) -> int:
     candidates = [r for r, row in enumerate(rounds) if row["complete"] and row["episodes"] > 0]
     if not candidates:
         return 0
-    return max(candidates, key=lambda r: (round_score(rounds, r, window), r))
+    return _best_of(rounds, candidates, window)
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ def prune_candidates(state: CoordinatorState, window: int) -> None:
     open_from = len(state.rounds) - window // 2
     settled = sorted(r for r in state.candidates if r < open_from)
     scored = [r for r in settled if state.rounds[r]["complete"] and state.rounds[r]["episodes"] > 0]
-    keep = {max(scored, key=lambda r: (round_score(state.rounds, r, window), r))} if scored else set(settled[:1])
+    keep = {_best_of(state.rounds, scored, window)} if scored else set(settled[:1])
     for r in settled:
         if r not in keep:
             del state.candidates[r]
