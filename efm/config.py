@@ -412,9 +412,10 @@ class SftConfig:
     data_threads: int = 2  # tf.data's thread pool; small on 2 cores so it does not starve XLA
     validation_batch_size: int = 512
     fsdp: int = 1  # devices per parameter shard group; the rest of the mesh is data-parallel
-    # Training targets of ordered bins (positions, steps-to-go, action magnitudes) spread as a
-    # Gaussian of this standard deviation, as a fraction of the bins of the quantity (0: one-hot);
-    # validation losses stay the true tokens' NLL.
+    # Training targets of ordered bins (positions, action magnitudes) spread as a Gaussian of
+    # this standard deviation, as a fraction of the bins of the quantity (0: one-hot); validation
+    # losses stay the true tokens' NLL. Steps-to-go stays one-hot: d(o, g) is its mean, and
+    # smoothing cut off at bin 0 keeps that mean off zero at success (Vocabulary.ordinal_runs).
     ordinal_sigma: float = 0.0
     # Grounding variants: weight of the squared error between where each name token's query
     # fires and where the named object is in the image. Pretraining supervises its questions'

@@ -177,3 +177,16 @@ def test_smoothed_targets_spread_over_the_magnitude_bins(fns_params: tuple[EFMFu
         expected[i] += (q / q.sum()) @ (logits[i, k, run] - logz)
     got = fns.log_likelihood(params, x, objective, tokens, mask, 0.2)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_smoothing_leaves_the_steps_to_go_target_on_its_bin(fns_params: tuple[EFMFunctions, dict]) -> None:
+    """d(o, g) is the mean of the steps-to-go distribution: smoothed targets cut off at bin 0
+    would teach a finished episode a mean of several bins, out of any success threshold's reach.
+    So the steps-to-go loss is the likelihood of the true bin at any sigma."""
+    fns, params = fns_params
+    x = inputs()
+    objective = jnp.full((B,), OBJECTIVE_ID["steps_to_go"], jnp.int32)
+    tokens = jnp.asarray(fns.vocab.steps_to_go_targets(np.arange(B)))  # [B, 1]: 0 (success), 1, ...
+    mask = jnp.ones(tokens.shape)
+    exact = fns.log_likelihood(params, x, objective, tokens, mask)
+    np.testing.assert_allclose(fns.log_likelihood(params, x, objective, tokens, mask, 0.1), exact, rtol=1e-5)

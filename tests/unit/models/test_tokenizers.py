@@ -244,7 +244,8 @@ def test_ordinal_runs_group_the_bins_of_one_quantity() -> None:
     assert (runs[:2] == [[0, 1], [1, 1]]).all()  # the signs stand alone
     assert (runs[2:13] == [2, 11]).all()  # the 11 magnitudes are one run
     k, off = vocab.steps_to_go.vocab_size, vocab.steps_to_go_offset
-    assert (runs[off:off + k] == [off, k]).all()
+    stg = np.arange(off, off + k)  # one-hot: d(o, g) must reach 0 at success (see ordinal_runs)
+    assert (runs[stg, 0] == stg).all() and (runs[stg, 1] == 1).all()
     n = vocab.state.vocab_size
     assert (runs[vocab.state_offset:vocab.state_offset + n] == [vocab.state_offset, n]).all()
     text = np.arange(vocab.text_offset, vocab.size)  # text and begin: no order
