@@ -18,6 +18,7 @@ from efm.config import ValidationConfig, debug_config
 from efm.data import languagetable, validation
 from efm.data import rlds as rlds_io
 from efm.data.rlds import DatasetError
+from efm.data.validation import tables
 from efm.envs.base import Episode
 
 DOMAIN = "fixture"
@@ -166,9 +167,9 @@ def test_branch_slices_are_the_subsample_splits() -> None:
 def test_image_headers() -> None:
     png = tf.io.encode_png(np.zeros((7, 9, 3), np.uint8)).numpy()
     jpeg = tf.io.encode_jpeg(np.zeros((5, 11, 3), np.uint8)).numpy()
-    assert validation._png_or_jpeg_header(png) == ("png", 7, 9, 3)
-    assert validation._png_or_jpeg_header(jpeg) == ("jpeg", 5, 11, 3)
-    assert validation._png_or_jpeg_header(b"junk")[0] == "unknown"
+    assert tables._png_or_jpeg_header(png) == ("png", 7, 9, 3)
+    assert tables._png_or_jpeg_header(jpeg) == ("jpeg", 5, 11, 3)
+    assert tables._png_or_jpeg_header(b"junk")[0] == "unknown"
 
 
 class _Stop(Exception):
