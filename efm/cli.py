@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seeds", type=int, nargs="+")
     q.add_argument("--write-schema", action="store_true",
                    help="infer the domain's schema and reference statistics from this (clean) dataset into "
-                        "data/schemas/DOMAIN/ instead of validating")
+                        "data/schemas/DOMAIN/ (Aloha with cameras: aloha-insertion-cameras/) instead of validating")
 
     q = data_sub.add_parser("train-tokenizer", help="learn the text tokenizer's word list from datasets' "
                             "instructions (prints the tokenizer config to use)")

@@ -22,7 +22,8 @@ a change to a domain's data shows as a diff) with the ranges that matter (action
 tokenizer's range, flags boolean, episodes non-empty, an instruction present), drift
 comparators against the domain's reference statistics (also in `schemas/<domain>/`), and skew
 comparators for the training split against the validation split. `infer_domain_schema`
-regenerates them (`efm data validate PATH --domain D --write-schema`).
+regenerates them (`efm data validate PATH --domain D --write-schema`). A domain with a second
+observation mode has a second schema (`schema_name`: Aloha with cameras, `aloha-insertion-cameras`).
 
 An anomaly is named `<table>:<feature>:<TYPE>` (TYPE from TFDV's AnomalyInfo.Type), e.g.
 `steps:action:FLOAT_TYPE_BIG_FLOAT`; `ValidationConfig.accept` lists accepted ones
@@ -54,6 +55,7 @@ from efm.data.validation.schemas import (
                                      infer_domain_schema,
                                      load_reference,
                                      load_schemas,
+                                     schema_name,
                                      write_schemas,
 )
 from efm.data.validation.statistics import (
@@ -69,6 +71,6 @@ __all__ = [
     "ALL", "FACETS_HTML", "GCS_FUSE_PREFIX", "REPORT_HTML", "REPORT_JSON", "TABLES", "Anomaly", "BeamSettings",
     "SchemaRules", "ValidationError", "ValidationReport", "beam_options", "beam_settings", "branch_slices",
     "compute_statistics", "episode_ids", "infer_and_write_schema", "infer_domain_schema", "is_accepted",
-    "load_reference", "load_schemas", "on_dataflow_of", "read_chunks", "run_validation", "validate_dataset",
+    "load_reference", "load_schemas", "on_dataflow_of", "read_chunks", "run_validation", "schema_name", "validate_dataset",
     "validate_statistics", "write_report", "write_schemas",
 ]

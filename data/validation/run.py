@@ -17,6 +17,7 @@ from efm.data.validation.schemas import (
     infer_domain_schema,
     load_reference,
     load_schemas,
+    schema_name,
     write_schemas,
 )
 from efm.data.validation.statistics import BeamSettings, branch_slices, compute_statistics, gcs_uri
@@ -88,12 +89,12 @@ def run_validation(cfg: Any, dataset_dir: str | os.PathLike[str], out_dir: str |
                    fractions: Sequence[float] = (), seeds: Sequence[int] = (), *, temp_root: str = "",
                    job_name: str = "", schema_root: str | os.PathLike[str] | None = None,
                    make_pipeline: Callable[[Any], Any] | None = None) -> ValidationReport:
-    """The pipeline's validate step: the dataset against `cfg.domain`'s schema and reference,
+    """The pipeline's validate step: the dataset against `schema_name(cfg)`'s schema and reference,
     plus the train/validation skew of every (fraction, seed) branch; accepted anomalies from
     `cfg.validation.accept`. Raises nothing for anomalies (see `ValidationReport.ok`)."""
     v = cfg.validation
     if not v.enabled:
-        report = ValidationReport(cfg.domain, str(dataset_dir), counts={"skipped": True})
+        report = ValidationReport(schema_name(cfg), str(dataset_dir), counts={"skipped": True})
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / REPORT_JSON).write_text(json.dumps(report.to_json(), indent=1))
         (Path(out_dir) / REPORT_HTML).write_text("<html><body>Data validation is off "
@@ -101,7 +102,7 @@ def run_validation(cfg: Any, dataset_dir: str | os.PathLike[str], out_dir: str |
         (Path(out_dir) / FACETS_HTML).write_text("<html><body>Data validation is off.</body></html>")
         return report
     branches = (cfg.data.validation_episodes, tuple(fractions), tuple(seeds)) if fractions and seeds else None
-    return validate_dataset(dataset_dir, cfg.domain, out_dir, accept=v.accept,
+    return validate_dataset(dataset_dir, schema_name(cfg), out_dir, accept=v.accept,
                             settings=beam_settings(v, temp_root, job_name), branches=branches,
                             schema_root=schema_root, make_pipeline=make_pipeline)
 
@@ -122,11 +123,11 @@ def schema_rules(cfg: Any) -> SchemaRules:
 
 def infer_and_write_schema(cfg: Any, dataset_dir: str | os.PathLike[str],
                            root: str | os.PathLike[str] | None = None) -> Path:
-    """Infers `cfg.domain`'s schema from a clean dataset and writes it with the dataset's
+    """Infers `schema_name(cfg)`'s schema from a clean dataset and writes it with the dataset's
     statistics as the drift reference (review the diff before committing it)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="efm-schema-") as tmp:
         stats = compute_statistics(dataset_dir, tmp)
     flat = {t: stats[t][ALL] for t in TABLES}
-    return write_schemas(infer_domain_schema(flat, schema_rules(cfg)), flat, cfg.domain, root)
+    return write_schemas(infer_domain_schema(flat, schema_rules(cfg)), flat, schema_name(cfg), root)

@@ -23,6 +23,22 @@ from efm.data.validation.tables import (
 SCHEMA_DIR = Path(__file__).parent.parent / "schemas"
 SCHEMA_FILE = "{table}_schema.pbtxt"
 REFERENCE_FILE = "{table}_reference_stats.pbtxt"
+# Schemas of a domain's second observation mode: the flags that select it on the command line.
+MODE_FLAGS = {"aloha-insertion-cameras": "--domain aloha-insertion --config configs/aloha-cameras.json"}
+
+
+def schema_name(cfg: Any) -> str:
+    """The schema (`schemas/<name>/`) a run's datasets are checked against: the domain's, except
+    Aloha with its cameras rendered (`aloha_camera_config`), whose steps also hold the two stacked
+    images: `aloha-insertion-cameras`."""
+    if cfg.domain == "aloha-insertion" and cfg.env.aloha.render_images:
+        return f"{cfg.domain}-cameras"
+    return cfg.domain
+
+
+def write_schema_command(name: str) -> str:
+    """The command that regenerates schema `name` from a clean dataset at PATH."""
+    return f"efm data validate PATH {MODE_FLAGS.get(name, f'--domain {name}')} --write-schema"
 
 
 def schema_dir(domain: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -38,7 +54,7 @@ def load_schemas(domain: str, root: str | os.PathLike[str] | None = None) -> dic
         path = schema_dir(domain, root) / SCHEMA_FILE.format(table=table)
         if not path.is_file():
             raise DatasetError(f"no schema for domain {domain!r}: {path} is missing (infer one with "
-                               f"`efm data validate PATH --domain {domain} --write-schema`)")
+                               f"`{write_schema_command(domain)}`)")
         out[table] = tfdv.load_schema_text(str(path))
     return out
 
@@ -162,8 +178,8 @@ def write_schemas(schemas: Mapping[str, Any], stats: Mapping[str, Any], domain: 
     d.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
         header = (f"# TFDV schema of the {table} of domain {domain!r} (efm.data.validation), inferred from a "
-                  "clean dataset by\n# `efm data validate PATH --domain "
-                  f"{domain} --write-schema` and reviewed; ranges and comparators are the domain's rules.\n")
+                  f"clean dataset by\n# `{write_schema_command(domain)}` and reviewed; ranges and comparators are "
+                  "the domain's rules.\n")
         (d / SCHEMA_FILE.format(table=table)).write_text(header + text_format.MessageToString(schemas[table]))
         (d / REFERENCE_FILE.format(table=table)).write_text(
             text_format.MessageToString(_strip_for_reference(stats[table])))

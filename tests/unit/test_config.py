@@ -143,13 +143,23 @@ def test_table_workspace_matches_the_simulator() -> None:
 
 def test_aloha_camera_config_reads_what_the_env_observes() -> None:
     """The vision-language Aloha config: the env's two stacked images and its joints (config
-    cannot import the env, so the keys are repeated there), no privileged poses; JSON round trip."""
+    cannot import the env, so the keys are repeated there), never the privileged poses the env
+    still records for the demonstrator; JSON round trip."""
     from efm.config import MODEL_VARIANTS, TransformerVariant, aloha_camera_config
+    from efm.data.features import input_spec
     from efm.envs.aloha import env
+    from efm.models.tokenizers import make_vocabulary
+    from efm.models.vlm import IMAGE, STATE, TEXT
 
     cfg = aloha_camera_config()
     assert cfg.tokenizer.cameras == (env.RGB, env.RGB_WRIST) and cfg.tokenizer.state_key == env.JOINTS
-    assert cfg.env.aloha.render_images and not cfg.env.aloha.state_observation
+    # The demonstrator reads the poses, so the dataset step needs them on.
+    assert cfg.env.aloha.render_images and cfg.env.aloha.state_observation
+    image = np.zeros((1, 8, 8, 3), np.uint8)
+    observation = {env.RGB: image, env.RGB_WRIST: image, env.JOINTS: np.zeros((1, 14), np.float32),
+                   env.PEG_POSE: np.ones((1, 7), np.float32), env.SOCKET_POSE: np.ones((1, 7), np.float32)}
+    inputs = input_spec(make_vocabulary(cfg.tokenizer)).inputs(observation, None, {}, [env.INSTRUCTION])
+    assert set(inputs) == {IMAGE, TEXT, STATE} and inputs[STATE].shape == (1, 14)
     assert isinstance(MODEL_VARIANTS[cfg.model.variant], TransformerVariant)
     assert RunConfig.from_json(cfg.to_json()) == cfg
     assert default_config("aloha-insertion").tokenizer.cameras == ("rgb",)  # state mode: no cameras read

@@ -74,6 +74,24 @@ def test_schema_pins_the_domain_rules(schema_root: Path) -> None:
     assert steps["action"].drift_comparator.jensen_shannon_divergence.threshold > 0
 
 
+def test_every_observation_mode_has_its_reviewed_schema_in_the_repository(tmp_path: Path) -> None:
+    """Each domain's defaults, and Aloha with its cameras rendered, name a schema that ships
+    with the repository; the camera schema holds the state schema's features and the two
+    stacked images (summarised), and a missing one names the command that infers it."""
+    from efm.config import DOMAINS, aloha_camera_config, default_config
+
+    names = {validation.schema_name(default_config(d)) for d in DOMAINS}
+    cameras = validation.schema_name(aloha_camera_config())
+    assert names == set(DOMAINS) and cameras == "aloha-insertion-cameras"
+    steps = {name: {f.name for f in validation.load_schemas(name)["steps"].feature} for name in names | {cameras}}
+    assert steps[cameras] - steps["aloha-insertion"] == {
+        f"observation/{camera}/{part}" for camera in ("rgb", "rgb_wrist")
+        for part in ("format", "height", "width", "channels", "bytes")}
+    assert steps["aloha-insertion"] < steps[cameras]
+    with pytest.raises(DatasetError, match=r"--domain aloha-insertion --config configs/aloha-cameras\.json"):
+        validation.load_schemas(cameras, tmp_path)
+
+
 def test_a_clean_dataset_passes_and_the_report_is_written(schema_root: Path, tmp_path: Path) -> None:
     report = check(write(tmp_path / "other", n=24), schema_root, tmp_path)
     assert report.ok, report.summary()
