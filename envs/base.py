@@ -11,6 +11,7 @@ max length, or on an external stop signal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,6 +52,19 @@ class VectorEnv(Protocol):
 
     def close(self) -> None:
         """Frees what the envs hold (physics clients, worker processes); idempotent."""
+
+
+def task_rng(seed: int, task: int) -> np.random.Generator:
+    """The generator task number `task` is drawn from: a pure function of the env's seed and it."""
+    return np.random.default_rng([seed, int(task)])
+
+
+def reset_rngs(rngs: Sequence[np.random.Generator], seed: int, mask: Array | None,
+               tasks: Array | None) -> list[tuple[int, np.random.Generator]]:
+    """(env index, generator of its next task) for the envs `VectorEnv.reset` resets: each env's
+    own stream, or with `tasks` the numbered task's (`task_rng`)."""
+    idx = range(len(rngs)) if mask is None else np.flatnonzero(mask)
+    return [(int(i), rngs[i] if tasks is None else task_rng(seed, tasks[i])) for i in idx]
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from efm.config import EnvConfig, PointmassConfig
-from efm.envs.base import Array, TimeStep
+from efm.envs.base import Array, TimeStep, task_rng
 
 POSITION = "position"
 TARGET = "target"
@@ -71,7 +71,7 @@ class PointmassEnv:
         if tasks is None:
             start, target = self._sample_tasks(len(idx), self._rng)
         else:  # task k is a pure function of (seed, k)
-            pairs = [self._sample_tasks(1, np.random.default_rng([self._seed, int(tasks[i])])) for i in idx]
+            pairs = [self._sample_tasks(1, task_rng(self._seed, tasks[i])) for i in idx]
             start = np.concatenate([p[0] for p in pairs]).reshape(-1, 2)
             target = np.concatenate([p[1] for p in pairs]).reshape(-1, 2)
         self._pos[idx], self._start[idx], self._target[idx] = start, start, target

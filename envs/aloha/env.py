@@ -20,7 +20,7 @@ import numpy as np
 from efm.config import AlohaConfig, EnvConfig
 from efm.envs.aloha import scene
 from efm.envs.aloha.tasks import INSTRUCTION, inserted, sample_poses
-from efm.envs.base import Array, TimeStep
+from efm.envs.base import Array, TimeStep, reset_rngs
 
 JOINTS = "joints"
 PEG_POSE = "peg_pose"
@@ -84,10 +84,8 @@ class AlohaInsertionEnv:
     # -- VectorEnv --
 
     def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
-        idx = range(self.num_envs) if mask is None else np.flatnonzero(mask)
-        for i in idx:  # with `tasks`, task k is a pure function of (seed, k)
-            rng = self._rngs[i] if tasks is None else np.random.default_rng([self._seed, int(tasks[i])])
-            self._reset_one(int(i), rng)
+        for i, rng in reset_rngs(self._rngs, self._seed, mask, tasks):
+            self._reset_one(i, rng)
         return self._timestep()
 
     def step(self, actions: Array) -> TimeStep:

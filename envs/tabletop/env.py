@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from efm.config import BananaTableConfig, EnvConfig, TabletopConfig
-from efm.envs.base import Array, TimeStep
+from efm.envs.base import Array, TimeStep, reset_rngs
 from efm.envs.tabletop.geometry import (
     BLOCK_FRICTION,
     BLOCK_MASS,
@@ -93,10 +93,8 @@ class TableEnvBase:
         self._optimal = np.zeros(num_envs)
 
     def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
-        idx = range(self.num_envs) if mask is None else np.flatnonzero(mask)
-        for i in idx:  # with `tasks`, task k is a pure function of (seed, k)
-            rng = self._rngs[i] if tasks is None else np.random.default_rng([self._seed, int(tasks[i])])
-            self._reset_one(int(i), rng)
+        for i, rng in reset_rngs(self._rngs, self._seed, mask, tasks):
+            self._reset_one(i, rng)
         return self._timestep()
 
     def step(self, actions: Array) -> TimeStep:
