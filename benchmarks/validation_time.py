@@ -12,7 +12,8 @@ alone to resume; the image dataset is generated once and reused):
   images  `efm data validate` in a fresh process on a tabletop dataset of camera-image
           episodes (72x128 PNG): wall time and steps per second. The issue asks for 10,000
           episodes; generating them takes about 2 hours on the shared 2-core machine, so the
-          default is 1,000 (`--episodes 10000` measures the full size).
+          default is 1,000 (`--episodes 10000` measures the full size; `--dataset PATH` measures
+          one made before, such as a pipeline's `dataset/episodes`).
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ def run_result(out: Path, command: str, seconds: float, load: list[float]) -> di
     return result
 
 
-def images_part(root: Path, episodes: int) -> None:
-    data = root / f"tabletop-{episodes}"
-    if not (data / "dataset_info.json").is_file():
+def images_part(root: Path, episodes: int, dataset: Path | None = None) -> None:
+    data = dataset or root / f"tabletop-{episodes}"
+    if dataset is None and not (data / "dataset_info.json").is_file():
         t0 = time.time()
         subprocess.run([str(EFM), "dataset", "--domain", "tabletop", "--episodes", str(episodes), "--out", str(data),
                         "--quiet", "--overwrite"], check=True, stdout=subprocess.DEVNULL)
@@ -110,6 +111,7 @@ def images_part(root: Path, episodes: int) -> None:
               "steps": steps, "steps_per_second": steps / report["seconds"], "cpus": os.cpu_count(),
               "load_average_1min": [load, _load()],
               "anomalies": report["failed"]}
+    episodes = result["episodes"]
     _save(f"images_{episodes}", result)
     print(f"efm data validate, {episodes} tabletop image episodes ({steps} steps): {seconds:.0f} s "
           f"({report['seconds']:.0f} s in the library, {result['steps_per_second']:.0f} steps/s), exit {proc.returncode}")
@@ -119,13 +121,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=("run", "images"), default=["run", "images"])
     parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--dataset", type=Path, help="images: validate this tabletop image dataset (e.g. a pipeline's "
+                        "dataset/episodes) instead of generating --episodes")
     parser.add_argument("--out", default="runs/bench-validation")
     args = parser.parse_args()
     root = Path(args.out)
     if "run" in args.parts:
         run_part(root / "run")
     if "images" in args.parts:
-        images_part(root, args.episodes)
+        images_part(root, args.episodes, args.dataset)
 
 
 if __name__ == "__main__":
