@@ -51,19 +51,7 @@ def load_config(domain: str, override: str | None = None, debug: bool = False) -
         raise ValueError(f"--config is not valid JSON ({e})") from e
     if not isinstance(changes, dict):
         raise ValueError("--config must be a JSON object")
-    merged = json.loads(base.to_json())
-    _merge(merged, changes, "")
-    return RunConfig.from_json(json.dumps(merged))
-
-
-def _merge(into: dict, override: dict, path: str) -> None:
-    for k, v in override.items():
-        if k not in into:
-            raise ValueError(f"invalid config: unknown field {path}{k}")
-        if isinstance(v, dict) and isinstance(into[k], dict) and into[k]:  # {}: a mapping field, e.g. resources
-            _merge(into[k], v, f"{path}{k}.")
-        else:
-            into[k] = v
+    return base.overridden(changes)
 
 
 def _existing(path: str, what: str) -> Path:

@@ -734,6 +734,13 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
+    def overridden(self, changes: dict[str, Any]) -> RunConfig:
+        """This config with a partial one merged over it (nested objects merged field by field;
+        an unknown field is an error naming it), validated."""
+        merged = json.loads(self.to_json())
+        _merge(merged, changes, "")
+        return RunConfig.from_json(json.dumps(merged))
+
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         try:
@@ -755,6 +762,16 @@ class RunConfig:
 
         walk("", dataclasses.asdict(self))
         return out
+
+
+def _merge(into: dict, override: dict, path: str) -> None:
+    for k, v in override.items():
+        if k not in into:
+            raise ValueError(f"invalid config: unknown field {path}{k}")
+        if isinstance(v, dict) and isinstance(into[k], dict) and into[k]:  # {}: a mapping field, e.g. resources
+            _merge(into[k], v, f"{path}{k}.")
+        else:
+            into[k] = v
 
 
 def _from_dict(cls: type, raw: Any, path: str) -> Any:

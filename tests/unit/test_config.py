@@ -65,6 +65,19 @@ def test_invalid_values_raise_naming_the_field(build, field: str) -> None:
         build()
 
 
+def test_overridden_merges_nested_fields_and_names_unknown_ones() -> None:
+    """A partial config over a full one (what --config and Stage-2 variants apply): fields it
+    names change, their siblings stay, an unknown one is an error naming its path."""
+    base = default_config("tabletop")
+    cfg = base.overridden({"self_improve": {"learning_rate": 5e-4}, "data": {"fractions": [0.2]}})
+    assert cfg.self_improve.learning_rate == 5e-4 and cfg.data.fractions == (0.2,)
+    assert cfg.self_improve.task_families == base.self_improve.task_families and cfg.sft == base.sft
+    with pytest.raises(ValueError, match=r"unknown field self_improve\.lr"):
+        base.overridden({"self_improve": {"lr": 1.0}})
+    with pytest.raises(ValueError, match=r"self_improve\.learning_rate"):
+        base.overridden({"self_improve": {"learning_rate": -1.0}})
+
+
 def test_from_json_rejects_unknown_and_malformed() -> None:
     with pytest.raises(ValueError, match=r"unknown field.*'bogus'.*sft\."):
         RunConfig.from_json(json.dumps({"sft": {"bogus": 1}}))
