@@ -7,8 +7,8 @@ carries its data fraction, seed and kfp task); the baseline figures come from OU
 One directory per branch under --out; a finished branch is skipped on a rerun (resumable).
 
     .venv/bin/python benchmarks/stage2_variants.py --run runs/bench-pointmass \\
-        --change '{"self_improve": {"learning_rate": 0.002, "final_learning_rate": 0.0002}}' \\
-        --out runs/stage2-lr2e-3 --results benchmarks/results/stage2_variants_lr2e-3.json
+        --change '{"self_improve": {"learning_rate": 0.0005, "final_learning_rate": 0.00005}}' \\
+        --out runs/stage2-lr5e-4 --results benchmarks/results/stage2_variants_lr5e-4.json
 """
 
 from __future__ import annotations
