@@ -13,7 +13,8 @@ alone to resume; the image dataset is generated once and reused):
           episodes (72x128 PNG): wall time and steps per second. The issue asks for 10,000
           episodes; generating them takes about 2 hours on the shared 2-core machine, so the
           default is 1,000 (`--episodes 10000` measures the full size; `--dataset PATH` measures
-          one made before, such as a pipeline's `dataset/episodes`).
+          one made before, such as a pipeline's `dataset/episodes`). Generating is timed too
+          (`generate_<episodes>`).
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def images_part(root: Path, episodes: int, dataset: Path | None = None) -> None:
         t0 = time.time()
         subprocess.run([str(EFM), "dataset", "--domain", "tabletop", "--episodes", str(episodes), "--out", str(data),
                         "--quiet", "--overwrite"], check=True, stdout=subprocess.DEVNULL)
-        print(f"generated {episodes} tabletop episodes in {time.time() - t0:.0f} s")
+        seconds = time.time() - t0
+        _save(f"generate_{episodes}", {"episodes": episodes, "seconds": seconds, "cpus": os.cpu_count()})
+        print(f"generated {episodes} tabletop episodes in {seconds:.0f} s")
     cmd = [str(EFM), "data", "validate", str(data), "--domain", "tabletop", "--out", str(root / "report"), "--quiet"]
     t0, load = time.time(), _load()
     proc = subprocess.run(cmd, capture_output=True, text=True)
