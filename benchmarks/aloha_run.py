@@ -63,10 +63,10 @@ def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: 
     part(sub, subsampled)
     train = sub / subsample.fraction_dirname(fraction)
     root = out / f"f{fraction:g}-s{seed}"
-    sft = part(root / "sft", lambda d: {k: v for k, v in sft_stage(cfg, train, sub / subsample.VALIDATION_DIR, d,
-                                                                        progress=True).items() if k != "history"})
+    sft = part(root / "sft", lambda d: {k: v for k, v in sft_stage(cfg, train, sub / subsample.VALIDATION_DIR,
+                                                                        d).items() if k != "history"})
     selection = part(root / "select", lambda d: select_stage(cfg, root / "sft", d))
-    si = part(root / "self_improve", lambda d: self_improve_stage(cfg, root / "select", d, progress=True))
+    si = part(root / "self_improve", lambda d: self_improve_stage(cfg, root / "select", d))
     ev = part(root / "evaluate", lambda d: evaluate_stage(cfg, root / "select", root / "self_improve", d,
                                                           train))
     rounds = [{"round": i, **{k: r[k] for k in ("total_episodes", "success_rate", "ground_truth_success_rate",
@@ -115,7 +115,7 @@ def main() -> None:
     t0 = time.time()
     if args.dataset is None:
         dataset_dir = args.out / "dataset"
-        dataset = part(dataset_dir, lambda d: dataset_stage(cfg, d, overwrite=True, progress=True))
+        dataset = part(dataset_dir, lambda d: dataset_stage(cfg, d, overwrite=True))
     else:  # a dataset made before (efm dataset --domain aloha-insertion): its statistics
         dataset_dir = args.dataset
         dataset = {"source": str(args.dataset.absolute()), **rlds.read_metadata(args.dataset).get("stats", {})}
