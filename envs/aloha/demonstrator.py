@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from dm_control.rl.control import PhysicsError
 
 from efm.config import EnvConfig
 from efm.envs.aloha import scene
@@ -172,6 +173,7 @@ class AlohaDemonstrator:
         self._rng = np.random.default_rng(seed)
         self._planner = MocapPlanner()
         self._plans = [_Plan() for _ in range(num_envs)]
+        self.planning_failures = 0  # plans whose simulation went unstable (each a failed attempt)
 
     def reset(self, mask: Array) -> None:
         for i in np.flatnonzero(mask):
@@ -227,7 +229,16 @@ class AlohaDemonstrator:
                 plan.align_iters, done = 0, False
             plan.phase = "insert" if done else "align"
             left, right = self._insert_waypoints(poses, peg, socket, plan.bias, push=done)
-        plan.queue.extend(self._planner.run(left, right))
+        try:
+            plan.queue.extend(self._planner.run(left, right))
+        except PhysicsError:
+            # The stiff welds drove a gripper into something and the planning simulation blew
+            # up (a noisy grasp point can lie inside the table): a failed attempt. Hold still
+            # for one step, then plan afresh from what is observed.
+            self.planning_failures += 1
+            plan.retries += 1
+            plan.phase = "start"
+            plan.queue.extend([plan.last] * scene.INTERPOLATION)
 
     @staticmethod
     def _hold(pose: tuple[Array, Array], gripper: float, until: int) -> list[Waypoint]:

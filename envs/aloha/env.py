@@ -14,8 +14,10 @@ every episode whatever the number of worker processes.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
+from dm_control.rl.control import PhysicsError
 
 from efm.config import AlohaConfig, EnvConfig
 from efm.envs.aloha import scene
@@ -79,6 +81,7 @@ class AlohaInsertionEnv:
         self._rngs = [np.random.default_rng([seed, first_env + i]) for i in range(num_envs)]
         self._physics = [scene.load_physics() for _ in range(num_envs)]
         self._command = np.tile(scene.start_joints(), (num_envs, 1))  # last 10 Hz target, raw joints
+        self.rejected_chunks = 0  # chunks refused because the simulation went unstable (see step)
         self._closed = False
 
     # -- VectorEnv --
@@ -92,10 +95,22 @@ class AlohaInsertionEnv:
         chunks = validated_chunks(actions, self.num_envs, self.cfg.chunk_length)
         for i, physics in enumerate(self._physics):
             targets = scene.unnormalize_joints(chunks[i])  # [chunk, 14]
-            for target in scene.interpolate_targets(self._command[i], targets):
-                physics.data.ctrl[:] = scene.joints_to_ctrl(target)
-                for _ in range(scene.SUBSTEPS):
-                    physics.step()
+            state, ctrl = physics.get_state(), physics.data.ctrl.copy()
+            try:
+                for target in scene.interpolate_targets(self._command[i], targets):
+                    physics.data.ctrl[:] = scene.joints_to_ctrl(target)
+                    for _ in range(scene.SUBSTEPS):
+                        physics.step()
+            except PhysicsError as e:
+                # The simulation went unstable (MuJoCo has reset its data): refuse the chunk, as
+                # a robot's safety controller would, so hours of practice do not end on one bad
+                # contact. The episode goes on from where it was.
+                self.rejected_chunks += 1
+                logging.warning("aloha env %d: action chunk rejected, %s", i, e)
+                with physics.reset_context():
+                    physics.set_state(state)
+                    physics.data.ctrl[:] = ctrl
+                continue
             self._command[i] = targets[-1]
         return self._timestep()
 

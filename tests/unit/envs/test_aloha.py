@@ -7,11 +7,18 @@ import dataclasses
 
 import numpy as np
 import pytest
+from dm_control.rl.control import PhysicsError
 
 from efm.config import AlohaConfig, EnvConfig, RunConfig, default_config
 from efm.data import rlds
 from efm.envs.aloha import scene
-from efm.envs.aloha.demonstrator import mocap_from_gripper, quat_about_y, quat_mul, quat_rotate
+from efm.envs.aloha.demonstrator import (
+    AlohaDemonstrator,
+    mocap_from_gripper,
+    quat_about_y,
+    quat_mul,
+    quat_rotate,
+)
 from efm.envs.aloha.env import (
     JOINTS,
     PEG_POSE,
@@ -167,3 +174,46 @@ def test_demonstrator_writes_a_small_successful_state_dataset(tmp_path) -> None:
         assert e.actions.shape == (e.length, 70) and np.abs(e.actions).max() <= 1.0
         assert set(e.observations) == {JOINTS, PEG_POSE, SOCKET_POSE}
         assert e.observations[SOCKET_POSE][-1, 2] > 0.06 and e.observations[PEG_POSE][-1, 2] > 0.06  # lifted
+
+
+def _failing_once(real, after: int = 0):
+    """`real` that raises MuJoCo's instability error on call number `after` (0-based), once."""
+    calls = []
+
+    def call(*args):
+        calls.append(1)
+        if len(calls) == after + 1:
+            raise PhysicsError("Physics state is invalid. Warning(s) raised: mjWARN_BADQACC")
+        return real(*args)
+
+    return call
+
+
+def test_an_unstable_plan_is_a_failed_attempt_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = aloha_env_config()
+    demo = AlohaDemonstrator(cfg, 1, 0)
+    monkeypatch.setattr(demo._planner, "run", _failing_once(demo._planner.run))
+    with AlohaInsertionEnv(cfg, 1, 0) as env:
+        ts = env.reset()
+        demo.reset(np.ones(1, bool))
+        for _ in range(80):
+            ts = env.step(demo.act(ts)["action"])
+            if ts.success[0]:
+                break
+    assert demo.planning_failures == 1 and demo._plans[0].retries >= 1
+    assert ts.success[0]  # it planned again from what it saw and inserted the peg
+
+
+def test_an_unstable_chunk_is_refused_and_the_episode_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    with AlohaInsertionEnv(aloha_env_config(), 2, 0) as env:
+        first = env.reset()
+        physics = env.physics(0)
+        monkeypatch.setattr(physics, "step", _failing_once(physics.step, after=30))
+        actions = np.tile(np.linspace(-0.3, 0.3, 70, dtype=np.float32), (2, 1))
+        refused = env.step(actions)
+        assert env.rejected_chunks == 1
+        np.testing.assert_allclose(refused.observation[JOINTS][0], first.observation[JOINTS][0], atol=1e-6)
+        assert not np.allclose(refused.observation[JOINTS][1], first.observation[JOINTS][1], atol=1e-3)
+        moved = env.step(actions)  # the next chunk runs as usual
+    assert env.rejected_chunks == 1
+    np.testing.assert_allclose(moved.observation[JOINTS][0], refused.observation[JOINTS][1], atol=1e-5)
