@@ -50,8 +50,8 @@ def workspace_extent(height: int, width: int) -> dict[str, float]:
 
 
 def top_down(height: int, width: int, x_extent: float, y_extent: float) -> float:
-    """Pixels per cm of a top-down camera that fits x_extent (rows) and y_extent (columns)."""
-    return min(height / x_extent, width / y_extent) / 100
+    """Pixels per metre of a top-down camera that fits x_extent (rows) and y_extent (columns)."""
+    return min(height / x_extent, width / y_extent)
 
 
 def main() -> None:
@@ -76,7 +76,7 @@ def main() -> None:
               f"{extent['columns_far']:.2f}-{extent['columns_near']:.2f} |")
         for name, (ex, ey) in (("top-down on the board inside its walls", board),
                                ("top-down on the workspace", (X_MAX - X_MIN, Y_MAX - Y_MIN))):
-            px = top_down(h, w, ex, ey) * SPAN * 100
+            px = top_down(h, w, ex, ey) * SPAN
             rows.append({"image": [h, w], "camera": name, "block_px": px})
             print(f"| {h}x{w} | {name} | {px:.1f} x {px:.1f} everywhere | |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

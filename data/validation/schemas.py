@@ -23,9 +23,9 @@ from efm.data.validation.tables import (
 SCHEMA_DIR = Path(__file__).parent.parent / "schemas"
 SCHEMA_FILE = "{table}_schema.pbtxt"
 REFERENCE_FILE = "{table}_reference_stats.pbtxt"
-ALOHA_CAMERAS = "aloha-insertion-cameras"
+ALOHA_CAMERA_SCHEMA = "aloha-insertion-cameras"
 # Schemas of a domain's second observation mode: the flags that select it on the command line.
-MODE_FLAGS = {ALOHA_CAMERAS: "--domain aloha-insertion --config configs/aloha-cameras.json"}
+MODE_FLAGS = {ALOHA_CAMERA_SCHEMA: "--domain aloha-insertion --config configs/aloha-cameras.json"}
 
 
 def schema_name(cfg: Any) -> str:
@@ -33,7 +33,7 @@ def schema_name(cfg: Any) -> str:
     Aloha with its cameras rendered (`aloha_camera_config`), whose steps also hold the two stacked
     images: `aloha-insertion-cameras`."""
     if cfg.domain == "aloha-insertion" and cfg.env.aloha.render_images:
-        return ALOHA_CAMERAS
+        return ALOHA_CAMERA_SCHEMA
     return cfg.domain
 
 
