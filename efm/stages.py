@@ -20,7 +20,7 @@ import numpy as np
 from efm.config import SUCCESS_ONLY_DOMAINS, RunConfig, check_trainable
 from efm.data import rlds, subsample
 from efm.domains import make_demonstrator, make_env
-from efm.envs.base import Episode
+from efm.envs.base import Episode, add_counts, counters
 from efm.envs.render import RGB, write_episodes_gif
 from efm.progress import progress_bar
 from efm.rollout import GivesUp, rollout
@@ -81,7 +81,8 @@ def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_en
     rounds of demonstrations run until `num_episodes` succeeded, each round with as many envs as
     episodes are still missing (at most `num_envs`, on its own seed) and run to its end, so no
     episode is cut short (which would favour quick ones). `tally["attempted"]` counts every
-    episode run. Other domains keep every episode: one round.
+    episode run, and the env's and demonstrator's counters (`efm.envs.base.counters`) add up
+    there too. Other domains keep every episode: one round.
     """
     success_only = cfg.domain in SUCCESS_ONLY_DOMAINS
     tally = {} if tally is None else tally
@@ -110,6 +111,7 @@ def generate_demonstrations(cfg: RunConfig, num_episodes: int, seed: int, num_en
                 kept += 1
                 bar.update(1)
                 yield e
+            tally.update(add_counts(tally, counters(env), counters(demonstrator)))
         finally:
             env.close()  # ends the env's worker processes, if any
     bar.close()
@@ -140,7 +142,8 @@ def dataset_stage(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
             if RGB in e.observations and len(preview) < PREVIEW_EPISODES:
                 preview.append(e)
             yield e
-        metadata["stats"] = {**dataset_stats(cfg, summaries), "demonstrations_attempted": tally["attempted"]}
+        events = {k: v for k, v in tally.items() if k != "attempted"}  # e.g. Aloha's planning failures
+        metadata["stats"] = {**dataset_stats(cfg, summaries), "demonstrations_attempted": tally["attempted"], **events}
 
     out = Path(out_dir)
     rlds.write_episodes(episodes(), out, metadata=metadata, overwrite=overwrite)

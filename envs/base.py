@@ -11,7 +11,7 @@ max length, or on an external stop signal.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,6 +52,25 @@ class VectorEnv(Protocol):
 
     def close(self) -> None:
         """Frees what the envs hold (physics clients, worker processes); idempotent."""
+
+    # Optional: `counters() -> dict[str, int]`, counts of events the env handled on its own
+    # since it was made (Aloha: action chunks refused because the simulation went unstable), so
+    # that they reach the stage's outputs instead of only a worker's log. Agents may have it too.
+
+
+def counters(obj: object) -> dict[str, int]:
+    """`obj.counters()` where an env or agent keeps counts (see VectorEnv), else {}."""
+    fn = getattr(obj, "counters", None)
+    return dict(fn()) if callable(fn) else {}
+
+
+def add_counts(*counts: Mapping[str, int]) -> dict[str, int]:
+    """The key-wise sum of count dicts (the shares of a subprocess env, the actors of a fleet)."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
 
 
 def task_rng(seed: int, task: int) -> np.random.Generator:

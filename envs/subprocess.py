@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from efm.config import EnvConfig
-from efm.envs.base import Array, TimeStep
+from efm.envs.base import Array, TimeStep, add_counts, counters
 
 START_METHOD = "spawn"
 JOIN_TIMEOUT_S = 10.0
@@ -37,16 +37,19 @@ def shares(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
-def _share_step(env: Any, command: str, arg: Any) -> tuple[TimeStep, Array | None]:
+def _share_step(env: Any, command: str, arg: Any) -> Any:
     if command == "reset":
         ts = env.reset(*arg)
         return ts, np.asarray(env.optimal_length())
+    if command == "counters":
+        return counters(env)
     return env.step(arg), None
 
 
 def _worker(conn: Connection, cfg: EnvConfig, num_envs: int, seed: int, first_env: int) -> None:
     """A worker's loop: ("reset", (mask | None, tasks | None)) and ("step", actions) answer ("ok", (timestep,
-    optimal lengths after a reset)); ("close", None) ends it. Errors answer ("error", exception)."""
+    optimal lengths after a reset)); ("counters", None) answers ("ok", the env's counters);
+    ("close", None) ends it. Errors answer ("error", exception)."""
     from efm.domains import make_local_env
 
     env = None
@@ -173,6 +176,12 @@ class SubprocessVectorEnv:
 
     def optimal_length(self) -> Array:
         return self._optimal.copy()
+
+    def counters(self) -> dict[str, int]:
+        """The shares' counters, summed."""
+        for conn in self._conns:
+            conn.send(("counters", None))
+        return add_counts(*self._receive_all())
 
     def close(self) -> None:
         """Ends every worker (asked first, then terminated if it does not exit) and reaps it."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from efm.config import RunConfig
 from efm.domains import make_env
-from efm.envs.base import Episode
+from efm.envs.base import Episode, counters
 from efm.models.efm import EFMFunctions
 from efm.progress import progress_bar
 from efm.rollout import SUCCESS, end_on_ground_truth, rollout
@@ -74,7 +74,8 @@ def detector_metrics(episodes: list[Episode], threshold: float) -> dict[str, Any
 def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
                     progress: bool = False, name: str = "policy",
                     ) -> tuple[dict[str, float], dict[str, Any], list[Episode]]:
-    """(policy metrics, detector metrics, episodes) on a fixed task list, deterministic per eval seed."""
+    """(policy metrics, detector metrics, episodes) on a fixed task list, deterministic per eval
+    seed; the policy metrics include the env's counters (`efm.envs.base.counters`)."""
     ev = cfg.eval
     env = make_env(cfg.env, ev.num_envs, seed=ev.seed)
     agent = PolicyAgent(fns, policy_params, StepsToGoService(fns, reward_params), seed=ev.seed)
@@ -86,6 +87,8 @@ def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, rewar
     try:
         episodes = list(progress_bar(source, total=per_env * ev.num_envs, desc=f"evaluate {name}",
                                      enabled=progress))
+        events = counters(env)  # e.g. Aloha's rejected action chunks
     finally:
         env.close()  # worker processes (subprocess envs) end here, not at garbage collection
-    return episode_metrics(episodes), detector_metrics(episodes, cfg.self_improve.success_threshold), episodes
+    return ({**episode_metrics(episodes), **events}, detector_metrics(episodes, cfg.self_improve.success_threshold),
+            episodes)

@@ -29,7 +29,7 @@ from efm import math
 from efm.config import RunConfig
 from efm.data.features import FrameHistory, InputSpec, input_spec
 from efm.domains import make_env
-from efm.envs.base import Array, Episode, TimeStep, VectorEnv
+from efm.envs.base import Array, Episode, TimeStep, VectorEnv, counters
 from efm.models.efm import EFMFunctions
 from efm.rollout import ACTION, SUCCESS, rollout_steps
 from efm.self_improve.replay import Replay
@@ -209,6 +209,10 @@ class Actor:
         self._monitor = monitor
         self._last_status = 0.0
         self._curve: list[float] = []
+
+    def counters(self) -> dict[str, int]:
+        """The env's counters since this actor started (`efm.envs.base.counters`)."""
+        return counters(self._env)
 
     def close(self) -> None:
         close = getattr(self._env, "close", None)

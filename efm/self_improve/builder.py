@@ -22,6 +22,7 @@ import numpy as np
 from efm.config import RunConfig
 from efm.data.features import input_spec
 from efm.domains import make_env
+from efm.envs.base import add_counts
 from efm.models.efm import EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.self_improve.actor import (
@@ -159,10 +160,14 @@ class FleetBuilder:
         def learn_round(learning_rate: float) -> tuple[dict[str, float], Any]:
             return learner.run_round(replay, learning_rate), learner.get_variables()
 
+        def stats() -> dict[str, Any]:
+            events = add_counts(*(a.counters() for a in actors))
+            return {"env_counters": events} if events else {}
+
         def close() -> None:
             for actor in actors:
                 actor.close()
             replay.close()
 
         return Fleet(collect_round, learn_round, learner.get_state, learner.set_state, monitor, view=monitor,
-                     close=close)
+                     stats=stats, close=close)

@@ -32,6 +32,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from efm.config import RoleResources
+from efm.envs.base import add_counts
 from efm.self_improve.builder import Fleet, FleetBuilder
 from efm.self_improve.coordinator import CUT_BY_FAULT
 from efm.self_improve.monitor import FleetMonitor
@@ -196,7 +197,8 @@ class ActorWorker:
         return self._actor.run_round(params, version, max_episodes, target_size, call=call)
 
     def stats(self) -> dict[str, Any]:
-        return {"policy_latencies_s": list(self._policy.latencies_s), "service_retries": self._stg.retried}
+        return {"policy_latencies_s": list(self._policy.latencies_s), "service_retries": self._stg.retried,
+                "env_counters": self._actor.counters()}
 
     def pid(self) -> int:
         return os.getpid()
@@ -372,12 +374,14 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
         actor_stats = ray.get([a.stats.remote() for a in actors])
         lat = [x for a in actor_stats for x in a["policy_latencies_s"]]
         policy_ms = np.asarray(lat) * 1000
+        events = add_counts(*(a["env_counters"] for a in actor_stats))  # since each actor's last start
         return {"faults": ledger.totals(), "service": service_stats,
                 "service_retries": sum(a["service_retries"] for a in actor_stats),  # since each actor's last start
                 "policy_inference": fc.policy_inference,
                 **({"actions_served_by_learner": ray.get(learner.actions_served.remote())} if serve is not None else {}),
                 "policy_latency_ms_p50": float(np.percentile(policy_ms, 50)) if len(lat) else 0.0,
-                "policy_latency_ms_p99": float(np.percentile(policy_ms, 99)) if len(lat) else 0.0}
+                "policy_latency_ms_p99": float(np.percentile(policy_ms, 99)) if len(lat) else 0.0,
+                **({"env_counters": events} if events else {})}
 
     def get_state() -> dict[str, Any]:
         return ray.get(learner.get_state.remote())

@@ -179,6 +179,9 @@ class AlohaDemonstrator:
         for i in np.flatnonzero(mask):
             self._plans[i] = _Plan()
 
+    def counters(self) -> dict[str, int]:
+        return {"planning_failures": self.planning_failures}
+
     def observe(self, ts: TimeStep) -> dict[str, Array]:
         return {}
 

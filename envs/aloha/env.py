@@ -114,6 +114,9 @@ class AlohaInsertionEnv:
             self._command[i] = targets[-1]
         return self._timestep()
 
+    def counters(self) -> dict[str, int]:
+        return {"rejected_chunks": self.rejected_chunks}
+
     def optimal_length(self) -> Array:
         """The noise-free scripted demonstration's length: a reference, not a proven optimum."""
         return np.full(self.num_envs, float(NOMINAL_LENGTH))

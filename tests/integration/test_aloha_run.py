@@ -58,5 +58,9 @@ def test_aloha_stages_select_past_the_best_and_draw_strips(run_dir: dict[str, Pa
     rounds = json.loads((root / "self-improve" / "model" / "rounds.json").read_text())
     assert rounds["total_episodes"] == debug_config("aloha-insertion").self_improve.max_episodes
     evaluation = root / "evaluate" / "evaluation"
+    # The env's own counts (chunks refused as unstable) reach the stages' outputs, not just a log.
+    assert set(rounds["fleet"]["env_counters"]) == {"rejected_chunks"}
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert metrics["sft"]["rejected_chunks"] >= 0 and metrics["self_improved"]["rejected_chunks"] >= 0
     for panel in ("dataset", "sft", "self_improved"):
         assert (evaluation / f"steps_to_go_{panel}.png").read_bytes()[:4] == b"\x89PNG"

@@ -163,12 +163,20 @@ def test_four_cameras_render_into_two_stacked_images() -> None:
     assert obs[RGB][0, :12].std() > 0  # a rendered scene, not a blank frame
 
 
-def test_demonstrator_writes_a_small_successful_state_dataset(tmp_path) -> None:
+def test_demonstrator_writes_a_small_successful_state_dataset(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = default_config("aloha-insertion")
     cfg = base.replace(data=dataclasses.replace(base.data, num_episodes=2, validation_episodes=1))
+
+    def demonstrator_failing_once(*args):  # one unstable plan, counted in the dataset's statistics
+        demo = AlohaDemonstrator(*args)
+        monkeypatch.setattr(demo._planner, "run", _failing_once(demo._planner.run))
+        return demo
+
+    monkeypatch.setattr("efm.stages.make_demonstrator", demonstrator_failing_once)
     stats = dataset_stage(cfg, tmp_path / "ds", progress=False)
     episodes = rlds.read_episodes(tmp_path / "ds")
     assert len(episodes) == 2 and stats["demonstrations_attempted"] >= 2
+    assert stats["planning_failures"] == 1 and stats["rejected_chunks"] == 0
     for e in episodes:
         assert e.success and e.instruction == INSTRUCTION
         assert e.actions.shape == (e.length, 70) and np.abs(e.actions).max() <= 1.0
@@ -200,7 +208,7 @@ def test_an_unstable_plan_is_a_failed_attempt_not_a_crash(monkeypatch: pytest.Mo
             ts = env.step(demo.act(ts)["action"])
             if ts.success[0]:
                 break
-    assert demo.planning_failures == 1 and demo._plans[0].retries >= 1
+    assert demo.counters() == {"planning_failures": 1} and demo._plans[0].retries >= 1
     assert ts.success[0]  # it planned again from what it saw and inserted the peg
 
 
@@ -215,5 +223,5 @@ def test_an_unstable_chunk_is_refused_and_the_episode_goes_on(monkeypatch: pytes
         np.testing.assert_allclose(refused.observation[JOINTS][0], first.observation[JOINTS][0], atol=1e-6)
         assert not np.allclose(refused.observation[JOINTS][1], first.observation[JOINTS][1], atol=1e-3)
         moved = env.step(actions)  # the next chunk runs as usual
-    assert env.rejected_chunks == 1
+    assert env.counters() == {"rejected_chunks": 1}
     np.testing.assert_allclose(moved.observation[JOINTS][0], refused.observation[JOINTS][1], atol=1e-5)

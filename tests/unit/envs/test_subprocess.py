@@ -10,7 +10,7 @@ import pytest
 
 from efm.config import EnvConfig, debug_config
 from efm.domains import MIN_ENVS_PER_WORKER, env_workers, make_env, make_local_env
-from efm.envs.base import TimeStep
+from efm.envs.base import TimeStep, add_counts, counters
 from efm.envs.subprocess import SubprocessVectorEnv, shares
 from efm.stages import generate_demonstrations
 
@@ -63,6 +63,11 @@ def test_workers_give_the_in_process_episodes_images_included(domain: str) -> No
         _assert_same(local.reset(mask, tasks + 5), sub.reset(mask, tasks + 5))
 
 
+def test_counters_add_up_key_wise_and_default_to_none() -> None:
+    assert add_counts({"a": 1}, {"a": 2, "b": 1}, {}) == {"a": 3, "b": 1}
+    assert counters(object()) == {}  # an env or agent without counts
+
+
 def test_aloha_workers_give_the_in_process_episodes() -> None:
     cfg, n, seed = _cfg("aloha-insertion"), 3, 5
     rng = np.random.default_rng(0)
@@ -72,6 +77,7 @@ def test_aloha_workers_give_the_in_process_episodes() -> None:
         _assert_same(local.step(actions), sub.step(actions))
         mask = np.array([False, True, False])
         _assert_same(local.reset(mask), sub.reset(mask))
+        assert sub.counters() == local.counters() == {"rejected_chunks": 0}  # the shares' counts, summed
 
 
 def test_demonstrations_do_not_depend_on_the_number_of_workers() -> None:
