@@ -61,6 +61,6 @@ def test_aloha_stages_select_past_the_best_and_draw_strips(run_dir: dict[str, Pa
     # The env's own counts (chunks refused as unstable) reach the stages' outputs, not just a log.
     assert set(rounds["fleet"]["env_counters"]) == {"rejected_chunks"}
     metrics = json.loads((evaluation / "metrics.json").read_text())
-    assert metrics["sft"]["rejected_chunks"] >= 0 and metrics["self_improved"]["rejected_chunks"] >= 0
+    assert "rejected_chunks" in metrics["sft"] and "rejected_chunks" in metrics["self_improved"]
     for panel in ("dataset", "sft", "self_improved"):
         assert (evaluation / f"steps_to_go_{panel}.png").read_bytes()[:4] == b"\x89PNG"
