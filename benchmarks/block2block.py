@@ -6,9 +6,12 @@ the table's demonstrations (every task family), Self-Improvement on Block2Block 
 from the same Stage-1 checkpoints, Self-Improvement on BananaTable, whose banana the data never
 contained. Writes benchmarks/results/block2block.json in the summary.json contract and checks
 the claim: SFT(10%) + Self-Improvement (a few % extra episodes) beats SFT(80%) on Block2Block
-success. Reported as measured, whichever way it comes out. Rerunning with the same --out reuses
-the steps kfp has cached (the dataset first of all) and resumes an interrupted one from its
-last checkpoint, so the benchmark can be run in pieces.
+success. Reported as measured, whichever way it comes out.
+
+The benchmark is hours of CPU, so it runs in pieces: one pipeline run per (seed, fraction)
+branch, each merged into the results file as it finishes (rows of other branches measured with
+the same config are kept). Rerunning with the same --out reuses the steps kfp has cached (the
+dataset and pretraining first of all) and resumes an interrupted SFT from its last checkpoint.
 
     .venv/bin/python benchmarks/block2block.py --out runs/bench-block2block
 """
@@ -47,6 +50,27 @@ def claims(rows: list[dict], small: float, large: float) -> dict:
             "bananatable_self_improved": mean(rows, "bananatable", small, "self_improved")}
 
 
+def key(row: dict) -> tuple:
+    return row["domain"], row["data_fraction"], row["seed"]
+
+
+def merge(previous: list[dict], new: list[dict]) -> list[dict]:
+    """previous rows with new ones replacing those of the same (domain, fraction, seed)."""
+    fresh = {key(r) for r in new}
+    return sorted([r for r in previous if key(r) not in fresh] + new, key=key)
+
+
+def load_previous(path: Path, config: dict) -> dict:
+    """The results file's rows and parts, if it was measured with this config."""
+    if not path.exists():
+        return {"results": [], "parts": []}
+    old = json.loads(path.read_text())
+    if old.get("config") != config:
+        print(f"{path} was measured with another config: starting it anew")
+        return {"results": [], "parts": []}
+    return {"results": old.get("results", []), "parts": old.get("parts", [])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench-block2block")
@@ -57,16 +81,22 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config("tabletop", args.config)
     cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
-    t0 = time.time()
-    summary = run_local(cfg, args.out, args.fractions, args.seeds)
-    rows = summary["results"]
-    out = {"seconds": time.time() - t0, "config": json.loads(cfg.to_json()), "results": rows,
-           "claims": claims(rows, min(args.fractions), max(args.fractions))}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(out, indent=1))
-    print(markdown_table(rows))
-    print(json.dumps(out["claims"], indent=1))
-    print(f"({out['seconds'] / 60:.1f} min; {args.results})")
+    config = json.loads(cfg.to_json())
+    out = {"config": config, **load_previous(args.results, config)}
+    for seed in args.seeds:
+        for fraction in args.fractions:
+            t0 = time.time()
+            summary = run_local(cfg, args.out, [fraction], [seed])
+            out["results"] = merge(out["results"], summary["results"])
+            out["parts"] = [p for p in out["parts"] if (p["data_fraction"], p["seed"]) != (fraction, seed)] + [
+                {"data_fraction": fraction, "seed": seed, "seconds": time.time() - t0,
+                 "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
+            out["claims"] = claims(out["results"], min(args.fractions), max(args.fractions))
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(out, indent=1))
+            print(markdown_table(out["results"]))
+            print(json.dumps(out["claims"], indent=1))
+            print(f"(seed {seed}, fraction {fraction:g}: {out['parts'][-1]['seconds'] / 60:.1f} min; {args.results})")
 
 
 if __name__ == "__main__":
