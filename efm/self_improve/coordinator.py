@@ -38,6 +38,13 @@ def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
+def cut_episodes(started: int, finished: int, steps: int) -> list[dict[str, float]]:
+    """Summaries of the episodes an actor was running when it died (`started - finished`),
+    sharing the `steps` it last reported in flight; none where it died between episodes."""
+    cut = max(0, started - finished)
+    return [{"length": steps / cut, "detected": 0.0, "success": 0.0, CUT_BY_FAULT: 1.0}] * cut if cut else []
+
+
 def round_score(rounds: list[dict[str, float]], r: int, window: int) -> tuple[float, float]:
     """(detected success rate, -mean episode length) of the complete rounds within window/2 of
     round r, pooled over their episodes. Round r must be complete."""

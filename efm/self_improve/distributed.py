@@ -34,7 +34,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from efm.config import RoleResources
 from efm.envs.base import add_counts
 from efm.self_improve.builder import Fleet, FleetBuilder
-from efm.self_improve.coordinator import CUT_BY_FAULT
+from efm.self_improve.coordinator import cut_episodes
 from efm.self_improve.monitor import FleetMonitor
 from efm.self_improve.service import BatchingStepsToGo
 
@@ -184,13 +184,13 @@ class ActorWorker:
     def __init__(self, builder: FleetBuilder, index: int, params: Any, service: Any, replay_address: str,
                  monitor: Any, learner: Any | None):
         fleet = builder.cfg.self_improve.fleet
-        restarts = ray.get_runtime_context().was_current_actor_reconstructed
+        life = ray.get(monitor.actor_started.remote(index))
         self._stg = RemoteStepsToGo(service, fleet.service_retries, fleet.retry_delay_s)
         self._policy = RemotePolicy(learner) if learner is not None else TimedPolicy(builder.make_policy(params))
-        # A restarted actor draws other episodes than its first life.
+        # A restarted actor draws other episodes than each of its earlier lives.
         self._actor = builder.make_actor(index, params, self._stg, builder.connect_replay(replay_address),
                                          monitor=RemoteMonitor(monitor), policy=self._policy,
-                                         seed_offset=1000 * int(restarts))
+                                         seed_offset=1000 * life)
 
     def run_round(self, params: Any, version: int, max_episodes: int, target_size: int, call: int,
                   ) -> list[dict[str, float]]:
@@ -333,12 +333,13 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
         def account_killed_call(i: int, call: int, entry: dict[str, Any], out: list[dict[str, float]]) -> None:
             live = ray.get(monitor.snapshot.remote())["actors"].get(str(i), {})
             finished = list(entry["finished"].values())
-            cut = max(0, entry["started"] - len(finished))  # running when it died: never in the replay
             steps = int(live.get("in_flight_steps", 0)) if live.get("call") == call else 0
-            ledger.cut_episodes += cut
-            ledger.cut_steps += steps
-            # Cut episodes count in the budget, and their (last reported) steps in env_steps.
-            out += finished + ([{"length": steps / cut, "detected": 0.0, "success": 0.0, CUT_BY_FAULT: 1.0}] * cut)
+            # Running when it died, never in the replay: they count in the budget, and their
+            # (last reported) steps in env_steps.
+            cut = cut_episodes(entry["started"], len(finished), steps)
+            ledger.cut_episodes += len(cut)
+            ledger.cut_steps += steps if cut else 0  # between episodes the report is stale
+            out += finished + cut
             ledger.killed_calls[call] = entry
             ledger.expected |= {int(k) for k in entry["written"] if entry["finished"][k]["length"] > 0}
 
@@ -356,6 +357,7 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
             except ACTOR_FAILURES:
                 # The actor died mid-round; Ray restarts it. What it did is in the ledger.
                 entry = ray.get(monitor.call_ledger.remote(call))
+                monitor.actor_died.remote(i)
                 if entry["known"]:
                     ledger.kills += 1
                     account_killed_call(i, call, entry, out)

@@ -31,6 +31,18 @@ class FleetMonitor:
         self._stop: set[int] = set()  # actors asked to end their running episodes
         self._paused = False
         self._round = -1
+        self._lives: dict[int, int] = {}  # actor -> processes started for it
+
+    def actor_started(self, actor: int) -> int:
+        """Which life of `actor` this is: 0 for its first process, then 1, 2, ... per restart."""
+        with self._lock:
+            self._lives[actor] = self._lives.get(actor, -1) + 1
+            return self._lives[actor]
+
+    def actor_died(self, actor: int) -> None:
+        """A dead actor's running episodes will deliver nothing: the others stop counting them."""
+        with self._lock:
+            self._in_flight.pop(actor, None)
 
     # -- reports from actors --
     def call_started(self, actor: int, call: int, round_index: int) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 from efm.config import SelfImproveConfig
-from efm.self_improve.coordinator import CoordinatorState, best_round, coordinate, round_score
+from efm.self_improve.coordinator import (
+    CUT_BY_FAULT,
+    CoordinatorState,
+    best_round,
+    coordinate,
+    cut_episodes,
+    round_metrics,
+    round_score,
+)
 
 
 def row(success: float, length: float, episodes: int = 10, complete: bool = True) -> dict[str, float]:
@@ -81,3 +89,15 @@ def test_coordinate_resumes_from_a_saved_state() -> None:
     assert calls == [0, 1, 2, 3]  # rounds 0 and 1 are not collected again
     assert [r["round"] for r in result.rounds] == [0.0, 1.0, 2.0, 3.0]
     assert result.total_episodes == 40 and result.best_round == 3 and result.policy == 3
+
+
+def test_episodes_cut_by_a_fault_count_in_the_budget_and_steps_only() -> None:
+    """An actor killed with 2 episodes running (of 5 started, 3 finished) and 30 steps in flight:
+    5 episodes and 60 + 30 steps in the round, success and length from the 3 that ended. Killed
+    between episodes (nothing running) it cuts none, and its stale step report adds nothing."""
+    finished = [{"length": 20.0, "detected": 1.0, "success": 1.0}] * 3
+    cut = cut_episodes(started=5, finished=3, steps=30)
+    assert len(cut) == 2 and all(e[CUT_BY_FAULT] for e in cut) and sum(e["length"] for e in cut) == 30
+    m = round_metrics(finished + cut)
+    assert (m["episodes"], m["env_steps"], m["success_rate"], m["mean_episode_length"]) == (5, 90, 1.0, 20.0)
+    assert cut_episodes(started=3, finished=3, steps=12) == []

@@ -175,6 +175,18 @@ def test_actor_counts_the_other_actors_in_flight_samples(setup) -> None:
     assert 20 - 12 <= total < 20
     assert total - (20 - 12) < 2 * 4 + 2
     assert monitor.claim_in_flight(1, 9, 12) == 0  # actor 0's episodes all ended: none in flight
+    monitor.call_started(3, 9, 0)
+    assert monitor.claim_in_flight(3, 9, 5) == 12  # actor 1's claim
+    monitor.actor_died(1)  # its running episodes are lost: the others no longer wait on them
+    assert monitor.claim_in_flight(3, 9, 5) == 0
+
+
+def test_each_life_of_an_actor_is_numbered() -> None:
+    """A restarted actor's seed offset: 0 for its first process, then one more per restart,
+    so a second restart draws other episodes than the first."""
+    monitor = FleetMonitor()
+    assert [monitor.actor_started(0) for _ in range(3)] == [0, 1, 2]
+    assert monitor.actor_started(1) == 0
 
 
 def test_second_actor_starts_nothing_once_the_replay_is_full(setup) -> None:
