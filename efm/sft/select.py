@@ -8,7 +8,7 @@ from typing import Any
 
 from efm import checkpoints
 from efm.config import SelectConfig
-from efm.sft.trainer import load_history, restore_params
+from efm.sft.trainer import checkpoint_steps, checkpointed, load_history, restore_params
 
 SELECTION = "selection.json"
 POLICY, REWARD = "policy", "reward"
@@ -40,10 +40,13 @@ def pick_step(history: list[dict[str, float]], rule: str) -> int:
 
 
 def run_select(sft_dir: str | Path, out_dir: str | Path, cfg: SelectConfig) -> dict[str, Any]:
-    """Writes out_dir/policy and out_dir/reward param checkpoints and selection.json."""
+    """Writes out_dir/policy and out_dir/reward param checkpoints and selection.json; the rules
+    choose among the evaluated steps that have a checkpoint."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    history = load_history(sft_dir)
+    history = checkpointed(load_history(sft_dir), checkpoint_steps(sft_dir))
+    if not history:
+        raise FileNotFoundError(f"no evaluated SFT step with a checkpoint in {sft_dir}")
     selection: dict[str, Any] = {}
     for role, rule in ((POLICY, cfg.policy_rule), (REWARD, cfg.reward_rule)):
         step = pick_step(history, rule)

@@ -270,17 +270,33 @@ def train(cfg: RunConfig, fns: EFMFunctions, samples: Samples, workdir: str | Pa
             if log is not None:
                 log({k: v for k, v in row.items() if k != "step"}, done)
             if done % sft.checkpoint_every == 0 or done == sft.num_steps:
-                checkpoints.save_step(manager, done, state._asdict())
+                # History first: a resume drops rows past its checkpoint, but could not recompute
+                # a saved checkpoint's missing row.
                 if jax.process_index() == 0:
                     _write_history(workdir, history)
+                checkpoints.save_step(manager, done, state._asdict())
                 rules = (cfg.select.policy_rule, cfg.select.reward_rule) if "bc" in sft.objectives else ()
-                for s in set(manager.all_steps()) - _keep_steps(history, sft.max_checkpoints, rules):
+                saved = set(manager.all_steps())
+                for s in saved - _keep_steps(checkpointed(history, saved), sft.max_checkpoints, rules):
                     manager.delete(s)
                 if on_checkpoint is not None:
                     on_checkpoint(done)
     bar.close()
     manager.close()
     return SftResult(workdir, history, int(state.step))
+
+
+def checkpointed(history: list[dict[str, float]], steps: set[int]) -> list[dict[str, float]]:
+    """The rows of `history` whose step has a checkpoint (evaluation may be more frequent than
+    checkpoints): what selection, and keeping checkpoints for it, may choose from."""
+    return [h for h in history if int(h["step"]) in steps]
+
+
+def checkpoint_steps(workdir: str | Path) -> set[int]:
+    manager = checkpoints.training_manager(Path(workdir) / "checkpoints")
+    steps = set(manager.all_steps())
+    manager.close()
+    return steps
 
 
 def _write_history(workdir: Path, history: list[dict[str, float]]) -> None:

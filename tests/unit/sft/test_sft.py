@@ -165,6 +165,23 @@ def test_run_select_step_and_last_rules(trained, tmp_path: Path) -> None:
     assert_trees_equal(load_selected(tmp_path / "past", "policy"), restore_params(workdir, NUM_STEPS))
 
 
+def test_selection_chooses_among_the_steps_with_a_checkpoint(trained, tmp_path: Path) -> None:
+    """Evaluation may be more frequent than checkpoints: a best validation loss at a step without
+    a checkpoint is not selected (its weights are gone); the best step that has one is."""
+    import shutil
+
+    workdir = shutil.copytree(trained[0], tmp_path / "sft")
+    history = load_history(workdir)
+    for h in history:
+        h["val/bc_loss"] = {10.0: 4.0, 20.0: 2.0, 30.0: 1.0, 40.0: 3.0}[h["step"]]
+    (workdir / "history.json").write_text(json.dumps(history))
+    manager = checkpoints.training_manager(workdir / "checkpoints")
+    manager.delete(30)
+    manager.close()
+    assert run_select(workdir, tmp_path / "sel", SelectConfig())["policy"]["step"] == 20
+    assert_trees_equal(load_selected(tmp_path / "sel", "policy"), restore_params(workdir, 20))
+
+
 def test_restore_missing_step_and_missing_history(trained, tmp_path: Path) -> None:
     workdir, _ = trained
     with pytest.raises(FileNotFoundError, match="step 15"):
