@@ -57,6 +57,11 @@ def _layout(builder: tfds.core.DatasetBuilder) -> _Layout:
     features = builder.info.features
     md = features["episode_metadata"] if "episode_metadata" in features else {}  # noqa: SIM401 (no .get)
     goal = tuple(md["goal"].keys()) if "goal" in md else ()
+    if "instruction" not in md and "language_instruction" not in steps:
+        raise rlds.DatasetError(
+            f"{builder.data_dir}: no instruction (neither episode_metadata/instruction nor steps/language_instruction); "
+            "LanguageTable's raw episodes (UTF-8 codes under observation/instruction) are read through "
+            "`efm data import-languagetable`")
     return _Layout(keys, images, goal, "instruction" in md)
 
 
@@ -136,18 +141,27 @@ def _successful(layout: _Layout) -> Any:
     return fn
 
 
-def _decode_frames(layout: _Layout, cameras: tuple[str, ...]) -> Any:
-    shape = layout.image_shapes[cameras[0]]  # one shape for all (checked by _objective_dataset)
+def _decode_frames(layout: _Layout, spec: InputSpec) -> Any:
+    """batch -> batch with its encoded frames decoded: the vision-language model's IMAGE (its
+    cameras, one shape), or a state model's image observations (each its own shape)."""
+    if spec.reads_images:
+        keys = {IMAGE: layout.image_shapes[spec.cameras[0]]}  # one shape for all (checked by _objective_dataset)
+    else:
+        keys = {f"observation/{k}": shape for k, shape in layout.image_shapes.items()}
 
-    def decode(png: tf.Tensor) -> tf.Tensor:
-        img = tf.io.decode_image(png, channels=shape[-1], expand_animations=False)
-        img.set_shape(shape)
-        return img
+    def decode(key: str, encoded: tf.Tensor) -> tf.Tensor:
+        shape = keys[key]
+
+        def one(png: tf.Tensor) -> tf.Tensor:
+            img = tf.io.decode_image(png, channels=shape[-1], expand_animations=False)
+            img.set_shape(shape)
+            return img
+
+        images = tf.map_fn(one, tf.reshape(encoded, [-1]), fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+        return tf.reshape(images, tf.concat([tf.shape(encoded), shape], 0))
 
     def fn(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        flat = tf.reshape(batch[IMAGE], [-1])
-        images = tf.map_fn(decode, flat, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
-        return {**batch, IMAGE: tf.reshape(images, tf.concat([tf.shape(batch[IMAGE]), shape], 0))}
+        return {k: decode(k, v) if k in keys else v for k, v in batch.items()}
 
     return fn
 
@@ -211,9 +225,14 @@ class Stage1Data:
         self._ground = cfg.sft.grounding_weight > 0
 
     def check(self, directory: str | os.PathLike[str]) -> None:
-        """Fails with a DatasetError naming what is missing, before any training."""
+        """Fails with a DatasetError naming what is missing, before any training: a layout the
+        model cannot read, or an objective without a sample (steps-to-go is learnt from the
+        successful episodes only; training would wait forever for one)."""
         for objective in self._cfg.sft.objectives:
-            _objective_dataset(directory, None, self._spec, objective, 1, None, (1, 0), self._ground)
+            ds, _ = _objective_dataset(directory, None, self._spec, objective, 1, None, (1, 0), self._ground)
+            if next(iter(ds.take(1)), None) is None:  # reads up to the first sample, still encoded
+                why = "no successful episode" if objective == "steps_to_go" else "no episode with a step"
+                raise rlds.DatasetError(f"{directory}: nothing to learn {objective} from ({why})")
 
     def training(self, directory: str | os.PathLike[str], *, seed: int, start_step: int = 0,
                  shard: tuple[int, int] = (1, 0)) -> Iterator[Batch]:
@@ -227,9 +246,9 @@ class Stage1Data:
                                             (sft.shuffle_buffer, seed * 1000 + i), shard, self._ground)
             parts.append(ds.batch(per, drop_remainder=True))
         ds = tf.data.Dataset.zip(tuple(parts)).skip(start_step)
-        if self._spec.reads_images:
-            assert layout is not None
-            decode = _decode_frames(layout, self._spec.cameras)
+        assert layout is not None
+        if layout.image_shapes:
+            decode = _decode_frames(layout, self._spec)
             ds = ds.map(lambda *b: tuple(decode(x) for x in b), num_parallel_calls=sft.data_threads,
                         deterministic=True)
         ds = ds.prefetch(2).with_options(_options(sft.data_threads))
@@ -241,9 +260,8 @@ class Stage1Data:
         sft = self._cfg.sft
         ds, layout = _objective_dataset(directory, None, self._spec, objective, sft.data_threads, None, (1, 0))
         ds = ds.batch(sft.validation_batch_size)
-        if self._spec.reads_images:
-            ds = ds.map(_decode_frames(layout, self._spec.cameras), num_parallel_calls=sft.data_threads,
-                        deterministic=True)
+        if layout.image_shapes:
+            ds = ds.map(_decode_frames(layout, self._spec), num_parallel_calls=sft.data_threads, deterministic=True)
         ds = ds.prefetch(2).with_options(_options(sft.data_threads))
         for batch in ds.as_numpy_iterator():
             yield self._to_batch({objective: batch})

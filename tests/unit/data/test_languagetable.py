@@ -263,3 +263,13 @@ def test_import_converts_to_project_rlds_for_the_pipeline(small: Path, tmp_path:
     assert manifest["validation"]["count"] == 1
     assert main(["data", "import-languagetable", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "LanguageTable dataset not found" in capsys.readouterr().err
+
+
+def test_stage1_refuses_the_raw_episodes_and_names_the_import(small: Path) -> None:
+    """Raw LanguageTable holds its instructions as codes in the observations, where Stage 1
+    does not look: a clear error before training, not a KeyError while tf.data traces."""
+    from efm.config import debug_config
+    from efm.data.stage1 import Stage1Data
+
+    with pytest.raises(DatasetError, match=r"no instruction .* `efm data import-languagetable`"):
+        Stage1Data(debug_config("tabletop")).check(small)

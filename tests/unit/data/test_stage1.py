@@ -113,6 +113,26 @@ def test_streamed_state_samples_equal_in_memory_ones(point_dir: Path, objective:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
+def test_a_state_model_gets_camera_observations_decoded(tmp_path: Path) -> None:
+    """A state model reads every observation array, camera frames as uint8 images (as its actor
+    gives them), not the stored PNG bytes; in validation and in training batches."""
+    def with_camera(e: Episode, seed: int) -> Episode:
+        rng = np.random.default_rng(seed)
+        frames = rng.integers(0, 256, (e.length + 1, 6, 8, 3)).astype(np.uint8)
+        return dataclasses.replace(e, observations={**e.observations, "rgb": frames})
+
+    episodes = [with_camera(e, i) for i, e in enumerate(POINT)]
+    directory = rlds.write_episodes(episodes, tmp_path / "ds")
+    cfg = debug_config()
+    for objective in ("bc", "steps_to_go"):
+        got, want = streamed(directory, cfg, objective), expected(episodes, cfg, objective)
+        assert want["observation/rgb"].dtype == np.uint8 and want["observation/rgb"].shape[1:] == (6, 8, 3)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{objective} {k}")
+    batch = next(Stage1Data(cfg).training(directory, seed=0))
+    assert batch["inputs/observation/rgb"].dtype == np.uint8 and batch["inputs/observation/rgb"].shape[1:] == (6, 8, 3)
+
+
 def test_training_batches_split_objectives_shuffle_and_resume(table_dir: Path) -> None:
     cfg = table_config()
     data = Stage1Data(cfg)
@@ -139,6 +159,15 @@ def test_training_batches_split_objectives_shuffle_and_resume(table_dir: Path) -
 def test_a_dataset_without_frames_is_refused_by_the_vision_language_model(point_dir: Path) -> None:
     with pytest.raises(rlds.DatasetError, match="camera frames 'rgb'"):
         Stage1Data(table_config()).check(point_dir)
+
+
+def test_a_dataset_without_a_success_is_refused_before_training(tmp_path: Path) -> None:
+    """Steps-to-go is learnt from successful episodes only: with none, training would wait
+    forever for a sample, so the check says so instead."""
+    failures = rlds.write_episodes([point_episode(3, 0, success=False), point_episode(2, 1, success=False)],
+                                   tmp_path / "ds")
+    with pytest.raises(rlds.DatasetError, match=r"nothing to learn steps_to_go from \(no successful episode\)"):
+        Stage1Data(debug_config()).check(failures)
 
 
 def aloha_episode(t: int, seed: int) -> Episode:
