@@ -354,8 +354,9 @@ class ModelConfig:
 
     init: "scratch", or the parts in `init_parts` loaded from `init_path`: a big_vision .npz
     (PaliGemma's published layout), one of this project's Orbax params checkpoints, or
-    ("pretrain") an `efm pretrain` output directory. In the pipeline "pretrain" adds the
-    pretraining step and SFT starts from its output (init_path is left empty there).
+    ("pretrain") an `efm pretrain` output directory. In the pipeline "pretrain" with an empty
+    init_path adds the pretraining step and SFT starts from its output; with an init_path every
+    branch starts from that earlier pretraining, and no step pretrains.
     """
 
     variant: str = "mlp-small"

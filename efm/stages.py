@@ -195,12 +195,11 @@ def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path,
               log: Logger | None = None, progress: bool = True,
               on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     from efm.evaluation.plots import plot_curves
-    from efm.models.weights import initial_weights_path
+    from efm.models.weights import check_initial_weights
     from efm.sft.trainer import run_sft
 
     check_trainable(cfg)
-    if cfg.model.init != "scratch" and not (start := initial_weights_path(cfg.model)).exists():
-        raise FileNotFoundError(f"model.init={cfg.model.init!r}: {start} does not exist")
+    check_initial_weights(cfg.model)
     out = _start(cfg, out_dir)
     result = run_sft(cfg, train_dir, validation_dir, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
     steps = [h["step"] for h in result.history]

@@ -103,6 +103,12 @@ def initial_weights_path(cfg: ModelConfig) -> Path:
     return Path(cfg.init_path) / PRETRAINED_PARAMS
 
 
+def check_initial_weights(cfg: ModelConfig) -> None:
+    """Fails, before any training, where the starting checkpoint `cfg.init` names is missing."""
+    if cfg.init != "scratch" and not (start := initial_weights_path(cfg)).exists():
+        raise FileNotFoundError(f"model.init={cfg.init!r}: {start} does not exist")
+
+
 def load_initial(cfg: ModelConfig, params: Params) -> Params:
     """The model's starting parameters: `params` (scratch) with `cfg.init_parts` replaced."""
     if cfg.init == "scratch":

@@ -64,14 +64,15 @@ CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "validate": True
 class GraphShape:
     """What of the config changes the pipeline's graph (the config itself is a run parameter):
     Self-Improvement in each of `transfer_domains` beside the data's domain, and a pretrain
-    step that every branch's SFT starts from."""
+    step that every branch's SFT starts from (model.init="pretrain" without an init_path; with
+    one, every branch starts from that earlier `efm pretrain` output instead)."""
 
     transfer_domains: tuple[str, ...] = ()
     pretrain: bool = False
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "GraphShape":
-        return cls(tuple(cfg.self_improve.transfer_domains), cfg.model.init == "pretrain")
+        return cls(tuple(cfg.self_improve.transfer_domains), cfg.model.init == "pretrain" and not cfg.model.init_path)
 
 
 def _check(fractions: Sequence[float], seeds: Sequence[int]) -> tuple[list[float], list[int]]:

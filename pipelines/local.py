@@ -30,6 +30,7 @@ from kfp import local
 from efm.components.tracking import fail_experiment
 from efm.config import RunConfig, check_trainable, debug_config, default_config
 from efm.evaluation.report import PLOT, SUMMARY, TABLE
+from efm.models.weights import check_initial_weights
 from efm.pipelines.cache import LocalTaskCache
 from efm.pipelines.experiment import GraphShape, make_experiment_pipeline
 from efm.progress import QUIET_ENV
@@ -66,10 +67,13 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     parent MLflow run is ended as FAILED and the error raised.
     """
     check_trainable(config)
+    shape = GraphShape.of(config)
+    if not shape.pretrain:  # no step makes the starting weights: they must exist before any step runs
+        check_initial_weights(config.model)
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     pipeline = make_experiment_pipeline(config.data.fractions if fractions is None else fractions, seeds,
-                                        shape=GraphShape.of(config))
+                                        shape=shape)
     if tracking_uri is None:
         tracking_uri = local_store(out)
         # The experiment is made here so that its artifacts live beside the database; tasks

@@ -183,13 +183,17 @@ def test_staged_output_replaces_an_earlier_attempt(tmp_path: Path) -> None:
 def test_pretraining_is_one_step_that_every_branch_starts_from(tmp_path: Path) -> None:
     """model.init="pretrain" (the table's default) adds one pretrain task, after start-tracking
     and independent of the data; every branch's SFT takes its model as `pretrained`. Without
-    it (pointmass) there is no such task and SFT has no such input."""
+    it (pointmass), or given an earlier pretraining's output (model.init_path), there is no
+    such task and SFT has no such input."""
+    from efm.cli import load_config
     from efm.config import default_config
     from efm.pipelines.experiment import GraphShape
 
     shape = GraphShape.of(default_config("tabletop"))
     assert shape == GraphShape(transfer_domains=("bananatable",), pretrain=True)
     assert GraphShape.of(default_config("pointmass")) == GraphShape()
+    earlier = load_config("tabletop", '{"model": {"init_path": "runs/pretrain"}}')  # an `efm pretrain` output
+    assert GraphShape.of(earlier) == GraphShape(transfer_domains=("bananatable",), pretrain=False)
     path = compile_pipeline(tmp_path / "p.yaml", [0.1, 0.2], [0], shape=GraphShape(pretrain=True))
     spec = json_format.ParseDict(yaml.safe_load(path.read_text()), pipeline_spec_pb2.PipelineSpec())
     tasks = spec.root.dag.tasks
@@ -206,3 +210,15 @@ def test_pretraining_is_one_step_that_every_branch_starts_from(tmp_path: Path) -
                                   pipeline_spec_pb2.PipelineSpec())
     assert "pretrain" not in {t.task_info.name for t in plain.root.dag.tasks.values()}
     assert all("pretrained" not in t.inputs.artifacts for t in plain.root.dag.tasks.values())
+
+
+def test_a_run_from_a_missing_pretraining_is_refused_before_any_step(tmp_path: Path) -> None:
+    """With no pretrain step to make them, the starting weights must exist when the run starts,
+    not be found missing by SFT after the dataset step's minutes."""
+    from efm.cli import load_config
+    from efm.pipelines.local import run_local
+
+    cfg = load_config("tabletop", json.dumps({"model": {"init_path": str(tmp_path / "nowhere")}}))
+    with pytest.raises(FileNotFoundError, match="nowhere/params does not exist"):
+        run_local(cfg, tmp_path / "out", [0.1], [0])
+    assert not (tmp_path / "out").exists()
