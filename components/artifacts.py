@@ -47,21 +47,44 @@ def _files(root: Path) -> dict[str, int]:
             if p.is_file() and ".orbax-checkpoint-tmp" not in p.as_posix() and p.name != SYNC_MANIFEST}
 
 
+def _write_manifest(artifact: Path, files: dict[str, int]) -> None:
+    tmp = artifact / f"{SYNC_MANIFEST}.tmp"
+    tmp.write_text(json.dumps(files, sort_keys=True))
+    tmp.replace(artifact / SYNC_MANIFEST)
+
+
+def _stale(work: Path, artifact: Path, rel: str, size: int | None) -> bool:
+    """Whether the artifact's copy of a listed file is older than work's (rewritten in place)."""
+    copy = artifact / rel
+    return size != (work / rel).stat().st_size or not copy.is_file() or \
+        copy.stat().st_mtime_ns < (work / rel).stat().st_mtime_ns
+
+
 def sync_tree(work: Path, artifact: Path) -> None:
-    """Copies work's files to artifact, then the manifest naming them, then prunes the rest.
+    """Copies work's files to artifact and lists them in the manifest, then prunes the rest.
 
     Only the manifest says what is complete: a task killed mid-copy leaves files it does not
-    list, and a restart copies back only what it lists.
+    list, and a restart copies back only what it lists. New files are copied and listed before
+    any listed file is rewritten (each through a temporary name), so a kill at any point leaves
+    every listed file whole, old or new, and whatever a new one names (the round directory a
+    Self-Improvement `state.json` points to, say) already listed.
     """
     artifact.mkdir(parents=True, exist_ok=True)
     manifest_path = artifact / SYNC_MANIFEST
-    synced = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    synced: dict[str, int] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     files = _files(work)
-    for rel, size in files.items():
-        if synced.get(rel) != size or not (artifact / rel).is_file():
-            (artifact / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(work / rel, artifact / rel)
-    manifest_path.write_text(json.dumps(files, sort_keys=True))
+    new = [rel for rel in files if rel not in synced]
+    for rel in new:
+        (artifact / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / rel, artifact / rel)
+    if new:
+        _write_manifest(artifact, {**synced, **{rel: files[rel] for rel in new}})
+    for rel in files:
+        if rel not in new and _stale(work, artifact, rel, synced.get(rel)):
+            tmp = artifact / f"{rel}.efm-partial"
+            shutil.copyfile(work / rel, tmp)
+            tmp.replace(artifact / rel)
+    _write_manifest(artifact, files)
     for rel in set(_files(artifact)) - set(files):
         (artifact / rel).unlink()
 

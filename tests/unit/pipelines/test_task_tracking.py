@@ -119,6 +119,43 @@ def test_sync_tree_copies_then_lists_then_prunes(tmp_path: Path) -> None:
     assert not (artifact / "checkpoints" / "10" / "params").exists()
 
 
+def test_a_sync_killed_while_rewriting_leaves_a_consistent_artifact(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Self-Improvement's state.json names its round directory. Killed while the rewritten
+    state.json is copied, the artifact restores the old one with its round, or the new one with
+    its round, never a state.json that names an unlisted round; a same-size rewrite is copied."""
+    import os
+    import shutil
+
+    work, artifact = tmp_path / "work", tmp_path / "artifact"
+    (work / "round_1").mkdir(parents=True)
+    (work / "round_1" / "w").write_text("w1")
+    (work / "state.json").write_text('{"round_dir": "round_1"}')
+    sync_tree(work, artifact)
+    (work / "round_2").mkdir()
+    (work / "round_2" / "w").write_text("w2")
+    (work / "state.json").write_text('{"round_dir": "round_2"}')  # the same size
+    os.utime(work / "state.json", ns=(2**62, 2**62))  # written after the copy, whatever the clock's resolution
+    copy = shutil.copyfile
+
+    def killed_on_rewrite(src: object, dst: object) -> object:
+        if str(dst).endswith(".efm-partial"):
+            raise KeyboardInterrupt
+        return copy(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", killed_on_rewrite)
+    with pytest.raises(KeyboardInterrupt):
+        sync_tree(work, artifact)
+    monkeypatch.setattr(shutil, "copyfile", copy)
+    with mirrored(artifact) as (restored, _):
+        state = json.loads((restored / "state.json").read_text())
+        assert state == {"round_dir": "round_1"} and (restored / state["round_dir"] / "w").read_text() == "w1"
+        assert (restored / "round_2" / "w").read_text() == "w2"  # listed before any rewrite
+    sync_tree(work, artifact)
+    assert json.loads((artifact / "state.json").read_text()) == {"round_dir": "round_2"}
+    assert sorted(json.loads((artifact / SYNC_MANIFEST).read_text())) == ["round_1/w", "round_2/w", "state.json"]
+
+
 def test_mirrored_resumes_only_what_was_completely_synced(tmp_path: Path) -> None:
     artifact = tmp_path / "artifact"
     with pytest.raises(KeyboardInterrupt), mirrored(artifact) as (work, sync):
