@@ -14,6 +14,7 @@ import numpy as np
 from efm.config import RunConfig
 from efm.domains import make_env
 from efm.envs.base import Episode, counters
+from efm.math import detect_success
 from efm.models.efm import EFMFunctions
 from efm.progress import progress_bar
 from efm.rollout import SUCCESS, end_on_ground_truth, rollout
@@ -36,7 +37,7 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
 def precision_recall(steps_to_go: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float | None]:
     """Precision and recall of the detector d <= s against ground-truth success, per
     observation. None where undefined (the detector never fired, or no observation was a success)."""
-    pred = np.asarray(steps_to_go) <= threshold
+    pred = detect_success(np.asarray(steps_to_go), threshold)
     truth = np.asarray(truth, bool)
     tp = float(np.sum(pred & truth))
     return {

@@ -173,7 +173,7 @@ def sample_ids(key: int, length: int) -> np.ndarray:
 def episode_summary(episode: Episode, threshold: float) -> dict[str, float]:
     """What the coordinator needs to know of an episode (no arrays)."""
     return {"length": float(episode.length),
-            "detected": float(episode.observation_extras[STEPS_TO_GO][-1] <= threshold),
+            "detected": float(math.detect_success(episode.observation_extras[STEPS_TO_GO][-1], threshold)),
             "success": float(episode.observation_extras[SUCCESS][-1])}
 
 
@@ -235,7 +235,7 @@ class Actor:
             "in_flight_steps": int(np.sum(np.where(running, steps, 0))),
             "step": int(steps[0]) if len(steps) else -1,
             "steps_to_go": None if stg is None else float(stg[0]),
-            "detected": None if stg is None else bool(stg[0] <= self._cfg.self_improve.success_threshold),
+            "detected": None if stg is None else bool(math.detect_success(stg[0], self._cfg.self_improve.success_threshold)),
             "steps_to_go_curve": list(self._curve)})
 
     def run_round(self, params: Any, version: int, max_episodes: int, target_size: int,

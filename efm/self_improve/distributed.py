@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ from efm.envs.base import add_counts
 from efm.self_improve.builder import Fleet, FleetBuilder
 from efm.self_improve.coordinator import cut_episodes
 from efm.self_improve.monitor import FleetMonitor
-from efm.self_improve.service import BatchingStepsToGo
+from efm.self_improve.service import LATENCY_WINDOW, BatchingStepsToGo
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
 STARTS = 3  # tries at starting embedded Ray
@@ -89,7 +90,7 @@ class RemotePolicy:
 
     def __init__(self, handle: Any):
         self._handle = handle
-        self.latencies_s: list[float] = []
+        self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def update(self, params: Any) -> None:
         del params  # the learner holds the weights
@@ -106,7 +107,7 @@ class TimedPolicy:
 
     def __init__(self, policy: Any):
         self._policy = policy
-        self.latencies_s: list[float] = []
+        self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
     def update(self, params: Any) -> None:
         self._policy.update(params)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from efm.models.efm import EFMFunctions
+
+# Latency percentiles are over the most recent requests: a run of many hours keeps no more.
+LATENCY_WINDOW = 100_000
 
 
 class StepsToGoService:
@@ -72,7 +76,7 @@ class BatchingStepsToGo:
         self._leading = False
         self.version = service.version
         self.stats = {"batches": 0, "requests": 0, "rows": 0}
-        self.latencies_s: list[float] = []  # per request, from arrival to answer
+        self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)  # per request, arrival to answer
 
     def steps_to_go(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         t0 = time.perf_counter()
