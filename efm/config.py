@@ -961,11 +961,13 @@ ALOHA_WORDS = ("insert", "the", "red", "peg", "into", "blue", "socket")
 
 def aloha_camera_config(base: RunConfig | None = None, variant: str = "vl-aloha-tiny") -> RunConfig:
     """Aloha as the paper feeds it (D.3, E.2) to a vision-language variant: the two stacked
-    camera images (current and previous frame of each), the instruction, and the 14 joints as
+    camera images, the instruction, and the 14 joints as
     256-bin input tokens over their normalised range [-1, 1] after it. The env still records the
     peg and socket poses (the scripted demonstrator reads them, as the table's reads its blocks);
     the model never does (`data/features.py`). `base`: an aloha-insertion config (default: its
-    defaults, state mode)."""
+    defaults, state mode). One deviation: each stacked image comes as its current and previous
+    frame, the table's pair (D.1) kept for every domain by the one input pipeline, where D.3
+    gives PaLI the two current images only; it doubles the image tokens."""
     base = default_config("aloha-insertion") if base is None else base
     _check(base.domain == "aloha-insertion", "env.domain", base.domain, "aloha-insertion")
     _check(variant in MODEL_VARIANTS and isinstance(MODEL_VARIANTS[variant], TransformerVariant), "model.variant",

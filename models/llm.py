@@ -3,7 +3,10 @@
 Names follow big_vision's Gemma (`models/ppp/gemma.py`) so a checkpoint's `llm/...` tree maps
 onto this one: embedder/input_embedding, layers_<i>/{pre_attention_norm, attn/{q_einsum,
 kv_einsum, attn_vec_einsum}, pre_ffw_norm, mlp/{gating_einsum, linear}}, final_norm. RMSNorm,
-rotary positions, gated GELU, logits tied to the input embedding.
+rotary positions, gated GELU, logits tied to the input embedding. Keys and values have as many
+heads as queries: Gemma-2B's one shared key/value head (multi-query attention) does not fit
+`kv_einsum`, so from PaliGemma's release only the image tower loads (the loader names the
+mismatched shapes); a `num_kv_heads` setting would lift that.
 
 Attention takes an explicit boolean mask [B, T, S] (prefix-LM masks come from the caller) and
 an optional cache of keys and values [B, S, H, D]: the new tokens' keys and values are written
