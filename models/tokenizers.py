@@ -119,9 +119,11 @@ class StepsToGoTokenizer:
         return np.clip(k, 0, self.bins - 1).astype(np.int32)
 
     def bin_values(self) -> np.ndarray:
-        """Mean integer step count in each bin: bin k holds steps [k*w, (k+1)*w). [bins]"""
-        k = np.arange(self.bins)
-        return (k * self.width + (self.width - 1) / 2).clip(min=0).astype(np.float32)
+        """Mean integer step count in each bin: bin k holds steps [k*w, (k+1)*w); a bin narrower
+        than a step that holds no integer gets its midpoint. [bins]"""
+        k = np.arange(self.bins, dtype=np.float64)
+        lo, hi = np.ceil(k * self.width), np.ceil((k + 1) * self.width) - 1  # its first and last integers
+        return np.where(lo <= hi, (lo + hi) / 2, (k + 0.5) * self.width).astype(np.float32)
 
 
 @dataclass(frozen=True)

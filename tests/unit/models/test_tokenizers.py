@@ -98,15 +98,17 @@ def test_steps_to_go_width_one_maps_steps_to_themselves() -> None:
     np.testing.assert_array_equal(tok.bin_values(), steps.astype(np.float32))
 
 
-def test_steps_to_go_width_two() -> None:
-    tok = StepsToGoTokenizer(bins=50, max_steps=100.0)  # the paper's 50 bins over 0..100
+@pytest.mark.parametrize("bins", [50, 30, 300])  # the paper's 50 bins over 0..100; widths 3.33 and 0.33
+def test_steps_to_go_bin_value_is_the_mean_step_it_holds(bins: int) -> None:
+    tok = StepsToGoTokenizer(bins=bins, max_steps=100.0)
     steps = np.arange(100)
-    np.testing.assert_array_equal(tok.encode(steps), steps // 2)
-    # Bin value: the mean integer step the bin holds.
+    if bins == 50:
+        np.testing.assert_array_equal(tok.encode(steps), steps // 2)
     values = tok.bin_values()
-    for k in range(50):
+    for k in range(bins):
         members = steps[tok.encode(steps) == k]
-        assert values[k] == pytest.approx(members.mean())
+        # a bin narrower than a step may hold no integer: its midpoint
+        assert values[k] == pytest.approx(members.mean() if len(members) else (k + 0.5) * tok.width)
 
 
 def test_steps_to_go_clips_past_max() -> None:
