@@ -31,9 +31,10 @@ def restore_step(manager: ocp.CheckpointManager, step: int, like: PyTree | None 
 
 
 def _abstract(metadata: Any) -> PyTree:
-    """Shapes and dtypes from checkpoint metadata, placed on the default device when restored."""
+    """Shapes and dtypes from checkpoint metadata, placed on this process's first device when
+    restored (on a multi-host slice jax.devices()[0] may belong to another host)."""
     tree = getattr(metadata, "item_metadata", metadata)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
         is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
