@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,12 +144,17 @@ class FleetBuilder:
     def build_single_process(self, policy_params: Any, reward_params: Any,
                              interrupt: Callable[[], Any] | None = None) -> Fleet:
         si = self.cfg.self_improve
-        replay = self.make_replay_server()
-        service = self.make_service(reward_params)
-        monitor = FleetMonitor()
-        actors = [self.make_actor(i, policy_params, service, replay, monitor=monitor, interrupt=interrupt)
-                  for i in range(si.num_actors)]
-        learner = self.make_learner(policy_params)
+        with ExitStack() as made:  # a failure part-way closes what was made (env workers, the server)
+            replay = self.make_replay_server()
+            made.callback(replay.close)
+            service = self.make_service(reward_params)
+            monitor = FleetMonitor()
+            actors = []
+            for i in range(si.num_actors):
+                actors.append(self.make_actor(i, policy_params, service, replay, monitor=monitor, interrupt=interrupt))
+                made.callback(actors[-1].close)
+            learner = self.make_learner(policy_params)
+            cleanup = made.pop_all()
 
         def collect_round(params: Any, r: int, budget: int) -> list[dict[str, float]]:
             monitor.round_started(r)
@@ -164,10 +170,6 @@ class FleetBuilder:
             events = add_counts(*(a.counters() for a in actors))
             return {"env_counters": events} if events else {}
 
-        def close() -> None:
-            for actor in actors:
-                actor.close()
-            replay.close()
-
+        # Actors, then the replay; every one is closed though another's close fails.
         return Fleet(collect_round, learn_round, learner.get_state, learner.set_state, monitor, view=monitor,
-                     stats=stats, close=close)
+                     stats=stats, close=cleanup.close)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import jax
@@ -197,6 +198,9 @@ class ActorWorker:
                   ) -> list[dict[str, float]]:
         return self._actor.run_round(params, version, max_episodes, target_size, call=call)
 
+    def close(self) -> None:
+        self._actor.close()  # its env: subprocess workers, a robot station's connection
+
     def stats(self) -> dict[str, Any]:
         return {"policy_latencies_s": list(self._policy.latencies_s), "service_retries": self._stg.retried,
                 "env_counters": self._actor.counters()}
@@ -299,19 +303,32 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
     cfg = builder.cfg
     si = cfg.self_improve
     fc = si.fleet
-    started_ray = start_ray(fc.ray_address, fc.bind_host)
-    joined = bool(fc.ray_address or os.environ.get("EFM_RAY_ADDRESS"))
-    replay = ReverbHolder(builder, advertised_host(fc.bind_host, fc.advertise_host, joined))
-    # Restarted actors are rebuilt from their constructor arguments: keep them in the object store.
-    builder_ref, policy_ref, reward_ref = ray.put(builder), ray.put(policy_params), ray.put(reward_params)
-    monitor = ray.remote(FleetMonitor).options(num_cpus=0, max_restarts=-1).remote()
-    service = ray.remote(ServiceWorker).options(**ray_options(fc.service, max_restarts=-1, max_concurrency=MAX_CONCURRENCY)
-                                                ).remote(builder_ref, reward_ref, si.num_actors)
-    learner = ray.remote(LearnerWorker).options(**ray_options(fc.learner, max_concurrency=MAX_CONCURRENCY)).remote(
-        builder_ref, policy_ref, replay.address)
-    serve = learner if fc.policy_inference == "learner" else None
-    actors = [ray.remote(ActorWorker).options(**ray_options(fc.actor, max_restarts=fc.max_actor_restarts)).remote(
-        builder_ref, i, policy_ref, service, replay.address, monitor, serve) for i in range(si.num_actors)]
+    # What is made is undone in reverse (actors, learner, service, monitor, the replay, Ray),
+    # every step though another fails, on close or on a failure part-way through this build.
+    with ExitStack() as made:
+        if start_ray(fc.ray_address, fc.bind_host):
+            made.callback(ray.shutdown)
+        joined = bool(fc.ray_address or os.environ.get("EFM_RAY_ADDRESS"))
+        replay = ReverbHolder(builder, advertised_host(fc.bind_host, fc.advertise_host, joined))
+        made.callback(replay.close)
+        # Restarted actors are rebuilt from their constructor arguments: keep them in the object store.
+        builder_ref, policy_ref, reward_ref = ray.put(builder), ray.put(policy_params), ray.put(reward_params)
+        monitor = ray.remote(FleetMonitor).options(num_cpus=0, max_restarts=-1).remote()
+        made.callback(ray.kill, monitor)
+        service = ray.remote(ServiceWorker).options(
+            **ray_options(fc.service, max_restarts=-1, max_concurrency=MAX_CONCURRENCY)).remote(
+            builder_ref, reward_ref, si.num_actors)
+        made.callback(ray.kill, service)
+        learner = ray.remote(LearnerWorker).options(**ray_options(fc.learner, max_concurrency=MAX_CONCURRENCY)).remote(
+            builder_ref, policy_ref, replay.address)
+        made.callback(ray.kill, learner)
+        serve = learner if fc.policy_inference == "learner" else None
+        actors = []
+        for i in range(si.num_actors):
+            actors.append(ray.remote(ActorWorker).options(**ray_options(fc.actor, max_restarts=fc.max_actor_restarts))
+                          .remote(builder_ref, i, policy_ref, service, replay.address, monitor, serve))
+            made.callback(close_actor, actors[-1])
+        cleanup = made.pop_all()
     ledger = RoundLedger()
     calls = iter(range(1 << 20))
 
@@ -392,16 +409,20 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
     def set_state(state: dict[str, Any]) -> None:
         ray.get(learner.set_state.remote(state))
 
-    def close() -> None:
-        for handle in [*actors, learner, service, monitor]:
-            ray.kill(handle)
-        replay.close()
-        if started_ray:
-            ray.shutdown()
-
     return Fleet(collect_round, learn_round, get_state, set_state, monitor, view=RayMonitorView(monitor),
-                 stats=stats, close=close,
+                 stats=stats, close=cleanup.close,
                  extras={"refs": (builder_ref, policy_ref, reward_ref), "actors": actors, "service": service, "learner": learner, "replay_address": replay.address})
+
+
+def close_actor(handle: Any, timeout_s: float = 10.0) -> None:
+    """Lets an actor close its env (a robot station lets go of its robot), then ends it; a dead
+    or hung actor is ended all the same."""
+    try:
+        ray.get(handle.close.remote(), timeout=timeout_s)
+    except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError):
+        pass
+    finally:
+        ray.kill(handle)
 
 
 class ReverbHolder:

@@ -87,6 +87,36 @@ def test_single_process_spends_the_budget_in_full_rounds() -> None:
     assert same == (result.best_round == 0)
 
 
+def test_a_fleet_that_fails_part_way_closes_what_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The learner fails to build after the Reverb server and two actors exist: both actors'
+    envs and the server are closed (actors first), and the learner's error reaches the caller."""
+    cfg = tiny(num_actors=2)
+    closed: list[str] = []
+    builder = FleetBuilder(cfg)
+    make_replay, make_actor = builder.make_replay_server, builder.make_actor
+
+    def replay_server(*args: object, **kwargs: object) -> object:
+        server = make_replay(*args, **kwargs)
+        close = server.close
+        server.close = lambda: (closed.append("replay"), close())[-1]  # type: ignore[method-assign]
+        return server
+
+    def actor(i: int, *args: object, **kwargs: object) -> object:
+        made = make_actor(i, *args, **kwargs)
+        close = made.close
+        made.close = lambda: (closed.append(f"actor {i}"), close())[-1]  # type: ignore[method-assign]
+        return made
+
+    def no_learner(*_: object) -> object:
+        raise RuntimeError("no accelerator for the learner")
+
+    for name, fn in {"make_replay_server": replay_server, "make_actor": actor, "make_learner": no_learner}.items():
+        object.__setattr__(builder, name, fn)  # the builder is a frozen dataclass
+    with pytest.raises(RuntimeError, match="no accelerator"):
+        builder.build(params(cfg, 0), params(cfg, 1))
+    assert closed == ["actor 1", "actor 0", "replay"]
+
+
 def test_stop_file_ends_running_episodes(tmp_path: Path) -> None:
     cfg = tiny(max_episodes=4)
     flag = tmp_path / "STOP"
