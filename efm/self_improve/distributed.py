@@ -126,7 +126,7 @@ class RemoteMonitor:
 
     def __init__(self, handle: Any, poll_s: float = 0.2):
         self._handle, self._poll_s = handle, poll_s
-        self._polled = 0.0
+        self._polled = self._pause_polled = 0.0
         self._paused = False
 
     def call_started(self, actor: int, call: int, round_index: int) -> None:
@@ -151,12 +151,16 @@ class RemoteMonitor:
         now = time.monotonic()
         if now - self._polled < self._poll_s:
             return False
-        self._polled = now
+        self._polled = self._pause_polled = now
         stop, self._paused = ray.get([self._handle.take_stop.remote(actor), self._handle.paused.remote()])
         return bool(stop)
 
     def paused(self) -> bool:
-        if self._paused:
+        """Asked before each new episode: while paused, every time; otherwise at most every
+        poll_s (a pause set between rounds holds the next round's first episodes too)."""
+        now = time.monotonic()
+        if self._paused or now - self._pause_polled >= self._poll_s:
+            self._pause_polled = now
             self._paused = bool(ray.get(self._handle.paused.remote()))
         return self._paused
 
