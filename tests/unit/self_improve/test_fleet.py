@@ -106,3 +106,28 @@ def test_operator_stop_and_pause() -> None:
     assert monitor.take_stop(0) and monitor.take_stop(1) and not monitor.take_stop(0)
     monitor.set_paused(True)
     assert monitor.paused() and monitor.snapshot()["paused"]
+
+
+def test_a_pause_set_between_rounds_holds_the_next_rounds_first_episode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The actor side of the monitor polls the pause before new episodes, not only while
+    stepping: set while no episode ran, it is seen at the next poll interval."""
+    import types
+
+    from efm.self_improve import distributed
+
+    monitor = FleetMonitor()
+
+    def remote(method: object) -> types.SimpleNamespace:
+        return types.SimpleNamespace(remote=method)
+
+    handle = types.SimpleNamespace(paused=remote(monitor.paused), take_stop=remote(monitor.take_stop))
+    monkeypatch.setattr(distributed.ray, "get", lambda x: x)  # the fake handle answers at once
+    clock = [100.0]
+    monkeypatch.setattr(distributed.time, "monotonic", lambda: clock[0])
+    actor_side = distributed.RemoteMonitor(handle, poll_s=0.2)
+    assert not actor_side.paused() and not actor_side.take_stop(0)  # a round's steps
+    monitor.set_paused(True)  # the operator, between rounds
+    clock[0] += 0.3
+    assert actor_side.paused()
+    monitor.set_paused(False)
+    assert not actor_side.paused()  # while paused it asks every time
