@@ -486,16 +486,13 @@ def iter_episodes(
 
 def _metadata_field(directory: str | os.PathLike[str], split: str, key: str) -> list[str] | None:
     """One episode_metadata text field of every episode in stored order, without decoding any
-    step (camera frames stay encoded); None when the dataset has no such field."""
+    step; None when the dataset has no such field."""
     builder = _open(directory)
     _check_split(builder, split, Path(directory))
     md = builder.info.features["episode_metadata"] if "episode_metadata" in builder.info.features else {}  # noqa: SIM401
     if key not in md:
         return None
-    steps = builder.info.features["steps"].feature
-    images = {k: tfds.decode.SkipDecoding() for k, f in steps["observation"].items() if isinstance(f, _f.Image)} \
-        if isinstance(steps["observation"], _f.FeaturesDict) else {}
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"steps": {"observation": images}})
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"steps": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda e: e["episode_metadata"][key]).batch(4096)
     return [_text(x) for batch in ds.as_numpy_iterator() for x in batch]
 

@@ -65,12 +65,12 @@ from efm.data.validation.statistics import (
                                      branch_slices,
                                      compute_statistics,
 )
-from efm.data.validation.tables import ALL, TABLES, episode_ids, read_chunks
+from efm.data.validation.tables import ALL, TABLES, read_chunks
 
 __all__ = [
     "ALL", "FACETS_HTML", "GCS_FUSE_PREFIX", "REPORT_HTML", "REPORT_JSON", "TABLES", "Anomaly", "BeamSettings",
     "SchemaRules", "ValidationError", "ValidationReport", "beam_options", "beam_settings", "branch_slices",
-    "compute_statistics", "episode_ids", "infer_and_write_schema", "infer_domain_schema", "is_accepted",
+    "compute_statistics", "infer_and_write_schema", "infer_domain_schema", "is_accepted",
     "load_reference", "load_schemas", "on_dataflow_of", "read_chunks", "run_validation", "schema_name", "validate_dataset",
     "validate_statistics", "write_report", "write_schemas",
 ]

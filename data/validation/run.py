@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from efm.data import rlds
 from efm.data.validation.gate import ValidationReport, dataset_counts, validate_statistics
 from efm.data.validation.report import FACETS_HTML, REPORT_HTML, REPORT_JSON, write_report
 from efm.data.validation.schemas import (
@@ -21,7 +22,7 @@ from efm.data.validation.schemas import (
     write_schemas,
 )
 from efm.data.validation.statistics import BeamSettings, branch_slices, compute_statistics, gcs_uri
-from efm.data.validation.tables import ALL, TABLES, episode_ids
+from efm.data.validation.tables import ALL, TABLES
 
 
 def validate_dataset(
@@ -54,7 +55,8 @@ def validate_dataset(
     slices: dict[str, list[str]] = {}
     pairs: dict[str, tuple[str, str]] = {}
     if branches is not None:
-        slices, pairs = branch_slices(episode_ids(directory), *branches)
+        # the ids subsample will draw the branches from, read as it reads them
+        slices, pairs = branch_slices(rlds.read_episode_ids(directory), *branches)
     stats_dir = out if settings.runner == "DirectRunner" else settings.temp_location.rstrip("/") + "/stats"
     # No schema for the statistics: numeric features stay numeric (histograms), the same as in
     # the reference statistics, so drift compares like with like.

@@ -242,18 +242,3 @@ def read_chunks(directory: str | os.PathLike[str], split: str, shard: int = 0, s
         chunk = chunk_from_arrays(steps, md, images, first, split)
         first += len(chunk.episode_ids)
         yield chunk
-
-
-def episode_ids(directory: str | os.PathLike[str], split: str | None = None) -> list[str]:
-    """The split's episode ids in stored order, read from the metadata alone (no steps)."""
-    import tensorflow_datasets as tfds
-
-    builder = rlds_io._open(directory)
-    split = split or next(iter(rlds_io.split_sizes(directory)))
-    if EPISODE_METADATA not in builder.info.features or \
-            "episode_id" not in builder.info.features[EPISODE_METADATA]:
-        return [f"{split}-{i}" for i in range(rlds_io.split_sizes(directory)[split])]
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={STEPS: tfds.decode.SkipDecoding()})
-    ds = ds.map(lambda ep: ep[EPISODE_METADATA]["episode_id"]).batch(4096)
-    return [bytes(v).decode() for b in ds.as_numpy_iterator() for v in b]
