@@ -155,6 +155,10 @@ def make_validation_losses(fns: EFMFunctions, samples: Samples, cfg: SftConfig, 
 
     nll_fns = {name: summed(name) for name in cfg.objectives}
     size = -(-cfg.validation_batch_size // mesh.size) * mesh.size
+    # Every host reads the whole split; each puts its own slice of a batch on the mesh, so the
+    # global batch holds every sample once (on one host: the whole batch).
+    local = size // jax.process_count()
+    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
 
     def validation_losses(params: Any) -> dict[str, float]:
         out = {}
@@ -162,7 +166,8 @@ def make_validation_losses(fns: EFMFunctions, samples: Samples, cfg: SftConfig, 
             total, count = 0.0, 0
             for batch in samples.validation(name):
                 count += len(batch["objective"])
-                total += float(nll_fns[name](params, sharding.put_batch(mesh, _pad(batch, size))))
+                part = {k: v[rows] for k, v in _pad(batch, size).items()}
+                total += float(nll_fns[name](params, sharding.put_batch(mesh, part)))
             out[f"val/{name}_loss"] = total / max(count, 1)
         return out
 
