@@ -35,6 +35,8 @@ def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
         "success_rate": float(np.mean([e["detected"] for e in ended])),  # learned detector, no ground truth
         "mean_episode_length": float(np.mean([e["length"] for e in ended])),
         "ground_truth_success_rate": float(np.mean([e["success"] for e in ended])),  # reported, never used
+        # detected at the first observation, before any action: the reward model, not the policy
+        "detected_at_start": float(np.mean([e["detected"] > 0 and e["length"] == 0 for e in ended])),
     }
 
 

@@ -101,3 +101,6 @@ def test_episodes_cut_by_a_fault_count_in_the_budget_and_steps_only() -> None:
     m = round_metrics(finished + cut)
     assert (m["episodes"], m["env_steps"], m["success_rate"], m["mean_episode_length"]) == (5, 90, 1.0, 20.0)
     assert cut_episodes(started=3, finished=3, steps=12) == []
+    assert m["detected_at_start"] == 0.0
+    at_start = {"length": 0.0, "detected": 1.0, "success": 0.0}  # the reward model fired before any action
+    assert round_metrics([*finished, at_start])["detected_at_start"] == 0.25
