@@ -1,11 +1,12 @@
 """How many pixels the table's camera gives a block: the question behind a sharper reward model.
 
 Projects the workspace corners and 4 cm spans at the workspace's near edge, centre and far edge
-through the camera the env renders with (`envs.tabletop.image_position`), at the configured
-image size and at larger ones, and compares with a top-down camera framed on the board inside
-its walls or on the workspace alone (a pinhole looking straight down: pixels per cm are the
-image rows over the framed extent along x). Geometry only, no rendering; prints a table and
-writes benchmarks/results/table_camera_pixels.json.
+through the cameras the env renders with (`envs.tabletop.image_position`: the oblique default
+and `env.tabletop.camera` "top_down", framed on the board inside its walls), at the configured
+image size and at larger ones, and compares with a top-down camera framed on the workspace
+alone (a pinhole looking straight down: pixels per cm are the image rows over the framed extent
+along x). Prints a table, writes benchmarks/results/table_camera_pixels.json and renders one
+board through both cameras at the largest size to benchmarks/results/table_cameras.png.
 
     .venv/bin/python benchmarks/table_camera_pixels.py
 """
@@ -33,11 +34,11 @@ RESULTS = Path(__file__).parent / "results" / "table_camera_pixels.json"
 SPAN = 0.04  # metres: about a block's width
 
 
-def block_pixels(x: float, height: int, width: int) -> tuple[float, float]:
+def block_pixels(x: float, height: int, width: int, camera: str = "oblique") -> tuple[float, float]:
     """(rows, columns) a SPAN-wide square at board depth x (centre column) covers."""
     z = BLOCK_HALF_HEIGHT
     p = image_position(np.array([[x - SPAN / 2, 0, z], [x + SPAN / 2, 0, z], [x, -SPAN / 2, z], [x, SPAN / 2, z]]),
-                       width / height)
+                       width / height, camera)
     return float(abs(p[1, 0] - p[0, 0]) / 2 * height), float(abs(p[3, 1] - p[2, 1]) / 2 * width)
 
 
@@ -74,6 +75,10 @@ def main() -> None:
         cells = " / ".join(f"{r:.1f} x {c:.1f}" for r, c in blocks.values())
         print(f"| {h}x{w} | the env's | {cells} | {extent['rows']:.2f}, "
               f"{extent['columns_far']:.2f}-{extent['columns_near']:.2f} |")
+        top = {name: block_pixels(x, h, w, "top_down") for name, x in (("far", X_MIN), ("centre", (X_MIN + X_MAX) / 2),
+                                                                        ("near", X_MAX))}
+        rows.append({"image": [h, w], "camera": "the env's top_down", "block_px": top})
+        print(f"| {h}x{w} | the env's top_down | {' / '.join(f'{r:.1f} x {c:.1f}' for r, c in top.values())} | |")
         for name, (ex, ey) in (("top-down on the board inside its walls", board),
                                ("top-down on the workspace", (X_MAX - X_MIN, Y_MAX - Y_MIN))):
             px = top_down(h, w, ex, ey) * SPAN
@@ -81,6 +86,25 @@ def main() -> None:
             print(f"| {h}x{w} | {name} | {px:.1f} x {px:.1f} everywhere | |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"span_m": SPAN, "rows": rows}, indent=1))
+    render_both(h, w, args.out.parent / "table_cameras.png")
+
+
+def render_both(height: int, width: int, path: Path) -> None:
+    """One board (seed 3) through the oblique and the top-down camera, side by side."""
+    from PIL import Image
+
+    from efm.config import EnvConfig
+    from efm.envs.tabletop import RGB, TabletopEnv
+
+    frames = []
+    for camera in ("oblique", "top_down"):
+        cfg = EnvConfig(domain="tabletop", tabletop=TabletopConfig(camera=camera, image_height=height,
+                                                                   image_width=width))
+        env = TabletopEnv(cfg, 1, seed=3)
+        env.reset()
+        frames.append(env.timestep().observation[RGB][0])
+        env.close()
+    Image.fromarray(np.concatenate(frames, axis=1)).save(path)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ def object_points(objects: Sequence[str], xy: np.ndarray) -> np.ndarray:
 
 
 def instruction_grounding(text: TextTokenizer, instructions: Sequence[str], blocks: np.ndarray,
-                          aspect: float) -> tuple[np.ndarray, np.ndarray]:
+                          aspect: float, camera: str = "oblique") -> tuple[np.ndarray, np.ndarray]:
     """Grounding targets of table instructions: each block name's tokens get where that block
     is in the frame. blocks [n, len(BLOCKS), 2] (the step's block positions), aspect = width /
-    height. Returns rc [n, text length, 2] and mask [n, text length]."""
+    height, camera the table's (`env.tabletop.camera`). Returns rc [n, text length, 2] and
+    mask [n, text length]."""
     rc = np.zeros((len(instructions), text.length, 2), np.float32)
     mask = np.zeros((len(instructions), text.length), np.float32)
     for i, sentence in enumerate(instructions):
@@ -55,6 +56,6 @@ def instruction_grounding(text: TextTokenizer, instructions: Sequence[str], bloc
         owner = span_owners(text, sentence, [(start, end) for _, start, end in mentions])
         xy = blocks[i, [BLOCKS.index(name) for name in names]]
         named = owner >= 0
-        rc[i, named] = image_position(object_points(names, xy), aspect)[owner[named]]
+        rc[i, named] = image_position(object_points(names, xy), aspect, camera)[owner[named]]
         mask[i, named] = 1.0
     return rc, mask

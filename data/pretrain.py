@@ -94,6 +94,7 @@ class TableQuestions:
         if tuple(vocab.cameras) != (RGB,):
             raise ValueError(f"pretraining renders the table's one camera {RGB!r}; the tokenizer reads {vocab.cameras}")
         self._cfg, self._vocab = cfg.pretrain, vocab
+        self._camera = cfg.env.tabletop.camera
         self._per_board = cfg.pretrain.questions_per_scene
         self._per_question = cfg.pretrain.objects_per_question
         self._objects = cfg.env.tabletop.num_blocks + 1  # what a board holds to ask about: blocks, effector
@@ -149,7 +150,7 @@ class TableQuestions:
             targets[i, :q.positions.size] = vocab.position_targets(q.positions).reshape(-1)
             mask[i, :q.positions.size] = 1.0
             named = owners[i] >= 0
-            rc = image_position(object_points(q.objects, q.positions), aspect)
+            rc = image_position(object_points(q.objects, q.positions), aspect, self._camera)
             ground_rc[i, named] = rc[owners[i, named]]
         batch = {f"inputs/{IMAGE}": np.stack([image, image], axis=1),  # the board is still: now = before
                  f"inputs/{TEXT}": vocab.text.encode([q.text for q in questions]),

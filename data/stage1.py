@@ -313,7 +313,8 @@ class Stage1Data:
         from efm.data.grounding import instruction_grounding
 
         height, width = raw[IMAGE].shape[2:4]  # [n, frames, H, W, 3]
-        return instruction_grounding(self._vocab.text, _strings(raw[TEXT]), raw.pop(GROUND_BLOCKS), width / height)
+        return instruction_grounding(self._vocab.text, _strings(raw[TEXT]), raw.pop(GROUND_BLOCKS), width / height,
+                                     self._cfg.env.tabletop.camera)
 
 
 def _strings(x: np.ndarray) -> list[str]:

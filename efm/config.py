@@ -60,6 +60,9 @@ class TabletopConfig:
 
     image_height: int = 72  # the 360x640 camera aspect, scaled down
     image_width: int = 128
+    # "oblique": LanguageTable's view from beyond the board's bottom edge; "top_down": straight
+    # down, the board inside its walls framed along x (more pixels per block at the far edge)
+    camera: str = "oblique"
     render_images: bool = True  # False: no "rgb" observation (fast, state-based runs)
     state_observation: bool = True  # privileged block positions (the demonstrator reads them)
     num_blocks: int = 4  # on the board, of the 16 colour x shape blocks
@@ -93,6 +96,7 @@ class BananaTableConfig:
 
     image_height: int = 72
     image_width: int = 128
+    camera: str = "oblique"  # as the table's: a policy transferred from it sees the same view
     render_images: bool = True
     state_observation: bool = True  # privileged banana pose (the demonstrator reads it)
     max_delta: float = 0.03
@@ -109,8 +113,12 @@ class BananaTableConfig:
         _check(self.banana_friction > 0, "bananatable.banana_friction", self.banana_friction, "> 0")
 
 
+TABLE_CAMERAS = ("oblique", "top_down")  # envs.tabletop.scene.CAMERAS
+
+
 def _check_scene(prefix: str, cfg: TabletopConfig | BananaTableConfig) -> None:
     """Fields shared by the PyBullet table domains."""
+    _check(cfg.camera in TABLE_CAMERAS, f"{prefix}.camera", cfg.camera, f"one of {TABLE_CAMERAS}")
     _check(cfg.image_height >= 8, f"{prefix}.image_height", cfg.image_height, ">= 8")
     _check(cfg.image_width >= 8, f"{prefix}.image_width", cfg.image_width, ">= 8")
     _check(0 < cfg.max_delta <= 0.1, f"{prefix}.max_delta", cfg.max_delta, "in (0, 0.1]")
@@ -726,6 +734,11 @@ class RunConfig:
             _check(d != self.domain and (d in INSTRUCTION_GOAL_DOMAINS) == (self.domain in INSTRUCTION_GOAL_DOMAINS),
                    "self_improve.transfer_domains", self.self_improve.transfer_domains,
                    f"other domains with the same observations and goals as {self.domain!r}")
+            if {self.domain, d} == {"tabletop", "bananatable"}:  # one camera: the policy sees the same frames
+                own, other = getattr(self.env, self.domain), getattr(self.env, d)
+                for view in ("camera", "image_height", "image_width"):
+                    _check(getattr(other, view) == getattr(own, view), f"env.{d}.{view}", getattr(other, view),
+                           f"{getattr(own, view)!r}, as env.{self.domain}.{view} (practice on {d} transfers from it)")
 
     @property
     def domain(self) -> str:

@@ -96,10 +96,12 @@ from efm.envs.tabletop.scene import (
     CAMERA_FOV,
     CAMERA_TARGET,
     CAMERA_UP,
+    CAMERAS,
     EFFECTOR_RGBA,
     TABLE_RGBA,
     WALL_RGBA,
     BodySpec,
+    Camera,
     SceneParams,
     TableScene,
     image_position,
@@ -143,4 +145,4 @@ from efm.envs.tabletop.tasks import (
     task_target,
 )
 
-__all__ = ['BLOCK2BLOCK', 'BLOCK2BLOCK_PREPOSITIONS', 'BLOCK2LOCATION', 'BLOCK2RELATIVE', 'BLOCKS', 'BLOCK_FOOTPRINT', 'BLOCK_FRICTION', 'BLOCK_HALF_HEIGHT', 'BLOCK_MASS', 'BLOCK_RADIUS', 'BLOCK_SHAPES', 'BLOCK_TRANSLATION', 'BOARD_CENTER', 'BOARD_RGBA', 'CAMERA_EYE', 'CAMERA_FOV', 'CAMERA_TARGET', 'CAMERA_UP', 'COLORS', 'COLOR_RGBA', 'CONTROL_PERIOD', 'DIAGONAL_TEMPLATES', 'DIRECTIONS', 'DIRECTION_WORDS', 'EFFECTOR_CLEARANCE', 'EFFECTOR_ERP', 'EFFECTOR_FRICTION', 'EFFECTOR_HALF_HEIGHT', 'EFFECTOR_MASS', 'EFFECTOR_MAX_FORCE', 'EFFECTOR_RADIUS', 'EFFECTOR_RGBA', 'EFFECTOR_TRANSLATION', 'EFFECTOR_Z', 'LOCATIONS', 'LOCATION_INSET', 'LOCATION_PHRASES', 'MIN_BLOCK_SPACING', 'RELATIVE_DISTANCES', 'RGB', 'SHAPES', 'SLIGHTLY', 'SOLVER_ITERATIONS', 'SPAWN_MARGIN', 'TABLE_RGBA', 'TIP_INERTIA', 'VERBS', 'WALL_MARGIN', 'WALL_RGBA', 'WORKSPACE', 'X_MAX', 'X_MIN', 'Y_MAX', 'Y_MIN', 'BodySpec', 'PushController', 'PushParams', 'PushingDemonstrator', 'SceneParams', 'ShapeSpec', 'TableEnvBase', 'TableScene', 'TabletopDemonstrator', 'TabletopEnv', 'Task', 'all_instructions', 'arc_shape', 'block_mentions', 'block_text', 'chebyshev', 'direction_phrases', 'displacement_to_action', 'distance_to_boundary', 'effector_targets', 'extrude', 'fan_shape', 'image_position', 'in_workspace', 'instruction_for', 'location_target', 'normalize_instruction', 'parse_instruction', 'planar_pose', 'point_in_polygon', 'polygon_area_centroid', 'polygon_polar_moment', 'push_steps_estimate', 'ray_exit_distance', 'regular_polygon', 'relative_offset', 'rotate', 'sample_positions', 'sample_task', 'scene_params', 'segment_hits', 'star_polygon', 'success_threshold', 'table_position', 'task_satisfied', 'task_target']
+__all__ = ['BLOCK2BLOCK', 'BLOCK2BLOCK_PREPOSITIONS', 'BLOCK2LOCATION', 'BLOCK2RELATIVE', 'BLOCKS', 'BLOCK_FOOTPRINT', 'BLOCK_FRICTION', 'BLOCK_HALF_HEIGHT', 'BLOCK_MASS', 'BLOCK_RADIUS', 'BLOCK_SHAPES', 'BLOCK_TRANSLATION', 'BOARD_CENTER', 'BOARD_RGBA', 'CAMERAS', 'CAMERA_EYE', 'CAMERA_FOV', 'CAMERA_TARGET', 'CAMERA_UP', 'COLORS', 'COLOR_RGBA', 'CONTROL_PERIOD', 'DIAGONAL_TEMPLATES', 'DIRECTIONS', 'DIRECTION_WORDS', 'EFFECTOR_CLEARANCE', 'EFFECTOR_ERP', 'EFFECTOR_FRICTION', 'EFFECTOR_HALF_HEIGHT', 'EFFECTOR_MASS', 'EFFECTOR_MAX_FORCE', 'EFFECTOR_RADIUS', 'EFFECTOR_RGBA', 'EFFECTOR_TRANSLATION', 'EFFECTOR_Z', 'LOCATIONS', 'LOCATION_INSET', 'LOCATION_PHRASES', 'MIN_BLOCK_SPACING', 'RELATIVE_DISTANCES', 'RGB', 'SHAPES', 'SLIGHTLY', 'SOLVER_ITERATIONS', 'SPAWN_MARGIN', 'TABLE_RGBA', 'TIP_INERTIA', 'VERBS', 'WALL_MARGIN', 'WALL_RGBA', 'WORKSPACE', 'X_MAX', 'X_MIN', 'Y_MAX', 'Y_MIN', 'BodySpec', 'Camera', 'PushController', 'PushParams', 'PushingDemonstrator', 'SceneParams', 'ShapeSpec', 'TableEnvBase', 'TableScene', 'TabletopDemonstrator', 'TabletopEnv', 'Task', 'all_instructions', 'arc_shape', 'block_mentions', 'block_text', 'chebyshev', 'direction_phrases', 'displacement_to_action', 'distance_to_boundary', 'effector_targets', 'extrude', 'fan_shape', 'image_position', 'in_workspace', 'instruction_for', 'location_target', 'normalize_instruction', 'parse_instruction', 'planar_pose', 'point_in_polygon', 'polygon_area_centroid', 'polygon_polar_moment', 'push_steps_estimate', 'ray_exit_distance', 'regular_polygon', 'relative_offset', 'rotate', 'sample_positions', 'sample_task', 'scene_params', 'segment_hits', 'star_polygon', 'success_threshold', 'table_position', 'task_satisfied', 'task_target']

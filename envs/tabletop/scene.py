@@ -45,11 +45,12 @@ class SceneParams:
     render_images: bool
     max_delta: float
     physics_substeps: int
+    camera: str = "oblique"  # a key of CAMERAS
 
 
 def scene_params(cfg: TabletopConfig | BananaTableConfig) -> SceneParams:
     return SceneParams(
-        cfg.image_height, cfg.image_width, cfg.render_images, cfg.max_delta, cfg.physics_substeps
+        cfg.image_height, cfg.image_width, cfg.render_images, cfg.max_delta, cfg.physics_substeps, cfg.camera
     )
 
 
@@ -62,43 +63,65 @@ class BodySpec:
     friction: float
 
 
+@dataclass(frozen=True)
+class Camera:
+    """A pinhole look-at camera, as PyBullet renders it: eye, target, up, vertical FOV (degrees)."""
+
+    eye: tuple[float, float, float]
+    target: tuple[float, float, float]
+    up: tuple[float, float, float]
+    fov: float
+
+
 # The camera looks down at the board from beyond its bottom edge, as LanguageTable's does.
 CAMERA_EYE = (0.92, 0.0, 0.62)
 CAMERA_TARGET = (0.4, 0.0, 0.0)
 CAMERA_UP = (-1.0, 0.0, 0.0)
 CAMERA_FOV = 43.0  # vertical, degrees: the whole board and its walls
+TOP_DOWN_HEIGHT = 1.0  # metres above the board
+# Straight down on the board's centre, image rows along x (the robot's base at the top, as in
+# the oblique view), framing the board inside its walls along x: a block spans the same number
+# of pixels everywhere (4.7 at 72x128 against 2.4 to 4.9 obliquely; table_camera_pixels.py).
+CAMERAS = {
+    "oblique": Camera(CAMERA_EYE, CAMERA_TARGET, CAMERA_UP, CAMERA_FOV),
+    "top_down": Camera((float(BOARD_CENTER[0]), float(BOARD_CENTER[1]), TOP_DOWN_HEIGHT),
+                       (float(BOARD_CENTER[0]), float(BOARD_CENTER[1]), 0.0), CAMERA_UP,
+                       math.degrees(2 * math.atan((WORKSPACE[1, 0] - WORKSPACE[0, 0] + 2 * WALL_MARGIN)
+                                                  / 2 / TOP_DOWN_HEIGHT))),
+}
 BOARD_RGBA = (0.82, 0.76, 0.62, 1.0)
 TABLE_RGBA = (0.33, 0.33, 0.36, 1.0)
 WALL_RGBA = (0.25, 0.22, 0.2, 1.0)
 EFFECTOR_RGBA = (0.2, 0.2, 0.22, 1.0)
 
 
-def _camera() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """The render camera: eye, unit forward, right and down vectors, tan(vertical FOV / 2)."""
-    eye, target, up = (np.asarray(v, np.float64) for v in (CAMERA_EYE, CAMERA_TARGET, CAMERA_UP))
+def _camera(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """A render camera: eye, unit forward, right and down vectors, tan(vertical FOV / 2)."""
+    cam = CAMERAS[name]
+    eye, target, up = (np.asarray(v, np.float64) for v in (cam.eye, cam.target, cam.up))
     forward = (target - eye) / np.linalg.norm(target - eye)
     right = np.cross(forward, up)
     right /= np.linalg.norm(right)
     down = -np.cross(right, forward)
-    return eye, forward, right, down, math.tan(math.radians(CAMERA_FOV) / 2)
+    return eye, forward, right, down, math.tan(math.radians(cam.fov) / 2)
 
 
-def image_position(points: np.ndarray, aspect: float) -> np.ndarray:
+def image_position(points: np.ndarray, aspect: float, camera: str = "oblique") -> np.ndarray:
     """Where world points [..., 3] appear in the camera's image (width / height = `aspect`):
     (row, column) [..., 2], the image spanning [-1, 1] top to bottom and left to right (pixel
     centres at +-(1 - 1/n)). The pinhole camera PyBullet renders with (look-at and vertical
     field of view), so a model's image positions can be supervised with the objects' poses."""
-    eye, forward, right, down, half = _camera()
+    eye, forward, right, down, half = _camera(camera)
     d = np.asarray(points, np.float64) - eye
     depth = d @ forward
     return np.stack([(d @ down) / (depth * half), (d @ right) / (depth * half * aspect)], axis=-1).astype(np.float32)
 
 
-def table_position(rc: np.ndarray, z: float, aspect: float) -> np.ndarray:
+def table_position(rc: np.ndarray, z: float, aspect: float, camera: str = "oblique") -> np.ndarray:
     """`image_position` inverted on the horizontal plane at height z: the (x, y) [..., 2] that
     an image position (row, column) [..., 2] sees there, to read a model's image positions in
     board centimetres."""
-    eye, forward, right, down, half = _camera()
+    eye, forward, right, down, half = _camera(camera)
     rc = np.asarray(rc, np.float64)
     ray = forward + rc[..., :1] * half * down + rc[..., 1:] * half * aspect * right  # [..., 3]
     s = (z - eye[2]) / ray[..., 2:]
@@ -151,9 +174,10 @@ class TableScene:
             physicsClientId=c,
         )
         self.reset_effector(self._command)
-        self._view = pb.computeViewMatrix(CAMERA_EYE, CAMERA_TARGET, CAMERA_UP, physicsClientId=c)
+        cam = CAMERAS[params.camera]
+        self._view = pb.computeViewMatrix(cam.eye, cam.target, cam.up, physicsClientId=c)
         self._projection = pb.computeProjectionMatrixFOV(
-            CAMERA_FOV, params.image_width / params.image_height, 0.05, 5.0, physicsClientId=c
+            cam.fov, params.image_width / params.image_height, 0.05, 5.0, physicsClientId=c
         )
 
     def _build_table(self) -> int:

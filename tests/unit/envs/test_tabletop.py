@@ -19,6 +19,7 @@ from efm.envs.tabletop import (
     BLOCK_HALF_HEIGHT,
     BLOCK_TRANSLATION,
     BLOCKS,
+    BOARD_CENTER,
     BOARD_RGBA,
     COLOR_RGBA,
     DIRECTIONS,
@@ -27,7 +28,12 @@ from efm.envs.tabletop import (
     LOCATIONS,
     RELATIVE_DISTANCES,
     RGB,
+    WALL_MARGIN,
     WORKSPACE,
+    X_MAX,
+    X_MIN,
+    Y_MAX,
+    Y_MIN,
     TabletopDemonstrator,
     TabletopEnv,
     Task,
@@ -438,8 +444,9 @@ def test_blocks_visible_in_camera_image_by_colour() -> None:
     env.close()
 
 
-def test_image_position_lands_on_each_object() -> None:
-    env = TabletopEnv(env_cfg(render_images=True, num_blocks=5), 2, seed=4)
+@pytest.mark.parametrize("camera", ["oblique", "top_down"])
+def test_image_position_lands_on_each_object(camera: str) -> None:
+    env = TabletopEnv(env_cfg(render_images=True, num_blocks=5, camera=camera), 2, seed=4)
     env.reset()
     obs = env.timestep().observation
     h, w = obs[RGB].shape[1:3]
@@ -448,7 +455,7 @@ def test_image_position_lands_on_each_object() -> None:
     refs = refs / np.linalg.norm(refs, axis=1, keepdims=True)
 
     def around(xy: np.ndarray, z: float, image: np.ndarray) -> np.ndarray:  # the 3x3 pixels there
-        row, col = image_position(np.array([*xy, z]), w / h)
+        row, col = image_position(np.array([*xy, z]), w / h, camera)
         r, c = round((row + 1) / 2 * h - 0.5), round((col + 1) / 2 * w - 0.5)
         return image[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].reshape(-1, 3).astype(float)
 
@@ -463,12 +470,32 @@ def test_image_position_lands_on_each_object() -> None:
     env.close()
 
 
-def test_table_position_inverts_image_position() -> None:
+@pytest.mark.parametrize("camera", ["oblique", "top_down"])
+def test_table_position_inverts_image_position(camera: str) -> None:
     rng = np.random.default_rng(0)
     xy = rng.uniform(WORKSPACE[0], WORKSPACE[1], (50, 2))
     for z in (BLOCK_HALF_HEIGHT, EFFECTOR_Z):
-        rc = image_position(np.concatenate([xy, np.full((50, 1), z)], axis=1), 16 / 9)
-        np.testing.assert_allclose(table_position(rc, z, 16 / 9), xy, atol=1e-5)
+        rc = image_position(np.concatenate([xy, np.full((50, 1), z)], axis=1), 16 / 9, camera)
+        np.testing.assert_allclose(table_position(rc, z, 16 / 9, camera), xy, atol=1e-5)
+
+
+def test_the_top_down_camera_frames_the_board_with_the_robot_at_the_top() -> None:
+    """Rows along x (the robot's base, small x, at the top, as in the oblique view), columns
+    along y; the walls' inner edges at the image's top and bottom; a block the same size in
+    pixels at the workspace's far and near edges (it shrinks toward the far edge obliquely)."""
+    edges = np.array([[X_MIN - WALL_MARGIN, 0, 0], [X_MAX + WALL_MARGIN, 0, 0], [BOARD_CENTER[0], Y_MIN, 0],
+                      [BOARD_CENTER[0], Y_MAX, 0]])
+    rc = image_position(edges, 128 / 72, "top_down")
+    np.testing.assert_allclose(rc[:2, 0], [-1, 1], atol=1e-6)
+    assert rc[2, 1] < 0 < rc[3, 1] and abs(rc[2, 1]) < 1
+    span = np.array([[0, -0.02, BLOCK_HALF_HEIGHT], [0, 0.02, BLOCK_HALF_HEIGHT]])
+
+    def width(x: float, camera: str) -> float:
+        p = image_position(span + np.array([x, 0, 0]), 128 / 72, camera)
+        return float(p[1, 1] - p[0, 1])
+
+    assert width(X_MIN, "top_down") == pytest.approx(width(X_MAX, "top_down"))
+    assert width(X_MIN, "oblique") < 0.8 * width(X_MAX, "oblique")
 
 
 def test_config_validation_and_round_trip() -> None:
