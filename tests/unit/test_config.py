@@ -132,6 +132,19 @@ def test_practice_config_restricts_tasks_and_switches_domain() -> None:
         dataclasses.replace(cfg.self_improve, task_families=("block2moon",))
 
 
+def test_the_table_camera_is_checked_and_banana_practice_sees_the_tables() -> None:
+    from efm.cli import load_config
+
+    top = load_config("tabletop", '{"env": {"tabletop": {"camera": "top_down"}, "bananatable": {"camera": "top_down"}}}')
+    assert top.env.tabletop.camera == top.env.bananatable.camera == "top_down"
+    with pytest.raises(ValueError, match=r"tabletop\.camera"):
+        load_config("tabletop", '{"env": {"tabletop": {"camera": "fisheye"}}}')
+    with pytest.raises(ValueError, match=r"env\.bananatable\.camera.*practice on bananatable transfers"):
+        load_config("tabletop", '{"env": {"tabletop": {"camera": "top_down"}}}')  # the banana's left oblique
+    with pytest.raises(ValueError, match=r"env\.bananatable\.image_height"):
+        load_config("tabletop", '{"env": {"tabletop": {"image_height": 144, "image_width": 256}}}')
+
+
 def test_vision_language_config_needs_text_and_vice_versa() -> None:
     cfg = default_config("tabletop")
     with pytest.raises(ValueError, match=r"tokenizer\.text_tokens"):
