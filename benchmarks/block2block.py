@@ -67,9 +67,33 @@ def merge(previous: list[dict], new: list[dict]) -> list[dict]:
 
 
 def same_recipe(config: dict) -> dict:
-    """The config less where the pretraining comes from (the pipeline's step or a directory it
-    wrote): the pretrain section, which says what it is, stays."""
-    return {**config, "model": {k: v for k, v in config["model"].items() if k != "init_path"}}
+    """The config as the defaults complete it today (fields added since it was recorded take
+    their defaults), less where the pretraining comes from (the pipeline's step or a directory
+    it wrote): the pretrain section, which says what it is, stays."""
+    full = json.loads(load_config("tabletop", json.dumps(config)).to_json())
+    return {**full, "model": {k: v for k, v in full["model"].items() if k != "init_path"}}
+
+
+# What a pretraining's weights depend on: the same for the run, or the weights are another recipe's.
+PRETRAIN_RECIPE = (("pretrain",), ("model", "variant"), ("tokenizer",), ("env", "tabletop"))
+
+
+def check_pretrained(directory: Path, config: dict) -> None:
+    """Refuses an `efm pretrain` output made with another recipe than `config`'s."""
+    summary = directory / "pretrain.json"
+    if not summary.is_file():
+        raise SystemExit(f"--pretrained {directory}: no pretrain.json (not an `efm pretrain` output)")
+    made = json.loads(load_config("tabletop", json.dumps(json.loads(summary.read_text())["config"])).to_json())
+
+    def part(c: dict, path: tuple[str, ...]) -> object:
+        for key in path:
+            c = c[key]
+        return c
+
+    differ = [".".join(p) for p in PRETRAIN_RECIPE if part(made, p) != part(config, p)]
+    if differ:
+        raise SystemExit(f"--pretrained {directory} was made with other {', '.join(differ)} than this run's: "
+                         '`--pretrained ""` pretrains in the pipeline')
 
 
 def load_previous(path: Path, config: dict) -> dict:
@@ -77,7 +101,7 @@ def load_previous(path: Path, config: dict) -> dict:
     if not path.exists():
         return {"results": [], "parts": []}
     old = json.loads(path.read_text())
-    if same_recipe(old.get("config", {"model": {}})) != same_recipe(config):
+    if "config" not in old or same_recipe(old["config"]) != same_recipe(config):
         print(f"{path} was measured with another config: starting it anew")
         return {"results": [], "parts": []}
     return {"results": old.get("results", []), "parts": old.get("parts", [])}
@@ -99,6 +123,8 @@ def main() -> None:
         start = Path(args.pretrained) if Path(args.pretrained).is_absolute() else REPO / args.pretrained
         cfg = cfg.replace(model=replace(cfg.model, init_path=str(start)))
     config = json.loads(cfg.to_json())
+    if args.pretrained:
+        check_pretrained(start, config)
     config["model"]["init_path"] = args.pretrained  # as given: no machine's paths in the results
     out = {"config": config, **load_previous(args.results, config)}
     for seed in args.seeds:

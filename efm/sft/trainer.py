@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -138,11 +138,12 @@ def _pad(batch: Batch, size: int) -> Batch:
 
 
 class Samples(NamedTuple):
-    """What the trainer reads: `training(seed=, start_step=, shard=)` endless batches,
-    `validation(objective)` each held-out sample of an objective once. Stage 1 binds
-    Stage1Data to its RLDS directories; pretraining renders its own (efm.sft.pretrain)."""
+    """What the trainer reads: `training(seed=, start_step=, shard=)` endless batches (a
+    generator, closed when training ends), `validation(objective)` each held-out sample of an
+    objective once. Stage 1 binds Stage1Data to its RLDS directories; pretraining renders its
+    own (efm.sft.pretrain)."""
 
-    training: Callable[..., Iterator[Batch]]
+    training: Callable[..., Generator[Batch, None, None]]
     validation: Callable[[str], Iterator[Batch]]
 
 
@@ -257,35 +258,37 @@ def train(cfg: RunConfig, fns: EFMFunctions, samples: Samples, workdir: str | Pa
     start = int(state.step)
     bar = progress_bar(total=sft.num_steps, initial=start, desc=desc, enabled=progress)
     running: dict[str, list[Any]] = {}
-    batches = samples.training(seed=sft.seed, start_step=start, shard=(jax.process_count(), jax.process_index()))
-    for step in range(start, sft.num_steps):
-        state, metrics = train_step(state, sharding.put_batch(mesh, next(batches)))
-        for k, v in metrics.items():
-            running.setdefault(k, []).append(v)
-        bar.update(1)
-        done = step + 1
-        if done % sft.eval_every == 0 or done == sft.num_steps:
-            row = {"step": float(done), **{k: float(np.mean(jax.device_get(v))) for k, v in running.items()},
-                   **validation_losses(state.params)}
-            running = {}
-            if not all(np.isfinite(v) for v in row.values()):
-                raise FloatingPointError(f"non-finite loss at step {done}: {row}")
-            history.append(row)
-            bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in row.items() if k.startswith("val/")})
-            if log is not None:
-                log({k: v for k, v in row.items() if k != "step"}, done)
-            if done % sft.checkpoint_every == 0 or done == sft.num_steps:
-                # History first: a resume drops rows past its checkpoint, but could not recompute
-                # a saved checkpoint's missing row.
-                if jax.process_index() == 0:
-                    _write_history(workdir, history)
-                checkpoints.save_step(manager, done, state._asdict())
-                rules = (cfg.select.policy_rule, cfg.select.reward_rule) if "bc" in sft.objectives else ()
-                saved = set(manager.all_steps())
-                for s in saved - _keep_steps(checkpointed(history, saved), sft.max_checkpoints, rules):
-                    manager.delete(s)
-                if on_checkpoint is not None:
-                    on_checkpoint(done)
+    # Closed however the loop ends: a pretraining renderer thread stops before its env closes.
+    with contextlib.closing(samples.training(seed=sft.seed, start_step=start,
+                                             shard=(jax.process_count(), jax.process_index()))) as batches:
+        for step in range(start, sft.num_steps):
+            state, metrics = train_step(state, sharding.put_batch(mesh, next(batches)))
+            for k, v in metrics.items():
+                running.setdefault(k, []).append(v)
+            bar.update(1)
+            done = step + 1
+            if done % sft.eval_every == 0 or done == sft.num_steps:
+                row = {"step": float(done), **{k: float(np.mean(jax.device_get(v))) for k, v in running.items()},
+                       **validation_losses(state.params)}
+                running = {}
+                if not all(np.isfinite(v) for v in row.values()):
+                    raise FloatingPointError(f"non-finite loss at step {done}: {row}")
+                history.append(row)
+                bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in row.items() if k.startswith("val/")})
+                if log is not None:
+                    log({k: v for k, v in row.items() if k != "step"}, done)
+                if done % sft.checkpoint_every == 0 or done == sft.num_steps:
+                    # History first: a resume drops rows past its checkpoint, but could not recompute
+                    # a saved checkpoint's missing row.
+                    if jax.process_index() == 0:
+                        _write_history(workdir, history)
+                    checkpoints.save_step(manager, done, state._asdict())
+                    rules = (cfg.select.policy_rule, cfg.select.reward_rule) if "bc" in sft.objectives else ()
+                    saved = set(manager.all_steps())
+                    for s in saved - _keep_steps(checkpointed(history, saved), sft.max_checkpoints, rules):
+                        manager.delete(s)
+                    if on_checkpoint is not None:
+                        on_checkpoint(done)
     bar.close()
     manager.close()
     return SftResult(workdir, history, int(state.step))
