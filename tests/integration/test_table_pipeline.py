@@ -13,24 +13,27 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from efm import checkpoints
-from efm.config import debug_config
+from efm.config import RunConfig, debug_config
 from efm.pipelines.local import run_local
 from efm.sft.trainer import restore_params
 from efm.tracking import UPSTREAM
 
 
+def tiny_table() -> RunConfig:
+    base = debug_config("tabletop")
+    return base.replace(env=dataclasses.replace(base.env, max_episode_steps=30),
+                        data=dataclasses.replace(base.data, num_episodes=12, validation_episodes=4),
+                        model=dataclasses.replace(base.model, init="pretrain"),
+                        sft=dataclasses.replace(base.sft, num_steps=4, eval_every=2, checkpoint_every=2, warmup_steps=1),
+                        self_improve=dataclasses.replace(base.self_improve, max_episodes=2, num_envs=2,
+                                                         transfer_domains=()),
+                        eval=dataclasses.replace(base.eval, num_episodes=2, num_envs=2, plot_episodes=1))
+
+
 @pytest.fixture(scope="module")
 def table_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    base = debug_config("tabletop")
-    cfg = base.replace(env=dataclasses.replace(base.env, max_episode_steps=30),
-                       data=dataclasses.replace(base.data, num_episodes=12, validation_episodes=4),
-                       model=dataclasses.replace(base.model, init="pretrain"),
-                       sft=dataclasses.replace(base.sft, num_steps=4, eval_every=2, checkpoint_every=2, warmup_steps=1),
-                       self_improve=dataclasses.replace(base.self_improve, max_episodes=2, num_envs=2,
-                                                        transfer_domains=()),
-                       eval=dataclasses.replace(base.eval, num_episodes=2, num_envs=2, plot_episodes=1))
     out = tmp_path_factory.mktemp("table-pipeline")
-    return out, run_local(cfg, out, seeds=[0], progress=False)
+    return out, run_local(tiny_table(), out, seeds=[0], progress=False)
 
 
 def test_sft_starts_from_the_pretrain_step(table_run) -> None:
@@ -61,3 +64,19 @@ def test_mlflow_links_sft_to_its_pretraining(table_run) -> None:
     assert pre.info.run_id in sft.data.tags[UPSTREAM].split(",")
     assert {"localization.effector_cm", "localization.blocks_cm"} <= set(pre.data.metrics)
     assert "localization.png" in {a.path for a in client.list_artifacts(pre.info.run_id)}
+
+
+def test_a_later_run_starts_from_the_earlier_pretraining(table_run, tmp_path: Path) -> None:
+    """model.init_path naming an `efm pretrain` output: no pretrain step, and SFT starts from
+    those weights (the Block2Block benchmark's branches, run in pieces, share one)."""
+    out, summary = table_run
+    pretrained = out / "pipeline_root" / summary["kfp"]["run_name"] / "pretrain" / "model"
+    base = tiny_table()
+    later = base.replace(model=dataclasses.replace(base.model, init_path=str(pretrained)))
+    second = run_local(later, tmp_path / "later", seeds=[0], progress=False)
+    assert "pretrain" not in second["kfp"]["executed"] + second["kfp"]["cached"]
+    root = tmp_path / "later" / "pipeline_root" / second["kfp"]["run_name"]
+    (sft,) = [p for p in root.iterdir() if p.name.startswith("sft")]
+    start = jax.tree_util.tree_leaves(checkpoints.load_params(pretrained / "params"))
+    after = jax.tree_util.tree_leaves(restore_params(sft / "model", 2))
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(start, after, strict=True)) < 0.01
