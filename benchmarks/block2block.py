@@ -14,8 +14,9 @@ the same config are kept). Rerunning with the same --out reuses the steps kfp ha
 dataset first of all) and resumes an interrupted SFT from its last checkpoint. Every branch
 starts from the table's pretraining (the same for every seed and fraction); by default from the
 one shipped in benchmarks/checkpoints/table-pretrain (made by the pipeline's pretrain step with
-the defaults, 70 minutes of the 2 cores), so that a branch fits one working session;
-`--pretrained ""` has the pipeline pretrain again.
+the defaults, 80 minutes of the 2 cores), so that a branch fits one working session;
+`--pretrained ""` has the pipeline pretrain again. `--fractions` picks the branches to run; the
+config (the kfp steps' cache key) is the same whichever are run.
 
     .venv/bin/python benchmarks/block2block.py --out runs/bench-block2block
 """
@@ -44,7 +45,12 @@ def mean(rows: list[dict], domain: str, fraction: float, key: str) -> float | No
     return float(np.mean(values)) if values else None
 
 
-def claims(rows: list[dict], small: float, large: float) -> dict:
+def claims(rows: list[dict]) -> dict:
+    """The claim over the table's smallest and largest fractions measured so far."""
+    fractions = sorted({r["data_fraction"] for r in rows if r["domain"] == "tabletop"})
+    if not fractions:
+        return {}
+    small, large = fractions[0], fractions[-1]
     si_small = mean(rows, "tabletop", small, "self_improved")
     sft_small, sft_large = mean(rows, "tabletop", small, "sft"), mean(rows, "tabletop", large, "sft")
     extra = [r["self_improvement_episodes"] / r["dataset_episodes"] for r in rows if r["domain"] == "tabletop"]
@@ -69,9 +75,11 @@ def merge(previous: list[dict], new: list[dict]) -> list[dict]:
 def same_recipe(config: dict) -> dict:
     """The config as the defaults complete it today (fields added since it was recorded take
     their defaults), less where the pretraining comes from (the pipeline's step or a directory
-    it wrote): the pretrain section, which says what it is, stays."""
+    it wrote; the pretrain section, which says what it is, stays) and data.fractions (the
+    branches run are chosen apart from it)."""
     full = json.loads(load_config("tabletop", json.dumps(config)).to_json())
-    return {**full, "model": {k: v for k, v in full["model"].items() if k != "init_path"}}
+    return {**full, "model": {k: v for k, v in full["model"].items() if k != "init_path"},
+            "data": {k: v for k, v in full["data"].items() if k != "fractions"}}
 
 
 # What a pretraining's weights depend on: the same for the run, or the weights are another recipe's.
@@ -115,17 +123,17 @@ def main() -> None:
     parser.add_argument("--config", help="JSON overriding the defaults, as for efm --config")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--pretrained", default=str(PRETRAINED.relative_to(REPO)),
-                        help='an `efm pretrain` output every branch starts from ("": the pipeline pretrains)')
+                        help='an `efm pretrain` output every branch starts from, relative to the repository '
+                             'or absolute ("": the pipeline pretrains)')
     args = parser.parse_args()
     cfg = load_config("tabletop", args.config)
-    cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
     if args.pretrained:
         start = Path(args.pretrained) if Path(args.pretrained).is_absolute() else REPO / args.pretrained
         cfg = cfg.replace(model=replace(cfg.model, init_path=str(start)))
     config = json.loads(cfg.to_json())
     if args.pretrained:
         check_pretrained(start, config)
-    config["model"]["init_path"] = args.pretrained  # as given: no machine's paths in the results
+    config["model"]["init_path"] = args.pretrained  # as given: the shipped one's is relative
     out = {"config": config, **load_previous(args.results, config)}
     for seed in args.seeds:
         for fraction in args.fractions:
@@ -136,7 +144,7 @@ def main() -> None:
                 {"data_fraction": fraction, "seed": seed, "pretrained": args.pretrained or "the pipeline's step",
                  "seconds": time.time() - t0,
                  "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
-            out["claims"] = claims(out["results"], min(args.fractions), max(args.fractions))
+            out["claims"] = claims(out["results"])
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(out, indent=1))
             print(markdown_table(out["results"]))

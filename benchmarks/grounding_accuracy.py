@@ -55,7 +55,7 @@ def name_samples(dataset: str, split: str, every: int, cfg) -> tuple[Arrays, np.
         frames = ep.observations[RGB]
         aspect = frames.shape[2] / frames.shape[1]
         rc, mask = instruction_grounding(text, [ep.instruction] * len(steps),
-                                         ep.observations[BLOCK_TRANSLATION][steps], aspect)
+                                         ep.observations[BLOCK_TRANSLATION][steps], aspect, cfg.env.tabletop.camera)
         spans = [(a, b) for _, a, b in block_mentions(ep.instruction)]
         inputs.append({k: v[steps] for k, v in spec.episode_inputs(ep).items()})
         rcs.append(rc)
@@ -76,6 +76,7 @@ def main() -> None:
     p.add_argument("--split", default="validation")
     p.add_argument("--params", nargs="+", required=True, help="NAME=PATH of Orbax params checkpoints")
     p.add_argument("--variant", default="vl-cpu-gkp", help="their model variant (a grounded one)")
+    p.add_argument("--camera", default="oblique", help="the table camera the dataset was rendered with")
     p.add_argument("--every", type=int, default=4, help="every n-th step of each episode")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -86,17 +87,20 @@ def main() -> None:
         print(json.dumps(results, indent=1))
         return
     cfg = default_config("tabletop")
-    cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=args.variant, init="scratch", init_path=""))
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=args.variant, init="scratch", init_path=""),
+                      env=dataclasses.replace(cfg.env, tabletop=dataclasses.replace(cfg.env.tabletop,
+                                                                                   camera=args.camera)))
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     inputs, true_rc, mask, roles = name_samples(args.dataset, args.split, args.every, cfg)
     aspect = inputs[IMAGE].shape[3] / inputs[IMAGE].shape[2]
-    true_xy = table_position(true_rc[mask], BLOCK_HALF_HEIGHT, aspect)
+    true_xy = table_position(true_rc[mask], BLOCK_HALF_HEIGHT, aspect, args.camera)
     ground = jax.jit(lambda p, x: fns.model.apply({"params": p}, x, method="ground"))
     for name, path in todo.items():
         params = checkpoints.load_params(path)
         seen = np.concatenate([np.asarray(ground(params, {k: v[i:i + 64] for k, v in inputs.items()}))
                                for i in range(0, len(mask), 64)])
-        errors = np.linalg.norm(table_position(seen[mask], BLOCK_HALF_HEIGHT, aspect) - true_xy, axis=-1) * 100
+        errors = np.linalg.norm(table_position(seen[mask], BLOCK_HALF_HEIGHT, aspect, args.camera) - true_xy,
+                                axis=-1) * 100
         role = roles[mask]
         results[name] = {"params": path, "variant": args.variant, "dataset": args.dataset, "every": args.every,
                          "all_names": summary(errors), "task_block": summary(errors[role == 0]),

@@ -105,7 +105,7 @@ def mirrored(artifact_path: str | Path) -> Iterator[tuple[Path, Callable[..., No
         if manifest.is_file():
             for rel in json.loads(manifest.read_text()):
                 (work / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(artifact / rel, work / rel)
+                shutil.copy2(artifact / rel, work / rel)  # its time too: not newer than the artifact's copy
 
         def sync(*_: object) -> None:
             sync_tree(work, artifact)

@@ -113,12 +113,18 @@ class BananaTableConfig:
         _check(self.banana_friction > 0, "bananatable.banana_friction", self.banana_friction, "> 0")
 
 
-TABLE_CAMERAS = ("oblique", "top_down")  # envs.tabletop.scene.CAMERAS
+TABLE_CAMERAS = ("oblique", "top_down")  # envs.tabletop.scene.CAMERAS (a test keeps them equal)
+# The top-down camera frames the board inside its walls along x (0.61 m); its y extent (0.77 m)
+# fits only in an image this much wider than high (a test derives it from the geometry).
+TOP_DOWN_MIN_ASPECT = 1.27
 
 
 def _check_scene(prefix: str, cfg: TabletopConfig | BananaTableConfig) -> None:
     """Fields shared by the PyBullet table domains."""
     _check(cfg.camera in TABLE_CAMERAS, f"{prefix}.camera", cfg.camera, f"one of {TABLE_CAMERAS}")
+    _check(cfg.camera != "top_down" or cfg.image_width >= TOP_DOWN_MIN_ASPECT * cfg.image_height,
+           f"{prefix}.image_width", cfg.image_width,
+           f">= {TOP_DOWN_MIN_ASPECT} x image_height with the top_down camera (the board's width must fit)")
     _check(cfg.image_height >= 8, f"{prefix}.image_height", cfg.image_height, ">= 8")
     _check(cfg.image_width >= 8, f"{prefix}.image_width", cfg.image_width, ">= 8")
     _check(0 < cfg.max_delta <= 0.1, f"{prefix}.max_delta", cfg.max_delta, "in (0, 0.1]")

@@ -193,7 +193,8 @@ class ActorWorker:
         life = ray.get(monitor.actor_started.remote(index))
         self._stg = RemoteStepsToGo(service, fleet.service_retries, fleet.retry_delay_s)
         self._policy = RemotePolicy(learner) if learner is not None else TimedPolicy(builder.make_policy(params))
-        # A restarted actor draws other episodes than each of its earlier lives.
+        # A restarted actor draws other episodes than each of its earlier lives (counted by the
+        # monitor: should the monitor itself restart, the count starts again).
         self._actor = builder.make_actor(index, params, self._stg, builder.connect_replay(replay_address),
                                          monitor=RemoteMonitor(monitor), policy=self._policy,
                                          seed_offset=1000 * life)
@@ -327,11 +328,10 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
             builder_ref, policy_ref, replay.address)
         made.callback(ray.kill, learner)
         serve = learner if fc.policy_inference == "learner" else None
-        actors = []
-        for i in range(si.num_actors):
-            actors.append(ray.remote(ActorWorker).options(**ray_options(fc.actor, max_restarts=fc.max_actor_restarts))
-                          .remote(builder_ref, i, policy_ref, service, replay.address, monitor, serve))
-            made.callback(close_actor, actors[-1])
+        actors = [ray.remote(ActorWorker).options(**ray_options(fc.actor, max_restarts=fc.max_actor_restarts))
+                  .remote(builder_ref, i, policy_ref, service, replay.address, monitor, serve)
+                  for i in range(si.num_actors)]
+        made.callback(close_actors, actors)
         cleanup = made.pop_all()
     ledger = RoundLedger()
     calls = iter(range(1 << 20))
@@ -418,15 +418,15 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
                  extras={"refs": (builder_ref, policy_ref, reward_ref), "actors": actors, "service": service, "learner": learner, "replay_address": replay.address})
 
 
-def close_actor(handle: Any, timeout_s: float = 10.0) -> None:
-    """Lets an actor close its env (a robot station lets go of its robot), then ends it; a dead
-    or hung actor is ended all the same."""
+def close_actors(handles: list[Any], timeout_s: float = 10.0) -> None:
+    """Lets every actor close its env (a robot station lets go of its robot), all at once and
+    for at most `timeout_s` in all, then ends them; a dead, hung or busy one (its close waits
+    behind a running round) is ended all the same."""
     try:
-        ray.get(handle.close.remote(), timeout=timeout_s)
-    except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError):
-        pass
+        ray.wait([h.close.remote() for h in handles], num_returns=len(handles), timeout=timeout_s)
     finally:
-        ray.kill(handle)
+        for handle in handles:
+            ray.kill(handle)
 
 
 class ReverbHolder:

@@ -80,8 +80,9 @@ CAMERA_UP = (-1.0, 0.0, 0.0)
 CAMERA_FOV = 43.0  # vertical, degrees: the whole board and its walls
 TOP_DOWN_HEIGHT = 1.0  # metres above the board
 # Straight down on the board's centre, image rows along x (the robot's base at the top, as in
-# the oblique view), framing the board inside its walls along x: a block spans the same number
-# of pixels everywhere (4.7 at 72x128 against 2.4 to 4.9 obliquely; table_camera_pixels.py).
+# the oblique view), framing the board inside its walls along x (so the image must be at least
+# TOP_DOWN_MIN_ASPECT times as wide as high for its y extent): a block spans the same number of
+# pixels everywhere (4.8 at 72x128 against 2.4 to 4.9 obliquely; table_camera_pixels.py).
 CAMERAS = {
     "oblique": Camera(CAMERA_EYE, CAMERA_TARGET, CAMERA_UP, CAMERA_FOV),
     "top_down": Camera((float(BOARD_CENTER[0]), float(BOARD_CENTER[1]), TOP_DOWN_HEIGHT),

@@ -498,6 +498,23 @@ def test_the_top_down_camera_frames_the_board_with_the_robot_at_the_top() -> Non
     assert width(X_MIN, "oblique") < 0.8 * width(X_MAX, "oblique")
 
 
+def test_the_config_knows_the_scenes_cameras_and_the_top_down_framing() -> None:
+    """The config validates camera names and the top-down view's image shape without importing
+    PyBullet: its constants must be the scene's. The narrowest image that shows the board's
+    width is the board's y extent over its x extent (the rows' framing)."""
+    from efm.config import TABLE_CAMERAS, TOP_DOWN_MIN_ASPECT
+    from efm.envs.tabletop import CAMERAS
+
+    assert set(TABLE_CAMERAS) == set(CAMERAS)
+    need = (Y_MAX - Y_MIN + 2 * WALL_MARGIN) / (X_MAX - X_MIN + 2 * WALL_MARGIN)
+    assert need <= TOP_DOWN_MIN_ASPECT < need + 0.01
+    rc = image_position(np.array([[BOARD_CENTER[0], Y_MIN - WALL_MARGIN, 0], [BOARD_CENTER[0], Y_MAX + WALL_MARGIN, 0]]),
+                        TOP_DOWN_MIN_ASPECT, "top_down")
+    assert np.all(np.abs(rc[:, 1]) <= 1)  # the walls' inner edges are in the image
+    with pytest.raises(ValueError, match=r"tabletop\.image_width"):
+        TabletopConfig(camera="top_down", image_height=96, image_width=96)
+
+
 def test_config_validation_and_round_trip() -> None:
     for bad, field in [
         (dict(num_blocks=0), "tabletop.num_blocks"),
