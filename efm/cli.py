@@ -313,7 +313,10 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
 
 
 def ui_command(out: str | None, tracking_uri: str | None, port: int) -> list[str]:
-    """The `mlflow ui` command line for a run directory's store (or a given store)."""
+    """The `mlflow ui` command line for a run directory's store (or a given store).
+
+    One worker: the UI is one person's, and each of mlflow's default four imports the whole
+    server (minutes before the first page on a loaded 2-core machine)."""
     from efm.tracking import local_store
 
     if tracking_uri is None:
@@ -323,7 +326,7 @@ def ui_command(out: str | None, tracking_uri: str | None, port: int) -> list[str
             raise FileNotFoundError(f"no MLflow store at {Path(out) / 'mlflow.db'}: run `efm run --out {out}` first")
         tracking_uri = local_store(out)
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
-            "--host", "127.0.0.1", "--port", str(port)]
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
 def _validate_command(args: argparse.Namespace) -> dict:

@@ -377,16 +377,21 @@ def test_ui_serves_the_run_store(run_dir: dict[str, Path]) -> None:
     cmd = ui_command(str(run_dir["out"]), None, port)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--backend-store-uri") + 1].endswith(f"{run_dir['out'].name}/mlflow.db")
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert cmd[cmd.index("--workers") + 1] == "1"
+    log = run_dir["out"].parent / "ui.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        deadline, status = time.time() + 90, None
-        while time.time() < deadline and status is None:
+        # Up to 5 minutes while the server lives: importing mlflow's server on a 2-core machine
+        # whose other core runs a pipeline took 70 s; a server that exits fails at once.
+        deadline, status = time.time() + 300, None
+        while time.time() < deadline and status is None and server.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                     status = r.status
             except OSError:
                 time.sleep(1)
-        assert status == 200
+        assert status == 200, f"exit code {server.poll()}; its log:\n{log.read_text()[-3000:]}"
     finally:
         server.terminate()
         try:
