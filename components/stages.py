@@ -105,7 +105,7 @@ def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed:
     from efm.components.artifacts import publish
     from efm.components.tracking import stage_run
     from efm.config import RunConfig
-    from efm.data.subsample import fraction_dirname
+    from efm.data.subsample import fraction_dirname, fraction_key
     from efm.stages import seeded, subsample_stage
 
     cfg = seeded(RunConfig.from_json(config_json), seed)
@@ -117,7 +117,7 @@ def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed:
             manifest = subsample_stage(cfg, episodes.path, tmp, seed)
             publish(Path(tmp) / fraction_dirname(fraction), train.path)
             publish(Path(tmp) / manifest["validation"]["path"], validation.path)
-        entry = manifest["fractions"][f"{fraction:g}"]
+        entry = manifest["fractions"][fraction_key(fraction)]
         run.log_metrics({"train_episodes": entry["count"], "validation_episodes": manifest["validation"]["count"]})
     train.metadata.update({"fraction": fraction, "seed": seed, "count": entry["count"]})
     validation.metadata.update({"seed": seed, "count": manifest["validation"]["count"]})

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 from efm.envs.base import Array, Episode
 
@@ -345,8 +346,9 @@ def write_episodes(
 
 
 def _open(directory: str | os.PathLike[str]) -> tfds.core.DatasetBuilder:
-    """A TFDS builder for an RLDS dataset directory, or a DatasetError saying what is wrong."""
-    path = Path(directory)
+    """A TFDS builder for an RLDS dataset directory (a local path or a URI such as gs://, which
+    Dataflow's workers read), or a DatasetError saying what is wrong."""
+    path = epath.Path(directory)  # pathlib would fold gs://b into gs:/b
     if not path.exists():
         raise DatasetError(f"RLDS dataset {path}: the directory does not exist")
     if not path.is_dir():
@@ -378,7 +380,7 @@ def _open(directory: str | os.PathLike[str]) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def _check_split(builder: tfds.core.DatasetBuilder, split: str, path: Path) -> None:
+def _check_split(builder: tfds.core.DatasetBuilder, split: str, path: str | os.PathLike[str]) -> None:
     available = sorted(builder.info.splits.keys())
     for part in split.split("+"):
         base = part.split("[", 1)[0].strip()
@@ -403,7 +405,7 @@ def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
 def load_rlds(directory: str | os.PathLike[str], split: str = "train") -> tf.data.Dataset:
     """The raw RLDS dataset: episodes with a nested `steps` tf.data.Dataset, in stored order."""
     builder = _open(directory)
-    _check_split(builder, split, Path(directory))
+    _check_split(builder, split, directory)
     return builder.as_dataset(split=split, shuffle_files=False)
 
 
@@ -488,7 +490,7 @@ def _metadata_field(directory: str | os.PathLike[str], split: str, key: str) -> 
     """One episode_metadata text field of every episode in stored order, without decoding any
     step; None when the dataset has no such field."""
     builder = _open(directory)
-    _check_split(builder, split, Path(directory))
+    _check_split(builder, split, directory)
     md = builder.info.features["episode_metadata"] if "episode_metadata" in builder.info.features else {}  # noqa: SIM401
     if key not in md:
         return None

@@ -136,7 +136,8 @@ def _successful(layout: _Layout) -> Any:
         md = episode.get("episode_metadata", {})
         if "success" in md:
             return md["success"]
-        return episode["steps"].reduce(False, lambda acc, s: tf.logical_or(acc, s["is_terminal"]))
+        # RLDS: a success ends on a terminal step (the last step's flag, as rlds.py and validation read it)
+        return episode["steps"].reduce(False, lambda _, s: s["is_terminal"])
 
     return fn
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -83,9 +84,16 @@ def nested_fractions(
     return out
 
 
+def fraction_key(fraction: float) -> str:
+    """"0.1": the fraction's name in the manifest and its folder; exact, so two fractions never
+    share one (1/3 is "0.3333333333333333", not "0.333333")."""
+    short = f"{fraction:g}"
+    return short if float(short) == fraction else repr(float(fraction))
+
+
 def fraction_dirname(fraction: float) -> str:
     """"fraction_0.1": the folder name is the fraction, so manifests and paths agree."""
-    return f"fraction_{fraction:g}"
+    return f"fraction_{fraction_key(fraction)}"
 
 
 def subsample_dataset(
@@ -107,12 +115,18 @@ def subsample_dataset(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise rlds.DatasetError(f"cannot subsample into {out}: it exists and is not empty "
-                                "(pass overwrite=True to replace its datasets)")
+                                "(delete it, or pass overwrite=True to replace its datasets)")
     if num_validation < 1:
         raise ValueError(f"num_validation={num_validation}: need at least one validation episode")
     ids = rlds.read_episode_ids(source_dir, split)  # one pass over the ids; episodes stream below
     train_ids, val_ids = split_validation(ids, num_validation, seed)
     subsets = nested_fractions(train_ids, fractions, seed)
+    if out.is_dir():  # overwrite: no longer complete until the new manifest, no stale fractions
+        (out / MANIFEST).unlink(missing_ok=True)
+        keep = {fraction_dirname(f) for f in subsets}
+        for stale in out.glob("fraction_*"):
+            if stale.name not in keep:
+                shutil.rmtree(stale)
 
     source = {"path": str(Path(source_dir).absolute()), "split": split}
     manifest: dict[str, Any] = {
@@ -134,14 +148,34 @@ def subsample_dataset(
 
     write(val_ids, VALIDATION_DIR, VALIDATION_SPLIT, "validation")
     for f, subset in subsets.items():
-        write(subset, fraction_dirname(f), TRAIN_SPLIT, f"fraction {f:g}")
-        manifest["fractions"][f"{f:g}"] = {"fraction": f, "path": fraction_dirname(f),
+        write(subset, fraction_dirname(f), TRAIN_SPLIT, f"fraction {fraction_key(f)}")
+        manifest["fractions"][fraction_key(f)] = {"fraction": f, "path": fraction_dirname(f),
                                            "split": TRAIN_SPLIT, "count": len(subset),
                                            "episode_ids": subset}
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(out / MANIFEST)
     return manifest
+
+
+def manifest_mismatch(manifest: dict[str, Any], source_dir: str | os.PathLike[str],
+                      fractions: Iterable[float], num_validation: int, seed: int,
+                      split: str = TRAIN_SPLIT) -> str | None:
+    """Why a finished subsampling is not the one `subsample_dataset` would write from this
+    source with these arguments (None if it is): the draws are recomputed from the source's
+    episode ids, so a regenerated or different source is caught, not only other arguments."""
+    if manifest["seed"] != seed or manifest["validation"]["count"] != num_validation:
+        return (f"it holds seed {manifest['seed']} and {manifest['validation']['count']} validation episodes, "
+                f"not seed {seed} and {num_validation}")
+    stored = {v["fraction"]: v["episode_ids"] for v in manifest["fractions"].values()}
+    missing = sorted(set(fractions) - set(stored))
+    if missing:
+        return f"it has no fraction {', '.join(map(fraction_key, missing))} (it has {sorted(stored)})"
+    train_ids, val_ids = split_validation(rlds.read_episode_ids(source_dir, split), num_validation, seed)
+    subsets = nested_fractions(train_ids, fractions, seed)
+    if val_ids != manifest["validation"]["episode_ids"] or any(stored[f] != ids for f, ids in subsets.items()):
+        return f"it was drawn from other episodes than {source_dir}'s (split {split!r}) now holds"
+    return None
 
 
 def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -164,11 +164,9 @@ def subsample_stage(cfg: RunConfig, dataset_dir: str | Path, out_dir: str | Path
     """Nested fractions of the training episodes plus the shared validation split."""
     if (Path(out_dir) / subsample.MANIFEST).exists():
         manifest = subsample.load_manifest(out_dir)
-        have = {float(f) for f in manifest["fractions"]}
-        if (manifest["seed"] != seed or manifest["validation"]["count"] != cfg.data.validation_episodes
-                or not set(cfg.data.fractions) <= have):
-            raise ValueError(f"{out_dir} was subsampled with another seed, validation size or fractions "
-                             f"(seed {manifest['seed']}, fractions {sorted(have)}): use a new output directory")
+        why = subsample.manifest_mismatch(manifest, dataset_dir, cfg.data.fractions, cfg.data.validation_episodes, seed)
+        if why is not None:
+            raise ValueError(f"{out_dir} is another subsampling: {why}; use a new output directory")
         return manifest
     return subsample.subsample_dataset(dataset_dir, out_dir, cfg.data.fractions, cfg.data.validation_episodes, seed)
 

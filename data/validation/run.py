@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ def validate_dataset(
     if branches is not None:
         # the ids subsample will draw the branches from, read as it reads them
         slices, pairs = branch_slices(rlds.read_episode_ids(directory), *branches)
-    stats_dir = out if settings.runner == "DirectRunner" else settings.temp_location.rstrip("/") + "/stats"
+    # Dataflow writes under the shared temp location: one folder per validation, so runs at once
+    # never read each other's statistics
+    stats_dir = (out if settings.runner == "DirectRunner"
+                 else f"{settings.temp_location.rstrip('/')}/stats/{uuid.uuid4().hex}")
     # No schema for the statistics: numeric features stay numeric (histograms), the same as in
     # the reference statistics, so drift compares like with like.
     stats = compute_statistics(directory, stats_dir, slices, settings, make_pipeline=make_pipeline)

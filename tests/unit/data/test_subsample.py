@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 from efm.data import rlds as rlds_io
 from efm.data.subsample import (
+    fraction_dirname,
+    fraction_key,
     fraction_size,
     load_manifest,
     nested_fractions,
@@ -108,18 +111,69 @@ def test_subsample_dataset_refuses_a_non_empty_out_dir(tmp_path: Path) -> None:
 
 
 def test_subsample_streams_instead_of_reading_the_whole_dataset(tmp_path: Path, monkeypatch) -> None:
-    """Memory must not grow with the dataset: episodes are streamed, never read as a list."""
+    """Memory must not grow with the dataset: each output dataset is written while the source
+    streams past (its first episode is written before the rest of the source is read)."""
     rlds_io.write_episodes([_episode(i) for i in range(40)], tmp_path / "full")
-    streamed = []
-    real_iter = rlds_io.iter_episodes
+    streamed: list[str] = []
+    pass_starts: list[int] = []  # len(streamed) when each pass over the source began
+    read_before_first_write: list[int] = []
+    real_iter, real_write = rlds_io.iter_episodes, rlds_io.write_episodes
 
     def counting_iter(*args, **kwargs):
+        pass_starts.append(len(streamed))
         for ep in real_iter(*args, **kwargs):
             streamed.append(ep.episode_id)
             yield ep
 
-    monkeypatch.setattr(rlds_io, "read_episodes", lambda *a, **k: pytest.fail("read the whole dataset"))
+    def watching_write(episodes, *args, **kwargs):
+        def watched():
+            for i, ep in enumerate(episodes):
+                if i == 0:
+                    read_before_first_write.append(len(streamed) - pass_starts[-1])
+                yield ep
+        return real_write(watched(), *args, **kwargs)
+
     monkeypatch.setattr(rlds_io, "iter_episodes", counting_iter)
+    monkeypatch.setattr(rlds_io, "write_episodes", watching_write)
     manifest = subsample_dataset(tmp_path / "full", tmp_path / "out", (0.25, 1.0), num_validation=4, seed=1)
     assert manifest["fractions"]["1"]["count"] == 36
     assert len(streamed) == 3 * 40  # one streamed pass per output dataset
+    # fraction 1 holds every training episode, so its first is among the source's first five
+    # (4 are held out); a reader that listed the source first would have read all 40
+    assert read_before_first_write[-1] <= 5
+
+
+def test_fraction_names_are_exact() -> None:
+    assert [fraction_key(f) for f in (0.1, 0.5, 1.0)] == ["0.1", "0.5", "1"]
+    assert float(fraction_key(1 / 3)) == 1 / 3
+    assert fraction_dirname(1 / 3) != fraction_dirname(0.333333)  # the same name to 6 digits
+
+
+def test_resuming_a_subsampling_checks_its_source_and_arguments(tmp_path: Path) -> None:
+    """`efm subsample` into a finished output returns it when it is the same draw (fractions
+    such as Aloha's 1/3 included) and refuses it when the source or the arguments changed."""
+    from efm.config import debug_config
+    from efm.stages import subsample_stage
+
+    rlds_io.write_episodes([_episode(i) for i in range(30)], tmp_path / "full")
+    base = debug_config()
+    cfg = base.replace(data=dataclasses.replace(base.data, fractions=(1 / 3, 2 / 3), validation_episodes=3))
+    first = subsample_stage(cfg, tmp_path / "full", tmp_path / "out", seed=0)
+    assert subsample_stage(cfg, tmp_path / "full", tmp_path / "out", seed=0) == first
+    with pytest.raises(ValueError, match="seed 0 and 3 validation"):
+        subsample_stage(cfg, tmp_path / "full", tmp_path / "out", seed=1)
+    with pytest.raises(ValueError, match=r"no fraction 0\.5"):
+        subsample_stage(cfg.replace(data=dataclasses.replace(cfg.data, fractions=(0.5,))),
+                        tmp_path / "full", tmp_path / "out", seed=0)
+    rlds_io.write_episodes([_episode(i) for i in range(10, 40)], tmp_path / "full", overwrite=True)
+    with pytest.raises(ValueError, match="other episodes"):
+        subsample_stage(cfg, tmp_path / "full", tmp_path / "out", seed=0)
+
+
+def test_overwriting_a_subsampling_leaves_only_the_new_one(tmp_path: Path) -> None:
+    rlds_io.write_episodes([_episode(i) for i in range(20)], tmp_path / "full")
+    out = tmp_path / "out"
+    subsample_dataset(tmp_path / "full", out, (0.25, 0.5), num_validation=2, seed=0)
+    manifest = subsample_dataset(tmp_path / "full", out, (0.5,), num_validation=2, seed=1, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["fraction_0.5", "manifest.json", "validation"]
+    assert load_manifest(out) == manifest and manifest["seed"] == 1

@@ -231,6 +231,27 @@ def test_dataflow_options_are_built_from_the_config_and_the_step(tmp_path: Path)
         ValidationConfig(runner="SparkRunner")
 
 
+def test_dataflow_validations_never_share_a_statistics_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two validations with one configured temp location (a schedule's runs at once) write their
+    statistics to folders of their own, so neither reads the other's."""
+    from efm.data.validation import run
+
+    cfg = debug_config().replace(validation=ValidationConfig(
+        runner="DataflowRunner", dataflow_project="p", dataflow_region="r", dataflow_temp_location="gs://b/tmp"))
+    episodes = write(tmp_path / "ds", n=4)
+    folders = []
+
+    def record(directory: object, out_dir: str, *args: object, **kwargs: object) -> None:
+        folders.append(out_dir)
+        raise _Stop
+
+    monkeypatch.setattr(run, "compute_statistics", record)
+    for _ in range(2):
+        with pytest.raises(_Stop):
+            validation.run_validation(cfg, episodes, tmp_path / "out")
+    assert all(f.startswith("gs://b/tmp/stats/") for f in folders) and folders[0] != folders[1]
+
+
 def test_submit_passes_project_and_region_to_a_dataflow_validation() -> None:
     cfg = debug_config().replace(validation=ValidationConfig(runner="DataflowRunner"))
     v = validation.on_dataflow_of(cfg, "my-project", "us-central1").validation
