@@ -123,7 +123,8 @@ def test_a_state_model_gets_camera_observations_decoded(tmp_path: Path) -> None:
 
     episodes = [with_camera(e, i) for i, e in enumerate(POINT)]
     directory = rlds.write_episodes(episodes, tmp_path / "ds")
-    cfg = debug_config()
+    base = debug_config()  # a small shuffle buffer: 20,000 samples of 3 episodes took minutes to fill
+    cfg = base.replace(sft=dataclasses.replace(base.sft, shuffle_buffer=50))
     for objective in ("bc", "steps_to_go"):
         got, want = streamed(directory, cfg, objective), expected(episodes, cfg, objective)
         assert want["observation/rgb"].dtype == np.uint8 and want["observation/rgb"].shape[1:] == (6, 8, 3)
