@@ -16,6 +16,7 @@ from efm import checkpoints
 from efm.config import RunConfig, debug_config
 from efm.pipelines.local import run_local
 from efm.sft.trainer import restore_params
+from efm.stages import sft_stage
 from efm.tracking import UPSTREAM
 
 
@@ -67,16 +68,16 @@ def test_mlflow_links_sft_to_its_pretraining(table_run) -> None:
 
 
 def test_a_later_run_starts_from_the_earlier_pretraining(table_run, tmp_path: Path) -> None:
-    """model.init_path naming an `efm pretrain` output: no pretrain step, and SFT starts from
-    those weights (the Block2Block benchmark's branches, run in pieces, share one)."""
+    """model.init_path naming an `efm pretrain` output (the Block2Block benchmark's branches,
+    run in pieces, share one): its pipeline has no pretrain step (tests/unit/pipelines) and its
+    SFT, the `sft` component's stage on the config alone, starts from those weights. Run here
+    on the first run's data rather than as a second pipeline (ten minutes of CI)."""
     out, summary = table_run
-    pretrained = out / "pipeline_root" / summary["kfp"]["run_name"] / "pretrain" / "model"
+    root = out / "pipeline_root" / summary["kfp"]["run_name"]
+    pretrained = root / "pretrain" / "model"
     base = tiny_table()
     later = base.replace(model=dataclasses.replace(base.model, init_path=str(pretrained)))
-    second = run_local(later, tmp_path / "later", seeds=[0], progress=False)
-    assert "pretrain" not in second["kfp"]["executed"] + second["kfp"]["cached"]
-    root = tmp_path / "later" / "pipeline_root" / second["kfp"]["run_name"]
-    (sft,) = [p for p in root.iterdir() if p.name.startswith("sft")]
+    sft_stage(later, root / "subsample" / "train", root / "subsample" / "validation", tmp_path / "sft", progress=False)
     start = jax.tree_util.tree_leaves(checkpoints.load_params(pretrained / "params"))
-    after = jax.tree_util.tree_leaves(restore_params(sft / "model", 2))
+    after = jax.tree_util.tree_leaves(restore_params(tmp_path / "sft", 2))
     assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(start, after, strict=True)) < 0.01
