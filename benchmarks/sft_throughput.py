@@ -118,9 +118,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--data", default="runs/bench-throughput")
+    p.add_argument("--train", type=Path, help="an existing training split to stream instead (e.g. a pipeline's "
+                                               "pipeline_root/<run>/subsample/train)")
     p.add_argument("--out", default="benchmarks/results/sft_throughput.json")
     args = p.parse_args()
-    train = ensure_dataset(Path(args.data), args.episodes)
+    train = args.train or ensure_dataset(Path(args.data), args.episodes)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     for variant in args.variants:
