@@ -578,8 +578,8 @@ class FleetConfig:
     service: RoleResources = field(default_factory=RoleResources)
     learner: RoleResources = field(default_factory=RoleResources)
     max_actor_restarts: int = 10  # per actor, over the run: a dead actor is restarted and rejoins
-    service_retries: int = 20  # an actor's retries of a steps-to-go request while the service restarts
-    retry_delay_s: float = 0.5
+    service_retries: int = 20  # times an actor resends a steps-to-go request once a restarted service answers
+    retry_delay_s: float = 0.5  # how often an actor asks whether the restarting service answers
     service_batch_wait_s: float = 0.002  # the service waits this long for other actors' requests
     console_port: int = 0  # the operator console on bind_host; 0: no console
 

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from efm.config import RoleResources
 from efm.envs.base import add_counts
@@ -68,7 +68,9 @@ class ServiceWorker:
 
 
 class RemoteStepsToGo:
-    """The actor side of the service: retries while Ray restarts a dead service."""
+    """The actor side of the service: when a request fails, waits until Ray has restarted the
+    service (however long its model takes to load on a busy machine) and sends it again, up to
+    `retries` times."""
 
     def __init__(self, handle: Any, retries: int, delay_s: float):
         self._handle, self._retries, self._delay_s = handle, retries, delay_s
@@ -78,11 +80,11 @@ class RemoteStepsToGo:
         for attempt in range(self._retries + 1):
             try:
                 return ray.get(self._handle.steps_to_go.remote(inputs))
-            except ACTOR_FAILURES:
-                if attempt == self._retries:
+            except ACTOR_FAILURES as e:
+                if attempt == self._retries or not died(e):
                     raise
                 self.retried += 1
-                time.sleep(self._delay_s)
+                wait_alive(self._handle, poll_s=self._delay_s)
         raise AssertionError("unreachable")
 
 
@@ -257,6 +259,13 @@ def ray_options(resources: RoleResources, **extra: Any) -> dict[str, Any]:
     return opts
 
 
+def died(error: BaseException) -> bool:
+    """The actor's process died (or is restarting), as opposed to its method raising: Ray
+    raises a method's own exception as a RayTaskError that is also an instance of the cause's
+    class, so an actor that gave up on a dead service raises an "ActorDiedError" of its own."""
+    return isinstance(error, ACTOR_FAILURES) and not isinstance(error, RayTaskError)
+
+
 def wait_alive(handle: Any, timeout_s: float = 600.0, poll_s: float = 0.5) -> None:
     """Blocks until a (restarting) Ray actor answers."""
     deadline = time.monotonic() + timeout_s
@@ -376,7 +385,9 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
                 summaries = ray.get(done[0])
                 out += summaries
                 ledger.expected |= {int(e["key"]) for e in summaries if e["length"] > 0}
-            except ACTOR_FAILURES:
+            except ACTOR_FAILURES as e:
+                if not died(e):
+                    raise  # the actor's round failed (e.g. the service stayed down): not a kill
                 # The actor died mid-round; Ray restarts it. What it did is in the ledger.
                 entry = ray.get(monitor.call_ledger.remote(call))
                 monitor.actor_died.remote(i)

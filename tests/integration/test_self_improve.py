@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from efm.models.tokenizers import make_vocabulary
 from efm.self_improve.builder import FleetBuilder
 from efm.self_improve.coordinator import coordinate
 from efm.self_improve.distributed import (
+    RemoteStepsToGo,
+    died,
     drilled_collect,
     kill_actor_mid_episode,
     kill_service,
@@ -166,6 +171,44 @@ def test_ray_fleet_survives_a_killed_actor_and_a_killed_service(ray_session: obj
         assert held == row["episodes"] - row["episodes_cut_by_fault"] - row["writes_cut_by_fault"]
     assert result.rounds[1]["samples_held"] == result.rounds[1]["env_steps"]  # no actor died in round 1
     assert int(live["0"]["pid"]) != killed[0]  # actor 0 was restarted and rejoined
+
+
+def test_actors_wait_out_a_slow_service_restart_and_a_failed_round_is_not_a_kill(
+        ray_session: object, tmp_path: Path) -> None:
+    """A service whose restart outlasts `retries` x `delay_s` (its model loading on a busy
+    machine) is waited for, not given up on; and a round that raises (an actor giving up on the
+    service) is an error, not the actor's death, though Ray makes it an ActorDiedError too."""
+    marker = str(tmp_path / "started")
+
+    @ray.remote(max_restarts=-1)
+    class SlowToRestart:
+        def __init__(self) -> None:
+            if os.path.exists(marker):
+                time.sleep(3.0)
+            open(marker, "w").close()
+
+        def steps_to_go(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return inputs["x"] + 1
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def give_up(self) -> None:
+            raise ray.exceptions.ActorDiedError()
+
+    service = SlowToRestart.remote()
+    client = RemoteStepsToGo(service, retries=1, delay_s=0.05)
+    assert client.steps_to_go({"x": np.array(1)}) == 2
+    os.kill(ray.get(service.pid.remote()), signal.SIGKILL)
+    assert client.steps_to_go({"x": np.array(1)}) == 2 and client.retried == 1
+    with pytest.raises(ray.exceptions.ActorDiedError) as raised:
+        ray.get(service.give_up.remote())
+    assert not died(raised.value)
+    os.kill(ray.get(service.pid.remote()), signal.SIGKILL)
+    with pytest.raises(ray.exceptions.RayActorError) as raised:
+        ray.get(service.pid.remote())
+    assert died(raised.value)
+    ray.kill(service)
 
 
 def test_version_1_serves_actions_from_the_learner(ray_session: object) -> None:
