@@ -225,15 +225,17 @@ class Stage1Data:
         self._spec = input_spec(self._vocab)
         self._ground = cfg.sft.grounding_weight > 0
 
-    def check(self, directory: str | os.PathLike[str]) -> None:
+    def check(self, directory: str | os.PathLike[str], shard: tuple[int, int] = (1, 0)) -> None:
         """Fails with a DatasetError naming what is missing, before any training: a layout the
-        model cannot read, or an objective without a sample (steps-to-go is learnt from the
-        successful episodes only; training would wait forever for one)."""
+        model cannot read, or an objective without a sample in `shard` (count, index: what this
+        host will read; steps-to-go is learnt from the successful episodes only, and training
+        would wait forever for one)."""
+        where = f"{directory}" + (f" in shard {shard[1]} of {shard[0]} (this host's)" if shard[0] > 1 else "")
         for objective in self._cfg.sft.objectives:
-            ds, _ = _objective_dataset(directory, None, self._spec, objective, 1, None, (1, 0), self._ground)
+            ds, _ = _objective_dataset(directory, None, self._spec, objective, 1, None, shard, self._ground)
             if next(iter(ds.take(1)), None) is None:  # reads up to the first sample, still encoded
                 why = "no successful episode" if objective == "steps_to_go" else "no episode with a step"
-                raise rlds.DatasetError(f"{directory}: nothing to learn {objective} from ({why})")
+                raise rlds.DatasetError(f"{where}: nothing to learn {objective} from ({why})")
 
     def training(self, directory: str | os.PathLike[str], *, seed: int, start_step: int = 0,
                  shard: tuple[int, int] = (1, 0)) -> Iterator[Batch]:

@@ -226,7 +226,7 @@ def run_sft(cfg: RunConfig, train_dir: str | os.PathLike[str], validation_dir: s
     """
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     data = Stage1Data(cfg, fns.vocab)
-    data.check(train_dir)
+    data.check(train_dir, shard=(jax.process_count(), jax.process_index()))  # what this host trains on
     data.check(validation_dir)
     samples = Samples(partial(data.training, train_dir), partial(data.validation, validation_dir))
     return train(cfg, fns, samples, workdir, log=log, progress=progress, on_checkpoint=on_checkpoint, desc="sft")

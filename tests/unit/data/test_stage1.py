@@ -171,6 +171,17 @@ def test_a_dataset_without_a_success_is_refused_before_training(tmp_path: Path) 
         Stage1Data(debug_config()).check(failures)
 
 
+def test_a_host_whose_shard_holds_no_success_is_refused_before_training(tmp_path: Path) -> None:
+    """On a multi-host slice each process reads its shard of the episodes: the whole dataset
+    may hold a success while one host's shard holds none (that host would wait forever)."""
+    one = rlds.write_episodes([point_episode(3, 0), point_episode(2, 1, success=False)], tmp_path / "ds")
+    data = Stage1Data(debug_config())
+    data.check(one)
+    data.check(one, shard=(2, 0))
+    with pytest.raises(rlds.DatasetError, match=r"in shard 1 of 2 \(this host's\): nothing to learn steps_to_go"):
+        data.check(one, shard=(2, 1))
+
+
 def aloha_episode(t: int, seed: int) -> Episode:
     """Aloha as the vision-language model reads it: two stacked camera images and 14 joints."""
     rng = np.random.default_rng(seed)
