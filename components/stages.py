@@ -17,6 +17,8 @@ cached, take the parent's id (`parent_run_id`, the output of start_tracking).
 No `from __future__ import annotations` here: kfp reads the annotations as types.
 """
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -30,6 +32,19 @@ def start_tracking(config_json: str, tracking_uri: str, branches: str, kfp_run: 
     from efm.config import RunConfig
 
     return start_experiment(RunConfig.from_json(config_json), tracking_uri, kfp_run, branches)
+
+
+@dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
+def data_configs(config_json: str) -> NamedTuple("DataConfigs", [("data", str), ("validate", str)]):
+    """The config as the data steps read it (`efm.config.stage_view`): `data` for dataset and
+    subsample, `validate` for the gate. Their cache keys then hold only what they read."""
+    from collections import namedtuple
+
+    from efm.config import RunConfig, stage_view
+
+    cfg = RunConfig.from_json(config_json)
+    return namedtuple("DataConfigs", ["data", "validate"])(stage_view(cfg, "dataset").to_json(),
+                                                           stage_view(cfg, "validate").to_json())
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from efm.config import RunConfig
+from efm.config import STAGE_SECTIONS, RunConfig
 from efm.tracking import PARENT, UPSTREAM, StageRun, Tracker
 
 RUN_ID = "mlflow_run_id"
@@ -158,7 +158,7 @@ def stage_run(stage: str, cfg: RunConfig, tracking_uri: str, parent_run_id: str,
         tags |= {"data_fraction": f"{fraction:g}", "seed": seed}
         name = f"{stage}-{branch_label(fraction, seed)}"
     run = tracker.start_run(name, tags, parent_run_id or None, upstream_run_ids(inputs))
-    run.log_params(cfg.flat())
+    run.log_params(cfg.flat(STAGE_SECTIONS.get(stage)))  # a data step: the sections it reads
     status = "FAILED"
     try:
         if os.environ.get(FAULT_ENV) == stage:

@@ -12,6 +12,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -771,8 +772,8 @@ class RunConfig:
             raise ValueError(f"invalid config: not JSON ({e})") from e
         return _from_dict(cls, raw, "")
 
-    def flat(self) -> dict[str, Any]:
-        """Dotted keys, for MLflow params."""
+    def flat(self, sections: Sequence[str] | None = None) -> dict[str, Any]:
+        """Dotted keys, for MLflow params: of `sections` only, if given."""
         out: dict[str, Any] = {}
 
         def walk(prefix: str, d: dict[str, Any]) -> None:
@@ -782,8 +783,33 @@ class RunConfig:
                 else:
                     out[f"{prefix}{k}"] = v
 
-        walk("", dataclasses.asdict(self))
+        raw = dataclasses.asdict(self)
+        walk("", raw if sections is None else {k: raw[k] for k in sections})
         return out
+
+
+# The sections of the config each data step reads (efm.stages, efm.data, efm.envs). The pipeline
+# hands these steps `stage_view`, not the whole config, so that a run which changes only
+# training, practice or evaluation settings (or where the model starts from) reuses the
+# dataset, its validation and the subsamples from the cache. A step listed here must read
+# nothing else (tests/unit/test_config.py checks the dataset it writes).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "dataset": ("env", "data", "tokenizer"),
+    "subsample": ("env", "data", "tokenizer"),
+    "validate": ("env", "data", "tokenizer", "validation"),
+}
+
+
+def stage_view(cfg: RunConfig, stage: str) -> RunConfig:
+    """The config as data step `stage` reads it: its STAGE_SECTIONS as given, data.fractions
+    (1.0,) (each branch passes its own fraction) and every other section at its defaults, but for
+    the model: the first variant that reads text exactly when the config's does, as the rules
+    between tokenizer and model ask."""
+    keep = STAGE_SECTIONS[stage]
+    reads_text = cfg.model.reads_text
+    variant = next(n for n in MODEL_VARIANTS if ModelConfig(variant=n).reads_text == reads_text)
+    view = RunConfig(model=ModelConfig(variant=variant), **{k: getattr(cfg, k) for k in keep})
+    return view.replace(data=dataclasses.replace(view.data, fractions=(1.0,)))
 
 
 def _merge(into: dict, override: dict, path: str) -> None:

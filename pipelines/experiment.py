@@ -1,6 +1,8 @@
 """The experiment as a KFP pipeline: dataset, the data validation gate (validate), with
 model.init="pretrain" one pretrain step, then per seed and data fraction a branch subsample ->
-sft -> select -> self_improve -> evaluate, then the report.
+sft -> select -> self_improve -> evaluate, then the report. The data steps take the config as
+they read it (data-configs, `efm.config.stage_view`), so that a run that changes anything else
+reuses them from the cache.
 
 kfp 2.13 runs neither dsl.ParallelFor nor dsl.If locally, so branches are unrolled with plain
 Python loops when the pipeline is defined: `make_experiment_pipeline` takes the fractions and
@@ -46,7 +48,7 @@ PIPELINE_NAME = "efm-experiment"
 # Retries cover preemptions and transient storage errors; training stages retry once since a
 # deterministic failure (bad config, NaN loss) would only fail again at full cost; so does
 # the data gate (validate), whose anomalies are deterministic.
-RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "validate": 1, "subsample": 2, "pretrain": 1, "sft": 1,
+RETRIES: dict[str, int] = {"tracking": 2, "config": 2, "dataset": 2, "validate": 1, "subsample": 2, "pretrain": 1, "sft": 1,
                            "select": 2, "self_improve": 1, "evaluate": 2, "report": 2}
 # Every stage is a deterministic function of its inputs and the config (seeds included), so a
 # cached result is the result. No stage task takes anything that changes from one pipeline run
@@ -55,7 +57,7 @@ RETRIES: dict[str, int] = {"tracking": 2, "dataset": 2, "validate": 1, "subsampl
 # is generated (and validated) once. start-tracking (opens the parent run) and the report steps
 # (finish it with the lineage, reused runs included) run in every pipeline run. Locally the
 # cache is efm.pipelines.cache (kfp 2.13's local runner has none).
-CACHING: dict[str, bool] = {"tracking": False, "dataset": True, "validate": True, "subsample": True,
+CACHING: dict[str, bool] = {"tracking": False, "config": True, "dataset": True, "validate": True, "subsample": True,
                             "pretrain": True, "sft": True, "select": True, "self_improve": True, "evaluate": True,
                             "report": False}
 
@@ -160,13 +162,18 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
             resources)
         track = {"tracking_uri": tracking_uri}
         report_track = {**track, "parent_run_id": start.output}  # reports run every time: they may take it
+        # The data steps take the config as they read it (cached on the whole config: a rerun
+        # with other training settings gets the same views, and so reuses the data steps).
+        views = _on_cpu(_configure(stages.data_configs(config_json=config_json), "config", "data-configs"),
+                        resources)
         # The parent run exists before any stage's run looks for it.
-        data = _on_cpu(_configure(stages.dataset(config_json=config_json, **track).after(start), "dataset",
-                                  "dataset"), resources)
+        data = _on_cpu(_configure(stages.dataset(config_json=views.outputs["data"], **track).after(start),
+                                  "dataset", "dataset"), resources)
         # The data gate: every branch's subsample (hence SFT) waits for it; it also checks the
         # train/validation skew of the branches, drawn as subsample will draw them.
         gate = _on_cpu(_configure(stages.validate(
-            config_json=config_json, episodes=data.outputs["episodes"], fractions=" ".join(f"{f:g}" for f in fractions),
+            config_json=views.outputs["validate"], episodes=data.outputs["episodes"],
+            fractions=" ".join(f"{f:g}" for f in fractions),
             seeds=" ".join(str(s) for s in seeds), **track), "validate", "validate"), resources)
         # Pretraining reads no dataset: it renders its own boards, once for every branch.
         pretrained: dict[str, Any] = {}
@@ -179,8 +186,9 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
         for i, (seed, fraction) in enumerate(branches):
             b = branch_label(fraction, seed)
             common = {"config_json": config_json, "fraction": fraction, "seed": seed, **track}
-            sub = _configure(stages.subsample(episodes=data.outputs["episodes"], **common), "subsample",
-                             f"subsample-{b}").after(gate)
+            sub = _configure(stages.subsample(episodes=data.outputs["episodes"],
+                                              **{**common, "config_json": views.outputs["data"]}),
+                             "subsample", f"subsample-{b}").after(gate)
             job = {"display_name": f"efm-sft-{b}", **sft_args} if target == "vertex" else {}
             sft = _configure(sft_op(train=sub.outputs["train"], validation=sub.outputs["validation"],
                                     **pretrained, **common, **job), "sft", f"sft-{b}")

@@ -38,17 +38,19 @@ STAGE_TASKS = ["dataset", "validate", "subsample", "sft", "select", "self-improv
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`efm run` (the kfp local pipeline) on the debug config, one fraction and one seed, three
-    times into one directory: failing in subsample, then completing, then from the cache."""
+    times into one directory: failing in subsample, then completing, then from the cache. The
+    failed run had other training and practice settings (what the data steps do not read)."""
     root = tmp_path_factory.mktemp("e2e")
     out, cwd = root / "out", root / "cwd"
     cwd.mkdir()
     argv = ["run", "--debug", "--quiet", "--seeds", str(SEED), "--out", str(out)]
+    other = json.dumps({"sft": {"learning_rate": 3e-4}, "self_improve": {"gamma": 0.95}})
     result: dict[str, Any] = {"out": out, "cwd": cwd, "seconds": []}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)  # anything written outside --out lands here, not in the repository
         mp.setenv(FAULT_ENV, "subsample")
         with pytest.raises(RuntimeError, match="FAILURE"):
-            main(argv)
+            main([*argv, "--config", other])
         mp.delenv(FAULT_ENV)
         for _ in range(2):
             t0 = time.time()
@@ -192,6 +194,10 @@ def test_mlflow_lineage_walks_from_evaluate_back_to_dataset(run_dir: dict[str, P
         assert r.data.tags["kfp.task_name"] == stage.replace("_", "-")
         if stage not in ("dataset", "validate"):
             assert (r.data.tags["data_fraction"], r.data.tags["seed"]) == ("0.5", str(SEED))
+        if stage in ("dataset", "validate", "subsample"):  # the config sections it read
+            assert {k.split(".")[0] for k in r.data.params} == {"env", "data", "tokenizer"} | (
+                {"validation"} if stage == "validate" else set())
+        else:
             assert r.data.params["sft.seed"] == str(SEED)
     # the data gate ran on the dataset and left its report in MLflow
     gate = stages["validate"]
@@ -429,9 +435,11 @@ def test_a_failed_run_ends_its_parent_failed(runs: dict[str, Any]) -> None:
 
 def test_later_runs_reuse_what_earlier_runs_executed(runs: dict[str, Any]) -> None:
     second, third = (s["kfp"] for s in runs["summaries"])
-    assert second["cached"] == ["dataset", "validate"]  # the failed run's dataset, validated
-    assert sorted(second["executed"]) == sorted(["start-tracking", *STAGE_TASKS[2:], "report"])
-    assert sorted(third["cached"]) == sorted(STAGE_TASKS)
+    # The failed run's dataset, validated, though it trained with other settings: the data
+    # steps' cache keys hold only what they read (data-configs runs again on the new config).
+    assert second["cached"] == ["dataset", "validate"]
+    assert sorted(second["executed"]) == sorted(["start-tracking", "data-configs", *STAGE_TASKS[2:], "report"])
+    assert sorted(third["cached"]) == sorted(["data-configs", *STAGE_TASKS])
     assert third["executed"] == ["start-tracking", "report"]
     run_root = runs["out"] / "pipeline_root" / third["run_name"]
     assert sorted(p.name for p in run_root.iterdir()) == ["report", "start-tracking"]  # nothing regenerated

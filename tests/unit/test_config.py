@@ -20,6 +20,7 @@ from efm.config import (
     TokenizerConfig,
     debug_config,
     default_config,
+    stage_view,
 )
 
 
@@ -108,6 +109,33 @@ def test_flat_has_dotted_keys() -> None:
     assert flat["env.pointmass.max_speed"] == 0.1
     assert flat["self_improve.gamma"] == 0.9
     assert not any(isinstance(v, dict) for v in flat.values())
+
+
+@pytest.mark.parametrize("domain", ["pointmass", "tabletop", "bananatable", "aloha-insertion"])
+def test_the_data_steps_see_only_what_they_read(domain: str) -> None:
+    """A run that changes training, practice, evaluation or where the model starts from hands
+    the data steps the same config (so their cache keys match); one that changes the data or
+    the environment does not. Every domain's config has a valid view."""
+    from efm.cli import load_config
+
+    cfg = load_config(domain)
+    trained = cfg.overridden({"model": {"init": "pretrain", "init_path": "/elsewhere/pretrain"},
+                              "sft": {"learning_rate": 1e-5, "num_steps": 7}, "eval": {"seed": 3},
+                              "self_improve": {"max_episodes": 11}, "select": {"policy_rule": "last"},
+                              "data": {"fractions": [0.3]}})
+    for stage in ("dataset", "subsample", "validate"):
+        view = stage_view(cfg, stage)
+        assert stage_view(trained, stage).to_json() == view.to_json()
+        assert (view.env, view.tokenizer, view.data.seed) == (cfg.env, cfg.tokenizer, cfg.data.seed)
+        assert view.model.reads_text == cfg.model.reads_text and view.sft == SftConfig()
+        assert stage_view(cfg.overridden({"data": {"seed": 5}}), stage).to_json() != view.to_json()
+        assert stage_view(cfg.overridden({"env": {"max_episode_steps": cfg.env.max_episode_steps - 1}}),
+                          stage).to_json() != view.to_json()
+    accepting = cfg.overridden({"validation": {"accept": ["some_anomaly"]}})
+    assert stage_view(accepting, "dataset") == stage_view(cfg, "dataset")  # accepting an anomaly keeps the data
+    assert stage_view(accepting, "validate").validation.accept == ("some_anomaly",)
+    assert set(stage_view(cfg, "dataset").flat(("env", "data"))) == {
+        k for k in cfg.flat() if k.startswith(("env.", "data."))}
 
 
 def test_samples_per_round() -> None:

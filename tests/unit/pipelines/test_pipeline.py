@@ -45,10 +45,20 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
     raw, spec = _compiled(tmp_path, fractions, seeds)
     tasks = spec.root.dag.tasks
     branches = len(fractions) * len(seeds)
-    assert len(tasks) == 3 + STAGES_PER_BRANCH * branches  # + start-tracking, dataset and validate
+    assert len(tasks) == 4 + STAGES_PER_BRANCH * branches  # + start-tracking, data-configs, dataset and validate
     assert list(spec.root.input_definitions.parameters) == ["config_json", "tracking_uri"]
+    # The data steps take the config as they read it, from data-configs; the others the whole config.
     for key, t in tasks.items():
-        if key == "start-tracking":
+        config = t.inputs.parameters.get("config_json")
+        if key == "dataset" or key.startswith("subsample"):
+            assert config.task_output_parameter.producer_task == "data-configs"
+            assert config.task_output_parameter.output_parameter_key == "data"
+        elif key == "validate":
+            assert config.task_output_parameter.output_parameter_key == "validate"
+        elif config is not None:
+            assert config.component_input_parameter == "config_json"
+    for key, t in tasks.items():
+        if key in ("start-tracking", "data-configs"):
             continue
         assert t.inputs.parameters["tracking_uri"].component_input_parameter == "tracking_uri"
         if key.startswith("report"):  # never cached: they finish the parent run that start-tracking opens
@@ -56,7 +66,8 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
             assert parent.producer_task == "start-tracking"
         else:  # cached stages: no input changes from run to run (the parent is found by the KFP run name)
             assert "parent_run_id" not in t.inputs.parameters
-            assert all(not p.HasField("task_output_parameter") for p in t.inputs.parameters.values())
+            assert all(p.task_output_parameter.producer_task in ("", "data-configs")
+                       for p in t.inputs.parameters.values())
     assert "start-tracking" in tasks["dataset"].dependent_tasks  # the parent run exists before any stage
     names = {t.task_info.name for t in tasks.values()}
     for f in fractions:

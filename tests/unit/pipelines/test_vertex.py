@@ -114,7 +114,7 @@ def test_vertex_yaml_parses_strictly_and_runs_sft_as_a_tpu_custom_job(vertex_yam
 def test_vertex_yaml_puts_cpu_and_memory_limits_on_the_other_steps(vertex_yaml) -> None:
     raw, spec = vertex_yaml
     others = [t for t in spec.root.dag.tasks.values() if not t.task_info.name.startswith("sft-")]
-    assert len(others) == 3 + 5 * 2  # start-tracking, dataset, validate, and 5 steps per branch
+    assert len(others) == 4 + 5 * 2  # start-tracking, data-configs, dataset, validate, and 5 steps per branch
     for task in others:
         container = _executor(raw, spec, task)
         assert container["image"] == EFM_IMAGE
