@@ -792,12 +792,10 @@ class RunConfig:
 # hands these steps `stage_view`, not the whole config, so that a run which changes only
 # training, practice or evaluation settings (or where the model starts from) reuses the
 # dataset, its validation and the subsamples from the cache. A step listed here must read
-# nothing else (tests/unit/test_config.py checks the dataset it writes).
+# nothing else: what it reads of another section is that section's default, not the run's.
+DATA_SECTIONS = ("env", "data", "tokenizer")
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "dataset": ("env", "data", "tokenizer"),
-    "subsample": ("env", "data", "tokenizer"),
-    "validate": ("env", "data", "tokenizer", "validation"),
-}
+    "dataset": DATA_SECTIONS, "subsample": DATA_SECTIONS, "validate": (*DATA_SECTIONS, "validation")}
 
 
 def stage_view(cfg: RunConfig, stage: str) -> RunConfig:
