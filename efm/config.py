@@ -277,11 +277,25 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class MlpVariant:
-    """State-based EFM (pointmass, Section 3): an observation MLP and a small token decoder."""
+    """State-based EFM (pointmass, Section 3): an observation MLP and a small token decoder.
+
+    The decoder is an MLP over the zero-padded earlier tokens, or with `decoder_depth` > 0 a
+    causal transformer of that depth reading `context_tokens` tokens made from the observation:
+    Aloha's 70-token chunks need each token to read the ones it depends on (the same joint one
+    target earlier), which the MLP decoder cannot route (README, Aloha).
+    """
 
     width: int
     depth: int
-    token_embed: int
+    token_embed: int = 16  # the MLP decoder's token embedding
+    decoder_depth: int = 0
+    decoder_heads: int = 4
+    context_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.decoder_depth >= 0, "model variant decoder_depth", self.decoder_depth, ">= 0")
+        _check(self.decoder_depth == 0 or self.width % self.decoder_heads == 0, "model variant decoder_heads",
+               self.decoder_heads, f"dividing width {self.width}")
 
 
 @dataclass(frozen=True)
@@ -328,6 +342,9 @@ MODEL_VARIANTS: dict[str, MlpVariant | TransformerVariant] = {
     "mlp-tiny": MlpVariant(width=64, depth=2, token_embed=16),
     "mlp-small": MlpVariant(width=128, depth=3, token_embed=16),
     "mlp-base": MlpVariant(width=256, depth=3, token_embed=32),
+    # the observation MLP and a causal transformer decoder (Aloha's long action chunks)
+    "mlp-tx-tiny": MlpVariant(width=32, depth=2, decoder_depth=1, decoder_heads=2, context_tokens=2),
+    "mlp-tx-small": MlpVariant(width=128, depth=3, decoder_depth=2, decoder_heads=4),
     # trains in seconds (tests)
     "vl-tiny": TransformerVariant(patch=(18, 32), vit_width=32, vit_depth=1, vit_heads=2, vit_mlp=64,
                                   width=32, depth=1, heads=2, head_dim=16, mlp=64),

@@ -5,9 +5,10 @@ in one shared vocabulary. Behavioural cloning asks for the action tokens, steps-
 token, LanguageTable's auxiliary objective for the instruction's bytes. Decoding is
 autoregressive, so log pi(a | o, g) is the sum of the action tokens' log-probs.
 
-Two networks honour one contract (`__call__` teacher-forced, `first_logits`, `prefill`,
-`decode_step`): the state MLP of the pointmass domain (`mlp.py`) and the vision-language
-transformer of the table domains (`vlm.py`). Everything else (trainer, actors, learner,
+Three networks honour one contract (`__call__` teacher-forced, `first_logits`, `prefill`,
+`decode_step`): the state models (`mlp.py`: an MLP decoder for pointmass, a transformer decoder
+for long outputs such as Aloha's chunks) and the vision-language transformer of the table
+domains (`vlm.py`). Everything else (trainer, actors, learner,
 evaluation) sees only `EFMFunctions`.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from efm import math
 from efm.config import MODEL_VARIANTS, OBJECTIVES, MlpVariant, ModelConfig
-from efm.models.mlp import MlpEFM
+from efm.models.mlp import MlpEFM, StateTransformerEFM
 from efm.models.tokenizers import Vocabulary
 from efm.models.vlm import STATE, TEXT, VisionLanguageEFM
 
@@ -52,6 +53,8 @@ def objective_inputs(inputs: Inputs, objective: str) -> Inputs:
 def make_model(cfg: ModelConfig, vocab: Vocabulary) -> nn.Module:
     v = MODEL_VARIANTS[cfg.variant]
     if isinstance(v, MlpVariant):
+        if v.decoder_depth:
+            return StateTransformerEFM(v, vocab.size)
         return MlpEFM(v, vocab.size, vocab.max_target_length)
     if vocab.text is None:
         raise ValueError(f"model variant {cfg.variant!r} reads text: set tokenizer.text_tokens > 0")

@@ -1,8 +1,10 @@
-"""The state-based EFM (pointmass, Section 3): an observation MLP and a small token decoder.
+"""The state-based EFMs (pointmass, Section 3; Aloha's state mode): an observation MLP and a token decoder.
 
-It reads state vectors and goal arrays (`observation/<key>`, `goal/<key>`); uint8 arrays are
-camera images, read by a small conv net. Decoding is autoregressive: output position k sees
-the tokens before it, through a zero-padded copy of them.
+They read state vectors and goal arrays (`observation/<key>`, `goal/<key>`); uint8 arrays are
+camera images, read by a small conv net. Decoding is autoregressive. `MlpEFM`'s decoder is an
+MLP: output position k sees the tokens before it through a zero-padded copy of them.
+`StateTransformerEFM`'s is a causal transformer after a few context tokens made from the
+observation (`prefix_lm.PrefixLM`), for long outputs such as Aloha's 70-token chunks.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from efm.config import STAGE1_OBJECTIVES, MlpVariant
+from efm.config import OBJECTIVES, STAGE1_OBJECTIVES, MlpVariant
+from efm.models.llm import LLM
+from efm.models.prefix_lm import PrefixLM
 
 Inputs = dict[str, jax.Array]
 Cache = dict[str, jax.Array]
@@ -28,6 +32,21 @@ class VisionEncoder(nn.Module):
         for features in (32, 64):
             x = nn.relu(nn.Conv(features, (3, 3), strides=(2, 2))(x))
         return nn.Dense(self.width)(jnp.mean(x, axis=(-3, -2)))
+
+
+def encode_observation(inputs: Inputs, vision_encoder: nn.Module, layers: list[nn.Module]) -> jax.Array:
+    """Every input array (images through `vision_encoder`), in key order, through the MLP `layers`. [B, width]"""
+    parts = []
+    for key in sorted(inputs):
+        x = inputs[key]
+        if x.dtype == jnp.uint8:  # camera image [B, H, W, C]
+            parts.append(vision_encoder(x))
+        else:
+            parts.append(x.reshape(x.shape[0], -1).astype(jnp.float32))
+    h = jnp.concatenate(parts, axis=-1)
+    for layer in layers:
+        h = nn.gelu(layer(h))
+    return h
 
 
 class MlpEFM(nn.Module):
@@ -47,17 +66,7 @@ class MlpEFM(nn.Module):
 
     def encode(self, inputs: Inputs) -> jax.Array:
         """Observation + goal -> context [B, width]."""
-        parts = []
-        for key in sorted(inputs):
-            x = inputs[key]
-            if x.dtype == jnp.uint8:  # camera image [B, H, W, C]
-                parts.append(self.vision_encoder(x))
-            else:
-                parts.append(x.reshape(x.shape[0], -1).astype(jnp.float32))
-        h = jnp.concatenate(parts, axis=-1)
-        for layer in self.observation_encoder:
-            h = nn.gelu(layer(h))
-        return h
+        return encode_observation(inputs, self.vision_encoder, self.observation_encoder)
 
     def decode(self, context: jax.Array, objective: jax.Array, tokens: jax.Array) -> jax.Array:
         """Teacher-forced logits: position k sees tokens[:, :k]. [B, L] -> [B, L, V] (L <= max)"""
@@ -112,3 +121,39 @@ class MlpEFM(nn.Module):
         tokens = cache["tokens"].at[:, k].set(token)
         logits = self.position_logits(cache["context"], cache["objective"], tokens, k + 1)
         return logits, {**cache, "tokens": tokens}
+
+
+class StateTransformerEFM(PrefixLM):
+    """The observation MLP, then a causal transformer decoder (MlpVariant.decoder_depth > 0).
+
+    Prefix: `context_tokens` tokens projected from the observation MLP's output, and the
+    objective's token. The decoder's vocabulary is the EFM's plus its begin token (the last id),
+    which no output predicts: logits are cut back to the EFM's vocabulary.
+    """
+
+    variant: MlpVariant
+    vocab_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self) -> None:
+        v = self.variant
+        self.vision_encoder = VisionEncoder(v.width)
+        self.observation_encoder = [nn.Dense(v.width) for _ in range(v.depth)]
+        self.context = nn.Dense(v.context_tokens * v.width)
+        self.objective_embedding = nn.Embed(len(OBJECTIVES), v.width)
+        self.llm = LLM(self.vocab_size + 1, v.width, v.decoder_depth, v.decoder_heads, v.width // v.decoder_heads,
+                       4 * v.width, self.dtype)
+
+    @property
+    def begin_token(self) -> int:
+        return self.vocab_size
+
+    def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = encode_observation(inputs, self.vision_encoder, self.observation_encoder)
+        b, w = h.shape[0], self.variant.width
+        context = self.context(h).reshape(b, self.variant.context_tokens, w)
+        emb = jnp.concatenate([context, self.objective_embedding(objective)[:, None]], axis=1)
+        return emb, jnp.ones(emb.shape[:2], bool)
+
+    def output_logits(self, h: jax.Array) -> jax.Array:
+        return self.llm.logits(h)[..., :self.vocab_size]

@@ -26,14 +26,18 @@ def inputs(batch: int = B, seed: int = 0, image: bool = False) -> dict[str, jax.
     return out
 
 
-def functions(action_dim: int = 2, magnitude_bins: int = 11, stg_bins: int = 50) -> EFMFunctions:
+STATE_VARIANTS = ("mlp-tiny", "mlp-tx-tiny")  # the MLP decoder, the transformer decoder
+
+
+def functions(action_dim: int = 2, magnitude_bins: int = 11, stg_bins: int = 50,
+              variant: str = "mlp-tiny") -> EFMFunctions:
     vocab = Vocabulary(SignMagnitudeTokenizer(action_dim, magnitude_bins), StepsToGoTokenizer(stg_bins, 100.0))
-    return make_functions(ModelConfig(variant="mlp-tiny"), vocab)
+    return make_functions(ModelConfig(variant=variant), vocab)
 
 
-@pytest.fixture(scope="module")
-def fns_params() -> tuple[EFMFunctions, dict]:
-    fns = functions()
+@pytest.fixture(scope="module", params=STATE_VARIANTS)
+def fns_params(request: pytest.FixtureRequest) -> tuple[EFMFunctions, dict]:
+    fns = functions(variant=request.param)
     return fns, fns.init(jax.random.PRNGKey(0), inputs())
 
 
@@ -131,14 +135,15 @@ def test_image_input_creates_vision_encoder_params() -> None:
     assert np.abs(np.asarray(ctx_a) - np.asarray(ctx_b)).max() > 1e-6
 
 
-def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits) -> None:
-    """Aloha's quick runs: an MLP variant reads the joints and the peg and socket poses; its
+@pytest.mark.parametrize("variant", STATE_VARIANTS)
+def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits, variant: str) -> None:
+    """Aloha's state mode: a state variant reads the joints and the peg and socket poses; its
     decoding state gives the teacher-forced logits of all 70 action tokens."""
     from efm.config import default_config
     from efm.models.tokenizers import make_vocabulary
 
     cfg = default_config("aloha-insertion")
-    fns = make_functions(ModelConfig(variant="mlp-tiny"), make_vocabulary(cfg.tokenizer))
+    fns = make_functions(ModelConfig(variant=variant), make_vocabulary(cfg.tokenizer))
     rng = np.random.default_rng(0)
     x = {"observation/joints": jnp.asarray(rng.uniform(-1, 1, (B, 14)), jnp.float32),
          "observation/peg_pose": jnp.asarray(rng.normal(size=(B, 7)), jnp.float32),
@@ -152,6 +157,15 @@ def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits) ->
     assert actions.shape == (B, 70) and sampled.shape == (B, 70) and np.abs(actions).max() <= 1
     d = np.asarray(fns.steps_to_go(params, x))
     assert d.shape == (B,) and np.all((d >= 0) & (d <= 300))
+    assert ("llm" in params) == (variant == "mlp-tx-tiny")  # which decoder the variant names
+
+
+def test_transformer_decoder_heads_must_divide_the_width() -> None:
+    from efm.config import MlpVariant
+
+    with pytest.raises(ValueError, match="decoder_heads"):
+        MlpVariant(width=30, depth=1, decoder_depth=1, decoder_heads=4)
+    assert MlpVariant(width=30, depth=1, decoder_heads=4).decoder_depth == 0  # the MLP decoder: no heads
 
 
 def test_smoothed_targets_spread_over_the_magnitude_bins(fns_params: tuple[EFMFunctions, dict]) -> None:

@@ -1,0 +1,86 @@
+"""The prefix-LM layout both transformer EFMs decode with (big_vision's PaliGemma pattern).
+
+Sequence = prefix + suffix. The prefix is read with full attention; the suffix is a begin token
+then the output tokens, causal, so output k is predicted at suffix position k from the prefix
+and the outputs before it. Subclasses say what the prefix is (`prefix`) and own `llm`,
+`begin_token` and `dtype`; this is the teacher-forced pass, the prefill of a KV cache and one
+decoding step, so decoding encodes the prefix once.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from efm.models.llm import LayerCache
+
+Inputs = dict[str, jax.Array]
+
+
+def make_attn_mask(input_mask: jax.Array, mask_ar: jax.Array) -> jax.Array:
+    """big_vision's prefix-LM mask. input_mask [B, N] valid tokens; mask_ar [B, N] 0 for tokens
+    attending with the prefix (full attention), 1 where a causal block starts. -> [B, N, N]"""
+    cumsum = jnp.cumsum(mask_ar, axis=1)
+    attn = cumsum[:, None, :] <= cumsum[:, :, None]
+    valid = input_mask[:, None, :] & input_mask[:, :, None]
+    return attn & valid
+
+
+class PrefixLM(nn.Module):
+    """Decoding over `self.llm` given `self.prefix`; see the module docstring."""
+
+    def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(embeddings [B, P, D], valid [B, P])."""
+        raise NotImplementedError
+
+    def output_logits(self, h: jax.Array) -> jax.Array:
+        """Hidden states -> logits over the EFM's vocabulary."""
+        return self.llm.logits(h)
+
+    def _sequence(self, inputs: Inputs, objective: jax.Array, suffix: jax.Array) -> tuple[jax.Array, jax.Array, int]:
+        """Prefix + [begin, suffix...]: (embeddings, attention mask, prefix length)."""
+        emb, valid = self.prefix(inputs, objective)
+        b, p = valid.shape
+        begin = jnp.full((b, 1), self.begin_token, jnp.int32)
+        out = self.llm.embed(jnp.concatenate([begin, suffix], axis=1))
+        x = jnp.concatenate([emb.astype(out.dtype), out], axis=1)
+        input_mask = jnp.concatenate([valid, jnp.ones(out.shape[:2], bool)], axis=1)
+        mask_ar = jnp.concatenate([jnp.zeros((b, p), jnp.int32), jnp.ones(out.shape[:2], jnp.int32)], axis=1)
+        return x, make_attn_mask(input_mask, mask_ar), p
+
+    def __call__(self, inputs: Inputs, objective: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Teacher-forced logits: output k sees the prefix and tokens[:, :k]. [B, L] -> [B, L, V]"""
+        x, mask, p = self._sequence(inputs, objective, tokens[:, :-1])
+        positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+        h, _ = self.llm(x, positions, mask)
+        return self.output_logits(h[:, p:])
+
+    def first_logits(self, inputs: Inputs, objective: jax.Array) -> jax.Array:
+        """Logits of the first output token, one forward pass over the prefix. [B, V]"""
+        b = objective.shape[0]
+        return self(inputs, objective, jnp.zeros((b, 1), jnp.int32))[:, 0]
+
+    def prefill(self, inputs: Inputs, objective: jax.Array, length: int) -> tuple[jax.Array, dict]:
+        """Encodes prefix + begin into a KV cache with room for `length` outputs.
+        -> (logits of output 0 [B, V], decoding state)"""
+        x, mask, p = self._sequence(inputs, objective, jnp.zeros((objective.shape[0], 0), jnp.int32))
+        b, n = x.shape[:2]  # n = p + 1
+        size = p + length
+        key_valid = jnp.concatenate([mask[:, -1], jnp.zeros((b, size - n), bool)], axis=1)  # what `begin` sees
+        llm = self.llm
+        cache = [(jnp.zeros((b, size, llm.num_heads, llm.head_dim), self.dtype),) * 2 for _ in range(llm.depth)]
+        full_mask = jnp.concatenate([mask, jnp.zeros((b, n, size - n), bool)], axis=2)
+        positions = jnp.broadcast_to(jnp.arange(n), (b, n))
+        h, cache = llm(x, positions, full_mask, cache, 0)
+        return self.output_logits(h[:, -1]), {"cache": cache, "key_valid": key_valid, "prefix_length": jnp.int32(p)}
+
+    def decode_step(self, state: dict, token: jax.Array, k: jax.Array) -> tuple[jax.Array, dict]:
+        """Output token k [B] in (at sequence position p + 1 + k); logits of output k + 1 out."""
+        pos = state["prefix_length"] + 1 + k
+        key_valid = state["key_valid"].at[:, pos].set(True)
+        x = self.llm.embed(token[:, None])
+        positions = jnp.full((*token.shape, 1), pos)
+        cache: list[LayerCache] = state["cache"]
+        h, cache = self.llm(x, positions, key_valid[:, None, :], cache, pos)
+        return self.output_logits(h[:, 0]), {**state, "cache": cache, "key_valid": key_valid}
