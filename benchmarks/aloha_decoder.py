@@ -1,0 +1,193 @@
+"""Aloha state mode: which decoder learns the 70-token action chunks (behavioural cloning alone).
+
+First, whether the tokens can carry the task at all: the first `--held-out` successful
+demonstrations' actions replayed open loop in the same scenes (the episode id is the env seed),
+as recorded and through the 256-bin action tokens. Then scripted demonstrations (the dataset's
+demonstrator, successful episodes kept) train each state variant on BC with SFT's optimizer and its BC share of a batch (64 of 128). Reported per variant:
+held-out NLL per action token during training and, at the end, per (target in the chunk, joint),
+then closed-loop success and mean length on `--eval-episodes` new scenes, greedy and sampled
+(evaluation samples). The MLP decoder sees earlier tokens through one dense layer over all of
+them; the transformer decoder attends to the one it needs (the same joint one target earlier).
+
+    .venv/bin/python benchmarks/aloha_decoder.py --out runs/aloha-decoder
+
+Parts already in --out (the demonstrations, each variant's row) are reused, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from efm.config import ModelConfig, SftConfig, default_config
+from efm.envs.aloha.demonstrator import AlohaDemonstrator
+from efm.envs.aloha.env import JOINTS, PEG_POSE, SOCKET_POSE, AlohaInsertionEnv
+from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
+from efm.models.tokenizers import make_vocabulary
+from efm.sft.trainer import make_optimizer
+
+RESULTS = Path(__file__).parent / "results" / "aloha_decoder.json"
+KEYS = (JOINTS, PEG_POSE, SOCKET_POSE)
+MAX_STEPS = 100  # chunks per episode (the demonstrator's successes take 17 to 58)
+
+
+def demonstrations(path: Path, episodes: int, seed: int) -> dict[str, np.ndarray]:
+    """Observations, actions and episode ids of the successful episodes among `episodes`."""
+    if path.exists():
+        return dict(np.load(path))
+    cfg = default_config("aloha-insertion").env
+    rows: dict[str, list] = {k: [] for k in (*KEYS, "action", "episode")}
+    for e in range(seed, seed + episodes):
+        env, demo = AlohaInsertionEnv(cfg, 1, e), AlohaDemonstrator(cfg, 1, e)
+        ts, steps = env.reset(), []
+        demo.reset(np.ones(1, bool))
+        for _ in range(MAX_STEPS):
+            action = demo.act(ts)["action"][0]
+            steps.append({**{k: ts.observation[k][0] for k in KEYS}, "action": action, "episode": e})
+            ts = env.step(action[None])
+            if ts.success[0] or demo.gave_up()[0]:
+                break
+        env.close()
+        if ts.success[0]:
+            for s in steps:
+                for k, v in s.items():
+                    rows[k].append(v)
+    data = {k: np.asarray(v) for k, v in rows.items()}
+    np.savez(path, **data)
+    return data
+
+
+def replay(data: dict[str, np.ndarray], episodes: np.ndarray, tokenized: bool) -> int:
+    """How many of `episodes` succeed when their recorded actions are replayed open loop (then
+    held for 10 more steps), exactly or through the action tokens."""
+    cfg = default_config("aloha-insertion")
+    vocab = make_vocabulary(cfg.tokenizer)
+    succeeded = 0
+    for e in episodes:
+        actions = list(data["action"][data["episode"] == e])
+        env = AlohaInsertionEnv(cfg.env, 1, int(e))
+        env.reset()
+        for a in actions + actions[-1:] * 10:
+            a = vocab.action_from_tokens(vocab.action_targets(a[None])) if tokenized else a[None]
+            if env.step(a).success[0]:
+                succeeded += 1
+                break
+        env.close()
+    return succeeded
+
+
+def inputs(observation: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {f"observation/{k}": jnp.asarray(observation[k], jnp.float32) for k in KEYS}
+
+
+def token_nll(fns: EFMFunctions, params: dict, x: dict, targets: jax.Array) -> np.ndarray:
+    """Held-out NLL of each action token, [target in chunk, joint], averaged over samples."""
+    objective = jnp.full((targets.shape[0],), OBJECTIVE_ID["bc"], jnp.int32)
+    logits = fns.model.apply({"params": params}, x, objective, targets)
+    logits = jnp.where(jnp.asarray(fns.vocab.valid_tokens("bc")), logits, -jnp.inf)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+    return -np.asarray(logp).mean(0).reshape(-1, 14)
+
+
+def closed_loop(fns: EFMFunctions, params: dict, episodes: int, seed: int, greedy: bool) -> dict:
+    env = AlohaInsertionEnv(default_config("aloha-insertion").env, episodes, seed)
+    ts, done, length = env.reset(), np.zeros(episodes, bool), np.full(episodes, MAX_STEPS)
+    key = jax.random.PRNGKey(seed)
+    for t in range(MAX_STEPS):
+        key, sub = jax.random.split(key)
+        actions, _ = fns.sample_actions(params, inputs(ts.observation), sub, greedy=greedy)
+        ts = env.step(actions)
+        length[ts.success & ~done] = t + 1
+        done |= ts.success
+        if done.all():
+            break
+    env.close()
+    return {"success": float(done.mean()), "mean_length": float(length.mean())}
+
+
+def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episodes: int, seed: int) -> dict:
+    cfg = default_config("aloha-insertion")
+    vocab = make_vocabulary(cfg.tokenizer)
+    fns = make_functions(ModelConfig(variant=variant), vocab)
+    targets = vocab.action_targets(data["action"])
+    x_all = {k: data[k] for k in KEYS}
+    x_held, t_held = inputs({k: v[held_out] for k, v in x_all.items()}), jnp.asarray(targets[held_out])
+    train_rows = np.flatnonzero(~held_out)
+    optimizer = make_optimizer(dataclasses.replace(SftConfig(), num_steps=steps))
+    params = fns.init(jax.random.PRNGKey(seed), inputs({k: v[:2] for k, v in x_all.items()}))
+    opt_state = optimizer.init(params)
+    batch = SftConfig().batch_size // 2  # SFT splits a batch over BC and steps-to-go
+
+    @jax.jit
+    def step(params: dict, opt_state, x: dict, t: jax.Array):
+        def loss(p: dict) -> jax.Array:
+            o = jnp.full((t.shape[0],), OBJECTIVE_ID["bc"], jnp.int32)
+            return -fns.log_likelihood(p, x, o, t, jnp.ones(t.shape)).mean()
+        grads = jax.grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    rng, curve, start = np.random.default_rng(seed), [], time.perf_counter()
+    for i in range(steps + 1):
+        if i % 500 == 0:
+            nll = float(token_nll(fns, params, x_held, t_held).mean())
+            curve.append({"step": i, "held_out_nll_per_token": round(nll, 3)})
+            print(f"{variant} step {i}: held-out NLL {nll:.3f} a token ({time.perf_counter() - start:.0f} s)", flush=True)
+        if i < steps:
+            rows = rng.choice(train_rows, batch)
+            params, opt_state = step(params, opt_state, inputs({k: v[rows] for k, v in x_all.items()}),
+                                     jnp.asarray(targets[rows]))
+    train_s = time.perf_counter() - start
+    per_token = token_nll(fns, params, x_held, t_held)
+    row = {"variant": variant, "sft_steps": steps, "train_seconds": round(train_s),
+           "held_out_curve": curve,
+           "held_out_nll_per_target": [round(float(v), 3) for v in per_token.mean(1)],
+           "held_out_nll_per_joint": [round(float(v), 3) for v in per_token.mean(0)]}
+    for greedy in (True, False):
+        row["greedy" if greedy else "sampled"] = closed_loop(fns, params, eval_episodes, seed + 10_000, greedy)
+        print(variant, "greedy" if greedy else "sampled", row["greedy" if greedy else "sampled"], flush=True)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--episodes", type=int, default=300, help="demonstrations attempted")
+    p.add_argument("--held-out", type=int, default=20, help="successful demonstrations held out")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--variants", nargs="+", default=["mlp-small", "mlp-tx-small"])
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = demonstrations(args.out / "demonstrations.npz", args.episodes, 1000 + args.seed)
+    episodes = np.unique(data["episode"])
+    held_out = np.isin(data["episode"], episodes[:args.held_out])
+    print(f"{len(episodes)} successful demonstrations of {args.episodes}, {len(held_out)} samples", flush=True)
+    replayed = {"episodes": args.held_out, "exact": replay(data, episodes[:args.held_out], False),
+                "tokenized": replay(data, episodes[:args.held_out], True)}
+    print("open-loop replay of held-out demonstrations, successes:", replayed, flush=True)
+    rows = []
+    for variant in args.variants:
+        path = args.out / f"{variant}-{args.steps}.json"
+        if not path.exists():
+            path.write_text(json.dumps(train(variant, data, held_out, args.steps, args.eval_episodes, args.seed),
+                                       indent=1))
+        rows.append(json.loads(path.read_text()))
+    summary = {"command": "benchmarks/aloha_decoder.py", "demonstrations": len(episodes),
+               "attempted": args.episodes, "held_out_episodes": args.held_out, "samples": len(held_out),
+               "eval_episodes": args.eval_episodes, "replay": replayed, "rows": rows}
+    RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
