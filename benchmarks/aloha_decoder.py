@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from efm.config import ModelConfig, SftConfig, default_config
+from efm.config import ModelConfig, RunConfig, SftConfig, default_config
+from efm.data.features import InputSpec, input_spec
 from efm.envs.aloha.demonstrator import AlohaDemonstrator
 from efm.envs.aloha.env import JOINTS, PEG_POSE, SOCKET_POSE, AlohaInsertionEnv
 from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
@@ -86,8 +87,25 @@ def consecutive_target_bins(actions: np.ndarray, bins: int = 256) -> float:
     return float(np.median(np.abs(np.diff(chunks, axis=1)))) / (2 / (bins - 1))
 
 
-def inputs(observation: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {f"observation/{k}": jnp.asarray(observation[k], jnp.float32) for k in KEYS}
+JOINT_TOKENS = {"+joints": True, "+joints-own": False}  # row suffix -> state_shares_action_tokens
+
+
+def row_config(row: str) -> RunConfig:
+    """A row's config: `VARIANT`, or `VARIANT+joints` (the joints also as input tokens, the
+    action tokens of the same bins) or `VARIANT+joints-own` (tokens of their own)."""
+    cfg = default_config("aloha-insertion")
+    variant, _, suffix = row.partition("+")
+    cfg = cfg.replace(model=ModelConfig(variant=variant))
+    if suffix:
+        tok = dataclasses.replace(cfg.tokenizer, state_key=JOINTS, state_low=(-1.0,) * 14, state_high=(1.0,) * 14,
+                                  state_bins=256, state_shares_action_tokens=JOINT_TOKENS["+" + suffix])
+        cfg = cfg.replace(tokenizer=tok)
+    return cfg
+
+
+def inputs(spec: InputSpec, observation: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    n = len(observation[JOINTS])
+    return {k: jnp.asarray(v) for k, v in spec.inputs({k: observation[k] for k in KEYS}, None, {}, [""] * n).items()}
 
 
 def token_nll(fns: EFMFunctions, params: dict, x: dict, targets: jax.Array) -> np.ndarray:
@@ -100,12 +118,12 @@ def token_nll(fns: EFMFunctions, params: dict, x: dict, targets: jax.Array) -> n
 
 
 def closed_loop(fns: EFMFunctions, params: dict, episodes: int, seed: int, greedy: bool) -> dict:
-    env = AlohaInsertionEnv(default_config("aloha-insertion").env, episodes, seed)
+    env, spec = AlohaInsertionEnv(default_config("aloha-insertion").env, episodes, seed), input_spec(fns.vocab)
     ts, done, length = env.reset(), np.zeros(episodes, bool), np.full(episodes, MAX_STEPS)
     key = jax.random.PRNGKey(seed)
     for t in range(MAX_STEPS):
         key, sub = jax.random.split(key)
-        actions, _ = fns.sample_actions(params, inputs(ts.observation), sub, greedy=greedy)
+        actions, _ = fns.sample_actions(params, inputs(spec, ts.observation), sub, greedy=greedy)
         ts = env.step(actions)
         length[ts.success & ~done] = t + 1
         done |= ts.success
@@ -116,15 +134,15 @@ def closed_loop(fns: EFMFunctions, params: dict, episodes: int, seed: int, greed
 
 
 def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episodes: int, seed: int) -> dict:
-    cfg = default_config("aloha-insertion")
+    cfg = row_config(variant)
     vocab = make_vocabulary(cfg.tokenizer)
-    fns = make_functions(ModelConfig(variant=variant), vocab)
+    fns, spec = make_functions(cfg.model, vocab), input_spec(vocab)
     targets = vocab.action_targets(data["action"])
     x_all = {k: data[k] for k in KEYS}
-    x_held, t_held = inputs({k: v[held_out] for k, v in x_all.items()}), jnp.asarray(targets[held_out])
+    x_held, t_held = inputs(spec, {k: v[held_out] for k, v in x_all.items()}), jnp.asarray(targets[held_out])
     train_rows = np.flatnonzero(~held_out)
     optimizer = make_optimizer(dataclasses.replace(SftConfig(), num_steps=steps))
-    params = fns.init(jax.random.PRNGKey(seed), inputs({k: v[:2] for k, v in x_all.items()}))
+    params = fns.init(jax.random.PRNGKey(seed), inputs(spec, {k: v[:2] for k, v in x_all.items()}))
     opt_state = optimizer.init(params)
     batch = SftConfig().batch_size // 2  # SFT splits a batch over BC and steps-to-go
 
@@ -145,7 +163,7 @@ def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episo
             print(f"{variant} step {i}: held-out NLL {nll:.3f} a token ({time.perf_counter() - start:.0f} s)", flush=True)
         if i < steps:
             rows = rng.choice(train_rows, batch)
-            params, opt_state = step(params, opt_state, inputs({k: v[rows] for k, v in x_all.items()}),
+            params, opt_state = step(params, opt_state, inputs(spec, {k: v[rows] for k, v in x_all.items()}),
                                      jnp.asarray(targets[rows]))
     train_s = time.perf_counter() - start
     per_token = token_nll(fns, params, x_held, t_held)
@@ -165,7 +183,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=300, help="demonstrations attempted")
     p.add_argument("--held-out", type=int, default=20, help="successful demonstrations held out")
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--variants", nargs="+", default=["mlp-small", "mlp-tx-small"])
+    p.add_argument("--variants", nargs="+", default=["mlp-small", "mlp-tx-small", "mlp-tx-small+joints"],
+                   help="model variants; +joints: the joints as input tokens too (+joints-own: not the action's)")
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

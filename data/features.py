@@ -2,7 +2,8 @@
 
 One place decides it for training samples, actors and evaluation alike:
 - state models (pointmass MLP): every observation array and goal array, `observation/<key>`
-  and `goal/<key>`;
+  and `goal/<key>`, and STATE where the tokenizer asks for it (a transformer decoder's joint
+  tokens);
 - vision-language models: IMAGE, the current and the previous frame of each configured camera
   (`tokenizer.cameras`), [2 * cameras, H, W, C] as [cam0 now, cam0 before, cam1 now, ...]
   (Appendix D.1; at t = 0 the previous frame is the first): the table's one camera, Aloha's
@@ -40,8 +41,9 @@ class InputSpec:
                goal: Mapping[str, np.ndarray], instructions: Sequence[str]) -> Arrays:
         """Model inputs for a batch [N] of observations (the previous ones for frame pairs)."""
         if self.text is None:
-            return {**{f"observation/{k}": np.asarray(v) for k, v in observation.items()},
-                    **{f"goal/{k}": np.asarray(v) for k, v in goal.items()}}
+            out = {**{f"observation/{k}": np.asarray(v) for k, v in observation.items()},
+                   **{f"goal/{k}": np.asarray(v) for k, v in goal.items()}}
+            return {**out, **self._state(observation)}
         frames = []
         for camera in self.cameras:
             if camera not in observation:
@@ -49,13 +51,16 @@ class InputSpec:
                                f"has {sorted(observation)} (render_images off?)")
             now = np.asarray(observation[camera])
             frames += [now, now if previous is None else np.asarray(previous[camera])]
-        out = {IMAGE: self._stack(frames), TEXT: self.text.encode(list(instructions))}
-        if self.state is not None:
-            if self.state.key not in observation:
-                raise KeyError(f"the model reads the state input {self.state.key!r}; the observation has "
-                               f"{sorted(observation)}")
-            out[STATE] = self.state.encode(observation[self.state.key])
-        return out
+        return {IMAGE: self._stack(frames), TEXT: self.text.encode(list(instructions)), **self._state(observation)}
+
+    def _state(self, observation: Mapping[str, np.ndarray]) -> Arrays:
+        """STATE, the proprioception tokens, where the tokenizer reads them."""
+        if self.state is None:
+            return {}
+        if self.state.key not in observation:
+            raise KeyError(f"the model reads the state input {self.state.key!r}; the observation has "
+                           f"{sorted(observation)}")
+        return {STATE: self.state.encode(observation[self.state.key])}
 
     def episode_inputs(self, episode: Episode) -> Arrays:
         """Inputs for every observation of an episode. [T+1, ...]"""

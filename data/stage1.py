@@ -112,8 +112,6 @@ def _step_samples(spec: InputSpec, layout: _Layout, objective: str, ground: bool
             # [T, 2 * cameras] frames: each camera's current and previous one (InputSpec's order)
             out[IMAGE] = tf.stack([x for f in cameras for x in (tf.gather(f, t), tf.gather(f, prev))], axis=1)
             out[TEXT] = tf.fill(count, instruction)
-            if spec.state is not None:  # raw values; tokenized per batch
-                out[STATE] = tf.cast(tf.gather(steps["observation"][spec.state.key], t), tf.float32)
             if ground:
                 out[GROUND_BLOCKS] = tf.cast(tf.gather(steps["observation"][BLOCK_POSITIONS], t), tf.float32)
         else:
@@ -122,6 +120,8 @@ def _step_samples(spec: InputSpec, layout: _Layout, objective: str, ground: bool
             for k in layout.goal_keys:
                 g = md["goal"][k]
                 out[f"goal/{k}"] = tf.broadcast_to(g, tf.concat([count, tf.shape(g)], 0))
+        if spec.state is not None:  # raw values; tokenized per batch
+            out[STATE] = tf.cast(tf.gather(steps["observation"][spec.state.key], t), tf.float32)
         if objective == "bc":
             out["action"] = tf.gather(steps["action"], t)
         else:

@@ -244,6 +244,10 @@ class TokenizerConfig:
     state_low: tuple[float, ...] = ()
     state_high: tuple[float, ...] = ()
     state_bins: int = 256
+    # The state tokens are the action tokens of the same bins (RT-2's numbers are one set of
+    # tokens, E.2's joints and joint targets alike): the joint token a target nearly copies is
+    # then that target's own token. Needs uniform action bins over the state's range.
+    state_shares_action_tokens: bool = False
     # The camera observations a vision-language model reads, in order, each as its current and
     # previous frame (image tokens from the ViT; every camera's frames of one shape): the
     # table's one camera, Aloha's two stacked images (D.3). State models ignore it.
@@ -270,6 +274,13 @@ class TokenizerConfig:
                "one range per dimension of state_key's observation, given exactly when state_key is")
         _check(all(lo < hi for lo, hi in zip(self.state_low, self.state_high, strict=True)), "tokenizer.state_high",
                self.state_high, "above state_low in every dimension")
+        m = self.action_max_abs
+        _check(not self.state_shares_action_tokens
+               or (bool(self.state_key) and self.action_scheme == "uniform" and self.state_bins == self.uniform_bins
+                   and set(self.state_low) == {-m} and set(self.state_high) == {m}),
+               "tokenizer.state_shares_action_tokens", self.state_shares_action_tokens,
+               "only with state tokens in the uniform action bins: action_scheme 'uniform', state_bins == "
+               "uniform_bins, state_low/state_high -/+ action_max_abs")
         _check(len(self.cameras) > 0 and len(set(self.cameras)) == len(self.cameras)
                and all(isinstance(c, str) and c for c in self.cameras), "tokenizer.cameras", self.cameras,
                "one or more distinct observation keys")
@@ -410,6 +421,12 @@ class ModelConfig:
     @property
     def reads_text(self) -> bool:
         return isinstance(MODEL_VARIANTS[self.variant], TransformerVariant)
+
+    @property
+    def reads_tokens(self) -> bool:
+        """Its prefix can hold input tokens (proprioception): every transformer."""
+        v = MODEL_VARIANTS[self.variant]
+        return isinstance(v, TransformerVariant) or v.decoder_depth > 0
 
     @property
     def grounded(self) -> bool:
@@ -748,8 +765,9 @@ class RunConfig:
         reads_text = self.model.reads_text
         _check(reads_text == (self.tokenizer.text_tokens > 0), "tokenizer.text_tokens", self.tokenizer.text_tokens,
                f"> 0 exactly when the model reads text (model.variant={self.model.variant!r})")
-        _check(reads_text or not self.tokenizer.state_key, "tokenizer.state_key", self.tokenizer.state_key,
-               f"empty for a state model (model.variant={self.model.variant!r} reads every observation array already)")
+        _check(self.model.reads_tokens or not self.tokenizer.state_key, "tokenizer.state_key",
+               self.tokenizer.state_key, f"empty for model.variant={self.model.variant!r}: its MLP decoder reads "
+               "every observation array already and no input tokens (a transformer decoder, mlp-tx-*, does)")
         _check(reads_text or "instruction" not in self.sft.objectives, "sft.objectives", self.sft.objectives,
                f"the instruction objective needs a vision-language model, not {self.model.variant!r}")
         _check(self.sft.batch_size % len(self.sft.objectives) == 0, "sft.batch_size", self.sft.batch_size,

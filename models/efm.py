@@ -54,7 +54,10 @@ def make_model(cfg: ModelConfig, vocab: Vocabulary) -> nn.Module:
     v = MODEL_VARIANTS[cfg.variant]
     if isinstance(v, MlpVariant):
         if v.decoder_depth:
-            return StateTransformerEFM(v, vocab.size)
+            return StateTransformerEFM(v, vocab.size, vocab.state_offset)
+        if vocab.state is not None:
+            raise ValueError(f"model variant {cfg.variant!r} has an MLP decoder, which reads no input tokens: "
+                             "clear tokenizer.state_key or use a transformer decoder (mlp-tx-*)")
         return MlpEFM(v, vocab.size, vocab.max_target_length)
     if vocab.text is None:
         raise ValueError(f"model variant {cfg.variant!r} reads text: set tokenizer.text_tokens > 0")

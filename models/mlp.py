@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from efm.config import OBJECTIVES, STAGE1_OBJECTIVES, MlpVariant
 from efm.models.llm import LLM
-from efm.models.prefix_lm import PrefixLM
+from efm.models.prefix_lm import STATE, PrefixLM, state_ids
 
 Inputs = dict[str, jax.Array]
 Cache = dict[str, jax.Array]
@@ -126,13 +126,16 @@ class MlpEFM(nn.Module):
 class StateTransformerEFM(PrefixLM):
     """The observation MLP, then a causal transformer decoder (MlpVariant.decoder_depth > 0).
 
-    Prefix: `context_tokens` tokens projected from the observation MLP's output, and the
-    objective's token. The decoder's vocabulary is the EFM's plus its begin token (the last id),
-    which no output predicts: logits are cut back to the EFM's vocabulary.
+    Prefix: `context_tokens` tokens projected from the observation MLP's output, the
+    proprioception tokens where the tokenizer gives them (STATE; E.2's joints, which the first
+    target of a chunk nearly copies), and the objective's token. The decoder's vocabulary is
+    the EFM's plus its begin token (the last id), which no output predicts: logits are cut back
+    to the EFM's vocabulary.
     """
 
     variant: MlpVariant
     vocab_size: int
+    state_offset: int = 0  # global id of state token 1
     dtype: jnp.dtype = jnp.float32
 
     def setup(self) -> None:
@@ -149,11 +152,18 @@ class StateTransformerEFM(PrefixLM):
         return self.vocab_size
 
     def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = encode_observation(inputs, self.vision_encoder, self.observation_encoder)
+        arrays = {k: v for k, v in inputs.items() if k != STATE}  # the tokens are read as tokens
+        h = encode_observation(arrays, self.vision_encoder, self.observation_encoder)
         b, w = h.shape[0], self.variant.width
-        context = self.context(h).reshape(b, self.variant.context_tokens, w)
-        emb = jnp.concatenate([context, self.objective_embedding(objective)[:, None]], axis=1)
-        return emb, jnp.ones(emb.shape[:2], bool)
+        parts = [self.context(h).reshape(b, self.variant.context_tokens, w)]
+        valid = [jnp.ones((b, self.variant.context_tokens), bool)]
+        if STATE in inputs:
+            state = inputs[STATE]
+            parts.append(self.llm.embed(state_ids(state, self.state_offset)))
+            valid.append(state != 0)
+        parts.append(self.objective_embedding(objective)[:, None])
+        valid.append(jnp.ones((b, 1), bool))
+        return jnp.concatenate(parts, axis=1), jnp.concatenate(valid, axis=1)
 
     def output_logits(self, h: jax.Array) -> jax.Array:
         return self.llm.logits(h)[..., :self.vocab_size]

@@ -15,7 +15,16 @@ import jax.numpy as jnp
 
 from efm.models.llm import LayerCache
 
+# The transformers' input keys. IMAGE [B, F, H, W, C] uint8 (F = 2 frames x cameras: cam0 now,
+# cam0 before, cam1 now, ...), TEXT [B, L] int32 text tokens, STATE [B, S] int32 proprioception
+# tokens in 1..bins, 0 where a sample has none (the auxiliary objective).
 Inputs = dict[str, jax.Array]
+IMAGE, TEXT, STATE = "image", "text", "state"
+
+
+def state_ids(state: jax.Array, state_offset: int) -> jax.Array:
+    """Proprioception tokens 1..bins -> global ids (0, masked out, where a sample has none)."""
+    return jnp.where(state > 0, state + state_offset - 1, 0)
 
 
 def make_attn_mask(input_mask: jax.Array, mask_ar: jax.Array) -> jax.Array:

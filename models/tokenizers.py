@@ -263,7 +263,9 @@ class Vocabulary:
     vocabulary the same way), and for models that read proprioception its input tokens
     (an output only of the pretraining objective, which answers positions in them).
 
-    Layout: action | steps-to-go | state | text | begin.
+    Layout: action | steps-to-go | state | text | begin; with `state_shared` the state tokens
+    take no ids of their own: they are the action tokens of the same bins
+    (`tokenizer.state_shares_action_tokens`).
 
     `cameras`: the observation keys whose frames a model with text reads as image tokens (the
     image tower makes those; they take no ids here), so that everything a model reads is
@@ -275,16 +277,23 @@ class Vocabulary:
     text: TextTokenizer | None = None
     state: StateTokenizer | None = None
     cameras: tuple[str, ...] = ("rgb",)
+    state_shared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.state_shared and not (isinstance(self.action, UniformTokenizer) and self.state is not None
+                                      and self.state.bins == self.action.bins
+                                      and set(self.state.low) == {-self.action.max_abs}
+                                      and set(self.state.high) == {self.action.max_abs}):
+            raise ValueError("shared state tokens need the uniform action tokenizer's bins over its range")
 
     @property
     def size(self) -> int:
-        base = self.state_offset + (0 if self.state is None else self.state.vocab_size)
-        return base if self.text is None else base + self.text.vocab_size + 1
+        return self.text_offset if self.text is None else self.text_offset + self.text.vocab_size + 1
 
     @property
     def state_offset(self) -> int:
         """Global id of state token 1 (state token k is state_offset + k - 1)."""
-        return self.action.vocab_size + self.steps_to_go.vocab_size
+        return 0 if self.state_shared else self.action.vocab_size + self.steps_to_go.vocab_size
 
     @property
     def steps_to_go_offset(self) -> int:
@@ -292,7 +301,8 @@ class Vocabulary:
 
     @property
     def text_offset(self) -> int:
-        return self.state_offset + (0 if self.state is None else self.state.vocab_size)
+        own_state = 0 if self.state is None or self.state_shared else self.state.vocab_size
+        return self.action.vocab_size + self.steps_to_go.vocab_size + own_state
 
     @property
     def begin(self) -> int:
@@ -359,7 +369,7 @@ class Vocabulary:
         steps at sigma 0.1 of 50 two-step bins), where no success threshold can find it."""
         runs = np.stack([np.arange(self.size), np.ones(self.size, int)], axis=-1).astype(np.int32)
         runs[: self.action.vocab_size] = self.action.ordinal_runs()
-        if self.state is not None:
+        if self.state is not None and not self.state_shared:  # shared: the action bins' run already
             runs[self.state_offset : self.state_offset + self.state.vocab_size] = (self.state_offset,
                                                                                    self.state.vocab_size)
         return runs
@@ -392,4 +402,4 @@ def make_vocabulary(cfg: TokenizerConfig) -> Vocabulary:
     text = TextTokenizer(cfg.text_tokens, cfg.text_words) if cfg.text_tokens else None
     state = StateTokenizer(cfg.state_key, cfg.state_low, cfg.state_high, cfg.state_bins) if cfg.state_key else None
     return Vocabulary(action, StepsToGoTokenizer(cfg.steps_to_go_bins, cfg.steps_to_go_max), text, state,
-                      tuple(cfg.cameras))
+                      tuple(cfg.cameras), cfg.state_shares_action_tokens)

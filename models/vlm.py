@@ -21,14 +21,11 @@ import numpy as np
 
 from efm.config import OBJECTIVES, TransformerVariant
 from efm.models.llm import LLM
-from efm.models.prefix_lm import PrefixLM
+from efm.models.prefix_lm import IMAGE, STATE, TEXT, Inputs, PrefixLM, state_ids
 from efm.models.tokenizers import TextTokenizer
 from efm.models.vit import ViT
 
-# IMAGE [B, F, H, W, C] uint8 (F = 2 frames x cameras: cam0 now, cam0 before, cam1 now, ...),
-# TEXT [B, L] int32 text tokens, STATE [B, S] int32 in 1..bins (optional)
-Inputs = dict[str, jax.Array]
-IMAGE, TEXT, STATE = "image", "text", "state"
+__all__ = ["IMAGE", "STATE", "TEXT", "VisionLanguageEFM", "objective_prompts"]
 OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction", "locate": "where"}
 PROMPT_LENGTH = max(len(p) for p in OBJECTIVE_PROMPTS.values())
 
@@ -64,12 +61,11 @@ class VisionLanguageEFM(PrefixLM):
             img = self.vision_encoder(frames)
         img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D], frame after frame
         prompt = jnp.asarray(objective_prompts())[objective]  # [B, PROMPT_LENGTH]
-        words = [(inputs[TEXT], self.text_offset)]
+        words = [(inputs[TEXT], inputs[TEXT] + self.text_offset)]  # (tokens, global ids)
         if STATE in inputs:  # after the instruction (E.2), before the objective's words
-            words.append((inputs[STATE], self.state_offset - 1))
-        words.append((prompt, self.text_offset))
-        ids = jnp.concatenate([t + offset for t, offset in words], axis=1)
-        word_emb = self.llm.embed(ids)
+            words.append((inputs[STATE], state_ids(inputs[STATE], self.state_offset)))
+        words.append((prompt, prompt + self.text_offset))
+        word_emb = self.llm.embed(jnp.concatenate([ids for _, ids in words], axis=1))
         if self.variant.grounding:
             word_emb = word_emb.at[:, :text.shape[1]].add(where.astype(word_emb.dtype))
         emb = jnp.concatenate([img.astype(self.dtype), word_emb], axis=1)

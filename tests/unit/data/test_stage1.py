@@ -105,12 +105,23 @@ def test_frame_pairs_and_no_privileged_state(table_dir: Path) -> None:
     np.testing.assert_array_equal(got[IMAGE][2], np.stack([frames[2], frames[1]]))
 
 
+def with_state_tokens(cfg: RunConfig) -> RunConfig:
+    """A transformer-decoder state model that also reads the position as input tokens."""
+    tok = dataclasses.replace(cfg.tokenizer, state_key="position", state_low=(-3.0, -3.0), state_high=(3.0, 3.0))
+    return cfg.replace(tokenizer=tok, model=dataclasses.replace(cfg.model, variant="mlp-tx-tiny"))
+
+
+@pytest.mark.parametrize("state_tokens", [False, True])
 @pytest.mark.parametrize("objective", ["bc", "steps_to_go"])
-def test_streamed_state_samples_equal_in_memory_ones(point_dir: Path, objective: str) -> None:
-    cfg = debug_config()
+def test_streamed_state_samples_equal_in_memory_ones(point_dir: Path, objective: str, state_tokens: bool) -> None:
+    cfg = with_state_tokens(debug_config()) if state_tokens else debug_config()
     got, want = streamed(point_dir, cfg, objective), expected(POINT, cfg, objective)
+    assert (STATE in want) == state_tokens and set(got) == set(want) | {"objective"}
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    if state_tokens:  # the tokens of the very positions the arrays hold
+        np.testing.assert_array_equal(want[STATE], make_vocabulary(cfg.tokenizer).state.encode(
+            want["observation/position"]))
 
 
 def test_a_state_model_gets_camera_observations_decoded(tmp_path: Path) -> None:

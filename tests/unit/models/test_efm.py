@@ -135,19 +135,34 @@ def test_image_input_creates_vision_encoder_params() -> None:
     assert np.abs(np.asarray(ctx_a) - np.asarray(ctx_b)).max() > 1e-6
 
 
-@pytest.mark.parametrize("variant", STATE_VARIANTS)
+def aloha_joint_tokens(cfg):
+    """Aloha's state mode with the joints also as input tokens, in the action tokens' bins."""
+    import dataclasses
+
+    tok = dataclasses.replace(cfg.tokenizer, state_key="joints", state_low=(-1.0,) * 14, state_high=(1.0,) * 14,
+                              state_shares_action_tokens=True)
+    return cfg.replace(tokenizer=tok)
+
+
+@pytest.mark.parametrize("variant", [*STATE_VARIANTS, "mlp-tx-tiny+joints"])
 def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits, variant: str) -> None:
-    """Aloha's state mode: a state variant reads the joints and the peg and socket poses; its
-    decoding state gives the teacher-forced logits of all 70 action tokens."""
+    """Aloha's state mode: a state variant reads the joints and the peg and socket poses (and
+    with +joints the joints as input tokens too); its decoding state gives the teacher-forced
+    logits of all 70 action tokens."""
     from efm.config import default_config
+    from efm.data.features import input_spec
     from efm.models.tokenizers import make_vocabulary
 
-    cfg = default_config("aloha-insertion")
-    fns = make_functions(ModelConfig(variant=variant), make_vocabulary(cfg.tokenizer))
+    variant, _, joints = variant.partition("+")
+    cfg = default_config("aloha-insertion").replace(model=ModelConfig(variant=variant))
+    cfg = aloha_joint_tokens(cfg) if joints else cfg
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     rng = np.random.default_rng(0)
-    x = {"observation/joints": jnp.asarray(rng.uniform(-1, 1, (B, 14)), jnp.float32),
-         "observation/peg_pose": jnp.asarray(rng.normal(size=(B, 7)), jnp.float32),
-         "observation/socket_pose": jnp.asarray(rng.normal(size=(B, 7)), jnp.float32)}
+    observation = {"joints": rng.uniform(-1, 1, (B, 14)).astype(np.float32),
+                   "peg_pose": rng.normal(size=(B, 7)).astype(np.float32),
+                   "socket_pose": rng.normal(size=(B, 7)).astype(np.float32)}
+    x = {k: jnp.asarray(v) for k, v in input_spec(fns.vocab).inputs(observation, None, {}, [""] * B).items()}
+    assert ("state" in x) == bool(joints)
     params = jax.jit(fns.init)(jax.random.PRNGKey(0), x)
     obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
     tokens = jnp.asarray(rng.integers(0, 256, (B, 70)), jnp.int32)
@@ -158,6 +173,19 @@ def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits, va
     d = np.asarray(fns.steps_to_go(params, x))
     assert d.shape == (B,) and np.all((d >= 0) & (d <= 300))
     assert ("llm" in params) == (variant == "mlp-tx-tiny")  # which decoder the variant names
+    if joints:  # the tokens are read: other joint tokens, other logits
+        other = {**x, "state": jnp.roll(x["state"], 1, axis=0)}
+        first = [np.asarray(fns.model.apply({"params": params}, v, obj, method="first_logits")) for v in (x, other)]
+        assert np.abs(first[0] - first[1]).max() > 1e-4
+
+
+def test_an_mlp_decoder_reads_no_input_tokens() -> None:
+    from efm.config import default_config
+
+    with pytest.raises(ValueError, match="state_key"):
+        aloha_joint_tokens(default_config("aloha-insertion"))  # mlp-small: the MLP decoder
+    cfg = aloha_joint_tokens(default_config("aloha-insertion").replace(model=ModelConfig(variant="mlp-tx-tiny")))
+    assert cfg.tokenizer.state_key == "joints"
 
 
 def test_transformer_decoder_heads_must_divide_the_width() -> None:

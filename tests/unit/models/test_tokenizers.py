@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -169,6 +170,23 @@ def test_state_tokens_have_their_own_ids() -> None:
     assert vocab.size == 13 + 50 + 256 + 256 + 1 and vocab.begin == vocab.size - 1
     for objective in ("bc", "steps_to_go", "instruction"):  # an input, never an output
         assert not vocab.valid_tokens(objective)[:, vocab.state_offset:vocab.text_offset].any()
+
+
+def test_shared_state_tokens_are_the_action_tokens_of_their_bins() -> None:
+    """E.2's joint tokens as RT-2's numbers: joint value x reads as the token a target x is
+    written in, so the copy the first target of a chunk nearly is needs no learnt alignment."""
+    joints = dict(state_key="joints", state_low=(-1.0,) * 14, state_high=(1.0,) * 14)
+    base = TokenizerConfig(action_scheme="uniform", action_dim=70, steps_to_go_bins=301, steps_to_go_max=300.0)
+    own = make_vocabulary(dataclasses.replace(base, **joints))
+    shared = make_vocabulary(dataclasses.replace(base, **joints, state_shares_action_tokens=True))
+    assert shared.size == make_vocabulary(base).size == own.size - 256  # no ids of their own
+    values = np.random.default_rng(0).uniform(-1.2, 1.2, (50, 14))
+    np.testing.assert_array_equal(shared.state.encode(values) + shared.state_offset - 1,
+                                  shared.action_targets(np.tile(values, 5))[:, :14])
+    np.testing.assert_array_equal(shared.ordinal_runs(), make_vocabulary(base).ordinal_runs())
+    for bad in (dict(state_low=(-0.5,) * 14), dict(state_bins=128), dict(action_scheme="sign_magnitude")):
+        with pytest.raises(ValueError, match="state_shares_action_tokens"):
+            dataclasses.replace(base, **{**joints, **bad}, state_shares_action_tokens=True)
 
 
 def test_state_tokenizer_config_is_checked() -> None:
