@@ -836,11 +836,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 def stage_view(cfg: RunConfig, stage: str) -> RunConfig:
     """The config as data step `stage` reads it: its STAGE_SECTIONS as given, data.fractions
     (1.0,) (each branch passes its own fraction) and every other section at its defaults, but for
-    the model: the first variant that reads text exactly when the config's does, as the rules
-    between tokenizer and model ask."""
+    the model: the first variant that reads text and input tokens exactly when the config's does,
+    as the rules between tokenizer and model ask."""
     keep = STAGE_SECTIONS[stage]
-    reads_text = cfg.model.reads_text
-    variant = next(n for n in MODEL_VARIANTS if ModelConfig(variant=n).reads_text == reads_text)
+    reads = (cfg.model.reads_text, cfg.model.reads_tokens)
+    variant = next(n for n in MODEL_VARIANTS if (ModelConfig(variant=n).reads_text, ModelConfig(variant=n).reads_tokens) == reads)
     view = RunConfig(model=ModelConfig(variant=variant), **{k: getattr(cfg, k) for k in keep})
     return view.replace(data=dataclasses.replace(view.data, fractions=(1.0,)))
 
@@ -964,7 +964,7 @@ def _aloha_debug_config(base: RunConfig) -> RunConfig:
     return base.replace(
         env=dataclasses.replace(base.env, max_episode_steps=40),
         data=DataConfig(num_episodes=12, validation_episodes=2, fractions=(0.5,), seed=0),
-        model=ModelConfig(variant="mlp-tiny"),
+        model=ModelConfig(variant="mlp-tx-tiny"),
         sft=dataclasses.replace(base.sft, batch_size=16 * len(base.sft.objectives), num_steps=10, eval_every=5,
                                 checkpoint_every=5, warmup_steps=2),
         self_improve=dataclasses.replace(base.self_improve, batch_size=16, updates_per_round=2,
@@ -990,11 +990,17 @@ def default_config(domain: str = "pointmass") -> RunConfig:
         # Section 4.1.3's differences: the policy starts from Stage 1 trained well past its best
         # BC validation loss (Appendix B; 20x, the last step on shorter runs), and a small reward
         # bonus (half a step's progress) while the peg touches the pin, which the cameras barely see.
+        # State mode's model: the observation MLP and a transformer decoder, which also reads the
+        # 14 joints as input tokens (E.2), the action tokens of the same bins: a chunk's targets
+        # nearly copy them (README, Aloha: the MLP decoder cannot learn that copy).
         return RunConfig(
             env=EnvConfig(domain=domain, max_episode_steps=300),
             data=DataConfig(num_episodes=1550, validation_episodes=50, fractions=(1 / 3, 2 / 3, 1.0)),
             tokenizer=TokenizerConfig(action_scheme="uniform", action_dim=70, uniform_bins=256,
-                                      steps_to_go_bins=301, steps_to_go_max=301.0),
+                                      steps_to_go_bins=301, steps_to_go_max=301.0, state_key=ALOHA_JOINTS,
+                                      state_low=(-1.0,) * 14, state_high=(1.0,) * 14, state_bins=256,
+                                      state_shares_action_tokens=True),
+            model=ModelConfig(variant="mlp-tx-small"),
             select=SelectConfig(policy_rule="past_best_bc:20"),
             self_improve=SelfImproveConfig(success_bonus=0.5),
         )
@@ -1039,8 +1045,8 @@ ALOHA_WORDS = ("insert", "the", "red", "peg", "into", "blue", "socket")
 
 def aloha_camera_config(base: RunConfig | None = None, variant: str = "vl-aloha-tiny") -> RunConfig:
     """Aloha as the paper feeds it (D.3, E.2) to a vision-language variant: the two stacked
-    camera images, the instruction, and the 14 joints as
-    256-bin input tokens over their normalised range [-1, 1] after it. The env still records the
+    camera images, the instruction, and the 14 joints as input tokens after it (state mode's:
+    256 bins over their normalised range [-1, 1], the action tokens'). The env still records the
     peg and socket poses (the scripted demonstrator reads them, as the table's reads its blocks);
     the model never does (`data/features.py`). `base`: an aloha-insertion config (default: its
     defaults, state mode). One deviation: each stacked image comes as its current and previous
@@ -1053,7 +1059,5 @@ def aloha_camera_config(base: RunConfig | None = None, variant: str = "vl-aloha-
     aloha = dataclasses.replace(base.env.aloha, render_images=True)
     return base.replace(
         env=dataclasses.replace(base.env, aloha=aloha),
-        tokenizer=dataclasses.replace(base.tokenizer, text_tokens=8, text_words=ALOHA_WORDS,
-                                      state_key=ALOHA_JOINTS, state_low=(-1.0,) * 14, state_high=(1.0,) * 14,
-                                      state_bins=256, cameras=ALOHA_CAMERAS),
+        tokenizer=dataclasses.replace(base.tokenizer, text_tokens=8, text_words=ALOHA_WORDS, cameras=ALOHA_CAMERAS),
         model=dataclasses.replace(base.model, variant=variant))

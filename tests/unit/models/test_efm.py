@@ -135,13 +135,16 @@ def test_image_input_creates_vision_encoder_params() -> None:
     assert np.abs(np.asarray(ctx_a) - np.asarray(ctx_b)).max() > 1e-6
 
 
-def aloha_joint_tokens(cfg):
-    """Aloha's state mode with the joints also as input tokens, in the action tokens' bins."""
+def aloha_state_config(variant: str, joint_tokens: bool):
+    """Aloha's state mode (its default reads the joints as input tokens too), or without them."""
     import dataclasses
 
-    tok = dataclasses.replace(cfg.tokenizer, state_key="joints", state_low=(-1.0,) * 14, state_high=(1.0,) * 14,
-                              state_shares_action_tokens=True)
-    return cfg.replace(tokenizer=tok)
+    from efm.config import default_config
+
+    cfg = default_config("aloha-insertion")
+    tok = cfg.tokenizer if joint_tokens else dataclasses.replace(
+        cfg.tokenizer, state_key="", state_low=(), state_high=(), state_shares_action_tokens=False)
+    return cfg.replace(tokenizer=tok, model=ModelConfig(variant=variant))
 
 
 @pytest.mark.parametrize("variant", [*STATE_VARIANTS, "mlp-tx-tiny+joints"])
@@ -149,13 +152,11 @@ def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits, va
     """Aloha's state mode: a state variant reads the joints and the peg and socket poses (and
     with +joints the joints as input tokens too); its decoding state gives the teacher-forced
     logits of all 70 action tokens."""
-    from efm.config import default_config
     from efm.data.features import input_spec
     from efm.models.tokenizers import make_vocabulary
 
     variant, _, joints = variant.partition("+")
-    cfg = default_config("aloha-insertion").replace(model=ModelConfig(variant=variant))
-    cfg = aloha_joint_tokens(cfg) if joints else cfg
+    cfg = aloha_state_config(variant, bool(joints))
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     rng = np.random.default_rng(0)
     observation = {"joints": rng.uniform(-1, 1, (B, 14)).astype(np.float32),
@@ -182,10 +183,11 @@ def test_aloha_state_mode_decodes_70_tokens_as_teacher_forcing(cached_logits, va
 def test_an_mlp_decoder_reads_no_input_tokens() -> None:
     from efm.config import default_config
 
+    cfg = default_config("aloha-insertion")
+    assert cfg.tokenizer.state_key == "joints" and cfg.model.variant == "mlp-tx-small"
     with pytest.raises(ValueError, match="state_key"):
-        aloha_joint_tokens(default_config("aloha-insertion"))  # mlp-small: the MLP decoder
-    cfg = aloha_joint_tokens(default_config("aloha-insertion").replace(model=ModelConfig(variant="mlp-tx-tiny")))
-    assert cfg.tokenizer.state_key == "joints"
+        cfg.replace(model=ModelConfig(variant="mlp-small"))  # the MLP decoder
+    assert aloha_state_config("mlp-small", joint_tokens=False).tokenizer.state_key == ""
 
 
 def test_transformer_decoder_heads_must_divide_the_width() -> None:

@@ -205,7 +205,9 @@ def test_aloha_tokenization_as_configured() -> None:
     from efm.config import aloha_camera_config, default_config
 
     state_mode = make_vocabulary(default_config("aloha-insertion").tokenizer)
-    assert state_mode.action == ALOHA and state_mode.state is None and state_mode.text is None
+    joints = StateTokenizer("joints", (-1.0,) * 14, (1.0,) * 14, bins=256)
+    assert state_mode.action == ALOHA and state_mode.state == joints and state_mode.text is None
+    assert state_mode.state_shared and state_mode.state_offset == 0  # the joints read as action tokens
     vocab = make_vocabulary(aloha_camera_config().tokenizer)
     assert vocab.action == ALOHA and vocab.max_target_length == 70
     assert vocab.state == StateTokenizer("joints", (-1.0,) * 14, (1.0,) * 14, bins=256)
