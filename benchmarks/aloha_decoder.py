@@ -22,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,7 +170,10 @@ def closed_loop(fns: EFMFunctions, params: dict, episodes: int, seed: int, greed
             "peg_lifted": float(lifted[PEG_POSE].mean()), "socket_lifted": float(lifted[SOCKET_POSE].mean())}
 
 
-def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episodes: int, seed: int) -> dict:
+def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episodes: int, seed: int,
+          params_path: Path) -> dict:
+    """BC for `steps`, then the row; the trained params go to `params_path` (flax msgpack), so
+    the policy can be looked at again without retraining."""
     cfg = row_config(variant)
     vocab = make_vocabulary(cfg.tokenizer)
     fns, spec = make_functions(cfg.model, vocab), input_spec(vocab)
@@ -202,6 +206,7 @@ def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episo
             params, opt_state = step(params, opt_state, inputs(spec, {k: v[rows] for k, v in x_all.items()}),
                                      jnp.asarray(targets[rows]))
     train_s = time.perf_counter() - start
+    params_path.write_bytes(flax.serialization.to_bytes(params))
     per_token = token_nll(fns, params, x_held, t_held)
     row = {"variant": variant, "sft_steps": steps, "train_seconds": round(train_s),
            "held_out_curve": curve,
@@ -244,8 +249,9 @@ def main() -> None:
     for variant in args.variants:
         path = args.out / f"{variant}-{args.steps}.json"
         if not path.exists():
-            path.write_text(json.dumps(train(variant, data, held_out, args.steps, args.eval_episodes, args.seed),
-                                       indent=1))
+            row = train(variant, data, held_out, args.steps, args.eval_episodes, args.seed,
+                        path.with_suffix(".msgpack"))
+            path.write_text(json.dumps(row, indent=1))
         rows.append(json.loads(path.read_text()))
     summary = {"command": "benchmarks/aloha_decoder.py", "dataset": args.dataset and args.dataset.name,
                "demonstrations": len(episodes), "attempted": attempted, "held_out_episodes": args.held_out, "samples": len(held_out),
