@@ -839,8 +839,10 @@ def stage_view(cfg: RunConfig, stage: str) -> RunConfig:
     the model: the first variant that reads text and input tokens exactly when the config's does,
     as the rules between tokenizer and model ask."""
     keep = STAGE_SECTIONS[stage]
-    reads = (cfg.model.reads_text, cfg.model.reads_tokens)
-    variant = next(n for n in MODEL_VARIANTS if (ModelConfig(variant=n).reads_text, ModelConfig(variant=n).reads_tokens) == reads)
+    def reads(m: ModelConfig) -> tuple[bool, bool]:
+        return m.reads_text, m.reads_tokens
+
+    variant = next(n for n in MODEL_VARIANTS if reads(ModelConfig(variant=n)) == reads(cfg.model))
     view = RunConfig(model=ModelConfig(variant=variant), **{k: getattr(cfg, k) for k in keep})
     return view.replace(data=dataclasses.replace(view.data, fractions=(1.0,)))
 
