@@ -143,7 +143,7 @@ def token_nll(fns: EFMFunctions, params: dict, x: dict, targets: jax.Array) -> n
 
 
 LIFTED = {PEG_POSE: 0.05, SOCKET_POSE: 0.06}  # heights (m) a grasped object passes; at rest 0.01, 0.022
-HELD = 3  # chunks (1.5 s) above that height: lifted, not knocked up (an untrained policy tosses the socket)
+HELD = 3  # chunks (1.5 s) above that height: lifted, not knocked up by a flailing arm
 
 
 def closed_loop(fns: EFMFunctions, params: dict, episodes: int, seed: int, greedy: bool) -> dict:

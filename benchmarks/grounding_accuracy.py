@@ -35,8 +35,8 @@ from efm.envs.tabletop import (
     table_position,
 )
 from efm.models.efm import make_functions
+from efm.models.prefix_lm import IMAGE
 from efm.models.tokenizers import make_vocabulary
-from efm.models.vlm import IMAGE
 
 RESULTS = Path(__file__).parent / "results" / "grounding_accuracy.json"
 Arrays = dict[str, np.ndarray]

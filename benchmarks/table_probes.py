@@ -52,8 +52,8 @@ from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANS
 from efm.envs.tabletop.tasks import Task, parse_instruction, task_target
 from efm.math import ordinal_targets
 from efm.models.efm import make_model
+from efm.models.prefix_lm import IMAGE, TEXT
 from efm.models.tokenizers import Vocabulary, make_vocabulary
-from efm.models.vlm import IMAGE, TEXT
 from efm.rollout import end_on_ground_truth, rollout
 
 RESULTS = Path(__file__).parent / "results" / "table_probes.json"

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from efm.envs.base import Episode
+from efm.models.prefix_lm import IMAGE, STATE, TEXT
 from efm.models.tokenizers import StateTokenizer, TextTokenizer, Vocabulary
-from efm.models.vlm import IMAGE, STATE, TEXT
 
 Arrays = dict[str, np.ndarray]
 CAMERAS = ("rgb",)  # default observation keys of the camera frames a vision-language model reads

@@ -28,8 +28,8 @@ from efm.envs.tabletop.env import TabletopEnv
 from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION, RGB
 from efm.envs.tabletop.scene import image_position
 from efm.models.efm import GROUND_MASK, GROUND_RC
+from efm.models.prefix_lm import IMAGE, STATE, TEXT
 from efm.models.tokenizers import TextTokenizer, Vocabulary
-from efm.models.vlm import IMAGE, STATE, TEXT
 
 Batch = dict[str, np.ndarray]
 BLOCK_QUESTIONS = ("where is the {}", "find the {}", "locate the {}", "{}")

@@ -29,8 +29,8 @@ from efm.config import OBJECTIVES, STAGE1_OBJECTIVES, RunConfig
 from efm.data import rlds
 from efm.data.features import InputSpec, input_spec
 from efm.models.efm import GROUND_MASK, GROUND_RC
+from efm.models.prefix_lm import IMAGE, STATE, TEXT
 from efm.models.tokenizers import Vocabulary, make_vocabulary
-from efm.models.vlm import IMAGE, STATE, TEXT
 
 Batch = dict[str, np.ndarray]
 BLOCK_POSITIONS = "block_translation"  # the table's privileged block positions (envs.tabletop.BLOCK_TRANSLATION)

@@ -26,8 +26,9 @@ import numpy as np
 from efm import math
 from efm.config import MODEL_VARIANTS, OBJECTIVES, MlpVariant, ModelConfig
 from efm.models.mlp import MlpEFM, StateTransformerEFM
+from efm.models.prefix_lm import STATE, TEXT
 from efm.models.tokenizers import Vocabulary
-from efm.models.vlm import STATE, TEXT, VisionLanguageEFM
+from efm.models.vlm import VisionLanguageEFM
 
 Inputs = dict[str, jax.Array]
 OBJECTIVE_ID = {name: i for i, name in enumerate(OBJECTIVES)}

@@ -277,14 +277,7 @@ class Vocabulary:
     text: TextTokenizer | None = None
     state: StateTokenizer | None = None
     cameras: tuple[str, ...] = ("rgb",)
-    state_shared: bool = False
-
-    def __post_init__(self) -> None:
-        if self.state_shared and not (isinstance(self.action, UniformTokenizer) and self.state is not None
-                                      and self.state.bins == self.action.bins
-                                      and set(self.state.low) == {-self.action.max_abs}
-                                      and set(self.state.high) == {self.action.max_abs}):
-            raise ValueError("shared state tokens need the uniform action tokenizer's bins over its range")
+    state_shared: bool = False  # valid only as TokenizerConfig.state_shares_action_tokens checks
 
     @property
     def size(self) -> int:

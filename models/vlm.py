@@ -25,7 +25,6 @@ from efm.models.prefix_lm import IMAGE, STATE, TEXT, Inputs, PrefixLM, state_ids
 from efm.models.tokenizers import TextTokenizer
 from efm.models.vit import ViT
 
-__all__ = ["IMAGE", "STATE", "TEXT", "VisionLanguageEFM", "objective_prompts"]
 OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction", "locate": "where"}
 PROMPT_LENGTH = max(len(p) for p in OBJECTIVE_PROMPTS.values())
 

@@ -202,8 +202,8 @@ def test_aloha_camera_config_reads_what_the_env_observes() -> None:
     from efm.config import MODEL_VARIANTS, TransformerVariant, aloha_camera_config
     from efm.data.features import input_spec
     from efm.envs.aloha import env
+    from efm.models.prefix_lm import IMAGE, STATE, TEXT
     from efm.models.tokenizers import make_vocabulary
-    from efm.models.vlm import IMAGE, STATE, TEXT
 
     cfg = aloha_camera_config()
     assert cfg.tokenizer.cameras == (env.RGB, env.RGB_WRIST) and cfg.tokenizer.state_key == env.JOINTS

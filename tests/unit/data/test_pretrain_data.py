@@ -13,8 +13,8 @@ from efm.data.grounding import EFFECTOR, object_points
 from efm.data.pretrain import TableQuestions, board_questions
 from efm.envs.tabletop.geometry import BLOCKS
 from efm.envs.tabletop.scene import image_position
+from efm.models.prefix_lm import IMAGE, STATE, TEXT
 from efm.models.tokenizers import make_vocabulary
-from efm.models.vlm import IMAGE, STATE, TEXT
 
 
 def pretrain_config() -> RunConfig:

@@ -14,8 +14,8 @@ from efm.data.features import input_spec
 from efm.data.stage1 import Stage1Data
 from efm.envs.base import Episode
 from efm.models.efm import GROUND_MASK, GROUND_RC
+from efm.models.prefix_lm import IMAGE, STATE, TEXT
 from efm.models.tokenizers import make_vocabulary
-from efm.models.vlm import IMAGE, STATE, TEXT
 
 
 def table_episode(t: int, seed: int, success: bool = True) -> Episode:

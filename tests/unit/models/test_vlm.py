@@ -11,9 +11,8 @@ import pytest
 
 from efm.config import ModelConfig, TokenizerConfig
 from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
-from efm.models.prefix_lm import make_attn_mask
+from efm.models.prefix_lm import IMAGE, STATE, TEXT, make_attn_mask
 from efm.models.tokenizers import TextTokenizer, make_vocabulary
-from efm.models.vlm import IMAGE, STATE, TEXT
 
 B, H, W, TEXT_LEN = 3, 36, 64, 24
 

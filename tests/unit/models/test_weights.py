@@ -14,8 +14,8 @@ from flax import traverse_util
 from efm import checkpoints
 from efm.config import ModelConfig, TokenizerConfig
 from efm.models.efm import make_functions
+from efm.models.prefix_lm import IMAGE, TEXT
 from efm.models.tokenizers import TextTokenizer, make_vocabulary
-from efm.models.vlm import IMAGE, TEXT
 from efm.models.weights import load_initial, read_big_vision_npz, write_big_vision_npz
 
 VOCAB = make_vocabulary(TokenizerConfig(steps_to_go_bins=50, text_tokens=16))
