@@ -32,7 +32,7 @@ from efm.config import ModelConfig, RunConfig, SftConfig, default_config
 from efm.data import rlds
 from efm.data.features import InputSpec, input_spec
 from efm.envs.aloha.demonstrator import AlohaDemonstrator
-from efm.envs.aloha.env import JOINTS, PEG_POSE, SOCKET_POSE, AlohaInsertionEnv
+from efm.envs.aloha.env import JOINTS, PEG_POSE, SOCKET_POSE, AlohaInsertionEnv, lift_progress
 from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.rollout import rollout
@@ -142,32 +142,27 @@ def token_nll(fns: EFMFunctions, params: dict, x: dict, targets: jax.Array) -> n
     return -np.asarray(logp).mean(0).reshape(-1, 14)
 
 
-LIFTED = {PEG_POSE: 0.05, SOCKET_POSE: 0.06}  # heights (m) a grasped object passes; at rest 0.01, 0.022
-HELD = 3  # chunks (1.5 s) above that height: lifted, not knocked up by a flailing arm
-
-
 def closed_loop(fns: EFMFunctions, params: dict, episodes: int, seed: int, greedy: bool) -> dict:
     """Success and mean length, and how far the policy got: the share of episodes that
-    lifted the peg and the socket (each held up for HELD chunks)."""
+    lifted the peg and the socket (`lift_progress`: each held up a while)."""
     env, spec = AlohaInsertionEnv(default_config("aloha-insertion").env, episodes, seed), input_spec(fns.vocab)
     ts, done, length = env.reset(), np.zeros(episodes, bool), np.full(episodes, MAX_STEPS)
-    lifted = {k: np.zeros(episodes, bool) for k in LIFTED}
-    above = {k: np.zeros(episodes, int) for k in LIFTED}  # consecutive chunks above the height
+    poses = {k: [ts.observation[k]] for k in (PEG_POSE, SOCKET_POSE)}
     key = jax.random.PRNGKey(seed)
     for t in range(MAX_STEPS):
         key, sub = jax.random.split(key)
         actions, _ = fns.sample_actions(params, inputs(spec, ts.observation), sub, greedy=greedy)
         ts = env.step(actions)
-        for k, height in LIFTED.items():
-            above[k] = np.where(ts.observation[k][:, 2] > height, above[k] + 1, 0)
-            lifted[k] |= above[k] >= HELD
+        for k, seen in poses.items():
+            seen.append(ts.observation[k])
         length[ts.success & ~done] = t + 1
         done |= ts.success
         if done.all():
             break
     env.close()
+    stages = [lift_progress({k: np.stack(seen)[:, i] for k, seen in poses.items()}) for i in range(episodes)]
     return {"success": float(done.mean()), "mean_length": float(length.mean()),
-            "peg_lifted": float(lifted[PEG_POSE].mean()), "socket_lifted": float(lifted[SOCKET_POSE].mean())}
+            **{k: float(np.mean([s[k] for s in stages])) for k in ("peg_lifted", "socket_lifted")}}
 
 
 def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episodes: int, seed: int,

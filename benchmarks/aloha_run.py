@@ -10,8 +10,8 @@ resumes from its latest checkpoint, Self-Improvement from its last completed rou
   f<fraction>-s<seed>/{sft,select,self_improve,evaluate}/
 
 After every branch it writes --results (default benchmarks/results/aloha-insertion.json): per
-branch the SFT and Self-Improved success rate and mean episode length (ground truth, the same
-evaluation tasks), the success detector's precision and recall, per-round detected and
+branch the SFT and Self-Improved success rate, mean episode length and the share of episodes
+that lifted the peg and the socket (ground truth, the same evaluation tasks), the success detector's precision and recall, per-round detected and
 ground-truth success during Self-Improvement (like Figure 11, right), the practice episodes and
 env steps, and per fraction the means over seeds. Reported as measured, whichever way it
 comes out.
@@ -47,7 +47,7 @@ from efm.stages import (
 )
 
 RESULTS = Path(__file__).parent / "results" / "aloha-insertion.json"
-POLICY_KEYS = ("success_rate", "mean_episode_length", "optimal_length_ratio")
+POLICY_KEYS = ("success_rate", "mean_episode_length", "optimal_length_ratio", "peg_lifted", "socket_lifted")
 
 
 def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: int) -> dict[str, Any]:
@@ -75,8 +75,7 @@ def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: 
         "data_fraction": fraction, "seed": seed, "sft_episodes": sft["train_episodes"],
         "sft_steps": sft["final_step"], "policy_step": selection["policy"]["step"],
         "reward_step": selection["reward"]["step"],
-        "sft": {k: ev["sft"][k] for k in POLICY_KEYS},
-        "self_improved": {k: ev["self_improved"][k] for k in POLICY_KEYS},
+        **{policy: {k: ev[policy][k] for k in POLICY_KEYS if k in ev[policy]} for policy in ("sft", "self_improved")},
         "success_detector": ev["success_detector"],
         "self_improvement_episodes": si["total_episodes"], "self_improvement_env_steps": si["total_env_steps"],
         "best_round": si["best_round"], "rounds": rounds,
@@ -85,13 +84,14 @@ def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: 
 
 
 def means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per fraction, the means over seeds of success and length before and after."""
+    """Per fraction, the means over seeds of success, length and the objects lifted, before and after."""
     out = {}
     for fraction in sorted({r["data_fraction"] for r in rows}):
         mine = [r for r in rows if r["data_fraction"] == fraction]
         out[f"{fraction:g}"] = {"seeds": len(mine), "sft_episodes": mine[0]["sft_episodes"], **{
             f"{policy}.{k}": float(np.mean([r[policy][k] for r in mine]))
-            for policy in ("sft", "self_improved") for k in ("success_rate", "mean_episode_length")}}
+            for policy in ("sft", "self_improved") for k in POLICY_KEYS
+            if k != "optimal_length_ratio" and all(k in r[policy] for r in mine)}}
     return out
 
 

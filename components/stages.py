@@ -274,8 +274,10 @@ def evaluate(config_json: str, episodes: Input[Dataset], train: Input[Dataset], 
         with staged(evaluation.path) as work:
             ev = evaluate_stage(cfg, selected.path, improved.path, work, train.path)
         row = branch_result(cfg.domain, fraction, seed, episodes.path, train.path, improved.path, ev)
-        scores = {f"{name}.{k}": v for name in ("sft", "self_improved", "success_detector")
-                  for k, v in row[name].items() if v is not None}
+        # Everything the evaluation measured of each policy (with the stages reached and the
+        # env's counters, beyond the summary's keys), for comparing runs in the MLflow UI.
+        scores = {f"{name}.{k}": v for name in ("sft", "self_improved") for k, v in ev[name].items()}
+        scores |= {f"success_detector.{k}": v for k, v in row["success_detector"].items() if v is not None}
         run.log_metrics(scores)
         run.log_artifacts(evaluation.path, "*.png")
     row |= {"mlflow_run_id": result.metadata[RUN_ID], "tracking_failures": result.metadata[FAILURES]}

@@ -99,3 +99,14 @@ def figure_frames(cfg: EnvConfig, episode: Episode, steps: np.ndarray) -> np.nda
     if RGB in episode.observations:
         return np.asarray(episode.observations[RGB])[np.asarray(steps, int)]
     return None
+
+
+def progress_metrics(cfg: EnvConfig, episodes: list[Episode]) -> dict[str, float]:
+    """The share of episodes that reached each intermediate stage of the task, where the domain
+    defines them (Aloha: the peg and the socket lifted): how far policies that fail got."""
+    if cfg.domain != "aloha-insertion" or not episodes:
+        return {}
+    from efm.envs.aloha.env import lift_progress
+
+    stages = [lift_progress(e.observations) for e in episodes]
+    return {k: float(np.mean([s[k] for s in stages])) for k in stages[0]}

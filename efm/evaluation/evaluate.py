@@ -1,7 +1,7 @@
 """Evaluation: roll out a policy with ground-truth termination and measure it.
 
 Reports ground-truth success rate, mean episode length and its ratio to the optimal length,
-and how the learned success detector d(o, g) <= s agrees with ground truth over every
+the share of episodes reaching the task's intermediate stages where the domain defines them, and how the learned success detector d(o, g) <= s agrees with ground truth over every
 observation visited (precision and recall at s, and the threshold that would agree best).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from efm.config import RunConfig
-from efm.domains import make_env
+from efm.domains import make_env, progress_metrics
 from efm.envs.base import Episode, counters
 from efm.math import detect_success
 from efm.models.efm import EFMFunctions
@@ -76,7 +76,8 @@ def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, rewar
                     progress: bool = False, name: str = "policy",
                     ) -> tuple[dict[str, float], dict[str, Any], list[Episode]]:
     """(policy metrics, detector metrics, episodes) on a fixed task list, deterministic per eval
-    seed; the policy metrics include the env's counters (`efm.envs.base.counters`)."""
+    seed; the policy metrics include the stages reached (`efm.domains.progress_metrics`) and the
+    env's counters (`efm.envs.base.counters`)."""
     ev = cfg.eval
     env = make_env(cfg.env, ev.num_envs, seed=ev.seed)
     agent = PolicyAgent(fns, policy_params, StepsToGoService(fns, reward_params), seed=ev.seed)
@@ -91,5 +92,5 @@ def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, rewar
         events = counters(env)  # e.g. Aloha's rejected action chunks
     finally:
         env.close()  # worker processes (subprocess envs) end here, not at garbage collection
-    return ({**episode_metrics(episodes), **events}, detector_metrics(episodes, cfg.self_improve.success_threshold),
+    return ({**episode_metrics(episodes), **progress_metrics(cfg.env, episodes), **events}, detector_metrics(episodes, cfg.self_improve.success_threshold),
             episodes)

@@ -21,7 +21,7 @@ from dm_control.rl.control import PhysicsError
 
 from efm.config import AlohaConfig, EnvConfig
 from efm.envs.aloha import scene
-from efm.envs.aloha.tasks import INSTRUCTION, inserted, sample_poses
+from efm.envs.aloha.tasks import INSTRUCTION, LIFT_HEIGHTS, held_up, inserted, sample_poses
 from efm.envs.base import Array, TimeStep, reset_rngs
 
 JOINTS = "joints"
@@ -56,6 +56,17 @@ def figure_frames(cfg: AlohaConfig, observations: dict[str, Array], steps: Array
         return None
     gap = cfg.band_height
     return np.stack([np.concatenate([a, np.zeros((a.shape[0], gap, 3), a.dtype), b], axis=1) for a, b in pairs])
+
+
+def lift_progress(observations: dict[str, Array]) -> dict[str, bool]:
+    """How far an episode got towards the insertion, from its recorded object poses:
+    {"peg_lifted", "socket_lifted"}, each held up (`held_up`); {} without the poses (camera
+    runs without the state). Ground truth, for reporting only: no policy or reward reads it."""
+    poses = {"peg": PEG_POSE, "socket": SOCKET_POSE}
+    if not all(k in observations for k in poses.values()):
+        return {}
+    return {f"{name}_lifted": held_up(np.asarray(observations[key])[:, 2], LIFT_HEIGHTS[name])
+            for name, key in poses.items()}
 
 
 def validated_chunks(actions: Array, num_envs: int, chunk_length: int) -> Array:

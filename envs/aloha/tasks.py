@@ -19,6 +19,8 @@ Array = np.ndarray
 INSTRUCTION = "insert the red peg into the blue socket"
 SPAWN_Z = 0.05  # objects are dropped from this height and settle before the first observation
 IDENTITY_QUAT = np.array([1.0, 0.0, 0.0, 0.0])
+LIFT_HEIGHTS = {"peg": 0.05, "socket": 0.06}  # m: heights a grasped object passes; at rest 0.01, 0.022
+HELD_CHUNKS = 3  # observations (1.5 s) above that height: lifted, not knocked up by a flailing arm
 
 
 def sample_poses(rng: np.random.Generator, cfg: AlohaConfig) -> tuple[Array, Array]:
@@ -31,3 +33,9 @@ def sample_poses(rng: np.random.Generator, cfg: AlohaConfig) -> tuple[Array, Arr
 def inserted(contacts: set[frozenset[str]]) -> bool:
     """Ground-truth success: the peg is in contact with the pin inside the socket."""
     return frozenset((PEG_GEOM, PIN_GEOM)) in contacts
+
+
+def held_up(heights: Array, height: float, held: int = HELD_CHUNKS) -> bool:
+    """Whether `heights` [T] stay above `height` for `held` consecutive observations."""
+    above = (np.asarray(heights) > height).astype(int)
+    return len(above) >= held and bool((np.convolve(above, np.ones(held, int), "valid") == held).any())

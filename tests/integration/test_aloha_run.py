@@ -62,5 +62,7 @@ def test_aloha_stages_select_past_the_best_and_draw_strips(run_dir: dict[str, Pa
     assert set(rounds["fleet"]["env_counters"]) == {"rejected_chunks"}
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert "rejected_chunks" in metrics["sft"] and "rejected_chunks" in metrics["self_improved"]
+    for policy in ("sft", "self_improved"):  # how far the policies got, where none inserts
+        assert 0.0 <= metrics[policy]["peg_lifted"] <= 1.0 and 0.0 <= metrics[policy]["socket_lifted"] <= 1.0
     for panel in ("dataset", "sft", "self_improved"):
         assert (evaluation / f"steps_to_go_{panel}.png").read_bytes()[:4] == b"\x89PNG"

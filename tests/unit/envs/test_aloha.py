@@ -11,6 +11,7 @@ from dm_control.rl.control import PhysicsError
 
 from efm.config import AlohaConfig, EnvConfig, RunConfig, default_config
 from efm.data import rlds
+from efm.domains import progress_metrics
 from efm.envs.aloha import scene
 from efm.envs.aloha.demonstrator import (
     AlohaDemonstrator,
@@ -26,9 +27,11 @@ from efm.envs.aloha.env import (
     RGB_WRIST,
     SOCKET_POSE,
     AlohaInsertionEnv,
+    lift_progress,
     validated_chunks,
 )
-from efm.envs.aloha.tasks import INSTRUCTION, inserted
+from efm.envs.aloha.tasks import INSTRUCTION, held_up, inserted
+from efm.envs.base import Episode
 from efm.stages import dataset_stage
 
 
@@ -97,6 +100,37 @@ def test_mocap_pose_inverts_the_weld() -> None:
 def test_success_is_the_peg_touching_the_pin() -> None:
     assert inserted({frozenset(("red_peg", "pin")), frozenset(("red_peg", "table"))})
     assert not inserted({frozenset(("red_peg", "socket-1")), frozenset(("pin", "table"))})
+
+
+def test_held_up_needs_consecutive_observations_above_the_height() -> None:
+    assert held_up(np.array([0.0, 0.1, 0.1, 0.1, 0.0]), 0.05, held=3)
+    assert not held_up(np.array([0.1, 0.1, 0.0, 0.1, 0.1, 0.05]), 0.05, held=3)  # knocked up twice; 0.05 is not above
+    assert not held_up(np.array([0.1, 0.1]), 0.05, held=3)  # too short to tell
+
+
+def _posed_episode(peg_z: list[float], socket_z: list[float]) -> Episode:
+    """An episode whose only observations are the objects' poses at the given heights."""
+    def poses(z: list[float]) -> np.ndarray:
+        p = np.zeros((len(z), 7), np.float32)
+        p[:, 2], p[:, 3] = z, 1.0
+        return p
+
+    return Episode(observations={PEG_POSE: poses(peg_z), SOCKET_POSE: poses(socket_z)},
+                   actions=np.zeros((len(peg_z) - 1, 70), np.float32), instruction=INSTRUCTION)
+
+
+def test_progress_is_the_share_of_episodes_that_held_each_object_up() -> None:
+    cfg = aloha_env_config()
+    rest, up = [0.01] * 6, [0.01, 0.08, 0.08, 0.08, 0.08, 0.01]
+    knocked = [0.022, 0.2, 0.2, 0.022, 0.022, 0.022]  # up for two chunks: thrown, not lifted
+    episodes = [_posed_episode(up, knocked), _posed_episode(rest, up)]
+    assert lift_progress(episodes[0].observations) == {"peg_lifted": True, "socket_lifted": False}
+    assert progress_metrics(cfg, episodes) == {"peg_lifted": 0.5, "socket_lifted": 0.5}
+    assert progress_metrics(cfg, []) == {}
+    camera_only = Episode(observations={JOINTS: np.zeros((6, 14), np.float32)},
+                          actions=np.zeros((5, 70), np.float32), instruction=INSTRUCTION)
+    assert progress_metrics(cfg, [camera_only]) == {}  # no poses recorded, nothing to say
+    assert progress_metrics(EnvConfig(domain="pointmass"), episodes) == {}
 
 
 def test_default_config_validates_and_matches_the_env() -> None:
@@ -182,6 +216,9 @@ def test_demonstrator_writes_a_small_successful_state_dataset(tmp_path, monkeypa
         assert e.actions.shape == (e.length, 70) and np.abs(e.actions).max() <= 1.0
         assert set(e.observations) == {JOINTS, PEG_POSE, SOCKET_POSE}
         assert e.observations[SOCKET_POSE][-1, 2] > 0.06 and e.observations[PEG_POSE][-1, 2] > 0.06  # lifted
+        assert lift_progress(e.observations) == {"peg_lifted": True, "socket_lifted": True}
+        assert lift_progress({k: v[:1] for k, v in e.observations.items()}) == {"peg_lifted": False,
+                                                                              "socket_lifted": False}
 
 
 def _failing_once(real, after: int = 0):
