@@ -11,10 +11,10 @@ resumes from its latest checkpoint, Self-Improvement from its last completed rou
 
 After every branch it writes --results (default benchmarks/results/aloha-insertion.json): per
 branch the SFT and Self-Improved success rate, mean episode length and the share of episodes
-that lifted the peg and the socket (ground truth, the same evaluation tasks), the success detector's precision and recall, per-round detected and
-ground-truth success during Self-Improvement (like Figure 11, right), the practice episodes and
-env steps, and per fraction the means over seeds. Reported as measured, whichever way it
-comes out.
+that lifted the peg and the socket (ground truth, the same evaluation tasks), the success
+detector's precision and recall, per-round detected and ground-truth success and objects lifted
+during Self-Improvement (like Figure 11, right), the practice episodes and env steps, and per
+fraction the means over seeds. Reported as measured, whichever way it comes out.
 
     .venv/bin/python benchmarks/aloha_run.py --out runs/bench-aloha --fractions 0.3333 0.6667 --seeds 0 1
     .venv/bin/python benchmarks/aloha_run.py --config '{"data": {"num_episodes": 130, ...}}' ...
@@ -48,6 +48,8 @@ from efm.stages import (
 
 RESULTS = Path(__file__).parent / "results" / "aloha-insertion.json"
 POLICY_KEYS = ("success_rate", "mean_episode_length", "optimal_length_ratio", "peg_lifted", "socket_lifted")
+ROUND_KEYS = ("total_episodes", "success_rate", "ground_truth_success_rate", "mean_episode_length",
+              "ground_truth_peg_lifted", "ground_truth_socket_lifted")
 
 
 def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: int) -> dict[str, Any]:
@@ -69,8 +71,7 @@ def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: 
     si = part(root / "self_improve", lambda d: self_improve_stage(cfg, root / "select", d))
     ev = part(root / "evaluate", lambda d: evaluate_stage(cfg, root / "select", root / "self_improve", d,
                                                           train))
-    rounds = [{"round": i, **{k: r[k] for k in ("total_episodes", "success_rate", "ground_truth_success_rate",
-                                                 "mean_episode_length")}} for i, r in enumerate(si["rounds"])]
+    rounds = [{"round": i, **{k: r[k] for k in ROUND_KEYS if k in r}} for i, r in enumerate(si["rounds"])]
     return {
         "data_fraction": fraction, "seed": seed, "sft_episodes": sft["train_episodes"],
         "sft_steps": sft["final_step"], "policy_step": selection["policy"]["step"],

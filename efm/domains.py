@@ -101,12 +101,18 @@ def figure_frames(cfg: EnvConfig, episode: Episode, steps: np.ndarray) -> np.nda
     return None
 
 
-def progress_metrics(cfg: EnvConfig, episodes: list[Episode]) -> dict[str, float]:
-    """The share of episodes that reached each intermediate stage of the task, where the domain
-    defines them (Aloha: the peg and the socket lifted): how far policies that fail got."""
-    if cfg.domain != "aloha-insertion" or not episodes:
+def episode_progress(cfg: EnvConfig, episode: Episode) -> dict[str, bool]:
+    """Which intermediate stages of the task an episode reached, where the domain defines them
+    (Aloha: the peg and the socket lifted); {} elsewhere. Ground truth, for reporting only."""
+    if cfg.domain != "aloha-insertion":
         return {}
     from efm.envs.aloha.env import lift_progress
 
-    stages = [lift_progress(e.observations) for e in episodes]
-    return {k: float(np.mean([s[k] for s in stages])) for k in stages[0]}
+    return lift_progress(episode.observations)
+
+
+def progress_metrics(cfg: EnvConfig, episodes: list[Episode]) -> dict[str, float]:
+    """The share of `episodes` that reached each stage of `episode_progress`: how far policies
+    that fail got."""
+    stages = [episode_progress(cfg, e) for e in episodes]
+    return {k: float(np.mean([s[k] for s in stages])) for k in (stages[0] if stages else {})}

@@ -28,7 +28,7 @@ import numpy as np
 from efm import math
 from efm.config import RunConfig
 from efm.data.features import FrameHistory, InputSpec, input_spec
-from efm.domains import make_env
+from efm.domains import episode_progress, make_env
 from efm.envs.base import Array, Episode, TimeStep, VectorEnv, counters
 from efm.models.efm import EFMFunctions
 from efm.rollout import ACTION, SUCCESS, rollout_steps
@@ -170,11 +170,12 @@ def sample_ids(key: int, length: int) -> np.ndarray:
     return ((np.int64(key) << 12) + np.arange(length)).astype(np.int64)
 
 
-def episode_summary(episode: Episode, threshold: float) -> dict[str, float]:
-    """What the coordinator needs to know of an episode (no arrays)."""
+def episode_summary(episode: Episode, threshold: float, progress: dict[str, bool]) -> dict[str, float]:
+    """What the coordinator needs to know of an episode (no arrays), with the task stages it
+    reached (`efm.domains.episode_progress`), reported like ground-truth success."""
     return {"length": float(episode.length),
             "detected": float(math.detect_success(episode.observation_extras[STEPS_TO_GO][-1], threshold)),
-            "success": float(episode.observation_extras[SUCCESS][-1])}
+            "success": float(episode.observation_extras[SUCCESS][-1]), **{k: float(v) for k, v in progress.items()}}
 
 
 STATUS_EVERY_S = 0.1  # live status to the monitor at most this often
@@ -288,7 +289,8 @@ class Actor:
                 others = monitor.claim_in_flight(self._index, call, running_steps)
             for episode in finished:
                 key = episode_key(self._index, call, len(summaries))
-                summary = {**episode_summary(episode, si.success_threshold), "key": float(key)}
+                progress = episode_progress(self._cfg.env, episode)
+                summary = {**episode_summary(episode, si.success_threshold, progress), "key": float(key)}
                 summaries.append(summary)
                 if monitor is not None:
                     monitor.episode_finished(call, key, summary)

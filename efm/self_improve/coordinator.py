@@ -25,11 +25,18 @@ from efm.types import Logger
 CUT_BY_FAULT = "cut_by_fault"  # an episode running on an actor that died: started, never finished
 
 
+SUMMARY_KEYS = {"length", "detected", "success", "key", CUT_BY_FAULT}  # the rest: task stages reached
+
+
 def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
     """What a round's episode summaries say about the policy that collected them. Episodes cut
-    by a fault count as started (the budget) and by their steps, not in success or length."""
+    by a fault count as started (the budget) and by their steps, not in success or length.
+    The task stages the episodes report (Aloha's objects lifted) become ground_truth_<stage>:
+    the share that reached each, reported like ground-truth success and never used."""
     ended = [e for e in episodes if not e.get(CUT_BY_FAULT)] or [{"length": 0.0, "detected": 0.0, "success": 0.0}]
+    stages = sorted(set(ended[0]) - SUMMARY_KEYS)
     return {
+        **{f"ground_truth_{k}": float(np.mean([e[k] for e in ended])) for k in stages},
         "episodes": float(len(episodes)),  # every episode started this round
         "env_steps": float(sum(e["length"] for e in episodes)),
         "success_rate": float(np.mean([e["detected"] for e in ended])),  # learned detector, no ground truth

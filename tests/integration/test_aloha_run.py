@@ -57,6 +57,8 @@ def test_aloha_stages_select_past_the_best_and_draw_strips(run_dir: dict[str, Pa
     assert selection["policy"]["step"] == history[-1]["step"]
     rounds = json.loads((root / "self-improve" / "model" / "rounds.json").read_text())
     assert rounds["total_episodes"] == debug_config("aloha-insertion").self_improve.max_episodes
+    for row in rounds["rounds"]:  # Figure 11 (right) with how far the practice episodes got
+        assert 0.0 <= row["ground_truth_peg_lifted"] <= 1.0 and 0.0 <= row["ground_truth_socket_lifted"] <= 1.0
     evaluation = root / "evaluate" / "evaluation"
     # The env's own counts (chunks refused as unstable) reach the stages' outputs, not just a log.
     assert set(rounds["fleet"]["env_counters"]) == {"rejected_chunks"}

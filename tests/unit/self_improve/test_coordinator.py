@@ -104,3 +104,14 @@ def test_episodes_cut_by_a_fault_count_in_the_budget_and_steps_only() -> None:
     assert m["detected_at_start"] == 0.0
     at_start = {"length": 0.0, "detected": 1.0, "success": 0.0}  # the reward model fired before any action
     assert round_metrics([*finished, at_start])["detected_at_start"] == 0.25
+
+
+def test_task_stages_reached_are_reported_per_round_beside_ground_truth_success() -> None:
+    """Aloha's episodes report whether they lifted the peg and the socket: the round holds the
+    share of its ended episodes that did (cut ones have no say); other domains add nothing."""
+    ended = [{"length": 30.0, "detected": 0.0, "success": 0.0, "key": 1.0, "peg_lifted": 1.0, "socket_lifted": 1.0},
+             {"length": 40.0, "detected": 1.0, "success": 0.0, "key": 2.0, "peg_lifted": 0.0, "socket_lifted": 1.0}]
+    m = round_metrics(ended + cut_episodes(started=3, finished=2, steps=10))
+    assert (m["ground_truth_peg_lifted"], m["ground_truth_socket_lifted"]) == (0.5, 1.0)
+    assert not any(k.startswith("ground_truth_") and k != "ground_truth_success_rate"
+                   for k in round_metrics([{"length": 3.0, "detected": 1.0, "success": 1.0, "key": 0.0}]))
