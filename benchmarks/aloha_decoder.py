@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.serialization
@@ -142,17 +143,19 @@ def token_nll(fns: EFMFunctions, params: dict, x: dict, targets: jax.Array) -> n
     return -np.asarray(logp).mean(0).reshape(-1, 14)
 
 
-def closed_loop(fns: EFMFunctions, params: dict, episodes: int, seed: int, greedy: bool) -> dict:
-    """Success and mean length, and how far the policy got: the share of episodes that
-    lifted the peg and the socket (`lift_progress`: each held up a while)."""
-    env, spec = AlohaInsertionEnv(default_config("aloha-insertion").env, episodes, seed), input_spec(fns.vocab)
+Act = Callable[[dict[str, np.ndarray], jax.Array], np.ndarray]  # (observation, key) -> [N, 70] chunks
+
+
+def closed_loop(act: Act, episodes: int, seed: int) -> dict:
+    """Success and mean length of `episodes` new scenes, and how far the policy got: the share
+    of episodes that lifted the peg and the socket (`lift_progress`: each held up a while)."""
+    env = AlohaInsertionEnv(default_config("aloha-insertion").env, episodes, seed)
     ts, done, length = env.reset(), np.zeros(episodes, bool), np.full(episodes, MAX_STEPS)
     poses = {k: [ts.observation[k]] for k in (PEG_POSE, SOCKET_POSE)}
     key = jax.random.PRNGKey(seed)
     for t in range(MAX_STEPS):
         key, sub = jax.random.split(key)
-        actions, _ = fns.sample_actions(params, inputs(spec, ts.observation), sub, greedy=greedy)
-        ts = env.step(actions)
+        ts = env.step(act(ts.observation, sub))
         for k, seen in poses.items():
             seen.append(ts.observation[k])
         length[ts.success & ~done] = t + 1
@@ -163,6 +166,12 @@ def closed_loop(fns: EFMFunctions, params: dict, episodes: int, seed: int, greed
     stages = [lift_progress({k: np.stack(seen)[:, i] for k, seen in poses.items()}) for i in range(episodes)]
     return {"success": float(done.mean()), "mean_length": float(length.mean()),
             **{k: float(np.mean([s[k] for s in stages])) for k in ("peg_lifted", "socket_lifted")}}
+
+
+def token_policy(fns: EFMFunctions, params: dict, greedy: bool) -> Act:
+    """The EFM's action chunks, decoded from its tokens."""
+    spec = input_spec(fns.vocab)
+    return lambda observation, key: fns.sample_actions(params, inputs(spec, observation), key, greedy=greedy)[0]
 
 
 def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episodes: int, seed: int,
@@ -208,7 +217,8 @@ def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episo
            "held_out_nll_per_target": [round(float(v), 3) for v in per_token.mean(1)],
            "held_out_nll_per_joint": [round(float(v), 3) for v in per_token.mean(0)]}
     for greedy in (True, False):
-        row["greedy" if greedy else "sampled"] = closed_loop(fns, params, eval_episodes, seed + 10_000, greedy)
+        row["greedy" if greedy else "sampled"] = closed_loop(token_policy(fns, params, greedy), eval_episodes,
+                                                             seed + 10_000)
         print(variant, "greedy" if greedy else "sampled", row["greedy" if greedy else "sampled"], flush=True)
     return row
 

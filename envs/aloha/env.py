@@ -21,7 +21,7 @@ from dm_control.rl.control import PhysicsError
 
 from efm.config import AlohaConfig, EnvConfig
 from efm.envs.aloha import scene
-from efm.envs.aloha.tasks import INSTRUCTION, LIFT_HEIGHTS, held_up, inserted, sample_poses
+from efm.envs.aloha.tasks import INSTRUCTION, LIFT_BANDS, held_up, inserted, sample_poses
 from efm.envs.base import Array, TimeStep, reset_rngs
 
 JOINTS = "joints"
@@ -65,7 +65,7 @@ def lift_progress(observations: dict[str, Array]) -> dict[str, bool]:
     poses = {"peg": PEG_POSE, "socket": SOCKET_POSE}
     if not all(k in observations for k in poses.values()):
         return {}
-    return {f"{name}_lifted": held_up(np.asarray(observations[key])[:, 2], LIFT_HEIGHTS[name])
+    return {f"{name}_lifted": held_up(np.asarray(observations[key])[:, 2], LIFT_BANDS[name])
             for name, key in poses.items()}
 
 

@@ -19,8 +19,11 @@ Array = np.ndarray
 INSTRUCTION = "insert the red peg into the blue socket"
 SPAWN_Z = 0.05  # objects are dropped from this height and settle before the first observation
 IDENTITY_QUAT = np.array([1.0, 0.0, 0.0, 0.0])
-LIFT_HEIGHTS = {"peg": 0.05, "socket": 0.06}  # m: heights a grasped object passes; at rest 0.01, 0.022
-HELD_CHUNKS = 3  # observations (1.5 s) above that height: lifted, not knocked up by a flailing arm
+# Heights (m) of a held object: above where it rests (0.01, 0.022) and at most a little above the
+# meeting point (0.15; demonstrations never pass 0.18). Higher is thrown: a flailing arm can fling
+# an object metres up, where it stays a second or two.
+LIFT_BANDS = {"peg": (0.05, 0.3), "socket": (0.06, 0.3)}
+HELD_CHUNKS = 3  # observations (1.5 s) within the band: lifted, not knocked up by a flailing arm
 
 
 def sample_poses(rng: np.random.Generator, cfg: AlohaConfig) -> tuple[Array, Array]:
@@ -35,7 +38,9 @@ def inserted(contacts: set[frozenset[str]]) -> bool:
     return frozenset((PEG_GEOM, PIN_GEOM)) in contacts
 
 
-def held_up(heights: Array, height: float, held: int = HELD_CHUNKS) -> bool:
-    """Whether `heights` [T] stay above `height` for `held` consecutive observations."""
-    above = (np.asarray(heights) > height).astype(int)
-    return len(above) >= held and bool((np.convolve(above, np.ones(held, int), "valid") == held).any())
+def held_up(heights: Array, band: tuple[float, float], held: int = HELD_CHUNKS) -> bool:
+    """Whether `heights` [T] stay within `band` (above low, at most high) for `held` consecutive
+    observations."""
+    heights = np.asarray(heights)
+    inside = ((heights > band[0]) & (heights <= band[1])).astype(int)
+    return len(inside) >= held and bool((np.convolve(inside, np.ones(held, int), "valid") == held).any())

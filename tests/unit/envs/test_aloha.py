@@ -102,10 +102,12 @@ def test_success_is_the_peg_touching_the_pin() -> None:
     assert not inserted({frozenset(("red_peg", "socket-1")), frozenset(("pin", "table"))})
 
 
-def test_held_up_needs_consecutive_observations_above_the_height() -> None:
-    assert held_up(np.array([0.0, 0.1, 0.1, 0.1, 0.0]), 0.05, held=3)
-    assert not held_up(np.array([0.1, 0.1, 0.0, 0.1, 0.1, 0.05]), 0.05, held=3)  # knocked up twice; 0.05 is not above
-    assert not held_up(np.array([0.1, 0.1]), 0.05, held=3)  # too short to tell
+def test_held_up_needs_consecutive_observations_within_the_band() -> None:
+    band = (0.05, 0.3)
+    assert held_up(np.array([0.0, 0.1, 0.1, 0.3, 0.0]), band, held=3)
+    assert not held_up(np.array([0.1, 0.1, 0.0, 0.1, 0.1, 0.05]), band, held=3)  # knocked up twice; 0.05 is not above
+    assert not held_up(np.array([0.1, 0.1]), band, held=3)  # too short to tell
+    assert not held_up(np.array([0.01, 0.2, 3.6, 6.0, 5.9, 3.4, 0.2, 0.01]), band, held=3)  # flung, not lifted
 
 
 def _posed_episode(peg_z: list[float], socket_z: list[float]) -> Episode:
