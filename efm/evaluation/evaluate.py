@@ -1,8 +1,9 @@
 """Evaluation: roll out a policy with ground-truth termination and measure it.
 
 Reports ground-truth success rate, mean episode length and its ratio to the optimal length,
-the share of episodes reaching the task's intermediate stages where the domain defines them, and how the learned success detector d(o, g) <= s agrees with ground truth over every
-observation visited (precision and recall at s, and the threshold that would agree best).
+the share of episodes reaching the task's intermediate stages where the domain defines them, and
+how the learned success detector d(o, g) <= s agrees with ground truth over every observation
+visited (precision and recall at s, and the threshold that would agree best).
 """
 
 from __future__ import annotations
@@ -92,5 +93,5 @@ def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, rewar
         events = counters(env)  # e.g. Aloha's rejected action chunks
     finally:
         env.close()  # worker processes (subprocess envs) end here, not at garbage collection
-    return ({**episode_metrics(episodes), **progress_metrics(cfg.env, episodes), **events}, detector_metrics(episodes, cfg.self_improve.success_threshold),
-            episodes)
+    policy = {**episode_metrics(episodes), **progress_metrics(cfg.env, episodes), **events}
+    return policy, detector_metrics(episodes, cfg.self_improve.success_threshold), episodes
