@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from aloha_decoder import KEYS, closed_loop, dataset_demonstrations
+from probe_mlp import mlp
 
 from efm.config import default_config
 from efm.models.tokenizers import make_vocabulary
@@ -44,13 +45,6 @@ def features(observation: dict[str, np.ndarray]) -> np.ndarray:
 def init(key: jax.Array, sizes: list[int]) -> list[tuple[jax.Array, jax.Array]]:
     keys = jax.random.split(key, len(sizes) - 1)
     return [(jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), jnp.zeros(b)) for k, a, b in zip(keys, sizes, sizes[1:], strict=False)]
-
-
-def mlp(params: list, x: jax.Array) -> jax.Array:
-    for w, b in params[:-1]:
-        x = jax.nn.gelu(x @ w + b)
-    w, b = params[-1]
-    return x @ w + b
 
 
 def train(x: np.ndarray, y: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, checkpoints: list[int],

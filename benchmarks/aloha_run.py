@@ -119,7 +119,8 @@ def main() -> None:
         dataset = part(dataset_dir, lambda d: dataset_stage(cfg, d, overwrite=True))
     else:  # a dataset made before (efm dataset --domain aloha-insertion): its statistics
         dataset_dir = args.dataset
-        dataset = {"source": str(args.dataset.absolute()), **rlds.read_metadata(args.dataset).get("stats", {})}
+        # its folder's name, not its path: results are committed and paths are this machine's
+        dataset = {"source": args.dataset.name, **rlds.read_metadata(args.dataset).get("stats", {})}
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         for fraction in args.fractions:

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from probe_mlp import mlp
 
 from efm.config import default_config, practice_config
 from efm.data import rlds
@@ -119,13 +120,6 @@ def marginal_xent(train: np.ndarray, val: np.ndarray, k: int) -> float:
 
 
 # --- probes -------------------------------------------------------------------------------------
-
-def mlp(params: list, x: jax.Array) -> jax.Array:
-    for w, b in params[:-1]:
-        x = jax.nn.gelu(x @ w + b)
-    w, b = params[-1]
-    return x @ w + b
-
 
 apply_mlp = jax.jit(mlp)
 Logits = Callable[[np.ndarray], np.ndarray]  # pose features [N, F] -> the MLP's outputs [N, na*ka + ks]
