@@ -14,6 +14,7 @@ from efm.self_improve.coordinator import (
     round_metrics,
     round_score,
 )
+from efm.stages import round_rate_series
 
 
 def row(success: float, length: float, episodes: int = 10, complete: bool = True) -> dict[str, float]:
@@ -115,3 +116,14 @@ def test_task_stages_reached_are_reported_per_round_beside_ground_truth_success(
     assert (m["ground_truth_peg_lifted"], m["ground_truth_socket_lifted"]) == (0.5, 1.0)
     assert not any(k.startswith("ground_truth_") and k != "ground_truth_success_rate"
                    for k in round_metrics([{"length": 3.0, "detected": 1.0, "success": 1.0, "key": 0.0}]))
+
+
+def test_the_per_round_plot_shows_the_task_stages_a_domain_reports() -> None:
+    """Aloha's rounds plot the objects lifted beside success (flat at zero there); others plot success only."""
+    ended = [{"length": 30.0, "detected": 0.0, "success": 0.0, "key": 1.0, "peg_lifted": 1.0, "socket_lifted": 0.0}]
+    rounds = [{**round_metrics(ended), "total_episodes": 32.0}, {**round_metrics(ended * 2), "total_episodes": 64.0}]
+    series = round_rate_series(rounds)
+    assert series["ground truth: peg lifted"] == ([32.0, 64.0], [1.0, 1.0])
+    assert series["ground truth: socket lifted"][1] == [0.0, 0.0]
+    plain = [{**round_metrics([{"length": 3.0, "detected": 1.0, "success": 1.0, "key": 0.0}]), "total_episodes": 8.0}]
+    assert set(round_rate_series(plain)) == {"detected success rate", "ground-truth success rate"}
