@@ -13,8 +13,9 @@ After every branch it writes --results (default benchmarks/results/aloha-inserti
 branch the SFT and Self-Improved success rate, mean episode length and the share of episodes
 that lifted the peg and the socket (ground truth, the same evaluation tasks), the success
 detector's precision and recall, per-round detected and ground-truth success and objects lifted
-during Self-Improvement (like Figure 11, right), the practice episodes and env steps, and per
-fraction the means over seeds. Reported as measured, whichever way it comes out.
+during Self-Improvement (like Figure 11, right; plotted per branch beside --results, as
+`<results>_rounds.png`), the practice episodes and env steps, and per fraction the means over
+seeds. Reported as measured, whichever way it comes out.
 
     .venv/bin/python benchmarks/aloha_run.py --out runs/bench-aloha --fractions 0.3333 0.6667 --seeds 0 1
     .venv/bin/python benchmarks/aloha_run.py --config '{"data": {"num_episodes": 130, ...}}' ...
@@ -36,9 +37,11 @@ from resumable import part
 from efm.cli import load_config
 from efm.config import RunConfig
 from efm.data import rlds, subsample
+from efm.evaluation.plots import plot_curve_panels
 from efm.stages import (
     dataset_stage,
     evaluate_stage,
+    round_rate_series,
     seeded,
     select_stage,
     self_improve_stage,
@@ -96,6 +99,14 @@ def means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def plot_rounds(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Per branch, detected and true success and the objects lifted in each practice round (Figure 11, right)."""
+    panels = {f"{r['data_fraction']:g} of the data, seed {r['seed']}: round {r['best_round']} kept":
+              round_rate_series(r["rounds"]) for r in rows}
+    return plot_curve_panels(panels, path, xlabel="Self-Improvement episodes", ylabel="share of a round's episodes",
+                             ylim=(0.0, 1.02))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-aloha"))
@@ -130,6 +141,7 @@ def main() -> None:
                       "means": means(rows)}
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(result, indent=1, default=float))
+            plot_rounds(rows, args.results.with_name(args.results.stem + "_rounds.png"))
     print(json.dumps(means(rows), indent=1))
     for r in rows:
         print(f"f{r['data_fraction']:g} s{r['seed']}: SFT {r['sft']['success_rate']:.2f} / "

@@ -46,19 +46,29 @@ def plot_trajectories(panels: dict[str, Sequence[Episode]], path: str | Path, *,
     return path
 
 
-def plot_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, xlabel: str,
-                ylabel: str, title: str, ylim: tuple[float, float] | None = None) -> Path:
+Series = dict[str, tuple[Sequence[float], Sequence[float]]]  # name -> (x, y)
+
+
+def plot_curves(series: Series, path: str | Path, *, xlabel: str, ylabel: str, title: str,
+                ylim: tuple[float, float] | None = None) -> Path:
     """Line plot of named (x, y) series."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, (x, y) in series.items():
-        ax.plot(x, y, "-o", ms=3, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    return plot_curve_panels({title: series}, path, xlabel=xlabel, ylabel=ylabel, ylim=ylim)
+
+
+def plot_curve_panels(panels: dict[str, Series], path: str | Path, *, xlabel: str, ylabel: str,
+                      ylim: tuple[float, float] | None = None) -> Path:
+    """One line plot per titled panel, side by side, sharing the y axis."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), sharey=True, squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels.items(), strict=True):
+        for name, (x, y) in series.items():
+            ax.plot(x, y, "-o", ms=3, label=name)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
