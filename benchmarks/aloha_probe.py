@@ -10,7 +10,16 @@ regressed and rounded to the 256 bins of the action tokens (what a perfect token
 do). Reported per row: held-out L1, closed-loop success, mean length and the share of episodes
 that lifted the peg and the socket (held up, `efm.envs.aloha.env.lift_progress`).
 
+`--head tokens` asks the next question: is it the tokens? The same MLP then classifies each of
+the 70 targets into the action tokens' 256 bins (cross-entropy, as the EFM learns them: the
+hidden state to 70 x 64 features, one shared 64 -> 256 head, like a decoder's per-position
+logits), against one-hot targets or, with `--sigma`, the Gaussian over the ordered bins that
+SFT's `ordinal_sigma` trains with (`efm.math.ordinal_targets`). Its policy takes each bin's
+argmax; its L1 is that policy's, held out.
+
     .venv/bin/python benchmarks/aloha_probe.py --dataset D --out runs/aloha-probe
+    .venv/bin/python benchmarks/aloha_probe.py --dataset D --out runs/aloha-probe-tokens --head tokens \
+        --steps 2000 10000 --results benchmarks/results/aloha_probe_tokens.json
 
 Resumable: the params at each step are kept in --out and a finished row is not rerun.
 """
@@ -30,11 +39,13 @@ import optax
 from aloha_decoder import KEYS, closed_loop, dataset_demonstrations
 from probe_mlp import mlp
 
+from efm import math
 from efm.config import default_config
 from efm.models.tokenizers import make_vocabulary
 
 RESULTS = Path(__file__).parent / "results" / "aloha_probe.json"
 WIDTH, DEPTH = 512, 3
+BINS, TOKEN_FEATURES = 256, 64  # the action tokens' bins; features per target of the token head
 
 
 def features(observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -47,19 +58,54 @@ def init(key: jax.Array, sizes: list[int]) -> list[tuple[jax.Array, jax.Array]]:
     return [(jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), jnp.zeros(b)) for k, a, b in zip(keys, sizes, sizes[1:], strict=False)]
 
 
+def bin_values() -> jax.Array:
+    """What each token decodes to (`UniformTokenizer`: BINS levels over [-1, 1], ends included)."""
+    return jnp.arange(BINS) / (BINS - 1) * 2.0 - 1.0
+
+
+def bins_of(targets: jax.Array) -> jax.Array:
+    """The tokens `UniformTokenizer` encodes targets in [-1, 1] to."""
+    return jnp.rint((jnp.clip(targets, -1.0, 1.0) + 1.0) / 2.0 * (BINS - 1)).astype(jnp.int32)
+
+
+def token_logits(params: list, x: jax.Array, dims: int) -> jax.Array:
+    """The token head: [B, dims, BINS] logits (params: the MLP to dims x TOKEN_FEATURES, then
+    the shared head)."""
+    h = jax.nn.gelu(mlp(params[:-1], x).reshape(x.shape[0], dims, TOKEN_FEATURES))
+    w, b = params[-1]
+    return h @ w + b
+
+
+def predict(params: list, x: jax.Array, head: str, dims: int) -> jax.Array:
+    """Regressed targets [B, dims] (head l1), or the argmax bins' centres (head tokens)."""
+    if head == "l1":
+        return mlp(params, x)
+    return bin_values()[jnp.argmax(token_logits(params, x, dims), -1)]
+
+
 def train(x: np.ndarray, y: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, checkpoints: list[int],
-          batch: int, seed: int, out: Path) -> dict[int, tuple[list, float]]:
+          batch: int, seed: int, out: Path, head: str = "l1", sigma: float = 0.0) -> dict[int, tuple[list, float]]:
     """(params, held-out L1) at each checkpoint step; `x` is normalised. Read from --out when a
     run saved them all before."""
-    params = init(jax.random.PRNGKey(seed), [x.shape[1]] + [WIDTH] * DEPTH + [y.shape[1]])
+    dims = y.shape[1]
+    key = jax.random.PRNGKey(seed)
+    params = init(key, [x.shape[1]] + [WIDTH] * DEPTH + [dims if head == "l1" else dims * TOKEN_FEATURES])
+    if head == "tokens":
+        params += init(jax.random.fold_in(key, 1), [TOKEN_FEATURES, BINS])
     saved = {s: out / f"probe-{s}.msgpack" for s in checkpoints}
 
     def loss(p: list, xb: jax.Array, yb: jax.Array) -> jax.Array:
-        return jnp.abs(mlp(p, xb) - yb).mean()
+        if head == "l1":
+            return jnp.abs(mlp(p, xb) - yb).mean()
+        targets = math.ordinal_targets(bins_of(yb), 0, BINS, BINS, sigma)
+        return -jnp.sum(targets * jax.nn.log_softmax(token_logits(p, xb, dims)), -1).mean()
+
+    def held_l1(p: list) -> float:
+        return float(jnp.abs(predict(p, x_held, head, dims) - y_held).mean())
 
     if all(path.exists() for path in saved.values()):
         loaded = {s: flax.serialization.from_bytes(params, path.read_bytes()) for s, path in saved.items()}
-        return {s: (q, float(loss(q, x_held, y_held))) for s, q in loaded.items()}
+        return {s: (q, held_l1(q)) for s, q in loaded.items()}
     warmup = min(500, max(checkpoints) // 10)
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, warmup, max(checkpoints), 1e-5)
     optimizer = optax.adamw(schedule, weight_decay=1e-4)
@@ -75,7 +121,7 @@ def train(x: np.ndarray, y: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, 
     result, rng, start = {}, np.random.default_rng(seed), time.perf_counter()
     for i in range(max(checkpoints) + 1):
         if i in saved:
-            l1 = float(loss(params, x_held, y_held))
+            l1 = held_l1(params)
             saved[i].write_bytes(flax.serialization.to_bytes(params))
             result[i] = (params, l1)
             print(f"step {i}: held-out L1 {l1:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -83,6 +129,13 @@ def train(x: np.ndarray, y: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, 
             rows = rng.integers(0, len(x), batch)
             params, opt_state = step(params, opt_state, x[rows], y[rows])
     return result
+
+
+def head_name(args: argparse.Namespace) -> str:
+    if args.head == "l1":
+        return "L1 regression"
+    targets = f"Gaussian targets, sigma {args.sigma} of the bins" if args.sigma > 0 else "one-hot targets"
+    return f"{BINS}-bin tokens ({TOKEN_FEATURES} features per target, a shared head), cross-entropy, {targets}"
 
 
 def main() -> None:
@@ -94,6 +147,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head", choices=["l1", "tokens"], default="l1")
+    p.add_argument("--sigma", type=float, default=0.0, help="head tokens: Gaussian targets over the bins (0: one-hot)")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     data = dataset_demonstrations(args.dataset)
@@ -103,11 +158,13 @@ def main() -> None:
     vocab = make_vocabulary(default_config("aloha-insertion").tokenizer)
     print(f"{len(np.unique(data['episode']))} demonstrations, {len(x)} samples ({held.sum()} held out)", flush=True)
     xn = (x - mean) / std
-    trained = train(xn[~held], y[~held], xn[held], y[held], sorted(args.steps), args.batch, args.seed, args.out)
+    trained = train(xn[~held], y[~held], xn[held], y[held], sorted(args.steps), args.batch, args.seed, args.out,
+                    args.head, args.sigma)
     done = json.loads(args.results.read_text())["rows"] if args.results.exists() else []
     rows = []
+    dims = y.shape[1]
     for steps, (params, l1) in sorted(trained.items()):
-        for tokenized in (False, True):
+        for tokenized in (False, True) if args.head == "l1" else (True,):
             found = [r for r in done if r["steps"] == steps and r["tokenized"] == tokenized]
             if found:
                 rows.append(found[0])
@@ -115,7 +172,8 @@ def main() -> None:
 
             def act(observation: dict, key: jax.Array, params: list = params, tokenized: bool = tokenized) -> np.ndarray:
                 del key  # deterministic
-                chunk = np.clip(np.asarray(mlp(params, (features(observation) - mean) / std)), -1.0, 1.0)
+                chunk = np.asarray(predict(params, (features(observation) - mean) / std, args.head, dims))
+                chunk = np.clip(chunk, -1.0, 1.0)
                 return vocab.action_from_tokens(vocab.action_targets(chunk)) if tokenized else chunk
 
             t0 = time.perf_counter()
@@ -126,7 +184,8 @@ def main() -> None:
             rows.append(row)
             summary = {"command": "benchmarks/aloha_probe.py", "dataset": args.dataset.name,
                        "demonstrations": len(np.unique(data["episode"])), "held_out_episodes": args.held_out,
-                       "mlp": f"{DEPTH} x {WIDTH}, gelu, L1, batch {args.batch}", "eval_episodes": args.eval_episodes,
+                       "mlp": f"{DEPTH} x {WIDTH}, gelu, batch {args.batch}", "head": head_name(args),
+                       "eval_episodes": args.eval_episodes,
                        "rows": rows}
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(summary, indent=1) + "\n")
