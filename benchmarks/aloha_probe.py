@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.serialization
@@ -83,16 +84,30 @@ def predict(params: list, x: jax.Array, head: str, dims: int) -> jax.Array:
     return bin_values()[jnp.argmax(token_logits(params, x, dims), -1)]
 
 
-def train(x: np.ndarray, y: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, checkpoints: list[int],
-          batch: int, seed: int, out: Path, head: str = "l1", sigma: float = 0.0) -> dict[int, tuple[list, float]]:
-    """(params, held-out L1) at each checkpoint step; `x` is normalised. Read from --out when a
-    run saved them all before."""
+def held_out_metrics(params: list, x: jax.Array, y: jax.Array, head: str) -> dict[str, float]:
+    """Held-out L1 of the policy's targets; for the token head also the NLL a target of the true
+    bins (one-hot, whatever it trained on), comparable with SFT's validation BC loss a token."""
+    dims = y.shape[1]
+    out = {"held_out_l1": round(float(jnp.abs(predict(params, x, head, dims) - y).mean()), 4)}
+    if head == "tokens":
+        logp = jax.nn.log_softmax(token_logits(params, x, dims))
+        nll = -jnp.take_along_axis(logp, bins_of(y)[..., None], -1).mean()
+        out["held_out_nll_per_token"] = round(float(nll), 4)
+    return out
+
+
+def train(x: np.ndarray, y: np.ndarray, checkpoints: list[int], batch: int, seed: int, out: Path,
+          head: str = "l1", sigma: float = 0.0, report: Callable[[list], dict] | None = None) -> dict[int, list]:
+    """The params at each checkpoint step (`x` normalised), `report`ed as they are saved. Read
+    from --out when a run saved them all before."""
     dims = y.shape[1]
     key = jax.random.PRNGKey(seed)
     params = init(key, [x.shape[1]] + [WIDTH] * DEPTH + [dims if head == "l1" else dims * TOKEN_FEATURES])
     if head == "tokens":
         params += init(jax.random.fold_in(key, 1), [TOKEN_FEATURES, BINS])
     saved = {s: out / f"probe-{s}.msgpack" for s in checkpoints}
+    if all(path.exists() for path in saved.values()):
+        return {s: flax.serialization.from_bytes(params, path.read_bytes()) for s, path in saved.items()}
 
     def loss(p: list, xb: jax.Array, yb: jax.Array) -> jax.Array:
         if head == "l1":
@@ -100,12 +115,6 @@ def train(x: np.ndarray, y: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, 
         targets = math.ordinal_targets(bins_of(yb), 0, BINS, BINS, sigma)
         return -jnp.sum(targets * jax.nn.log_softmax(token_logits(p, xb, dims)), -1).mean()
 
-    def held_l1(p: list) -> float:
-        return float(jnp.abs(predict(p, x_held, head, dims) - y_held).mean())
-
-    if all(path.exists() for path in saved.values()):
-        loaded = {s: flax.serialization.from_bytes(params, path.read_bytes()) for s, path in saved.items()}
-        return {s: (q, held_l1(q)) for s, q in loaded.items()}
     warmup = min(500, max(checkpoints) // 10)
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, warmup, max(checkpoints), 1e-5)
     optimizer = optax.adamw(schedule, weight_decay=1e-4)
@@ -121,10 +130,9 @@ def train(x: np.ndarray, y: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, 
     result, rng, start = {}, np.random.default_rng(seed), time.perf_counter()
     for i in range(max(checkpoints) + 1):
         if i in saved:
-            l1 = held_l1(params)
             saved[i].write_bytes(flax.serialization.to_bytes(params))
-            result[i] = (params, l1)
-            print(f"step {i}: held-out L1 {l1:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            result[i] = params
+            print(f"step {i}: {report(params) if report else ''} ({time.perf_counter() - start:.0f} s)", flush=True)
         if i < max(checkpoints):
             rows = rng.integers(0, len(x), batch)
             params, opt_state = step(params, opt_state, x[rows], y[rows])
@@ -158,38 +166,39 @@ def main() -> None:
     vocab = make_vocabulary(default_config("aloha-insertion").tokenizer)
     print(f"{len(np.unique(data['episode']))} demonstrations, {len(x)} samples ({held.sum()} held out)", flush=True)
     xn = (x - mean) / std
-    trained = train(xn[~held], y[~held], xn[held], y[held], sorted(args.steps), args.batch, args.seed, args.out,
-                    args.head, args.sigma)
+    x_held, y_held = jnp.asarray(xn[held]), jnp.asarray(y[held])
+
+    def report(params: list) -> dict[str, float]:
+        return held_out_metrics(params, x_held, y_held, args.head)
+
+    trained = train(xn[~held], y[~held], sorted(args.steps), args.batch, args.seed, args.out, args.head, args.sigma,
+                    report)
     done = json.loads(args.results.read_text())["rows"] if args.results.exists() else []
     rows = []
-    dims = y.shape[1]
-    for steps, (params, l1) in sorted(trained.items()):
+    for steps, params in sorted(trained.items()):
         for tokenized in (False, True) if args.head == "l1" else (True,):
             found = [r for r in done if r["steps"] == steps and r["tokenized"] == tokenized]
-            if found:
-                rows.append(found[0])
-                continue
+            if found:  # its held-out figures again, from the saved params
+                rows.append({**found[0], **report(params)})
+            else:
+                def act(observation: dict, key: jax.Array, params: list = params, tokenized: bool = tokenized,
+                        ) -> np.ndarray:
+                    del key  # deterministic
+                    chunk = np.asarray(predict(params, (features(observation) - mean) / std, args.head, y.shape[1]))
+                    chunk = np.clip(chunk, -1.0, 1.0)
+                    return vocab.action_from_tokens(vocab.action_targets(chunk)) if tokenized else chunk
 
-            def act(observation: dict, key: jax.Array, params: list = params, tokenized: bool = tokenized) -> np.ndarray:
-                del key  # deterministic
-                chunk = np.asarray(predict(params, (features(observation) - mean) / std, args.head, dims))
-                chunk = np.clip(chunk, -1.0, 1.0)
-                return vocab.action_from_tokens(vocab.action_targets(chunk)) if tokenized else chunk
-
-            t0 = time.perf_counter()
-            row = {"steps": steps, "tokenized": tokenized, "held_out_l1": round(l1, 4),
-                   **closed_loop(act, args.eval_episodes, args.seed + 10_000),
-                   "eval_seconds": round(time.perf_counter() - t0)}
-            print(row, flush=True)
-            rows.append(row)
+                t0 = time.perf_counter()
+                rows.append({"steps": steps, "tokenized": tokenized, **report(params),
+                             **closed_loop(act, args.eval_episodes, args.seed + 10_000),
+                             "eval_seconds": round(time.perf_counter() - t0)})
+                print(rows[-1], flush=True)
             summary = {"command": "benchmarks/aloha_probe.py", "dataset": args.dataset.name,
                        "demonstrations": len(np.unique(data["episode"])), "held_out_episodes": args.held_out,
                        "mlp": f"{DEPTH} x {WIDTH}, gelu, batch {args.batch}", "head": head_name(args),
-                       "eval_episodes": args.eval_episodes,
-                       "rows": rows}
+                       "eval_episodes": args.eval_episodes, "rows": rows}
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(summary, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     main()
