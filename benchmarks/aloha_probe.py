@@ -21,7 +21,8 @@ argmax; its L1 is that policy's, held out.
     .venv/bin/python benchmarks/aloha_probe.py --dataset D --out runs/aloha-probe-tokens --head tokens \
         --steps 2000 10000 --results benchmarks/results/aloha_probe_tokens.json
 
-Resumable: the params at each step are kept in --out and a finished row is not rerun.
+Resumable: the params at each checkpoint step are kept in --out with the optimizer's state, so
+training resumes from the last one, and a finished row is not rerun.
 """
 
 from __future__ import annotations
@@ -98,16 +99,18 @@ def held_out_metrics(params: list, x: jax.Array, y: jax.Array, head: str) -> dic
 
 def train(x: np.ndarray, y: np.ndarray, checkpoints: list[int], batch: int, seed: int, out: Path,
           head: str = "l1", sigma: float = 0.0, report: Callable[[list], dict] | None = None) -> dict[int, list]:
-    """The params at each checkpoint step (`x` normalised), `report`ed as they are saved. Read
-    from --out when a run saved them all before."""
+    """The params at each checkpoint step (`x` normalised), `report`ed as they are saved. What
+    --out holds is reused: the params of every checkpoint saved before, and training resumes
+    from the last one that kept its optimizer and sampler state (the same steps as unbroken)."""
     dims = y.shape[1]
     key = jax.random.PRNGKey(seed)
     params = init(key, [x.shape[1]] + [WIDTH] * DEPTH + [dims if head == "l1" else dims * TOKEN_FEATURES])
     if head == "tokens":
         params += init(jax.random.fold_in(key, 1), [TOKEN_FEATURES, BINS])
     saved = {s: out / f"probe-{s}.msgpack" for s in checkpoints}
-    if all(path.exists() for path in saved.values()):
-        return {s: flax.serialization.from_bytes(params, path.read_bytes()) for s, path in saved.items()}
+    result = {s: flax.serialization.from_bytes(params, path.read_bytes()) for s, path in saved.items() if path.exists()}
+    if len(result) == len(saved):
+        return result
 
     def loss(p: list, xb: jax.Array, yb: jax.Array) -> jax.Array:
         if head == "l1":
@@ -119,6 +122,15 @@ def train(x: np.ndarray, y: np.ndarray, checkpoints: list[int], batch: int, seed
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, warmup, max(checkpoints), 1e-5)
     optimizer = optax.adamw(schedule, weight_decay=1e-4)
     opt_state = optimizer.init(params)
+    rng, first = np.random.default_rng(seed), 0
+    resumable = [s for s in result if saved[s].with_suffix(".state").exists()]
+    if resumable:  # the optimizer's state and the sampler's, beside the last such checkpoint's params
+        first = max(resumable)
+        params = result[first]
+        state = flax.serialization.msgpack_restore(saved[first].with_suffix(".state").read_bytes())
+        opt_state = flax.serialization.from_state_dict(opt_state, state["optimizer"])
+        rng.bit_generator.state = json.loads(state["sampler"])
+        print(f"resuming at step {first}", flush=True)
 
     @jax.jit
     def step(p: list, st, xb: jax.Array, yb: jax.Array):
@@ -127,10 +139,13 @@ def train(x: np.ndarray, y: np.ndarray, checkpoints: list[int], batch: int, seed
         return optax.apply_updates(p, updates), st
 
     out.mkdir(parents=True, exist_ok=True)
-    result, rng, start = {}, np.random.default_rng(seed), time.perf_counter()
-    for i in range(max(checkpoints) + 1):
-        if i in saved:
+    start = time.perf_counter()
+    for i in range(first, max(checkpoints) + 1):
+        if i in saved and i not in result:
             saved[i].write_bytes(flax.serialization.to_bytes(params))
+            state = {"optimizer": flax.serialization.to_state_dict(opt_state),
+                     "sampler": json.dumps(rng.bit_generator.state)}
+            saved[i].with_suffix(".state").write_bytes(flax.serialization.msgpack_serialize(state))
             result[i] = params
             print(f"step {i}: {report(params) if report else ''} ({time.perf_counter() - start:.0f} s)", flush=True)
         if i < max(checkpoints):

@@ -59,6 +59,7 @@ def test_aloha_stages_select_past_the_best_and_draw_strips(run_dir: dict[str, Pa
     assert rounds["total_episodes"] == debug_config("aloha-insertion").self_improve.max_episodes
     for row in rounds["rounds"]:  # Figure 11 (right) with how far the practice episodes got
         assert 0.0 <= row["ground_truth_peg_lifted"] <= 1.0 and 0.0 <= row["ground_truth_socket_lifted"] <= 1.0
+    assert (root / "self-improve" / "model" / "success_rate.png").read_bytes()[:4] == b"\x89PNG"  # plotted with them
     evaluation = root / "evaluate" / "evaluation"
     # The env's own counts (chunks refused as unstable) reach the stages' outputs, not just a log.
     assert set(rounds["fleet"]["env_counters"]) == {"rejected_chunks"}
