@@ -10,6 +10,8 @@ then closed-loop success and mean length on `--eval-episodes` new scenes, greedy
 them; the transformer decoder attends to the one it needs (the same joint one target earlier).
 
     .venv/bin/python benchmarks/aloha_decoder.py --out runs/aloha-decoder
+    .venv/bin/python benchmarks/aloha_decoder.py --out OUT --dataset D --variants mlp-tx-small+joints \
+        --steps 3000 --sigma 0.01     # Gaussian targets over the bins (aloha_probe.py --head tokens)
 
 Parts already in --out (the demonstrations, each variant's row) are reused, so a rerun resumes.
 """
@@ -175,9 +177,10 @@ def token_policy(fns: EFMFunctions, params: dict, greedy: bool) -> Act:
 
 
 def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episodes: int, seed: int,
-          params_path: Path) -> dict:
-    """BC for `steps`, then the row; the trained params go to `params_path` (flax msgpack), so
-    the policy can be looked at again without retraining."""
+          params_path: Path, sigma: float = 0.0) -> dict:
+    """BC for `steps` (sigma > 0: against Gaussian targets over the bins, SFT's `ordinal_sigma`),
+    then the row; the trained params go to `params_path` (flax msgpack), so the policy can be
+    looked at again without retraining."""
     cfg = row_config(variant)
     vocab = make_vocabulary(cfg.tokenizer)
     fns, spec = make_functions(cfg.model, vocab), input_spec(vocab)
@@ -194,7 +197,7 @@ def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episo
     def step(params: dict, opt_state, x: dict, t: jax.Array):
         def loss(p: dict) -> jax.Array:
             o = jnp.full((t.shape[0],), OBJECTIVE_ID["bc"], jnp.int32)
-            return -fns.log_likelihood(p, x, o, t, jnp.ones(t.shape)).mean()
+            return -fns.log_likelihood(p, x, o, t, jnp.ones(t.shape), sigma).mean()
         grads = jax.grad(loss)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
@@ -212,7 +215,7 @@ def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episo
     train_s = time.perf_counter() - start
     params_path.write_bytes(flax.serialization.to_bytes(params))
     per_token = token_nll(fns, params, x_held, t_held)
-    row = {"variant": variant, "sft_steps": steps, "train_seconds": round(train_s),
+    row = {"variant": variant, "sft_steps": steps, "ordinal_sigma": sigma, "train_seconds": round(train_s),
            "held_out_curve": curve,
            "held_out_nll_per_target": [round(float(v), 3) for v in per_token.mean(1)],
            "held_out_nll_per_joint": [round(float(v), 3) for v in per_token.mean(0)]}
@@ -232,6 +235,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["mlp-small", "mlp-tx-small", "mlp-tx-small+joints"],
                    help="model variants; +joints: the joints as input tokens too (+joints-own: not the action's)")
     p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--sigma", type=float, default=0.0,
+                   help="train on Gaussian targets over the action bins (SFT's ordinal_sigma; 0: one-hot)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", type=Path, help="train on this RLDS dataset's demonstrations instead (no replay "
                    "check: its episodes' scenes are not known here)")
@@ -252,10 +257,10 @@ def main() -> None:
         print("open-loop replay of held-out demonstrations, successes:", replayed, flush=True)
     rows = []
     for variant in args.variants:
-        path = args.out / f"{variant}-{args.steps}.json"
+        path = args.out / f"{variant}-{args.steps}{f'-sigma{args.sigma:g}' if args.sigma else ''}.json"
         if not path.exists():
             row = train(variant, data, held_out, args.steps, args.eval_episodes, args.seed,
-                        path.with_suffix(".msgpack"))
+                        path.with_suffix(".msgpack"), args.sigma)
             path.write_text(json.dumps(row, indent=1))
         rows.append(json.loads(path.read_text()))
     summary = {"command": "benchmarks/aloha_decoder.py", "dataset": args.dataset and args.dataset.name,
