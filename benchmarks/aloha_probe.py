@@ -47,7 +47,10 @@ from efm.models.tokenizers import make_vocabulary
 
 RESULTS = Path(__file__).parent / "results" / "aloha_probe.json"
 WIDTH, DEPTH = 512, 3
-BINS, TOKEN_FEATURES = 256, 64  # the action tokens' bins; features per target of the token head
+TOKEN_FEATURES = 64  # features per target of the token head
+# The EFM's action tokens (one per target): the token head learns exactly what SFT's BC does.
+VOCAB = make_vocabulary(default_config("aloha-insertion").tokenizer)
+BINS = VOCAB.action.vocab_size
 
 
 def features(observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -60,16 +63,6 @@ def init(key: jax.Array, sizes: list[int]) -> list[tuple[jax.Array, jax.Array]]:
     return [(jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), jnp.zeros(b)) for k, a, b in zip(keys, sizes, sizes[1:], strict=False)]
 
 
-def bin_values() -> jax.Array:
-    """What each token decodes to (`UniformTokenizer`: BINS levels over [-1, 1], ends included)."""
-    return jnp.arange(BINS) / (BINS - 1) * 2.0 - 1.0
-
-
-def bins_of(targets: jax.Array) -> jax.Array:
-    """The tokens `UniformTokenizer` encodes targets in [-1, 1] to."""
-    return jnp.rint((jnp.clip(targets, -1.0, 1.0) + 1.0) / 2.0 * (BINS - 1)).astype(jnp.int32)
-
-
 def token_logits(params: list, x: jax.Array, dims: int) -> jax.Array:
     """The token head: [B, dims, BINS] logits (params: the MLP to dims x TOKEN_FEATURES, then
     the shared head)."""
@@ -78,28 +71,29 @@ def token_logits(params: list, x: jax.Array, dims: int) -> jax.Array:
     return h @ w + b
 
 
-def predict(params: list, x: jax.Array, head: str, dims: int) -> jax.Array:
-    """Regressed targets [B, dims] (head l1), or the argmax bins' centres (head tokens)."""
+def predict(params: list, x: jax.Array, head: str, dims: int) -> np.ndarray:
+    """Regressed targets [B, dims] (head l1), or what the argmax tokens decode to (head tokens)."""
     if head == "l1":
-        return mlp(params, x)
-    return bin_values()[jnp.argmax(token_logits(params, x, dims), -1)]
+        return np.asarray(mlp(params, x))
+    return VOCAB.action_from_tokens(np.asarray(jnp.argmax(token_logits(params, x, dims), -1)))
 
 
-def held_out_metrics(params: list, x: jax.Array, y: jax.Array, head: str) -> dict[str, float]:
+def held_out_metrics(params: list, x: jax.Array, y: np.ndarray, head: str) -> dict[str, float]:
     """Held-out L1 of the policy's targets; for the token head also the NLL a target of the true
-    bins (one-hot, whatever it trained on), comparable with SFT's validation BC loss a token."""
+    tokens (one-hot, whatever it trained on), comparable with SFT's validation BC loss a token."""
     dims = y.shape[1]
-    out = {"held_out_l1": round(float(jnp.abs(predict(params, x, head, dims) - y).mean()), 4)}
+    out = {"held_out_l1": round(float(np.abs(predict(params, x, head, dims) - y).mean()), 4)}
     if head == "tokens":
         logp = jax.nn.log_softmax(token_logits(params, x, dims))
-        nll = -jnp.take_along_axis(logp, bins_of(y)[..., None], -1).mean()
+        nll = -jnp.take_along_axis(logp, jnp.asarray(VOCAB.action_targets(y))[..., None], -1).mean()
         out["held_out_nll_per_token"] = round(float(nll), 4)
     return out
 
 
 def train(x: np.ndarray, y: np.ndarray, checkpoints: list[int], batch: int, seed: int, out: Path,
           head: str = "l1", sigma: float = 0.0, report: Callable[[list], dict] | None = None) -> dict[int, list]:
-    """The params at each checkpoint step (`x` normalised), `report`ed as they are saved. What
+    """The params at each checkpoint step (`x` normalised; `y` the targets, for head tokens their
+    action tokens), `report`ed as they are saved. What
     --out holds is reused: the params of every checkpoint saved before, and training resumes
     from the last one that kept its optimizer and sampler state (the same steps as unbroken)."""
     dims = y.shape[1]
@@ -115,7 +109,7 @@ def train(x: np.ndarray, y: np.ndarray, checkpoints: list[int], batch: int, seed
     def loss(p: list, xb: jax.Array, yb: jax.Array) -> jax.Array:
         if head == "l1":
             return jnp.abs(mlp(p, xb) - yb).mean()
-        targets = math.ordinal_targets(bins_of(yb), 0, BINS, BINS, sigma)
+        targets = math.ordinal_targets(yb, 0, BINS, BINS, sigma)
         return -jnp.sum(targets * jax.nn.log_softmax(token_logits(p, xb, dims)), -1).mean()
 
     warmup = min(500, max(checkpoints) // 10)
@@ -178,15 +172,15 @@ def main() -> None:
     held = np.isin(data["episode"], np.unique(data["episode"])[:args.held_out])
     x, y = features(data), data["action"].astype(np.float32)
     mean, std = x[~held].mean(0), x[~held].std(0) + 1e-6  # the training demonstrations' statistics
-    vocab = make_vocabulary(default_config("aloha-insertion").tokenizer)
     print(f"{len(np.unique(data['episode']))} demonstrations, {len(x)} samples ({held.sum()} held out)", flush=True)
     xn = (x - mean) / std
-    x_held, y_held = jnp.asarray(xn[held]), jnp.asarray(y[held])
+    x_held, y_held = jnp.asarray(xn[held]), y[held]
+    y_train = VOCAB.action_targets(y[~held]) if args.head == "tokens" else y[~held]
 
     def report(params: list) -> dict[str, float]:
         return held_out_metrics(params, x_held, y_held, args.head)
 
-    trained = train(xn[~held], y[~held], sorted(args.steps), args.batch, args.seed, args.out, args.head, args.sigma,
+    trained = train(xn[~held], y_train, sorted(args.steps), args.batch, args.seed, args.out, args.head, args.sigma,
                     report)
     done = json.loads(args.results.read_text())["rows"] if args.results.exists() else []
     rows = []
@@ -199,9 +193,9 @@ def main() -> None:
                 def act(observation: dict, key: jax.Array, params: list = params, tokenized: bool = tokenized,
                         ) -> np.ndarray:
                     del key  # deterministic
-                    chunk = np.asarray(predict(params, (features(observation) - mean) / std, args.head, y.shape[1]))
+                    chunk = predict(params, (features(observation) - mean) / std, args.head, y.shape[1])
                     chunk = np.clip(chunk, -1.0, 1.0)
-                    return vocab.action_from_tokens(vocab.action_targets(chunk)) if tokenized else chunk
+                    return VOCAB.action_from_tokens(VOCAB.action_targets(chunk)) if tokenized else chunk
 
                 t0 = time.perf_counter()
                 rows.append({"steps": steps, "tokenized": tokenized, **report(params),

@@ -9,7 +9,8 @@ resumes from its latest checkpoint, Self-Improvement from its last completed rou
   subsample-s<seed>/              nested fractions and the validation split
   f<fraction>-s<seed>/{sft,select,self_improve,evaluate}/
 
-After every branch it writes --results (default benchmarks/results/aloha-insertion.json): per
+After every branch it writes --results (default benchmarks/results/aloha-insertion.json; rows of
+other branches that an earlier invocation measured with the same config are kept): per
 branch the SFT and Self-Improved success rate, mean episode length and the share of episodes
 that lifted the peg and the socket (ground truth, the same evaluation tasks), the success
 detector's precision and recall, per-round detected and ground-truth success and objects lifted
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from resumable import part
+from resumable import merge, part
 
 from efm.cli import load_config
 from efm.config import RunConfig
@@ -87,6 +88,22 @@ def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: 
     }
 
 
+def key(row: dict[str, Any]) -> tuple[int, float]:
+    """Results in run order: seed, then the larger fraction first."""
+    return row["seed"], -row["data_fraction"]
+
+
+def previous_rows(path: Path, cfg: RunConfig) -> list[dict[str, Any]]:
+    """The results file's rows, if it was measured with this config (as today's defaults complete it)."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    if load_config("aloha-insertion", json.dumps(old["config"])).to_json() != cfg.to_json():
+        print(f"{path} was measured with another config: starting it anew")
+        return []
+    return old["results"]
+
+
 def means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per fraction, the means over seeds of success, length and the objects lifted, before and after."""
     out = {}
@@ -132,10 +149,10 @@ def main() -> None:
         dataset_dir = args.dataset
         # its folder's name, not its path: results are committed and paths are this machine's
         dataset = {"source": args.dataset.name, **rlds.read_metadata(args.dataset).get("stats", {})}
-    rows: list[dict[str, Any]] = []
+    rows = previous_rows(args.results, cfg)
     for seed in args.seeds:
         for fraction in args.fractions:
-            rows.append(branch(cfg, args.out, dataset_dir, fraction, seed))
+            rows = merge(rows, [branch(cfg, args.out, dataset_dir, fraction, seed)], key)
             result = {"command": "benchmarks/aloha_run.py", "seconds_this_invocation": time.time() - t0,
                       "config": json.loads(cfg.to_json()), "dataset": dataset, "results": rows,
                       "means": means(rows)}

@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from resumable import merge
 
 from efm.cli import load_config
 from efm.evaluation.report import markdown_table
@@ -64,12 +65,6 @@ def claims(rows: list[dict]) -> dict:
 
 def key(row: dict) -> tuple:
     return row["domain"], row["data_fraction"], row["seed"]
-
-
-def merge(previous: list[dict], new: list[dict]) -> list[dict]:
-    """previous rows with new ones replacing those of the same (domain, fraction, seed)."""
-    fresh = {key(r) for r in new}
-    return sorted([r for r in previous if key(r) not in fresh] + new, key=key)
 
 
 def same_recipe(config: dict) -> dict:
@@ -139,7 +134,7 @@ def main() -> None:
         for fraction in args.fractions:
             t0 = time.time()
             summary = run_local(cfg, args.out, [fraction], [seed])
-            out["results"] = merge(out["results"], summary["results"])
+            out["results"] = merge(out["results"], summary["results"], key)
             out["parts"] = [p for p in out["parts"] if (p["data_fraction"], p["seed"]) != (fraction, seed)] + [
                 {"data_fraction": fraction, "seed": seed, "pretrained": args.pretrained or "the pipeline's step",
                  "seconds": time.time() - t0,

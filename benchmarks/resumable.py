@@ -1,5 +1,6 @@
 """Resumable benchmark parts: a part's result is written when it completes, and a rerun reads it
-instead of running the part again (long CPU benchmarks span sessions)."""
+instead of running the part again (long CPU benchmarks span sessions); `merge` keeps a results
+file's rows of branches measured in earlier invocations."""
 
 from __future__ import annotations
 
@@ -23,3 +24,9 @@ def part(directory: Path, run: Callable[[Path], dict[str, Any]]) -> dict[str, An
     done.write_text(json.dumps(result, indent=1, default=float))
     print(f"{directory}: {result['seconds']:.0f} s", flush=True)
     return result
+
+
+def merge(previous: list[dict], new: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
+    """previous rows with new ones replacing those of the same key, in key order."""
+    fresh = {key(r) for r in new}
+    return sorted([r for r in previous if key(r) not in fresh] + new, key=key)
