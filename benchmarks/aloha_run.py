@@ -10,7 +10,8 @@ resumes from its latest checkpoint, Self-Improvement from its last completed rou
   f<fraction>-s<seed>/{sft,select,self_improve,evaluate}/
 
 After every branch it writes --results (default benchmarks/results/aloha-insertion.json; rows of
-other branches that an earlier invocation measured with the same config are kept): per
+other branches measured with the same config, --fractions aside, by earlier or concurrent
+invocations are kept, so branches can run in pieces or side by side with their own --out): per
 branch the SFT and Self-Improved success rate, mean episode length and the share of episodes
 that lifted the peg and the socket (ground truth, the same evaluation tasks), the success
 detector's precision and recall, per-round detected and ground-truth success and objects lifted
@@ -93,12 +94,20 @@ def key(row: dict[str, Any]) -> tuple[int, float]:
     return row["seed"], -row["data_fraction"]
 
 
+def recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config as today's defaults complete it, less data.fractions: a fraction's
+    episodes are a prefix of one seeded permutation (`subsample.nested_fractions`), the same
+    whichever other fractions are run, so invocations may run different branches."""
+    full = json.loads(load_config("aloha-insertion", json.dumps(config)).to_json())
+    return {**full, "data": {k: v for k, v in full["data"].items() if k != "fractions"}}
+
+
 def previous_rows(path: Path, cfg: RunConfig) -> list[dict[str, Any]]:
-    """The results file's rows, if it was measured with this config (as today's defaults complete it)."""
+    """The results file's rows, if it was measured with this recipe."""
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    if load_config("aloha-insertion", json.dumps(old["config"])).to_json() != cfg.to_json():
+    if recipe(old["config"]) != recipe(json.loads(cfg.to_json())):
         print(f"{path} was measured with another config: starting it anew")
         return []
     return old["results"]
@@ -149,12 +158,15 @@ def main() -> None:
         dataset_dir = args.dataset
         # its folder's name, not its path: results are committed and paths are this machine's
         dataset = {"source": args.dataset.name, **rlds.read_metadata(args.dataset).get("stats", {})}
-    rows = previous_rows(args.results, cfg)
+    rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         for fraction in args.fractions:
-            rows = merge(rows, [branch(cfg, args.out, dataset_dir, fraction, seed)], key)
+            row = branch(cfg, args.out, dataset_dir, fraction, seed)
+            rows = merge(previous_rows(args.results, cfg), [row], key)  # read again: another invocation may have written
+            config = json.loads(cfg.to_json())
+            config["data"]["fractions"] = sorted({r["data_fraction"] for r in rows}, reverse=True)  # the rows'
             result = {"command": "benchmarks/aloha_run.py", "seconds_this_invocation": time.time() - t0,
-                      "config": json.loads(cfg.to_json()), "dataset": dataset, "results": rows,
+                      "config": config, "dataset": dataset, "results": rows,
                       "means": means(rows)}
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(result, indent=1, default=float))
