@@ -39,7 +39,7 @@ from efm.envs.aloha.env import JOINTS, PEG_POSE, SOCKET_POSE, AlohaInsertionEnv,
 from efm.models.efm import OBJECTIVE_ID, EFMFunctions, make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.rollout import rollout
-from efm.sft.trainer import make_optimizer
+from efm.sft.trainer import make_optimizer, objective_nll
 
 RESULTS = Path(__file__).parent / "results" / "aloha_decoder.json"
 KEYS = (JOINTS, PEG_POSE, SOCKET_POSE)
@@ -195,10 +195,9 @@ def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episo
 
     @jax.jit
     def step(params: dict, opt_state, x: dict, t: jax.Array):
-        def loss(p: dict) -> jax.Array:
-            o = jnp.full((t.shape[0],), OBJECTIVE_ID["bc"], jnp.int32)
-            return -fns.log_likelihood(p, x, o, t, jnp.ones(t.shape), sigma).mean()
-        grads = jax.grad(loss)(params)
+        batch = {**{f"inputs/{k}": v for k, v in x.items()}, "targets": t, "target_mask": jnp.ones(t.shape),
+                 "objective": jnp.full((t.shape[0],), OBJECTIVE_ID["bc"], jnp.int32)}
+        grads = jax.grad(lambda p: objective_nll(fns, p, batch, ("bc",), sigma)["bc"].mean())(params)  # SFT's BC loss
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
