@@ -40,10 +40,10 @@ from efm.cli import load_config
 from efm.config import RunConfig
 from efm.data import rlds, subsample
 from efm.evaluation.plots import plot_curve_panels
+from efm.self_improve.coordinator import round_rate_series
 from efm.stages import (
     dataset_stage,
     evaluate_stage,
-    round_rate_series,
     seeded,
     select_stage,
     self_improve_stage,

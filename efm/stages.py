@@ -214,21 +214,10 @@ def select_stage(cfg: RunConfig, sft_dir: str | Path, out_dir: str | Path) -> di
     return run_select(sft_dir, out, cfg.select)
 
 
-def round_rate_series(rounds: list[dict[str, float]]) -> dict[str, tuple[list[float], list[float]]]:
-    """Per-round rates to plot against the practice episodes: detected and ground-truth success,
-    and the shares of the task stages a domain reports (Aloha's objects lifted), which show
-    progress where success stays at zero."""
-    x = [r["total_episodes"] for r in rounds]
-    stages = sorted(k for k in (rounds[0] if rounds else {}) if k.startswith("ground_truth_")
-                    and k != "ground_truth_success_rate")
-    names = {"success_rate": "detected success rate", "ground_truth_success_rate": "ground-truth success rate",
-             **{k: "ground truth: " + k.removeprefix("ground_truth_").replace("_", " ") for k in stages}}
-    return {name: (x, [r[k] for r in rounds]) for k, name in names.items()}
-
-
 def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path, log: Logger | None = None,
                        progress: bool = True, on_round: Callable[[], None] | None = None) -> dict[str, Any]:
     from efm.evaluation.plots import plot_curves
+    from efm.self_improve.coordinator import round_rate_series
     from efm.self_improve.loop import run_self_improve
 
     out = _start(cfg, out_dir)

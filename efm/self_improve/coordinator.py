@@ -47,6 +47,18 @@ def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
+def round_rate_series(rounds: list[dict[str, float]]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-round rates to plot against the practice episodes: detected and ground-truth success,
+    and the shares of the task stages a domain reports (Aloha's objects lifted), which show
+    progress where success stays at zero."""
+    x = [r["total_episodes"] for r in rounds]
+    stages = sorted(k for k in (rounds[0] if rounds else {}) if k.startswith("ground_truth_")
+                    and k != "ground_truth_success_rate")
+    names = {"success_rate": "detected success rate", "ground_truth_success_rate": "ground-truth success rate",
+             **{k: "ground truth: " + k.removeprefix("ground_truth_").replace("_", " ") for k in stages}}
+    return {name: (x, [r[k] for r in rounds]) for k, name in names.items()}
+
+
 def cut_episodes(started: int, finished: int, steps: int) -> list[dict[str, float]]:
     """Summaries of the episodes an actor was running when it died (`started - finished`),
     sharing the `steps` it last reported in flight; none where it died between episodes."""

@@ -12,9 +12,9 @@ from efm.self_improve.coordinator import (
     coordinate,
     cut_episodes,
     round_metrics,
+    round_rate_series,
     round_score,
 )
-from efm.stages import round_rate_series
 
 
 def row(success: float, length: float, episodes: int = 10, complete: bool = True) -> dict[str, float]:
