@@ -197,7 +197,7 @@ def train(variant: str, data: dict, held_out: np.ndarray, steps: int, eval_episo
     def step(params: dict, opt_state, x: dict, t: jax.Array):
         batch = {**{f"inputs/{k}": v for k, v in x.items()}, "targets": t, "target_mask": jnp.ones(t.shape),
                  "objective": jnp.full((t.shape[0],), OBJECTIVE_ID["bc"], jnp.int32)}
-        grads = jax.grad(lambda p: objective_nll(fns, p, batch, ("bc",), sigma)["bc"].mean())(params)  # SFT's BC loss
+        grads = jax.grad(lambda p: objective_nll(fns, p, batch, ("bc",), sigma)[0]["bc"].mean())(params)  # SFT's BC loss
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 

@@ -28,7 +28,7 @@ from efm.config import MODEL_VARIANTS, OBJECTIVES, MlpVariant, ModelConfig
 from efm.models.mlp import MlpEFM, StateTransformerEFM
 from efm.models.prefix_lm import STATE, TEXT
 from efm.models.tokenizers import Vocabulary
-from efm.models.vlm import VisionLanguageEFM
+from efm.models.vlm import GROUNDED, VisionLanguageEFM
 
 Inputs = dict[str, jax.Array]
 OBJECTIVE_ID = {name: i for i, name in enumerate(OBJECTIVES)}
@@ -40,6 +40,11 @@ GROUND_RC, GROUND_MASK = "ground_rc", "ground_mask"
 GROUND_SCALE = 0.1
 
 
+def reads_text(objective: str) -> bool:
+    """Whether an objective's inputs keep the instruction (the auxiliary one predicts it)."""
+    return objective != "instruction"
+
+
 def objective_inputs(inputs: Inputs, objective: str) -> Inputs:
     """What an objective reads. The auxiliary instruction objective sees the first and last
     frame only: its hidden text and state are dropped, not just masked, which spares the
@@ -48,7 +53,18 @@ def objective_inputs(inputs: Inputs, objective: str) -> Inputs:
     if objective not in ("instruction", "locate") or TEXT not in inputs:
         return inputs
     kept = {k: v for k, v in inputs.items() if k != STATE}
-    return {**kept, TEXT: inputs[TEXT][:, :0]} if objective == "instruction" else kept
+    return kept if reads_text(objective) else {**kept, TEXT: inputs[TEXT][:, :0]}
+
+
+def grounding_sums(where: jax.Array, rc: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of the masked squared distances in GROUND_SCALE units, how many) between where name
+    tokens' queries fire and where their objects are: a batch's parts add up to its loss."""
+    error = jnp.sum(jnp.square(where - rc), axis=-1) / GROUND_SCALE**2
+    return jnp.sum(error * mask), jnp.sum(mask)
+
+
+def grounding_mean(total: jax.Array, count: jax.Array) -> jax.Array:
+    return total / jnp.maximum(count, 1.0)
 
 
 def make_model(cfg: ModelConfig, vocab: Vocabulary) -> nn.Module:
@@ -88,7 +104,19 @@ class EFMFunctions:
         sigma > 0 (training only): minus the cross-entropy against targets spread over their
         ordered bins as a Gaussian (`math.ordinal_targets`: sigma x the run's bins), not a
         likelihood."""
-        logits = self.model.apply({"params": params}, inputs, objective, targets)
+        return self.log_likelihood_and_ground(params, inputs, objective, targets, target_mask, sigma)[0]
+
+    def log_likelihood_and_ground(self, params: dict, inputs: Inputs, objective: jax.Array, targets: jax.Array,
+                                  target_mask: jax.Array, sigma: float = 0.0) -> tuple[jax.Array, jax.Array | None]:
+        """`log_likelihood` and, for a grounding variant, what `ground` would return for these
+        inputs, from the same pass ([B, L, 2]; None for other variants)."""
+        logits, state = self.model.apply({"params": params}, inputs, objective, targets, mutable=["intermediates"])
+        grounded = state.get("intermediates", {}).get(GROUNDED)
+        return self._log_likelihood(logits, objective, targets, target_mask, sigma), (
+            None if grounded is None else grounded[0])
+
+    def _log_likelihood(self, logits: jax.Array, objective: jax.Array, targets: jax.Array, target_mask: jax.Array,
+                        sigma: float) -> jax.Array:
         length = targets.shape[1]
         valid = jnp.stack([self._valid(o, length) for o in OBJECTIVES])[objective]  # [B, L, V]
         if sigma <= 0:
@@ -101,9 +129,11 @@ class EFMFunctions:
         """Grounding variants: mean squared distance (in GROUND_SCALE units) between where each
         name token's query fires in the current frame and where the object it names is (`rc`
         [B, L, 2], `mask` [B, L])."""
-        where = self.model.apply({"params": params}, inputs, method="ground")
-        error = jnp.sum(jnp.square(where - rc), axis=-1) / GROUND_SCALE**2
-        return jnp.sum(error * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        return grounding_mean(*grounding_sums(self.ground(params, inputs), rc, mask))
+
+    def ground(self, params: dict, inputs: Inputs) -> jax.Array:
+        """Grounding variants: where each text token's query fires in the current frame. [B, L, 2]"""
+        return self.model.apply({"params": params}, inputs, method="ground")
 
     def action_log_prob(self, params: dict, inputs: Inputs, action_tokens: jax.Array) -> jax.Array:
         """log pi(a | o, g) of tokenized actions. [B, L_a] -> [B]"""

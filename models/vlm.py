@@ -25,6 +25,10 @@ from efm.models.prefix_lm import IMAGE, STATE, TEXT, Inputs, PrefixLM, state_ids
 from efm.models.tokenizers import TextTokenizer
 from efm.models.vit import ViT
 
+# Where the teacher-forced pass of a grounding variant leaves, per text token, where its query
+# fires in the current frame (flax `sow`, collection "intermediates"), so the grounding loss
+# reuses the pass instead of running the image tower again (`EFMFunctions.log_likelihood`).
+GROUNDED = "grounded"
 OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction", "locate": "where"}
 PROMPT_LENGTH = max(len(p) for p in OBJECTIVE_PROMPTS.values())
 
@@ -55,7 +59,8 @@ class VisionLanguageEFM(PrefixLM):
         frames = frames.reshape(b * f, *frames.shape[2:])  # every frame, one tower
         text = inputs[TEXT]
         if self.variant.grounding:  # the tower also says where each instruction token is seen
-            img, where, _ = self.vision_encoder(frames, self.llm.embed(text + self.text_offset), text != 0)
+            img, where, rc = self.vision_encoder(frames, self.llm.embed(text + self.text_offset), text != 0)
+            self.sow("intermediates", GROUNDED, rc.reshape(b, f, *rc.shape[1:])[:, 0])
         else:
             img = self.vision_encoder(frames)
         img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D], frame after frame

@@ -32,8 +32,11 @@ from efm.models.efm import (
     GROUND_RC,
     OBJECTIVE_ID,
     EFMFunctions,
+    grounding_mean,
+    grounding_sums,
     make_functions,
     objective_inputs,
+    reads_text,
 )
 from efm.models.tokenizers import make_vocabulary
 from efm.models.weights import load_initial
@@ -70,34 +73,44 @@ def target_length(fns: EFMFunctions, objective: str) -> int:
             "locate": vocab.locate_length}[objective]
 
 
-def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, objective: str, sigma: float = 0.0) -> jax.Array:
+def _per_sample_nll(fns: EFMFunctions, params: Any, batch: dict, objective: str,
+                    sigma: float = 0.0) -> tuple[jax.Array, jax.Array | None]:
     """Negative log-likelihood per sample of a batch of one objective; the auxiliary
     instruction's is per token, so a 40-byte instruction weighs like one output rather than
-    forty. sigma > 0: the cross-entropy of Gaussian-smoothed ordinal targets (training). [B]"""
+    forty. sigma > 0: the cross-entropy of Gaussian-smoothed ordinal targets (training). [B]
+    Also, for a grounding variant, where the pass found each text token ([B, L, 2], else None)."""
     inputs, rest = split_inputs(batch)
     inputs = objective_inputs(inputs, objective)
     length = target_length(fns, objective)
     targets, mask = rest["targets"][:, :length], rest["target_mask"][:, :length]
-    nll = -fns.log_likelihood(params, inputs, rest["objective"], targets, mask, sigma)
+    ll, grounded = fns.log_likelihood_and_ground(params, inputs, rest["objective"], targets, mask, sigma)
     per_token = rest["objective"] == OBJECTIVE_ID["instruction"]
-    return nll / jnp.where(per_token, jnp.maximum(jnp.sum(mask, axis=-1), 1.0), 1.0)
+    return -ll / jnp.where(per_token, jnp.maximum(jnp.sum(mask, axis=-1), 1.0), 1.0), grounded
 
 
-def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple[str, ...],
-                  sigma: float = 0.0) -> dict[str, jax.Array]:
-    """Per-sample NLL of each objective's share of a training batch (B / K samples each).
+def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple[str, ...], sigma: float = 0.0,
+                  grounding: bool = False) -> tuple[dict[str, jax.Array], jax.Array | None]:
+    """Per-sample NLL of each objective's share of a training batch (B / K samples each), and
+    with `grounding` the grounding loss over the whole batch (else None).
 
     The batch is grouped by objective (a stable sort: its layout across hosts does not matter)
     and each group decodes only its own outputs: 4 action tokens, not the 64 an instruction has.
+    A group whose objective reads the instruction has its grounding from that same pass; only a
+    group that hides it (the auxiliary objective) runs the image tower again, on one frame.
     """
     names = sorted(objectives, key=OBJECTIVE_ID.__getitem__)
     per = batch["objective"].shape[0] // len(names)
     order = jnp.argsort(batch["objective"], stable=True)
-    out = {}
+    nll, total, count = {}, jnp.zeros(()), jnp.zeros(())
     for j, name in enumerate(names):
         group = {k: v[order[j * per:(j + 1) * per]] for k, v in batch.items()}
-        out[name] = _per_sample_nll(fns, params, group, name, sigma)
-    return out
+        nll[name], grounded = _per_sample_nll(fns, params, group, name, sigma)
+        if grounding:
+            if not reads_text(name):
+                grounded = fns.ground(params, objective_inputs(split_inputs(group)[0], "locate"))
+            t, c = grounding_sums(grounded, group[GROUND_RC], group[GROUND_MASK])
+            total, count = total + t, count + c
+    return nll, (grounding_mean(total, count) if grounding else None)
 
 
 def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, cfg: SftConfig,
@@ -105,14 +118,13 @@ def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, 
     """One jitted update on a batch split over cfg.objectives; the training loss smooths the
     ordinal targets by cfg.ordinal_sigma (the validation losses never do)."""
     def loss_fn(params: Any, batch: dict) -> tuple[jax.Array, dict]:
-        nll = objective_nll(fns, params, batch, cfg.objectives, cfg.ordinal_sigma)
+        grounding = cfg.grounding_weight > 0  # where each name token's query fires, supervised
+        nll, ground = objective_nll(fns, params, batch, cfg.objectives, cfg.ordinal_sigma, grounding)
         metrics = {f"train/{name}_loss": jnp.mean(v) for name, v in nll.items()}
         loss = jnp.mean(jnp.concatenate(list(nll.values())))
-        if cfg.grounding_weight > 0:  # where each name token's query fires, supervised (questions, instructions)
-            inputs, rest = split_inputs(batch)
-            metrics["train/grounding_loss"] = fns.grounding_loss(
-                params, objective_inputs(inputs, "locate"), rest[GROUND_RC], rest[GROUND_MASK])
-            loss = loss + cfg.grounding_weight * metrics["train/grounding_loss"]
+        if ground is not None:
+            metrics["train/grounding_loss"] = ground
+            loss = loss + cfg.grounding_weight * ground
         return loss, metrics
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -151,7 +163,7 @@ def make_validation_losses(fns: EFMFunctions, samples: Samples, cfg: SftConfig, 
                            ) -> Callable[[Any], dict[str, float]]:
     """Mean negative log-likelihood per objective over a whole validation split."""
     def summed(objective: str) -> Callable:
-        return jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b, objective)),
+        return jax.jit(lambda p, b: jnp.sum(_per_sample_nll(fns, p, b, objective)[0]),
                        out_shardings=sharding.replicated(mesh))
 
     nll_fns = {name: summed(name) for name in cfg.objectives}

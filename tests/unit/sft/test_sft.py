@@ -14,7 +14,7 @@ from efm import checkpoints
 from efm.config import RunConfig, SelectConfig, check_trainable, debug_config
 from efm.data import rlds
 from efm.data.stage1 import Stage1Data
-from efm.models.efm import make_functions
+from efm.models.efm import GROUND_MASK, GROUND_RC, make_functions
 from efm.models.tokenizers import make_vocabulary
 from efm.sft.select import SELECTION, load_selected, pick_step, run_select
 from efm.sft.trainer import load_history, objective_nll, restore_params, run_sft, split_inputs
@@ -82,7 +82,7 @@ def test_training_loss_below_initial_params(trained, episodes) -> None:
     init = fns.init(jax.random.PRNGKey(cfg.sft.seed), split_inputs(batch)[0])
 
     def loss(params: dict) -> float:
-        return float(np.mean(np.concatenate(list(objective_nll(fns, params, batch, cfg.sft.objectives).values()))))
+        return float(np.mean(np.concatenate(list(objective_nll(fns, params, batch, cfg.sft.objectives)[0].values()))))
 
     before, after = loss(init), loss(restore_params(workdir, NUM_STEPS))
     assert after < before - 0.05
@@ -240,6 +240,24 @@ def test_stage1_grounding_trains_where_the_instruction_names_are_found(tmp_path:
     history = run_sft(cfg, train, validation, tmp_path / "sft", progress=False).history
     first, last = (h["train/grounding_loss"] for h in history)
     assert np.isfinite(first) and last < first
+    # The step reuses its Stage-1 passes' grounding (the instruction objective hides the text:
+    # its share runs the tower again): the loss and its gradient are those of a separate pass.
+    fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
+    batch = next(Stage1Data(cfg, fns.vocab).training(train, seed=1))
+    params = restore_params(tmp_path / "sft", 30)
+
+    def reused(p: dict) -> jax.Array:
+        return objective_nll(fns, p, batch, cfg.sft.objectives, grounding=True)[1]
+
+    def separate(p: dict) -> jax.Array:
+        inputs, rest = split_inputs(batch)
+        return fns.grounding_loss(p, inputs, rest[GROUND_RC], rest[GROUND_MASK])
+
+    assert float(separate(params)) > 0.01
+    np.testing.assert_allclose(reused(params), separate(params), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(reused)(params)),
+                    jax.tree_util.tree_leaves(jax.grad(separate)(params)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
     assert {"val/bc_loss", "val/steps_to_go_loss", "val/instruction_loss"} <= set(history[-1])
     with pytest.raises(ValueError, match=r"sft\.grounding_weight.*pointmass"):
         check_trainable(debug_config().replace(sft=dataclasses.replace(debug_config().sft, grounding_weight=1.0)))
