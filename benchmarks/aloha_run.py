@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from resumable import merge, part
+from resumable import merge, part, recipe
 
 from efm.cli import load_config
 from efm.config import RunConfig
@@ -51,7 +51,8 @@ from efm.stages import (
     subsample_stage,
 )
 
-RESULTS = Path(__file__).parent / "results" / "aloha-insertion.json"
+DOMAIN = "aloha-insertion"
+RESULTS = Path(__file__).parent / "results" / f"{DOMAIN}.json"
 POLICY_KEYS = ("success_rate", "mean_episode_length", "optimal_length_ratio", "peg_lifted", "socket_lifted")
 ROUND_KEYS = ("total_episodes", "success_rate", "ground_truth_success_rate", "mean_episode_length",
               "ground_truth_peg_lifted", "ground_truth_socket_lifted")
@@ -94,20 +95,12 @@ def key(row: dict[str, Any]) -> tuple[int, float]:
     return row["seed"], -row["data_fraction"]
 
 
-def recipe(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config as today's defaults complete it, less data.fractions: a fraction's
-    episodes are a prefix of one seeded permutation (`subsample.nested_fractions`), the same
-    whichever other fractions are run, so invocations may run different branches."""
-    full = json.loads(load_config("aloha-insertion", json.dumps(config)).to_json())
-    return {**full, "data": {k: v for k, v in full["data"].items() if k != "fractions"}}
-
-
 def previous_rows(path: Path, cfg: RunConfig) -> list[dict[str, Any]]:
     """The results file's rows, if it was measured with this recipe."""
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    if recipe(old["config"]) != recipe(json.loads(cfg.to_json())):
+    if recipe(DOMAIN, old["config"]) != recipe(DOMAIN, json.loads(cfg.to_json())):
         print(f"{path} was measured with another config: starting it anew")
         return []
     return old["results"]
@@ -143,7 +136,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path,
                         help="an existing aloha-insertion demonstration dataset (efm dataset) instead of generating one")
     args = parser.parse_args()
-    cfg = load_config("aloha-insertion", args.config)
+    cfg = load_config(DOMAIN, args.config)
     cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
     args.out.mkdir(parents=True, exist_ok=True)
     config_path = args.out / "config.json"

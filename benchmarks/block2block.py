@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from resumable import merge
+from resumable import merge, recipe
 
 from efm.cli import load_config
 from efm.evaluation.report import markdown_table
@@ -68,13 +68,9 @@ def key(row: dict) -> tuple:
 
 
 def same_recipe(config: dict) -> dict:
-    """The config as the defaults complete it today (fields added since it was recorded take
-    their defaults), less where the pretraining comes from (the pipeline's step or a directory
-    it wrote; the pretrain section, which says what it is, stays) and data.fractions (the
-    branches run are chosen apart from it)."""
-    full = json.loads(load_config("tabletop", json.dumps(config)).to_json())
-    return {**full, "model": {k: v for k, v in full["model"].items() if k != "init_path"},
-            "data": {k: v for k, v in full["data"].items() if k != "fractions"}}
+    """The recipe, less where the pretraining comes from (the pipeline's step or a directory it
+    wrote; the pretrain section, which says what it is, stays)."""
+    return recipe("tabletop", config, drop=(("model", "init_path"),))
 
 
 # What a pretraining's weights depend on: the same for the run, or the weights are another recipe's.

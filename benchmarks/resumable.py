@@ -1,6 +1,7 @@
 """Resumable benchmark parts: a part's result is written when it completes, and a rerun reads it
 instead of running the part again (long CPU benchmarks span sessions); `merge` keeps a results
-file's rows of branches measured in earlier invocations."""
+file's rows of branches measured in earlier invocations, when `recipe` says they were measured
+the same way."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from efm.cli import load_config
 
 DONE = "part.json"  # a part's result, written when it completed
 
@@ -30,3 +33,14 @@ def merge(previous: list[dict], new: list[dict], key: Callable[[dict], tuple]) -
     """previous rows with new ones replacing those of the same key, in key order."""
     fresh = {key(r) for r in new}
     return sorted([r for r in previous if key(r) not in fresh] + new, key=key)
+
+
+def recipe(domain: str, config: dict[str, Any], drop: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """A recorded config as today's defaults complete it (fields added since it was recorded take
+    their defaults), less data.fractions and the `drop` fields (section, field). A fraction's
+    episodes are a prefix of one seeded permutation (`subsample.nested_fractions`), the same
+    whichever other fractions are run, so invocations may run different branches."""
+    full = json.loads(load_config(domain, json.dumps(config)).to_json())
+    dropped = {("data", "fractions"), *drop}
+    return {**full, **{section: {k: v for k, v in full[section].items() if (section, k) not in dropped}
+                       for section in {s for s, _ in dropped}}}
