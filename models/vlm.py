@@ -27,7 +27,7 @@ from efm.models.vit import ViT
 
 # Where the teacher-forced pass of a grounding variant leaves, per text token, where its query
 # fires in the current frame (flax `sow`, collection "intermediates"), so the grounding loss
-# reuses the pass instead of running the image tower again (`EFMFunctions.log_likelihood`).
+# reuses the pass instead of running the image tower again (`EFMFunctions.log_likelihood_and_ground`).
 GROUNDED = "grounded"
 OBJECTIVE_PROMPTS = {"bc": "act", "steps_to_go": "steps to go", "instruction": "instruction", "locate": "where"}
 PROMPT_LENGTH = max(len(p) for p in OBJECTIVE_PROMPTS.values())

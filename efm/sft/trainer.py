@@ -96,7 +96,7 @@ def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple
     The batch is grouped by objective (a stable sort: its layout across hosts does not matter)
     and each group decodes only its own outputs: 4 action tokens, not the 64 an instruction has.
     A group whose objective reads the instruction has its grounding from that same pass; only a
-    group that hides it (the auxiliary objective) runs the image tower again, on one frame.
+    group that hides it (the auxiliary objective) runs the image tower again, with the text.
     """
     names = sorted(objectives, key=OBJECTIVE_ID.__getitem__)
     per = batch["objective"].shape[0] // len(names)
