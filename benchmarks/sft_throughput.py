@@ -27,7 +27,7 @@ from efm.data import subsample
 from efm.data.stage1 import Stage1Data
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
-from efm.sft.trainer import init_state, make_optimizer, make_train_step
+from efm.sft.trainer import device_batch, init_state, make_optimizer, make_train_step
 from efm.stages import dataset_stage
 
 PEAK_FLOPS = {"cpu": None, "gpu": {"H200": 989e12, "H100": 989e12, "A100": 312e12}, "tpu": {"v5 lite": 197e12}}
@@ -67,17 +67,17 @@ def measure_variant(variant: str, train: Path, steps: int, warmup: int, batch_si
     step = make_train_step(fns, optimizer, cfg.sft, mesh, shardings)
     flops = None
     try:
-        cost = step.lower(state, sharding.put_batch(mesh, first)).compile().cost_analysis()
+        cost = step.lower(state, device_batch(mesh, first)).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", 0.0)) or None
     except Exception:  # cost analysis is best effort (not every backend reports it)
         pass
     for _ in range(warmup):
-        state, m = step(state, sharding.put_batch(mesh, next(batches)))
+        state, m = step(state, device_batch(mesh, next(batches)))
     jax.block_until_ready(m)
     t = time.perf_counter()
     for _ in range(steps):
-        state, m = step(state, sharding.put_batch(mesh, next(batches)))
+        state, m = step(state, device_batch(mesh, next(batches)))
     jax.block_until_ready(m)
     seconds = time.perf_counter() - t
     params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
@@ -100,9 +100,8 @@ def policy_latency(fns, params, batch: dict, n: int = 200) -> dict:
     times = []
     for i in range(n + 5):
         t = time.perf_counter()
-        tokens = fns.sample_action_tokens(params, inputs, key)
-        d = fns.steps_to_go(params, inputs)
-        jax.block_until_ready((tokens, d))
+        fns.sample_actions(params, inputs, key)  # as an actor calls them (tokens back on the host)
+        jax.block_until_ready(fns.steps_to_go(params, inputs))
         if i >= 5:
             times.append(time.perf_counter() - t)
     ms = np.asarray(times) * 1e3

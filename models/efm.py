@@ -26,7 +26,7 @@ import numpy as np
 from efm import math
 from efm.config import MODEL_VARIANTS, OBJECTIVES, MlpVariant, ModelConfig
 from efm.models.mlp import MlpEFM, StateTransformerEFM
-from efm.models.prefix_lm import STATE, TEXT
+from efm.models.prefix_lm import STATE, TEXT, trim_text
 from efm.models.tokenizers import Vocabulary
 from efm.models.vlm import GROUNDED, VisionLanguageEFM
 
@@ -79,7 +79,7 @@ def make_model(cfg: ModelConfig, vocab: Vocabulary) -> nn.Module:
     if vocab.text is None:
         raise ValueError(f"model variant {cfg.variant!r} reads text: set tokenizer.text_tokens > 0")
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    return VisionLanguageEFM(v, vocab.size, vocab.text_offset, vocab.begin, vocab.state_offset, dtype)
+    return VisionLanguageEFM(v, vocab.size, vocab.text_offset, vocab.begin, vocab.state_offset, dtype, vocab.text.length)
 
 
 @dataclass(frozen=True)
@@ -142,19 +142,25 @@ class EFMFunctions:
         logits = self.model.apply({"params": params}, inputs, objective, action_tokens)
         return math.token_log_likelihood(logits, action_tokens, self._valid("bc", la), jnp.ones((b, la)))
 
-    @partial(jax.jit, static_argnums=0)
     def steps_to_go_log_probs(self, params: dict, inputs: Inputs) -> jax.Array:
         """The predicted steps-to-go distribution over the bins, one forward pass. [B, K]"""
+        return self._steps_to_go_log_probs(params, _trimmed(inputs))
+
+    @partial(jax.jit, static_argnums=0)
+    def _steps_to_go_log_probs(self, params: dict, inputs: Inputs) -> jax.Array:
         b = next(iter(inputs.values())).shape[0]
         objective = jnp.full((b,), OBJECTIVE_ID["steps_to_go"], jnp.int32)
         logits = self.model.apply({"params": params}, inputs, objective, method="first_logits")
         off, n = self.vocab.steps_to_go_offset, self.vocab.steps_to_go.vocab_size
         return jax.nn.log_softmax(logits[:, off:off + n], axis=-1)
 
-    @partial(jax.jit, static_argnums=0)
     def steps_to_go(self, params: dict, inputs: Inputs) -> jax.Array:
         """Eq. 1: d(o, g) for a batch. [B]"""
-        log_probs = self.steps_to_go_log_probs(params, inputs)
+        return self._steps_to_go(params, _trimmed(inputs))
+
+    @partial(jax.jit, static_argnums=0)
+    def _steps_to_go(self, params: dict, inputs: Inputs) -> jax.Array:
+        log_probs = self._steps_to_go_log_probs(params, inputs)
         return math.expected_steps_to_go(log_probs, jnp.asarray(self.vocab.steps_to_go.bin_values()))
 
     def _decode(self, params: dict, inputs: Inputs, objective_name: str, length: int, rng: jax.Array,
@@ -211,8 +217,13 @@ class EFMFunctions:
     def sample_actions(self, params: dict, inputs: Inputs, rng: jax.Array,
                        greedy: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Continuous actions [B, A] and their tokens [B, L_a]."""
-        tokens = np.asarray(self.sample_action_tokens(params, inputs, rng, greedy))
+        tokens = np.asarray(self.sample_action_tokens(params, _trimmed(inputs), rng, greedy))
         return self.vocab.action_from_tokens(tokens), tokens
+
+
+def _trimmed(inputs: Inputs) -> Inputs:
+    """Host inputs without the work on text padding (`trim_text`: the same outputs)."""
+    return trim_text(inputs) if TEXT in inputs else inputs
 
 
 def make_functions(cfg: ModelConfig, vocab: Vocabulary) -> EFMFunctions:

@@ -45,6 +45,7 @@ class VisionLanguageEFM(PrefixLM):
     begin_token: int
     state_offset: int = 0  # global id of state token 1
     dtype: jnp.dtype = jnp.float32
+    text_length: int = 0  # the tokenizer's text tokens; 0: as long as the inputs' text
 
     def setup(self) -> None:
         v = self.variant
@@ -75,6 +76,18 @@ class VisionLanguageEFM(PrefixLM):
         emb = jnp.concatenate([img.astype(self.dtype), word_emb], axis=1)
         valid = jnp.concatenate([jnp.ones(img.shape[:2], bool), *(t != 0 for t, _ in words)], axis=1)
         return emb, valid
+
+    def prefix_positions(self, inputs: Inputs, length: int) -> np.ndarray:
+        """Text cut short of `text_length` (its padding trimmed, `prefix_lm.trim_text`) leaves
+        a gap: what follows it keeps its place in the padded layout. A hidden text (the
+        auxiliary objective's, no tokens at all) leaves none."""
+        text = inputs[TEXT].shape[1]
+        if not text or not self.text_length:
+            return np.arange(length)
+        if text > self.text_length:
+            raise ValueError(f"{text} text tokens, the tokenizer has {self.text_length}")
+        after = length - PROMPT_LENGTH - (inputs[STATE].shape[1] if STATE in inputs else 0)  # where the text ends
+        return np.arange(length) + np.where(np.arange(length) >= after, self.text_length - text, 0)
 
     def ground(self, inputs: Inputs) -> jax.Array:
         """Grounding variants: where each text token's query fires in the current frame (of the

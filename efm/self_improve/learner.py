@@ -14,9 +14,12 @@ from flax import traverse_util
 from efm import math
 from efm.config import SelfImproveConfig
 from efm.models.efm import EFMFunctions
+from efm.models.prefix_lm import TEXT, trim_text
 from efm.self_improve.actor import ACTION_TOKENS, INPUTS, POLICY_VERSION, RETURN, SAMPLE_ID
 from efm.self_improve.monitor import EPISODE_KEY_SHIFT
 from efm.self_improve.replay import Replay
+
+TEXT_INPUT = f"{INPUTS}{TEXT}"
 
 
 class LearnerState(NamedTuple):
@@ -116,6 +119,8 @@ class Learner:
 
     def step(self, batch: dict[str, np.ndarray], learning_rate: float | None = None) -> dict[str, float]:
         lr = self._cfg.learning_rate if learning_rate is None else learning_rate
+        if TEXT_INPUT in batch:  # the same gradient without the work on text padding
+            batch = trim_text(batch, TEXT_INPUT)
         self.state, metrics = self._sgd_step(self.state, batch, jnp.float32(lr))
         out = {k: float(v) for k, v in metrics.items()}
         if not np.isfinite(out["loss"]):

@@ -38,6 +38,7 @@ from efm.models.efm import (
     objective_inputs,
     reads_text,
 )
+from efm.models.prefix_lm import trim_text
 from efm.models.tokenizers import make_vocabulary
 from efm.models.weights import load_initial
 from efm.progress import progress_bar
@@ -137,6 +138,18 @@ def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, 
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
+TEXT_INPUT = "inputs/text"
+
+
+def device_batch(mesh: jax.sharding.Mesh, batch: Batch) -> dict[str, jax.Array]:
+    """A host batch onto the mesh, without its text padding on one host (`trim_text`: the same
+    losses and gradients). Several hosts keep it: each would cut its own slice to its own
+    length, and a global batch has one shape."""
+    if TEXT_INPUT in batch and jax.process_count() == 1:
+        batch = trim_text(batch, TEXT_INPUT, aligned=(GROUND_RC, GROUND_MASK))
+    return sharding.put_batch(mesh, batch)
+
+
 def _pad(batch: Batch, size: int) -> Batch:
     """Pads a short batch to `size` rows with target_mask 0 (they add nothing to a sum)."""
     n = len(batch["objective"])
@@ -180,7 +193,7 @@ def make_validation_losses(fns: EFMFunctions, samples: Samples, cfg: SftConfig, 
             for batch in samples.validation(name):
                 count += len(batch["objective"])
                 part = {k: v[rows] for k, v in _pad(batch, size).items()}
-                total += float(nll_fns[name](params, sharding.put_batch(mesh, part)))
+                total += float(nll_fns[name](params, device_batch(mesh, part)))
             out[f"val/{name}_loss"] = total / max(count, 1)
         return out
 
@@ -274,7 +287,7 @@ def train(cfg: RunConfig, fns: EFMFunctions, samples: Samples, workdir: str | Pa
     with contextlib.closing(samples.training(seed=sft.seed, start_step=start,
                                              shard=(jax.process_count(), jax.process_index()))) as batches:
         for step in range(start, sft.num_steps):
-            state, metrics = train_step(state, sharding.put_batch(mesh, next(batches)))
+            state, metrics = train_step(state, device_batch(mesh, next(batches)))
             for k, v in metrics.items():
                 running.setdefault(k, []).append(v)
             bar.update(1)

@@ -329,3 +329,60 @@ def _cache_matches_teacher_forcing(variant, monkeypatch, cached_logits) -> tuple
     full = np.asarray(fns.model.apply({"params": params}, x, obj, out))
     np.testing.assert_allclose(cached_logits(fns, params, x, obj, out), full, rtol=1e-4, atol=1e-3)
     return fns, params
+
+
+def test_trim_text_cuts_padding_but_one_in_buckets() -> None:
+    from efm.models.prefix_lm import TEXT_BUCKET, trim_text
+
+    text = np.zeros((3, 32), np.int32)
+    text[0, :5], text[1, :9] = 7, 8  # the longest text has 9 tokens: 10 columns, rounded up
+    rc = np.arange(3 * 32 * 2, dtype=np.float32).reshape(3, 32, 2)
+    out = trim_text({"inputs/text": text, "rc": rc, "image": np.ones((3, 5))}, "inputs/text", aligned=("rc",))
+    assert TEXT_BUCKET == 8 and out["inputs/text"].shape == (3, 16) and out["rc"].shape == (3, 16, 2)
+    np.testing.assert_array_equal(out["rc"], rc[:, :16])
+    assert out["image"].shape == (3, 5)
+    text[2, :31] = 9  # 31 tokens and one padding: nothing to cut
+    assert trim_text({TEXT: text})[TEXT].shape == (3, 32)
+    assert trim_text({TEXT: np.zeros((2, 32), np.int32)})[TEXT].shape == (2, TEXT_BUCKET)
+
+
+def test_trimmed_text_gives_the_same_outputs(monkeypatch) -> None:
+    """Cutting the text's padding (what `trim_text` does before every call) changes nothing:
+    teacher-forced logits, the KV-cached decoding, steps-to-go and where the grounded tokens'
+    queries fire, on a grounded variant reading state tokens after the text."""
+    from efm.config import MODEL_VARIANTS, TransformerVariant
+    from efm.models.prefix_lm import trim_text
+
+    variant = TransformerVariant(patch=(12, 16), stem=(8,), keypoints=3, grounding=True, vit_width=16, vit_depth=1,
+                                 vit_heads=2, vit_mlp=32, width=32, depth=1, heads=2, head_dim=16, mlp=64)
+    monkeypatch.setitem(MODEL_VARIANTS, "test-variant", variant)
+    vocab = make_vocabulary(TokenizerConfig(steps_to_go_bins=50, text_tokens=32, state_key="xy", state_bins=8,
+                                            state_low=(0.0, 0.0), state_high=(1.0, 1.0)))
+    fns = make_functions(ModelConfig(variant="test-variant"), vocab)
+    rng = np.random.default_rng(0)
+    full = {IMAGE: rng.integers(0, 256, (B, 2, H, W, 3)).astype(np.uint8),
+            TEXT: TextTokenizer(32).encode(["push the red", "slide it", "ünï"]),
+            STATE: rng.integers(1, 9, (B, 2)).astype(np.int32)}
+    cut = trim_text(full)
+    assert cut[TEXT].shape == (B, 16)
+    params = fns.init(jax.random.PRNGKey(1), full)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v * 100 if "input_embedding" in jax.tree_util.keystr(p) else v, params)
+    obj = jnp.full((B,), OBJECTIVE_ID["bc"], jnp.int32)
+    out = jnp.asarray(rng.integers(0, vocab.size, (B, 4)), jnp.int32)
+    logits_full, logits_cut = (np.asarray(fns.model.apply({"params": params}, x, obj, out)) for x in (full, cut))
+    np.testing.assert_allclose(logits_cut, logits_full, rtol=1e-5, atol=1e-4)
+    grounded = [np.asarray(fns.ground(params, x)) for x in (full, cut)]
+    real = cut[TEXT] != 0  # the last kept padding reads one neighbour less; padding is masked out
+    np.testing.assert_allclose(grounded[1][real], grounded[0][:, :16][real], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fns.steps_to_go(params, cut), fns.steps_to_go(params, full), rtol=1e-5)
+    greedy = [np.asarray(fns.sample_action_tokens(params, x, jax.random.PRNGKey(0), True)) for x in (full, cut)]
+    np.testing.assert_array_equal(greedy[1], greedy[0])
+    logits, state = fns.model.apply({"params": params}, cut, obj, 4, method="prefill")
+    got = [np.asarray(logits)]
+    for k in range(3):
+        logits, state = fns.model.apply({"params": params}, state, out[:, k], jnp.int32(k), method="decode_step")
+        got.append(np.asarray(logits))
+    np.testing.assert_allclose(np.stack(got, axis=1), logits_full, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="33 text tokens"):
+        fns.model.apply({"params": params}, {**full, TEXT: np.ones((B, 33), np.int32)}, obj, out)
