@@ -75,14 +75,16 @@ def measure_variant(variant: str, train: Path, steps: int, warmup: int, batch_si
     for _ in range(warmup):
         state, m = step(state, device_batch(mesh, next(batches)))
     jax.block_until_ready(m)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         state, m = step(state, device_batch(mesh, next(batches)))
     jax.block_until_ready(m)
-    seconds = time.perf_counter() - t
+    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
     params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     row = {"variant": variant, "params": int(params), "batch_size": batch_size, "compute_dtype": dtype,
            "steps": steps, "seconds": seconds, "examples_per_s": steps * batch_size / seconds,
+           # the process's CPU seconds (data threads included) vary less with other jobs than wall time
+           "cpu_seconds": cpu_seconds, "examples_per_cpu_s": steps * batch_size / cpu_seconds,
            "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind}
     if flops is not None:
         row["gflop_per_example"] = flops / batch_size / 1e9
