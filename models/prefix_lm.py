@@ -37,7 +37,7 @@ def trim_text(batch: Mapping[str, np.ndarray], key: str = TEXT, aligned: Sequenc
     """`batch` with the columns of text padding (token 0) at the end of `batch[key]` [B, L] cut
     off, but one (the grounding query reads each token with its neighbours), rounded up to a
     multiple of TEXT_BUCKET; the arrays named in `aligned` ([B, L, ...], per text token) are cut
-    alike. Padding is masked out, and a model placed what follows the text as if it were there
+    alike. Padding is masked out, and the model places what follows the text as if it were there
     (`PrefixLM.prefix_positions`), so the outputs are the same: only the work on padding goes
     (a table instruction has at most 12 of its 32 tokens)."""
     text = np.asarray(batch[key])
