@@ -346,7 +346,7 @@ def test_trim_text_cuts_padding_but_one_in_buckets() -> None:
     assert trim_text({TEXT: np.zeros((2, 32), np.int32)})[TEXT].shape == (2, TEXT_BUCKET)
 
 
-def test_trimmed_text_gives_the_same_outputs(monkeypatch) -> None:
+def test_trimmed_text_gives_the_same_outputs(monkeypatch, cached_logits) -> None:
     """Cutting the text's padding (what `trim_text` does before every call) changes nothing:
     teacher-forced logits, the KV-cached decoding, steps-to-go and where the grounded tokens'
     queries fire, on a grounded variant reading state tokens after the text."""
@@ -378,11 +378,6 @@ def test_trimmed_text_gives_the_same_outputs(monkeypatch) -> None:
     np.testing.assert_allclose(fns.steps_to_go(params, cut), fns.steps_to_go(params, full), rtol=1e-5)
     greedy = [np.asarray(fns.sample_action_tokens(params, x, jax.random.PRNGKey(0), True)) for x in (full, cut)]
     np.testing.assert_array_equal(greedy[1], greedy[0])
-    logits, state = fns.model.apply({"params": params}, cut, obj, 4, method="prefill")
-    got = [np.asarray(logits)]
-    for k in range(3):
-        logits, state = fns.model.apply({"params": params}, state, out[:, k], jnp.int32(k), method="decode_step")
-        got.append(np.asarray(logits))
-    np.testing.assert_allclose(np.stack(got, axis=1), logits_full, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(cached_logits(fns, params, cut, obj, out), logits_full, rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="33 text tokens"):
         fns.model.apply({"params": params}, {**full, TEXT: np.ones((B, 33), np.int32)}, obj, out)
