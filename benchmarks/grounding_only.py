@@ -28,9 +28,8 @@ import optax
 from efm.config import default_config
 from efm.data.pretrain import TableQuestions
 from efm.models.efm import GROUND_MASK, GROUND_RC, make_functions, objective_inputs
-from efm.models.prefix_lm import TEXT
+from efm.models.prefix_lm import TEXT, split_inputs
 from efm.models.tokenizers import make_vocabulary
-from efm.sft.trainer import split_inputs
 
 RESULTS = Path(__file__).parent / "results" / "grounding_only.json"
 TOKENS = ("all", "blocks", "effector")

@@ -17,8 +17,9 @@ import numpy as np
 from efm.config import default_config
 from efm.data.pretrain import TableQuestions
 from efm.models.efm import make_functions, objective_inputs
+from efm.models.prefix_lm import split_inputs
 from efm.models.tokenizers import make_vocabulary
-from efm.sft.trainer import restore_params, split_inputs
+from efm.sft.trainer import restore_params
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from efm.envs.tabletop.env import TabletopEnv
 from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION, RGB
 from efm.envs.tabletop.scene import image_position
 from efm.models.efm import GROUND_MASK, GROUND_RC
-from efm.models.prefix_lm import IMAGE, STATE, TEXT
+from efm.models.prefix_lm import IMAGE, INPUTS, STATE, TEXT
 from efm.models.tokenizers import TextTokenizer, Vocabulary
 
 Batch = dict[str, np.ndarray]
@@ -152,9 +152,9 @@ class TableQuestions:
             named = owners[i] >= 0
             rc = image_position(object_points(q.objects, q.positions), aspect, self._camera)
             ground_rc[i, named] = rc[owners[i, named]]
-        batch = {f"inputs/{IMAGE}": np.stack([image, image], axis=1),  # the board is still: now = before
-                 f"inputs/{TEXT}": vocab.text.encode([q.text for q in questions]),
-                 f"inputs/{STATE}": np.zeros((n, dims), np.int32),  # 0: no state (locate reads none)
+        batch = {f"{INPUTS}{IMAGE}": np.stack([image, image], axis=1),  # the board is still: now = before
+                 f"{INPUTS}{TEXT}": vocab.text.encode([q.text for q in questions]),
+                 f"{INPUTS}{STATE}": np.zeros((n, dims), np.int32),  # 0: no state (locate reads none)
                  "targets": targets, "target_mask": mask,
                  # where in the image the object each name token names is (`sft.grounding_weight`)
                  GROUND_RC: ground_rc, GROUND_MASK: (owners >= 0).astype(np.float32),

@@ -29,7 +29,7 @@ from efm.config import OBJECTIVES, STAGE1_OBJECTIVES, RunConfig
 from efm.data import rlds
 from efm.data.features import InputSpec, input_spec
 from efm.models.efm import GROUND_MASK, GROUND_RC
-from efm.models.prefix_lm import IMAGE, STATE, TEXT
+from efm.models.prefix_lm import IMAGE, INPUTS, STATE, TEXT
 from efm.models.tokenizers import Vocabulary, make_vocabulary
 
 Batch = dict[str, np.ndarray]
@@ -299,7 +299,7 @@ class Stage1Data:
             if self._spec.state is not None:  # the auxiliary objective reads no state: all 0
                 state = self._spec.state
                 raw[STATE] = state.encode(raw[STATE]) if STATE in raw else np.zeros((n, state.dims), np.int32)
-            for k, v in {**{f"inputs/{k}": v for k, v in raw.items()}, "targets": targets, "target_mask": mask,
+            for k, v in {**{f"{INPUTS}{k}": v for k, v in raw.items()}, "targets": targets, "target_mask": mask,
                          "objective": np.full(n, OBJECTIVES.index(objective), np.int32)}.items():
                 out.setdefault(k, []).append(v)
         return {k: np.concatenate(v) for k, v in out.items()}

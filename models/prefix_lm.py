@@ -10,6 +10,7 @@ decoding step, so decoding encodes the prefix once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,6 +24,16 @@ from efm.models.llm import LayerCache
 # tokens in 1..bins, 0 where a sample has none (the auxiliary objective).
 Inputs = dict[str, jax.Array]
 IMAGE, TEXT, STATE = "image", "text", "state"
+# A flat batch (an SFT sample, a replay item) keys the model's inputs INPUTS + name, beside its
+# targets and bookkeeping.
+INPUTS = "inputs/"
+TEXT_INPUT = f"{INPUTS}{TEXT}"
+
+
+def split_inputs(batch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the model's inputs by name, the rest) of a flat batch."""
+    inputs = {k.removeprefix(INPUTS): v for k, v in batch.items() if k.startswith(INPUTS)}
+    return inputs, {k: v for k, v in batch.items() if not k.startswith(INPUTS)}
 
 
 def state_ids(state: jax.Array, state_offset: int) -> jax.Array:

@@ -31,13 +31,13 @@ from efm.data.features import FrameHistory, InputSpec, input_spec
 from efm.domains import episode_progress, make_env
 from efm.envs.base import Array, Episode, TimeStep, VectorEnv, counters
 from efm.models.efm import EFMFunctions
+from efm.models.prefix_lm import INPUTS
 from efm.rollout import ACTION, SUCCESS, rollout_steps
 from efm.self_improve.replay import Replay
 
 STEPS_TO_GO = "steps_to_go"
 ACTION_TOKENS = "action_tokens"
 RETURN = "return"
-INPUTS = "inputs/"  # prefix of the model's inputs among a replay sample's fields
 SAMPLE_ID = "sample_id"  # (actor, episode, step): lets the learner draw reproducibly
 POLICY_VERSION = "policy_version"  # the learner round whose weights acted (0: the SFT policy)
 

@@ -25,10 +25,10 @@ from efm.data.features import input_spec
 from efm.domains import make_env
 from efm.envs.base import add_counts
 from efm.models.efm import EFMFunctions, make_functions
+from efm.models.prefix_lm import INPUTS, split_inputs
 from efm.models.tokenizers import make_vocabulary
 from efm.self_improve.actor import (
     ACTION_TOKENS,
-    INPUTS,
     POLICY_VERSION,
     RETURN,
     SAMPLE_ID,
@@ -105,8 +105,7 @@ class FleetBuilder:
     def init_params(self, seed: int) -> Any:
         """Fresh weights for the config's model and inputs (fleet tests and benchmarks, where
         the accounting, not learning, is measured; the pipeline starts from Stage 1's)."""
-        inputs = {k.removeprefix(INPUTS): np.zeros((1, *shape), dtype)
-                  for k, (shape, dtype) in self.spec().items() if k.startswith(INPUTS)}
+        inputs, _ = split_inputs({k: np.zeros((1, *shape), dtype) for k, (shape, dtype) in self.spec().items()})
         return self.fns.init(jax.random.PRNGKey(seed), inputs)
 
     def make_replay_server(self, advertise_host: str = "localhost") -> ReverbReplay:

@@ -14,12 +14,10 @@ from flax import traverse_util
 from efm import math
 from efm.config import SelfImproveConfig
 from efm.models.efm import EFMFunctions
-from efm.models.prefix_lm import TEXT, trim_text
-from efm.self_improve.actor import ACTION_TOKENS, INPUTS, POLICY_VERSION, RETURN, SAMPLE_ID
+from efm.models.prefix_lm import TEXT_INPUT, split_inputs, trim_text
+from efm.self_improve.actor import ACTION_TOKENS, POLICY_VERSION, RETURN, SAMPLE_ID
 from efm.self_improve.monitor import EPISODE_KEY_SHIFT
 from efm.self_improve.replay import Replay
-
-TEXT_INPUT = f"{INPUTS}{TEXT}"
 
 
 class LearnerState(NamedTuple):
@@ -101,7 +99,7 @@ class Learner:
         self.last_episodes: dict[str, list[int]] = {"taken": [], "learned": []}
 
         def loss_fn(p: Any, batch: dict) -> tuple[jax.Array, dict]:
-            inputs = {k.removeprefix(INPUTS): v for k, v in batch.items() if k.startswith(INPUTS)}
+            inputs, _ = split_inputs(batch)
             log_probs = fns.action_log_prob(p, inputs, batch[ACTION_TOKENS])
             loss = math.reinforce_loss(log_probs, batch[RETURN], cfg.loss_scale)
             return loss, {"loss": loss, "mean_return": jnp.mean(batch[RETURN]),

@@ -22,9 +22,10 @@ from efm import checkpoints
 from efm.config import RunConfig, check_pretrainable
 from efm.data.pretrain import EFFECTOR, TableQuestions
 from efm.models.efm import EFMFunctions, make_functions
+from efm.models.prefix_lm import split_inputs
 from efm.models.tokenizers import make_vocabulary
 from efm.models.weights import PRETRAINED_PARAMS
-from efm.sft.trainer import Samples, restore_params, split_inputs, train
+from efm.sft.trainer import Samples, restore_params, train
 from efm.types import Logger
 
 SUMMARY = "pretrain.json"

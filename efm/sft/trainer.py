@@ -38,7 +38,7 @@ from efm.models.efm import (
     objective_inputs,
     reads_text,
 )
-from efm.models.prefix_lm import trim_text
+from efm.models.prefix_lm import TEXT_INPUT, split_inputs, trim_text
 from efm.models.tokenizers import make_vocabulary
 from efm.models.weights import load_initial
 from efm.progress import progress_bar
@@ -58,12 +58,6 @@ def make_optimizer(cfg: SftConfig) -> optax.GradientTransformation:
         0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.num_steps, cfg.warmup_steps + 1),
         end_value=0.1 * cfg.learning_rate)
     return optax.adamw(schedule, weight_decay=cfg.weight_decay)
-
-
-def split_inputs(batch: Batch) -> tuple[dict[str, Any], Batch]:
-    inputs = {k.removeprefix("inputs/"): v for k, v in batch.items() if k.startswith("inputs/")}
-    rest = {k: v for k, v in batch.items() if not k.startswith("inputs/")}
-    return inputs, rest
 
 
 def target_length(fns: EFMFunctions, objective: str) -> int:
@@ -136,9 +130,6 @@ def make_train_step(fns: EFMFunctions, optimizer: optax.GradientTransformation, 
 
     return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-
-
-TEXT_INPUT = "inputs/text"
 
 
 def device_batch(mesh: jax.sharding.Mesh, batch: Batch) -> dict[str, jax.Array]:

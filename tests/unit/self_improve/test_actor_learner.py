@@ -13,6 +13,7 @@ from efm.config import SelfImproveConfig, debug_config
 from efm.data.features import InputSpec
 from efm.envs.base import Episode
 from efm.models.efm import EFMFunctions, make_functions
+from efm.models.prefix_lm import split_inputs
 from efm.models.tokenizers import make_vocabulary
 from efm.self_improve.actor import (
     ACTION_TOKENS,
@@ -108,7 +109,7 @@ def make_batch(fns: EFMFunctions, params, ret: float, image: bool = False) -> di
 
 
 def mean_log_prob(fns: EFMFunctions, params, batch: dict[str, np.ndarray]) -> float:
-    inputs = {k.removeprefix("inputs/"): v for k, v in batch.items() if k.startswith("inputs/")}
+    inputs, _ = split_inputs(batch)
     return float(jnp.mean(fns.action_log_prob(params, inputs, jnp.asarray(batch[ACTION_TOKENS]))))
 
 

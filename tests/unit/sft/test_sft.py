@@ -15,9 +15,10 @@ from efm.config import RunConfig, SelectConfig, check_trainable, debug_config
 from efm.data import rlds
 from efm.data.stage1 import Stage1Data
 from efm.models.efm import GROUND_MASK, GROUND_RC, make_functions
+from efm.models.prefix_lm import split_inputs
 from efm.models.tokenizers import make_vocabulary
 from efm.sft.select import SELECTION, load_selected, pick_step, run_select
-from efm.sft.trainer import load_history, objective_nll, restore_params, run_sft, split_inputs
+from efm.sft.trainer import load_history, objective_nll, restore_params, run_sft
 from efm.stages import generate_demonstrations
 
 NUM_STEPS = 40
