@@ -4,15 +4,9 @@ the shipped pretrainings, which differ in the camera alone, and refuses ones tha
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "table_camera_pretrain", Path(__file__).parents[2] / "benchmarks" / "table_camera_pretrain.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+import table_camera_pretrain as bench
 
 
 def test_the_shipped_pretrainings_differ_in_the_camera_alone() -> None:

@@ -3,17 +3,12 @@ invocations are kept only when measured the same way, and a finished part never 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-from efm.config import default_config
+import resumable
 
-_spec = importlib.util.spec_from_file_location(
-    "resumable", Path(__file__).parents[2] / "benchmarks" / "resumable.py")
-assert _spec is not None and _spec.loader is not None
-resumable = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(resumable)
+from efm.config import default_config
 
 
 def test_merge_replaces_rows_of_the_same_branch_and_keeps_the_others() -> None:
