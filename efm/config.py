@@ -457,6 +457,10 @@ class SftConfig:
     warmup_steps: int = 200
     eval_every: int = 500
     checkpoint_every: int = 500
+    # Early stopping: end training once neither loss the best_* selection rules read (BC for the
+    # policy, steps-to-go for the reward) has reached a new minimum in this many evaluations in a
+    # row (0: train all num_steps). Small data overfits long before num_steps (README, "Early stopping").
+    patience: int = 0
     max_checkpoints: int = 20
     shuffle_buffer: int = 20000  # samples (still encoded); memory is bounded by it, not the dataset
     data_threads: int = 2  # tf.data's thread pool; small on 2 cores so it does not starve XLA
@@ -488,6 +492,7 @@ class SftConfig:
         _check(self.eval_every > 0, "sft.eval_every", self.eval_every, "> 0")
         _check(self.checkpoint_every > 0 and self.checkpoint_every % self.eval_every == 0,
                "sft.checkpoint_every", self.checkpoint_every, "a positive multiple of eval_every")
+        _check(self.patience >= 0, "sft.patience", self.patience, ">= 0 (0: no early stopping)")
         _check(self.shuffle_buffer > 0, "sft.shuffle_buffer", self.shuffle_buffer, "> 0")
         _check(self.data_threads > 0, "sft.data_threads", self.data_threads, "> 0")
         _check(self.validation_batch_size > 0, "sft.validation_batch_size", self.validation_batch_size, "> 0")
@@ -772,6 +777,10 @@ class RunConfig:
                f"the instruction objective needs a vision-language model, not {self.model.variant!r}")
         _check(self.sft.batch_size % len(self.sft.objectives) == 0, "sft.batch_size", self.sft.batch_size,
                "divisible by the number of objectives")
+        for rule in (self.select.policy_rule, self.select.reward_rule):
+            _check(self.sft.patience == 0 or rule.startswith("best_"), "sft.patience", self.sft.patience,
+                   f"0 with select rule {rule!r}: early stopping ends training at the best_* rules' minima, "
+                   "and this rule reads steps past them")
         for d in self.self_improve.transfer_domains:
             _check(d != self.domain and (d in INSTRUCTION_GOAL_DOMAINS) == (self.domain in INSTRUCTION_GOAL_DOMAINS),
                    "self_improve.transfer_domains", self.self_improve.transfer_domains,
@@ -1026,7 +1035,7 @@ def default_config(domain: str = "pointmass") -> RunConfig:
                                   state_low=TABLE_WORKSPACE[0], state_high=TABLE_WORKSPACE[1], state_bins=32),
         model=ModelConfig(variant=TABLE_VARIANT, init="pretrain") if table else ModelConfig(variant="vl-cpu"),
         sft=SftConfig(objectives=STAGE1_OBJECTIVES, batch_size=48, num_steps=4000 if table else 2000, warmup_steps=100,
-                      eval_every=250, checkpoint_every=250, shuffle_buffer=8000, validation_batch_size=256,
+                      eval_every=250, checkpoint_every=250, patience=4, shuffle_buffer=8000, validation_batch_size=256,
                       ordinal_sigma=0.1 if table else 0.0, grounding_weight=1.0 if table else 0.0),
         pretrain=PretrainConfig(num_steps=3000, objects_per_question=5, questions_per_scene=1, ordinal_sigma=0.1,
                                 grounding_weight=1.0 if table else 0.0, eval_every=250),

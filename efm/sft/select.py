@@ -8,35 +8,11 @@ from typing import Any
 
 from efm import checkpoints
 from efm.config import SelectConfig
-from efm.sft.trainer import checkpoint_steps, checkpointed, load_history, restore_params
+from efm.sft.history import checkpointed, pick_step
+from efm.sft.trainer import checkpoint_steps, load_history, restore_params
 
 SELECTION = "selection.json"
 POLICY, REWARD = "policy", "reward"
-PAST_BEST_BC = "past_best_bc:"
-
-
-def pick_step(history: list[dict[str, float]], rule: str) -> int:
-    """The evaluation step that a rule selects: best_<objective>, last, step:N, or
-    past_best_bc:F, the last step at or before F times the best BC validation loss's step
-    (Appendix B: Aloha's policy needed Stage 1 trained well past it; the last step if training
-    ended before F times it)."""
-    if not history:
-        raise ValueError("empty SFT history: nothing to select from")
-    if rule == "last":
-        return int(history[-1]["step"])
-    if rule.startswith(PAST_BEST_BC):
-        target = pick_step(history, "best_bc") * float(rule[len(PAST_BEST_BC):])
-        return max(int(h["step"]) for h in history if h["step"] <= target)
-    if rule.startswith("step:"):
-        want = int(rule[5:])
-        steps = [int(h["step"]) for h in history]
-        if want not in steps:
-            raise ValueError(f"select rule {rule!r}: no checkpoint at step {want} (have {steps})")
-        return want
-    key = f"val/{rule.removeprefix('best_')}_loss"
-    if key not in history[0]:
-        raise ValueError(f"select rule {rule!r}: history has no {key}")
-    return int(min(history, key=lambda h: h[key])["step"])
 
 
 def run_select(sft_dir: str | Path, out_dir: str | Path, cfg: SelectConfig) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from efm.models.prefix_lm import TEXT_INPUT, split_inputs, trim_text
 from efm.models.tokenizers import make_vocabulary
 from efm.models.weights import load_initial
 from efm.progress import progress_bar
+from efm.sft.history import checkpointed, keep_steps, rule_loss, stalled
 from efm.types import Logger
 
 HISTORY = "history.json"
@@ -211,26 +212,6 @@ class SftResult:
     final_step: int
 
 
-def _keep_steps(history: list[dict[str, float]], budget: int, rules: tuple[str, ...] = ()) -> set[int]:
-    """Checkpoints worth keeping: the latest, the best per objective and what the selection
-    `rules` pick so far, then the most recent. (A past_best_bc pick, once made, stays the pick:
-    the best BC step came before it, so later steps change neither.)"""
-    from efm.sft.select import pick_step  # select imports this module
-
-    steps = [int(h["step"]) for h in history]
-    keep = {steps[-1]}
-    for rule in rules:
-        with contextlib.suppress(ValueError):  # step:N before step N
-            keep.add(pick_step(history, rule))
-    for key in [k for k in history[-1] if k.startswith("val/")]:
-        keep.add(int(min(history, key=lambda h, k=key: h[k])["step"]))
-    for s in reversed(steps):
-        if len(keep) >= budget:
-            break
-        keep.add(s)
-    return keep
-
-
 def run_sft(cfg: RunConfig, train_dir: str | os.PathLike[str], validation_dir: str | os.PathLike[str],
             workdir: str | Path, log: Logger | None = None, progress: bool = True,
             on_checkpoint: Callable[[int], None] | None = None) -> SftResult:
@@ -271,13 +252,16 @@ def train(cfg: RunConfig, fns: EFMFunctions, samples: Samples, workdir: str | Pa
 
     train_step = make_train_step(fns, optimizer, sft, mesh, shardings)
     validation_losses = make_validation_losses(fns, samples, sft, mesh)
+    rules = (cfg.select.policy_rule, cfg.select.reward_rule) if "bc" in sft.objectives else ()
+    watched = tuple(k for k in map(rule_loss, rules) if k is not None)  # what early stopping reads
     start = int(state.step)
+    stopped = stalled(history, watched, sft.patience)  # a resumed run that had stopped stays stopped
     bar = progress_bar(total=sft.num_steps, initial=start, desc=desc, enabled=progress)
     running: dict[str, list[Any]] = {}
     # Closed however the loop ends: a pretraining renderer thread stops before its env closes.
     with contextlib.closing(samples.training(seed=sft.seed, start_step=start,
                                              shard=(jax.process_count(), jax.process_index()))) as batches:
-        for step in range(start, sft.num_steps):
+        for step in range(start, start if stopped else sft.num_steps):
             state, metrics = train_step(state, device_batch(mesh, next(batches)))
             for k, v in metrics.items():
                 running.setdefault(k, []).append(v)
@@ -290,30 +274,28 @@ def train(cfg: RunConfig, fns: EFMFunctions, samples: Samples, workdir: str | Pa
                 if not all(np.isfinite(v) for v in row.values()):
                     raise FloatingPointError(f"non-finite loss at step {done}: {row}")
                 history.append(row)
+                stopped = stalled(history, watched, sft.patience)
                 bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in row.items() if k.startswith("val/")})
                 if log is not None:
                     log({k: v for k, v in row.items() if k != "step"}, done)
-                if done % sft.checkpoint_every == 0 or done == sft.num_steps:
+                if done % sft.checkpoint_every == 0 or done == sft.num_steps or stopped:
                     # History first: a resume drops rows past its checkpoint, but could not recompute
                     # a saved checkpoint's missing row.
                     if jax.process_index() == 0:
                         _write_history(workdir, history)
                     checkpoints.save_step(manager, done, state._asdict())
-                    rules = (cfg.select.policy_rule, cfg.select.reward_rule) if "bc" in sft.objectives else ()
                     saved = set(manager.all_steps())
-                    for s in saved - _keep_steps(checkpointed(history, saved), sft.max_checkpoints, rules):
+                    for s in saved - keep_steps(checkpointed(history, saved), sft.max_checkpoints, rules):
                         manager.delete(s)
                     if on_checkpoint is not None:
                         on_checkpoint(done)
+                if stopped:
+                    bar.write(f"{desc}: stopped at step {done}: no new best {', '.join(watched)} "
+                              f"in {sft.patience} evaluations (sft.patience)")
+                    break
     bar.close()
     manager.close()
     return SftResult(workdir, history, int(state.step))
-
-
-def checkpointed(history: list[dict[str, float]], steps: set[int]) -> list[dict[str, float]]:
-    """The rows of `history` whose step has a checkpoint (evaluation may be more frequent than
-    checkpoints): what selection, and keeping checkpoints for it, may choose from."""
-    return [h for h in history if int(h["step"]) in steps]
 
 
 def checkpoint_steps(workdir: str | Path) -> set[int]:

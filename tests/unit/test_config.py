@@ -56,6 +56,9 @@ def test_round_trip_of_non_default_values() -> None:
         (lambda: DataConfig(num_episodes=10, validation_episodes=10), "data.validation_episodes"),
         (lambda: DataConfig(fractions=(0.0,)), "data.fractions"),
         (lambda: SelectConfig(policy_rule="step:abc"), "select.policy_rule"),
+        (lambda: SftConfig(patience=-1), "sft.patience"),
+        # early stopping ends at the best_* minima; Aloha's policy is picked 20x past its best
+        (lambda: default_config("aloha-insertion").overridden({"sft": {"patience": 4}}), "sft.patience"),
         (lambda: TokenizerConfig(action_scheme="fast"), "tokenizer.action_scheme"),
         (lambda: RunConfig(env=EnvConfig(max_episode_steps=200)), "tokenizer.steps_to_go_max"),
         (lambda: default_config("aloha"), "domain"),
@@ -121,7 +124,7 @@ def test_the_data_steps_see_only_what_they_read(domain: str) -> None:
     cfg = load_config(domain)
     trained = cfg.overridden({"model": {"init": "pretrain", "init_path": "/elsewhere/pretrain"},
                               "sft": {"learning_rate": 1e-5, "num_steps": 7}, "eval": {"seed": 3},
-                              "self_improve": {"max_episodes": 11}, "select": {"policy_rule": "last"},
+                              "self_improve": {"max_episodes": 11}, "select": {"policy_rule": "best_steps_to_go"},
                               "data": {"fractions": [0.3]}})
     for stage in ("dataset", "subsample", "validate"):
         view = stage_view(cfg, stage)

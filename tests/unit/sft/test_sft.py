@@ -17,7 +17,8 @@ from efm.data.stage1 import Stage1Data
 from efm.models.efm import GROUND_MASK, GROUND_RC, make_functions
 from efm.models.prefix_lm import split_inputs
 from efm.models.tokenizers import make_vocabulary
-from efm.sft.select import SELECTION, load_selected, pick_step, run_select
+from efm.sft.history import keep_steps, pick_step, stalled
+from efm.sft.select import SELECTION, load_selected, run_select
 from efm.sft.trainer import load_history, objective_nll, restore_params, run_sft
 from efm.stages import generate_demonstrations
 
@@ -117,7 +118,6 @@ def test_past_best_bc_rule_trains_well_past_the_best() -> None:
     """Appendix B (Aloha): the policy from F times the best BC step, the last step when
     training ended sooner; other domains keep best_bc."""
     from efm.config import DOMAINS, default_config
-    from efm.sft.trainer import _keep_steps
 
     assert pick_step(HISTORY, "past_best_bc:1") == 20  # best_bc at step 20
     assert pick_step(HISTORY, "past_best_bc:1.5") == 30
@@ -133,10 +133,10 @@ def test_past_best_bc_rule_trains_well_past_the_best() -> None:
     long = [{"step": float(10 * i), "val/bc_loss": 1.0 if i == 2 else 2.0 + i, "val/steps_to_go_loss": 5.0 - 0.1 * i}
             for i in range(1, 11)]
     assert pick_step(long, "past_best_bc:3") == 60
-    keep = _keep_steps(long, 3, ("past_best_bc:3", "best_steps_to_go"))
+    keep = keep_steps(long, 3, ("past_best_bc:3", "best_steps_to_go"))
     assert keep == {100, 20, 60}
-    assert 60 not in _keep_steps(long, 3)
-    assert _keep_steps(long[:3], 4, ("step:80",)) == {10, 20, 30}  # step:N before step N: nothing to keep yet
+    assert 60 not in keep_steps(long, 3)
+    assert keep_steps(long[:3], 4, ("step:80",)) == {10, 20, 30}  # step:N before step N: nothing to keep yet
 
 
 def test_run_select_writes_argmin_checkpoints(trained, tmp_path: Path) -> None:
@@ -191,6 +191,49 @@ def test_restore_missing_step_and_missing_history(trained, tmp_path: Path) -> No
         load_history(tmp_path)
     with pytest.raises(FileNotFoundError):
         checkpoints.load_params(tmp_path / "nothing")
+
+
+def test_stalled_waits_for_every_watched_loss() -> None:
+    keys = ("val/bc_loss", "val/steps_to_go_loss")
+    assert stalled(HISTORY, keys, 1)  # step 40 beat neither 1.0 (BC) nor 0.5 (steps-to-go)
+    assert not stalled(HISTORY, keys, 2)  # step 30 set the steps-to-go best
+    assert not stalled(HISTORY[:3], keys, 1)
+    assert stalled(HISTORY[:2], ("val/steps_to_go_loss",), 1)  # 2.5 is no new best after 2.0...
+    assert not stalled(HISTORY[:2], keys, 1)  # ...but BC fell to 1.0 at step 20
+    assert not stalled(HISTORY, keys, 0) and not stalled(HISTORY, (), 1)  # off; nothing watched
+    assert not stalled(HISTORY[:2], keys, 2)  # too short to tell
+    tie = [*HISTORY[:2], {"step": 30.0, "val/bc_loss": 1.0, "val/steps_to_go_loss": 2.0}]
+    assert stalled(tie, keys, 1)  # equalling the best is no improvement
+
+
+def test_training_stops_early_once_the_selected_losses_stall(episodes, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """sft.patience: the run ends (with a checkpoint) at the first evaluation after which
+    neither BC nor steps-to-go improved for `patience` evaluations; a rerun stays stopped
+    and selection picks from what was trained."""
+    import efm.sft.trainer as trainer
+
+    scripted = [(3.0, 2.0), (2.0, 1.5), (2.5, 1.4), (2.6, 1.6), (2.7, 1.7)]  # (BC, steps-to-go) per evaluation
+    calls: list[int] = []
+
+    def validation_losses(*_: object) -> object:
+        def losses(params: object) -> dict[str, float]:
+            bc, stg = scripted[len(calls)]  # an IndexError if training evaluated past the stop
+            calls.append(1)
+            return {"val/bc_loss": bc, "val/steps_to_go_loss": stg}
+        return losses
+
+    monkeypatch.setattr(trainer, "make_validation_losses", validation_losses)
+    cfg = sft_config(num_steps=100)
+    cfg = cfg.replace(sft=dataclasses.replace(cfg.sft, patience=2, max_checkpoints=2))
+    result = run_sft(cfg, *episodes, tmp_path / "sft", progress=False)
+    # step 40 set no BC best but a steps-to-go one (1.4, step 30 was still better than 1.5)...
+    assert result.final_step == 50 and [h["step"] for h in result.history] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    assert load_history(tmp_path / "sft") == result.history
+    again = run_sft(cfg, *episodes, tmp_path / "sft", progress=False)
+    assert again.final_step == 50 and again.history == result.history and len(calls) == 5
+    selection = run_select(tmp_path / "sft", tmp_path / "select", cfg.select)
+    assert (selection["policy"]["step"], selection["reward"]["step"]) == (20, 30)
 
 
 # ----------------------------------------------------------------------------- resumption
