@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from efm.config import SelectConfig
-from efm.sft.history import History, pick_step, rule_loss, stalled
+from efm.config import SelectConfig, default_config
+from efm.sft.history import History, pick_step, stalled, watched_losses
 
 HERE = Path(__file__).parent
 HISTORIES = HERE / "results" / "sft_histories"
@@ -32,11 +32,12 @@ def stop_index(history: History, keys: tuple[str, ...], patience: int) -> int:
     return next((i for i in range(len(history)) if stalled(history[:i + 1], keys, patience)), len(history) - 1)
 
 
-def replay(history: History, patience: int, select: SelectConfig = SelectConfig()) -> dict[str, Any]:
-    rules = (select.policy_rule, select.reward_rule)
-    keys = tuple(k for k in map(rule_loss, rules) if k is not None)
-    cut = history[:stop_index(history, keys, patience) + 1]
-    picks = {role: (pick_step(cut, rule), pick_step(history, rule)) for role, rule in zip(("policy", "reward"), rules)}
+def replay(history: History, patience: int, select: SelectConfig | None = None) -> dict[str, Any]:
+    """The stop with `patience` and what selection (default: the table's rules) picks then."""
+    select = select or default_config("tabletop").select
+    rules = {"policy": select.policy_rule, "reward": select.reward_rule}
+    cut = history[:stop_index(history, watched_losses(tuple(rules.values())), patience) + 1]
+    picks = {role: (pick_step(cut, rule), pick_step(history, rule)) for role, rule in rules.items()}
     return {"patience": patience, "stop_step": int(cut[-1]["step"]), "steps_share": cut[-1]["step"] / history[-1]["step"],
             **{f"{role}_step": early for role, (early, _) in picks.items()},
             "same_selection": all(early == full for early, full in picks.values())}

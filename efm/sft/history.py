@@ -17,6 +17,11 @@ def rule_loss(rule: str) -> str | None:
     return f"val/{rule.removeprefix(BEST)}_loss" if rule.startswith(BEST) else None
 
 
+def watched_losses(rules: tuple[str, ...]) -> tuple[str, ...]:
+    """The validation losses early stopping watches: those the best_* rules among `rules` read."""
+    return tuple(k for k in map(rule_loss, rules) if k is not None)
+
+
 def pick_step(history: History, rule: str) -> int:
     """The evaluation step that a rule selects: best_<objective>, last, step:N, or
     past_best_bc:F, the last step at or before F times the best BC validation loss's step

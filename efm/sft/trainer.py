@@ -42,7 +42,7 @@ from efm.models.prefix_lm import TEXT_INPUT, split_inputs, trim_text
 from efm.models.tokenizers import make_vocabulary
 from efm.models.weights import load_initial
 from efm.progress import progress_bar
-from efm.sft.history import checkpointed, keep_steps, rule_loss, stalled
+from efm.sft.history import checkpointed, keep_steps, stalled, watched_losses
 from efm.types import Logger
 
 HISTORY = "history.json"
@@ -253,7 +253,7 @@ def train(cfg: RunConfig, fns: EFMFunctions, samples: Samples, workdir: str | Pa
     train_step = make_train_step(fns, optimizer, sft, mesh, shardings)
     validation_losses = make_validation_losses(fns, samples, sft, mesh)
     rules = (cfg.select.policy_rule, cfg.select.reward_rule) if "bc" in sft.objectives else ()
-    watched = tuple(k for k in map(rule_loss, rules) if k is not None)  # what early stopping reads
+    watched = watched_losses(rules)
     start = int(state.step)
     stopped = stalled(history, watched, sft.patience)  # a resumed run that had stopped stays stopped
     bar = progress_bar(total=sft.num_steps, initial=start, desc=desc, enabled=progress)
