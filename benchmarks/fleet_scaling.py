@@ -62,30 +62,17 @@ def measure(runtime: str, actors: int, inference: str, rounds: int, num_envs: in
     t0 = time.perf_counter()
     fleet = FleetBuilder(cfg).build(policy, reward)
     startup = time.perf_counter() - t0
-    times: list[dict[str, float]] = []
-
-    def collect(params: object, r: int, budget: int) -> list[dict[str, float]]:
-        t = time.perf_counter()
-        out = fleet.collect_round(params, r, budget)
-        times.append({"collect_s": time.perf_counter() - t})
-        return out
-
-    def learn(lr: float) -> tuple[dict[str, float], Any]:
-        t = time.perf_counter()
-        out = fleet.learn_round(lr)
-        times[-1]["learn_s"] = time.perf_counter() - t
-        return out
-
     try:
-        result = coordinate(si, policy, collect, learn, progress=False)
+        result = coordinate(si, policy, fleet.collect_round, fleet.learn_round, progress=False)
         stats = fleet.stats()
     finally:
         fleet.close()
     wall = time.perf_counter() - t0
     last = result.rounds[-final_rounds:]
     steps = [r["env_steps"] for r in result.rounds][1:]
-    collect_s = [t["collect_s"] for t in times][1:]
-    round_s = [t["collect_s"] + t["learn_s"] for t in times][1:]
+    collect_s = [r["collect_seconds"] for r in result.rounds][1:]
+    learn_s = [r["learn_seconds"] for r in result.rounds][1:]
+    round_s = list(np.add(collect_s, learn_s))
     return {"runtime": runtime, "actors": actors, "policy_inference": inference, "envs_per_actor": num_envs,
             "starting_params": str(select) if select is not None else "fresh initialisation",
             "wall_s": wall, "rounds": len(result.rounds), "episodes": result.total_episodes,
@@ -101,7 +88,7 @@ def measure(runtime: str, actors: int, inference: str, rounds: int, num_envs: in
             "env_steps_per_s": float(np.sum(steps) / np.sum(collect_s)) if steps else None,
             "round_s": float(np.mean(round_s)) if steps else None,
             "collect_s": float(np.mean(collect_s)) if steps else None,
-            "learn_s": float(np.mean([t["learn_s"] for t in times][1:])) if steps else None,
+            "learn_s": float(np.mean(learn_s)) if steps else None,
             "episodes_per_round": float(np.mean([r["episodes"] for r in result.rounds][1:])) if steps else None,
             **stats}
 

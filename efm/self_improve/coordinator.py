@@ -12,6 +12,7 @@ centred on it, whose policies differ by a few updates.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,16 +156,19 @@ def coordinate(cfg: SelfImproveConfig, params: Any, collect_round: CollectFn, le
         total = state.total_episodes
         if total >= cfg.max_episodes:
             break
+        t0 = time.perf_counter()
         episodes = collect_round(state.params, r, cfg.max_episodes - total)
         if not episodes:
             break
         total += len(episodes)
         bar.update(len(episodes))
+        t1 = time.perf_counter()
         metrics, new_params = learn_round(cfg.learning_rate_at(total / cfg.max_episodes))
+        seconds = {"collect_seconds": t1 - t0, "learn_seconds": time.perf_counter() - t1}  # where practice time goes
         # A round cut short by the budget saw fewer, shorter episodes: not a fair score.
         complete = metrics["updates"] == cfg.updates_per_round
         row = {"round": float(r), "total_episodes": float(total), **round_metrics(episodes), **metrics,
-               "complete": float(complete)}
+               "complete": float(complete), **seconds}
         row["total_env_steps"] = float(state.total_env_steps + row["env_steps"])
         state.rounds.append(row)
         state.candidates[r] = state.params  # the weights that collected this round
