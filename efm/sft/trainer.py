@@ -3,9 +3,9 @@
 One model; each batch is split uniformly over the objectives (Appendix A.3) and streamed from
 the RLDS directories (`efm.data.stage1`); AdamW; the step runs on a device mesh (data-parallel,
 FSDP by config, `efm.sharding`); Orbax checkpoints (sharded) at every evaluation; per-objective
-validation losses recorded for checkpoint selection. A restarted run resumes from its latest
-checkpoint and, because the batch stream is fixed by the seed and skips the batches already
-trained on, ends exactly where an uninterrupted run would.
+validation losses recorded for checkpoint selection, and early stopping on them (`sft.patience`).
+A restarted run resumes from its latest checkpoint and, because the batch stream is fixed by the
+seed and skips the batches already trained on, ends exactly where an uninterrupted run would.
 """
 
 from __future__ import annotations
