@@ -53,7 +53,8 @@ def claims(rows: list[dict]) -> dict:
         return {}
     small, large = fractions[0], fractions[-1]
     si_small = mean(rows, "tabletop", small, "self_improved")
-    sft_small, sft_large = mean(rows, "tabletop", small, "sft"), mean(rows, "tabletop", large, "sft")
+    sft_small = mean(rows, "tabletop", small, "sft")
+    sft_large = mean(rows, "tabletop", large, "sft") if large > small else None  # one fraction: no claim
     extra = [r["self_improvement_episodes"] / r["dataset_episodes"] for r in rows if r["domain"] == "tabletop"]
     return {"sft_small": sft_small, "self_improved_small": si_small, "sft_large": sft_large,
             "self_improvement_episodes_over_dataset": float(np.mean(extra)) if extra else None,

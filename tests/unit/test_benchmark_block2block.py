@@ -1,0 +1,20 @@
+"""benchmarks/block2block.py: the claim needs two fractions."""
+
+from __future__ import annotations
+
+import block2block as bench
+
+
+def row(domain: str, fraction: float, sft: float, si: float) -> dict:
+    return {"domain": domain, "data_fraction": fraction, "seed": 0, "sft": {"success_rate": sft},
+            "self_improved": {"success_rate": si}, "self_improvement_episodes": 400, "dataset_episodes": 4000}
+
+
+def test_the_claim_compares_the_smallest_fraction_with_the_largest() -> None:
+    rows = [row("tabletop", 0.1, 0.05, 0.07), row("tabletop", 0.8, 0.13, 0.08), row("bananatable", 0.1, 0.02, 0.03)]
+    claims = bench.claims(rows)
+    assert (claims["sft_small"], claims["self_improved_small"], claims["sft_large"]) == (0.05, 0.07, 0.13)
+    assert claims["self_improved_small_beats_sft_large"] is False
+    assert (claims["bananatable_sft"], claims["bananatable_self_improved"]) == (0.02, 0.03)
+    one = bench.claims(rows[:1])  # a single fraction is no comparison
+    assert one["sft_large"] is None and one["self_improved_small_beats_sft_large"] is None
