@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -96,6 +97,14 @@ def check_pretrained(directory: Path, config: dict) -> None:
                          '`--pretrained ""` pretrains in the pipeline')
 
 
+def cpu_model() -> str:
+    """The processor's name, with the core count: timings of two sessions differ by the machine."""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    return f"{names[0] if names else 'unknown'} x {os.cpu_count()}"
+
+
 def load_previous(path: Path, config: dict) -> dict:
     """The results file's rows and parts, if it was measured with this config."""
     if not path.exists():
@@ -134,7 +143,7 @@ def main() -> None:
             out["results"] = merge(out["results"], summary["results"], key)
             out["parts"] = [p for p in out["parts"] if (p["data_fraction"], p["seed"]) != (fraction, seed)] + [
                 {"data_fraction": fraction, "seed": seed, "pretrained": args.pretrained or "the pipeline's step",
-                 "seconds": time.time() - t0,
+                 "seconds": time.time() - t0, "task_seconds": summary["kfp"]["seconds"], "cpu": cpu_model(),
                  "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
             out["claims"] = claims(out["results"])
             args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,8 +75,9 @@ def _written(outputs: Mapping[str, Any]) -> list[str]:
 class LocalTaskCache:
     """`directory` holds one entry per cached execution; `cacheable` names the components whose
     tasks were compiled with caching on (None: every one). After a run, `executed` and
-    `cached` list its tasks, `resumed` those executed from an unfinished attempt's files, and
-    `run_name` is kfp's name for it (the KFP run name)."""
+    `cached` list its tasks, `resumed` those executed from an unfinished attempt's files,
+    `seconds` the wall time of each executed task, and `run_name` is kfp's name for it (the
+    KFP run name)."""
 
     directory: Path
     cacheable: frozenset[str] | None = None
@@ -83,6 +85,7 @@ class LocalTaskCache:
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
     run_name: str | None = None
 
     @classmethod
@@ -141,7 +144,9 @@ class LocalTaskCache:
                 if self._resume(key, task_root):
                     print(f"kfp.local: {name}: resuming an unfinished attempt", flush=True)
                     self.resumed.append(name)
+            start = time.monotonic()
             outputs, task_status = original(**kwargs)
+            self.seconds[name] = time.monotonic() - start
             self.executed.append(name)
             if use and task_status == status.Status.SUCCESS:
                 self._store(key, {"outputs": outputs, "paths": _written(outputs), "run": self.run_name, "task": name})

@@ -63,7 +63,8 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     Tracking goes to `tracking_uri`, by default a SQLite store OUT/mlflow.db with its
     artifacts in OUT/mlartifacts; "" tracks nothing. `progress` False silences the steps'
     progress lines. `cache` False executes every task (and records nothing in the cache). The
-    summary's `kfp` entry names the run and its executed, resumed and cached tasks. If a task fails, the
+    summary's `kfp` entry names the run and its executed, resumed and cached tasks, and the
+    executed ones' wall seconds. If a task fails, the
     parent MLflow run is ended as FAILED and the error raised.
     """
     check_trainable(config)
@@ -100,7 +101,7 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     summary = json.loads((out / SUMMARY).read_text())
     summary["tracking_uri"] = tracking_uri
     summary["kfp"] = {"run_name": tasks.run_name, "executed": tasks.executed, "resumed": tasks.resumed,
-                      "cached": tasks.cached}
+                      "cached": tasks.cached, "seconds": {k: round(v, 1) for k, v in tasks.seconds.items()}}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
     return summary
 

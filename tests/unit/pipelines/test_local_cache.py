@@ -53,6 +53,8 @@ def test_a_second_run_reuses_cached_tasks_and_their_artifacts(tmp_path: Path) ->
     out2, c2 = _run(tmp_path)
     # The run-name placeholder is an input of make, yet it does not change the key.
     assert (c2.executed, c2.cached) == (["read"], ["make"])
+    assert set(c1.seconds) == {"make", "read"} and set(c2.seconds) == {"read"}  # a cached task took no time
+    assert all(t > 0 for t in c1.seconds.values())
     assert c1.run_name != c2.run_name
     # read got the first run's artifact (same file, same metadata) and ran in the second run
     assert out2 == f"a! made in {c1.run_name}, read in {c2.run_name}"
