@@ -24,17 +24,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
-from efm import math
 from efm.config import RunConfig, default_config
 from efm.data.features import input_spec
 from efm.domains import make_env
-from efm.models.prefix_lm import TEXT_INPUT, split_inputs, trim_text
+from efm.models.prefix_lm import TEXT_INPUT, trim_text
 from efm.self_improve.actor import ACTION_TOKENS, RETURN
 from efm.self_improve.builder import FleetBuilder
-from efm.self_improve.learner import Learner, make_optimizer
+from efm.self_improve.learner import Learner, apply_gradients, make_optimizer, reinforce_objective
 
 
 def make_batch(builder: FleetBuilder, params: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -58,22 +56,16 @@ def trained_only_step(cfg: RunConfig, builder: FleetBuilder, params: Any) -> Cal
     fns, si = builder.fns, cfg.self_improve
     optimizer = make_optimizer(si, params)
     state = [params, optimizer.init(params)]
+    loss_fn = reinforce_objective(fns, si)
 
     @jax.jit
     def step(p: Any, opt_state: Any, batch: dict) -> tuple[Any, Any]:
         flat = traverse_util.flatten_dict(p)
         held = {k: v for k, v in flat.items() if any(part in si.freeze for part in k)}
-
-        def loss(trained: dict) -> jax.Array:
-            inputs, _ = split_inputs(batch)
-            q = traverse_util.unflatten_dict({**trained, **held})
-            return math.reinforce_loss(fns.action_log_prob(q, inputs, batch[ACTION_TOKENS]), batch[RETURN],
-                                       si.loss_scale)
-
-        grads = jax.grad(loss)({k: v for k, v in flat.items() if k not in held})
+        grads, _ = jax.grad(lambda t: loss_fn(traverse_util.unflatten_dict({**t, **held}), batch), has_aux=True)(
+            {k: v for k, v in flat.items() if k not in held})
         grads = traverse_util.unflatten_dict({**grads, **jax.tree.map(jnp.zeros_like, held)})
-        updates, opt_state = optimizer.update(grads, opt_state, p)
-        return optax.apply_updates(p, jax.tree.map(lambda u: si.learning_rate * u, updates)), opt_state
+        return apply_gradients(optimizer, p, opt_state, grads, jnp.float32(si.learning_rate))
 
     def run(batch: dict) -> None:
         state[0], state[1] = step(state[0], state[1], trim_text(batch, TEXT_INPUT))
@@ -86,8 +78,7 @@ def learner_step(cfg: RunConfig, builder: FleetBuilder, params: Any) -> Callable
     learner = Learner(builder.fns, params, cfg.self_improve)
 
     def run(batch: dict) -> None:
-        learner.step(batch)  # reads the loss back: synchronous
-        jax.block_until_ready(learner.state.params)
+        learner.step(batch)  # synchronous: it reads the loss back
 
     return run
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -65,6 +66,25 @@ def make_optimizer(cfg: SelfImproveConfig, params: Any) -> optax.GradientTransfo
         freeze_labels(params, cfg.freeze))
 
 
+def reinforce_objective(fns: EFMFunctions, cfg: SelfImproveConfig) -> Callable[[Any, dict], tuple[jax.Array, dict]]:
+    """(params, replay batch) -> (Eq. 4's loss, metrics)."""
+
+    def loss_fn(params: Any, batch: dict) -> tuple[jax.Array, dict]:
+        inputs, _ = split_inputs(batch)
+        log_probs = fns.action_log_prob(params, inputs, batch[ACTION_TOKENS])
+        loss = math.reinforce_loss(log_probs, batch[RETURN], cfg.loss_scale)
+        return loss, {"loss": loss, "mean_return": jnp.mean(batch[RETURN]), "mean_log_prob": jnp.mean(log_probs)}
+
+    return loss_fn
+
+
+def apply_gradients(optimizer: optax.GradientTransformation, params: Any, opt_state: Any, grads: Any,
+                    learning_rate: jax.Array) -> tuple[Any, Any]:
+    """One optimizer step, scaled by the round's learning rate (`make_optimizer` is at unit rate)."""
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, jax.tree_util.tree_map(lambda u: learning_rate * u, updates)), opt_state
+
+
 def draw_without_replacement(episodes: list[dict[str, np.ndarray]], num: int, rng: np.random.Generator,
                              ) -> dict[str, np.ndarray]:
     """`num` of all the episodes' steps, uniformly without replacement, in an order fixed by `rng`.
@@ -98,19 +118,12 @@ class Learner:
         # and those at least one of whose steps was drawn; the others were discarded.
         self.last_episodes: dict[str, list[int]] = {"taken": [], "learned": []}
 
-        def loss_fn(p: Any, batch: dict) -> tuple[jax.Array, dict]:
-            inputs, _ = split_inputs(batch)
-            log_probs = fns.action_log_prob(p, inputs, batch[ACTION_TOKENS])
-            loss = math.reinforce_loss(log_probs, batch[RETURN], cfg.loss_scale)
-            return loss, {"loss": loss, "mean_return": jnp.mean(batch[RETURN]),
-                          "mean_log_prob": jnp.mean(log_probs)}
+        loss_fn = reinforce_objective(fns, cfg)
 
         @jax.jit
         def sgd_step(state: LearnerState, batch: dict, learning_rate: jax.Array) -> tuple[LearnerState, dict]:
             grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
-            updates, opt_state = self._optimizer.update(grads, state.opt_state, state.params)
-            updates = jax.tree_util.tree_map(lambda u: learning_rate * u, updates)
-            params = optax.apply_updates(state.params, updates)
+            params, opt_state = apply_gradients(self._optimizer, state.params, state.opt_state, grads, learning_rate)
             return LearnerState(params, opt_state, state.step + 1), metrics
 
         self._sgd_step = sgd_step
