@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from efm import sharding
@@ -91,23 +90,37 @@ def measure_variant(variant: str, train: Path, steps: int, warmup: int, batch_si
         peak = peak_flops()
         if peak:
             row["mfu"] = flops * steps / seconds / (peak * jax.device_count())
-    row |= policy_latency(fns, state.params, next(data.validation(train, "bc")))
+    episode = next(data.validation(train, "bc"))
+    row |= policy_latency(fns, state.params, episode) | policy_latency(fns, state.params, episode, keep_frames=False)
     return row
 
 
-def policy_latency(fns, params, batch: dict, n: int = 200) -> dict:
-    """One control step for one environment: action tokens (KV cache) + d(o, g)."""
-    inputs = {k.removeprefix("inputs/"): jnp.asarray(v[:1]) for k, v in batch.items() if k.startswith("inputs/")}
+def policy_latency(fns, params, batch: dict, n: int = 200, keep_frames: bool = True) -> dict:
+    """One control step for one environment, as an actor makes it: action tokens (KV cache) +
+    d(o, g) from the steps-to-go service, over the batch's samples in order (an episode's
+    consecutive steps: each step's previous frame is the last step's current one, whose image
+    tower work both keep, `models.frame_cache`; `keep_frames` False: the tower runs over both
+    frames every step, as before the cache)."""
+    from efm.self_improve.actor import LocalPolicy
+    from efm.self_improve.service import StepsToGoService
+
+    policy, service = LocalPolicy(fns, params), StepsToGoService(fns, params)
+    if not keep_frames:
+        for role in (policy, service):
+            role._frames = lambda inputs: inputs  # every frame through the tower
+    rows = {k.removeprefix("inputs/"): np.asarray(v) for k, v in batch.items() if k.startswith("inputs/")}
     key = jax.random.PRNGKey(0)
     times = []
     for i in range(n + 5):
+        inputs = {k: v[i % len(v)][None] for k, v in rows.items()}
         t = time.perf_counter()
-        fns.sample_actions(params, inputs, key)  # as an actor calls them (tokens back on the host)
-        jax.block_until_ready(fns.steps_to_go(params, inputs))
+        policy.sample(inputs, key)  # tokens back on the host
+        service.steps_to_go(inputs)
         if i >= 5:
             times.append(time.perf_counter() - t)
     ms = np.asarray(times) * 1e3
-    return {"policy_latency_ms_p50": float(np.percentile(ms, 50)), "policy_latency_ms_p99": float(np.percentile(ms, 99))}
+    name = "policy_latency" if keep_frames else "policy_latency_every_frame"
+    return {f"{name}_ms_p50": float(np.percentile(ms, 50)), f"{name}_ms_p99": float(np.percentile(ms, 99))}
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from efm import math
 from efm.config import MODEL_VARIANTS, OBJECTIVES, MlpVariant, ModelConfig
 from efm.models.mlp import MlpEFM, StateTransformerEFM
-from efm.models.prefix_lm import STATE, TEXT, trim_text
+from efm.models.prefix_lm import IMAGE_TOKENS, IMAGE_WHERE, STATE, TEXT, trim_text
 from efm.models.tokenizers import Vocabulary
 from efm.models.vlm import GROUNDED, VisionLanguageEFM
 
@@ -134,6 +134,19 @@ class EFMFunctions:
     def ground(self, params: dict, inputs: Inputs) -> jax.Array:
         """Grounding variants: where each text token's query fires in the current frame. [B, L, 2]"""
         return self.model.apply({"params": params}, inputs, method="ground")
+
+    @property
+    def encodes_frames(self) -> bool:
+        """Whether the model's image tower can run ahead of the rest (`encode_frames`)."""
+        return isinstance(self.model, VisionLanguageEFM)
+
+    @partial(jax.jit, static_argnums=0)
+    def encode_frames(self, params: dict, frames: jax.Array, text: jax.Array) -> dict[str, jax.Array]:
+        """The image tower's work on each frame on its own, which inputs may carry instead of
+        IMAGE: frames [M, H, W, C], each with its sample's text [M, L] -> {IMAGE_TOKENS: [M, N,
+        D], and for grounding variants IMAGE_WHERE: [M, L, 2]}."""
+        codes = self.model.apply({"params": params}, frames, text, method="encode_frames")
+        return {IMAGE_TOKENS: codes.tokens} | ({} if codes.where is None else {IMAGE_WHERE: codes.where})
 
     def action_log_prob(self, params: dict, inputs: Inputs, action_tokens: jax.Array) -> jax.Array:
         """log pi(a | o, g) of tokenized actions. [B, L_a] -> [B]"""

@@ -24,6 +24,10 @@ from efm.models.llm import LayerCache
 # tokens in 1..bins, 0 where a sample has none (the auxiliary objective).
 Inputs = dict[str, jax.Array]
 IMAGE, TEXT, STATE = "image", "text", "state"
+# Instead of IMAGE, the image tower's per-frame work on it, done earlier (`vit.FrameCodes`, kept by
+# `frame_cache.FrameCache` while acting): IMAGE_TOKENS [B, F, N, D] and, for grounding variants,
+# IMAGE_WHERE [B, F, L, 2], where each of the sample's text tokens fires in each frame.
+IMAGE_TOKENS, IMAGE_WHERE = "image_tokens", "image_where"
 # A flat batch (an SFT sample, a replay item) keys the model's inputs INPUTS + name, beside its
 # targets and bookkeeping.
 INPUTS = "inputs/"

@@ -10,13 +10,24 @@ text token's query fires in the frames, added to the text tokens.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Dtype = Any
+
+
+class FrameCodes(NamedTuple):
+    """What the tower computes for each frame on its own: the frame's image tokens [M, N (+
+    keypoints), out_width] and, for grounding, where each token of its sample's text fires in it
+    [M, L, 2] (None otherwise). An actor's previous frame is the one it encoded a control step
+    earlier, for the same instruction, so acting keeps these (`models.frame_cache`) instead of
+    running the tower over it again; what mixes a sample's frames is all that is left."""
+
+    tokens: jax.Array
+    where: jax.Array | None
 
 
 class MlpBlock(nn.Module):
@@ -95,13 +106,28 @@ class ViT(nn.Module):
     feature_convs: int = 0  # stride-1 3x3 convs on the stem's features for keypoints and grounding
 
     @nn.compact
-    def __call__(self, image: jax.Array, text: jax.Array | None = None,
-                 text_valid: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(self, image: jax.Array | None, text: jax.Array | None = None, text_valid: jax.Array | None = None,
+                 codes: FrameCodes | None = None, encode_only: bool = False,
+                 ) -> jax.Array | FrameCodes | tuple[jax.Array, jax.Array, jax.Array]:
         """With `grounding`, `text` [B, L, D] (embeddings of the text tokens of the B samples
         whose F frames each are `image`'s B*F) and `text_valid` [B, L]: also returns, per text
         token, where its query fires in each of its sample's frames, as [B, L, out_width] to add
         to the token, and as an image position [B*F, L, 2] (row, column in [-1, 1], for the
-        pretraining loss that supervises it, `sft.grounding_weight`)."""
+        pretraining loss that supervises it, `sft.grounding_weight`).
+
+        `encode_only`: each frame's own part (`FrameCodes`; `text_valid` not read). `codes`:
+        that part, done earlier for these frames (`image` and `text` are then not read)."""
+        if codes is None:
+            codes = self._encode(image, text)
+        if encode_only:
+            return codes
+        if not self.grounding:
+            return codes.tokens
+        if text_valid is None or codes.where is None:
+            raise ValueError("a grounding ViT reads the text: pass text and text_valid")
+        return codes.tokens, self._mix_where(codes.where, text_valid), codes.where
+
+    def _encode(self, image: jax.Array, text: jax.Array | None) -> FrameCodes:
         x = image.astype(self.dtype) / 127.5 - 1.0  # big_vision's value range
         for i, channels in enumerate(self.stem):
             x = nn.gelu(nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_{i}")(x))
@@ -121,10 +147,10 @@ class ViT(nn.Module):
         if self.keypoints:
             x = jnp.concatenate([x, self._keypoints(features)], axis=1)
         if not self.grounding:
-            return x
-        if text is None or text_valid is None:
+            return FrameCodes(x, None)
+        if text is None:
             raise ValueError("a grounding ViT reads the text: pass text and text_valid")
-        return x, *self._grounding(features, text, text_valid)
+        return FrameCodes(x, self._locate(features, text))
 
     def _keypoints(self, features: jax.Array) -> jax.Array:
         # Where each of K learned detectors fires, as tokens: an object's position is then read
@@ -141,14 +167,15 @@ class ViT(nn.Module):
                           (k, self.out_width), jnp.float32)
         return jnp.einsum("bkf,kfd->bkd", xy, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
-    def _grounding(self, features: jax.Array, text: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def _locate(self, features: jax.Array, text: jax.Array) -> jax.Array:
         # Text-conditioned keypoints (as RT-1 conditions its image tower on the instruction with
         # FiLM): each text token, read with its neighbours ("red" + "moon"), makes a query over
-        # the stem's features; where it fires is added to that token. A named block is then
-        # found by a learned query, instead of by one of K fixed detectors the answer must pick.
-        bf, c = features.shape[0], features.shape[-1]
-        b, length, _ = text.shape
-        frames = bf // b
+        # the stem's features; where it fires (row, column in [-1, 1]) is later added to that
+        # token (`_mix_where`). A named block is then found by a learned query, instead of by one
+        # of K fixed detectors the answer must pick. features [B*F, h, w, C], text [B, L, D] ->
+        # [B*F, L, 2]
+        c = features.shape[-1]
+        frames = features.shape[0] // text.shape[0]
         query = nn.Conv(c, (3,), padding="SAME", dtype=self.dtype, name="grounding_query")(text)  # [B, L, C]
         # Normalised: text embeddings start at 1/sqrt(width), and a query that small leaves
         # every heat map flat. With the 1/sqrt(C) below the heat maps start as smooth as those of
@@ -156,10 +183,16 @@ class ViT(nn.Module):
         query = nn.LayerNorm(dtype=self.dtype, name="grounding_norm")(query)
         query = jnp.repeat(query, frames, axis=0)  # [B*F, L, C]: a sample's query for each of its frames
         heat = jnp.einsum("bhwc,blc->bhwl", features, query) / c**0.5
-        rc = spatial_keypoints(heat)  # [B*F, L, 2], (row, column) in [-1, 1]
+        return spatial_keypoints(heat)
+
+    def _mix_where(self, rc: jax.Array, valid: jax.Array) -> jax.Array:
+        # Where each token fires in each of its sample's frames, one vector per token to add to it.
+        # rc [B*F, L, 2], valid [B, L] -> [B, L, out_width]
+        b, length = valid.shape
+        frames = rc.shape[0] // b
         xy = fourier_features(rc, 4)  # [B*F, L, 18]
         # explicit sizes: a text may have no tokens (the instruction objective hides it)
         f = xy.shape[-1]
         xy = xy.reshape(b, frames, length, f).transpose(0, 2, 1, 3).reshape(b, length, frames * f).astype(self.dtype)
         where = nn.Dense(self.out_width, dtype=self.dtype, name="grounding_out")(xy)
-        return where * valid[..., None].astype(self.dtype), rc
+        return where * valid[..., None].astype(self.dtype)

@@ -21,9 +21,18 @@ import numpy as np
 
 from efm.config import OBJECTIVES, TransformerVariant
 from efm.models.llm import LLM
-from efm.models.prefix_lm import IMAGE, STATE, TEXT, Inputs, PrefixLM, state_ids
+from efm.models.prefix_lm import (
+    IMAGE,
+    IMAGE_TOKENS,
+    IMAGE_WHERE,
+    STATE,
+    TEXT,
+    Inputs,
+    PrefixLM,
+    state_ids,
+)
 from efm.models.tokenizers import TextTokenizer
-from efm.models.vit import ViT
+from efm.models.vit import FrameCodes, ViT
 
 # Where the teacher-forced pass of a grounding variant leaves, per text token, where its query
 # fires in the current frame (flax `sow`, collection "intermediates"), so the grounding loss
@@ -55,15 +64,14 @@ class VisionLanguageEFM(PrefixLM):
 
     def prefix(self, inputs: Inputs, objective: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(embeddings [B, P, D], valid [B, P])."""
-        frames = inputs[IMAGE]  # [B, F, H, W, C], F = 2 x cameras
-        b, f = frames.shape[:2]
-        frames = frames.reshape(b * f, *frames.shape[2:])  # every frame, one tower
+        frames, codes = _frames(inputs)
+        b, f = _frame_shape(inputs)
         text = inputs[TEXT]
         if self.variant.grounding:  # the tower also says where each instruction token is seen
-            img, where, rc = self.vision_encoder(frames, self.llm.embed(text + self.text_offset), text != 0)
+            img, where, rc = self.vision_encoder(frames, self.llm.embed(text + self.text_offset), text != 0, codes)
             self.sow("intermediates", GROUNDED, rc.reshape(b, f, *rc.shape[1:])[:, 0])
         else:
-            img = self.vision_encoder(frames)
+            img = self.vision_encoder(frames, codes=codes)
         img = img.reshape(b, -1, img.shape[-1])  # [B, F*N, D], frame after frame
         prompt = jnp.asarray(objective_prompts())[objective]  # [B, PROMPT_LENGTH]
         words = [(inputs[TEXT], inputs[TEXT] + self.text_offset)]  # (tokens, global ids)
@@ -94,8 +102,32 @@ class VisionLanguageEFM(PrefixLM):
         first camera), as (row, column) [B, L, 2], the image spanning [-1, 1]."""
         if not self.variant.grounding:
             raise ValueError("this variant has no grounded text (TransformerVariant.grounding)")
-        frames, text = inputs[IMAGE], inputs[TEXT]
-        b, f = frames.shape[:2]
-        _, _, rc = self.vision_encoder(frames.reshape(b * f, *frames.shape[2:]),
-                                       self.llm.embed(text + self.text_offset), text != 0)
+        frames, codes = _frames(inputs)
+        b, f = _frame_shape(inputs)
+        text = inputs[TEXT]
+        _, _, rc = self.vision_encoder(frames, self.llm.embed(text + self.text_offset), text != 0, codes)
         return rc.reshape(b, f, *rc.shape[1:])[:, 0]
+
+    def encode_frames(self, frames: jax.Array, text: jax.Array) -> FrameCodes:
+        """The tower's work on each frame on its own (frames [M, H, W, C], each with its sample's
+        text [M, L] -> `FrameCodes` of M frames), which inputs may carry instead of their frames
+        (IMAGE_TOKENS, IMAGE_WHERE)."""
+        return self.vision_encoder(frames, self.llm.embed(text + self.text_offset), encode_only=True)
+
+
+def _frame_shape(inputs: Inputs) -> tuple[int, int]:
+    """(B samples, F frames each) of inputs holding frames or their codes."""
+    return (inputs[IMAGE_TOKENS] if IMAGE_TOKENS in inputs else inputs[IMAGE]).shape[:2]
+
+
+def _frames(inputs: Inputs) -> tuple[jax.Array | None, FrameCodes | None]:
+    """(every frame [B*F, H, W, C], None), or (None, their codes flattened alike) where the inputs
+    carry the tower's per-frame work instead of the frames."""
+    if IMAGE_TOKENS in inputs:
+        where = inputs.get(IMAGE_WHERE)
+        return None, FrameCodes(_flat(inputs[IMAGE_TOKENS]), None if where is None else _flat(where))
+    return _flat(inputs[IMAGE]), None  # F = 2 x cameras, one tower for every frame
+
+
+def _flat(x: jax.Array) -> jax.Array:
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])

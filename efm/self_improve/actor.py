@@ -31,6 +31,7 @@ from efm.data.features import FrameHistory, InputSpec, input_spec
 from efm.domains import episode_progress, make_env
 from efm.envs.base import Array, Episode, TimeStep, VectorEnv, counters
 from efm.models.efm import EFMFunctions
+from efm.models.frame_cache import FrameCache
 from efm.models.prefix_lm import INPUTS
 from efm.rollout import ACTION, SUCCESS, rollout_steps
 from efm.self_improve.replay import Replay
@@ -60,11 +61,14 @@ class LocalPolicy:
 
     def __init__(self, fns: EFMFunctions, params: Any):
         self._fns, self._params = fns, params
+        self._frames = FrameCache(fns, params)
 
     def update(self, params: Any) -> None:
         self._params = params
+        self._frames = FrameCache(self._fns, params)  # codes of the old weights' tower
 
     def sample(self, inputs: dict[str, np.ndarray], key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+        inputs = self._frames(inputs)
         actions, tokens = self._fns.sample_actions(self._params, {k: jnp.asarray(v) for k, v in inputs.items()}, key)
         return np.asarray(actions), np.asarray(tokens)
 

@@ -35,6 +35,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from efm.config import RoleResources
 from efm.envs.base import add_counts
+from efm.models.frame_cache import FrameCache
 from efm.self_improve.builder import Fleet, FleetBuilder
 from efm.self_improve.coordinator import cut_episodes
 from efm.self_improve.monitor import FleetMonitor
@@ -225,6 +226,7 @@ class LearnerWorker:
         self._fns = builder.fns
         self._lock = threading.Lock()
         self._served: dict[int, int] = {}  # Version 1: actions served, by the policy version that chose them
+        self._frames: FrameCache | None = None  # the served weights' image tower work, per frame
 
     def run_round(self, learning_rate: float) -> tuple[dict[str, float], Any, dict[str, list[int]]]:
         metrics = self._learner.run_round(self._replay, learning_rate)
@@ -232,7 +234,11 @@ class LearnerWorker:
 
     def act(self, inputs: dict[str, np.ndarray], key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         version, params = self._learner.version, self._learner.get_variables()
-        actions, tokens = self._fns.sample_actions(params, inputs, key)
+        with self._lock:
+            if self._frames is None or self._frames.params is not params:
+                self._frames = FrameCache(self._fns, params)
+            frames = self._frames
+        actions, tokens = self._fns.sample_actions(params, frames(inputs), key)
         with self._lock:
             self._served[version] = self._served.get(version, 0) + len(actions)
         return np.asarray(actions), np.asarray(tokens)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efm.models.efm import EFMFunctions
+from efm.models.frame_cache import FrameCache, bucket_size
 
 # Latency percentiles are over the most recent requests: a run of many hours keeps no more.
 LATENCY_WINDOW = 100_000
@@ -24,19 +25,15 @@ class StepsToGoService:
     def __init__(self, fns: EFMFunctions, params: Any, version: str = "reward-sft"):
         self._fns = fns
         self._params = params
+        self._frames = FrameCache(fns, params)  # each request's previous frames were a request ago
         self.version = version
         self.num_queries = 0
 
     def steps_to_go(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """d(o, g) for a batch of observations. [B]"""
         self.num_queries += 1
+        inputs = self._frames(inputs)
         return np.asarray(self._fns.steps_to_go(self._params, {k: jnp.asarray(v) for k, v in inputs.items()}))
-
-
-def bucket_size(rows: int) -> int:
-    """Rows padded to the next power of two, so a jitted forward pass compiles a few shapes, not
-    one per combination of waiting actors."""
-    return 1 << max(0, rows - 1).bit_length()
 
 
 def concat_padded(requests: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]]:

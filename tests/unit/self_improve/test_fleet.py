@@ -10,10 +10,11 @@ import pytest
 
 from efm import cli
 from efm.config import FleetConfig, RoleResources, RunConfig, default_config
+from efm.models.frame_cache import bucket_size
 from efm.self_improve.builder import with_fleet
 from efm.self_improve.distributed import RoundLedger, ray_options, split_budget
 from efm.self_improve.monitor import FleetMonitor
-from efm.self_improve.service import BatchingStepsToGo, bucket_size, concat_padded, split_rows
+from efm.self_improve.service import BatchingStepsToGo, concat_padded, split_rows
 
 
 def test_actors_and_ray_address_flags_select_the_ray_fleet() -> None:
