@@ -2,8 +2,10 @@
 
 Writes a tabletop dataset once (reused on rerun), then for each variant times `--steps` SFT
 steps after `--warmup` (compilation) on this machine's devices, streaming batches from RLDS as
-SFT does; and the policy's latency per control step (one environment: sample 4 action tokens
-with the KV cache + d(o, g) from the reward model) as p50/p99 against 10 Hz control's 100 ms.
+SFT does; and the policy's latency per control step (one environment stepping through an
+episode: sample 4 action tokens with the KV cache + d(o, g) from the reward model) as p50/p99
+against 10 Hz control's 100 ms, with the frame cache as actors act and with every frame through
+the image tower.
 On an accelerator it also reports model FLOPs utilisation (MFU) from XLA's cost analysis.
 
   .venv/bin/python benchmarks/sft_throughput.py --variants vl-tiny vl-cpu --out benchmarks/results/sft_throughput.json
