@@ -38,13 +38,13 @@ def frame_key(frame: np.ndarray, text: np.ndarray) -> bytes:
 
 class FrameCache:
     """`cache(inputs)`: the inputs with IMAGE [B, F, H, W, C] replaced by its frames' codes,
-    encoded with `params` where not remembered. Holds the frames of the last calls (at least
-    twice the last call's); inputs without IMAGE, or a model without an image tower, pass
+    encoded with `params` where not remembered. Holds twice the last call's frames (the previous
+    call's are the ones a control step reads again); inputs without IMAGE, or a model without an image tower, pass
     through. New weights need a new cache (`LocalPolicy.update`). Callers may share it across
     threads (a service's concurrent batches)."""
 
-    def __init__(self, fns: EFMFunctions, params: Any, capacity: int = 0):
-        self._fns, self.params, self._capacity = fns, params, capacity
+    def __init__(self, fns: EFMFunctions, params: Any):
+        self._fns, self.params = fns, params
         self._codes: OrderedDict[bytes, Arrays] = OrderedDict()
         self._lock = threading.Lock()
         self.encoded = 0  # frames run through the tower
@@ -73,7 +73,7 @@ class FrameCache:
         self.reused += len(keys) - len(new)
         for k in keys:
             self._codes.move_to_end(k)
-        while len(self._codes) > max(self._capacity, 2 * len(keys)):
+        while len(self._codes) > 2 * len(keys):
             self._codes.popitem(last=False)
         rows = [self._codes[k] for k in keys]
         codes = {name: np.stack([r[name] for r in rows]).reshape(b, f, *rows[0][name].shape) for name in rows[0]}
