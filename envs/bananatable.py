@@ -13,6 +13,7 @@ policies learn to avoid by pushing "from either the middle or the tips".
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -173,17 +174,18 @@ class BananaTableEnv(TableEnvBase):
             effector, xy, goal, 0.0, standoff, self.cfg.max_delta
         )
 
-    def _timestep(self) -> TimeStep:
-        n = self.num_envs
+    def _observe(self, rows: Sequence[int]) -> TimeStep:
+        n = len(rows)
         effector = np.zeros((n, 2), np.float32)
         banana = np.zeros((n, 2), np.float32)
         yaw = np.zeros(n, np.float32)
         success = np.zeros(n, bool)
-        for i, scene in enumerate(self._scenes):
-            effector[i] = scene.effector_xy()
-            xy, yaw[i] = scene.pose(BANANA)
-            banana[i] = xy
-            success[i] = (
+        for j, i in enumerate(rows):
+            scene = self._scenes[i]
+            effector[j] = scene.effector_xy()
+            xy, yaw[j] = scene.pose(BANANA)
+            banana[j] = xy
+            success[j] = (
                 bool(self._regions[i])
                 and in_region(xy, self._regions[i])
                 and scene.speed(BANANA) < self.cfg.stable_speed
@@ -192,9 +194,9 @@ class BananaTableEnv(TableEnvBase):
         if self.cfg.state_observation:
             obs[BANANA_TRANSLATION], obs[BANANA_YAW] = banana, yaw
         if self.cfg.render_images:
-            obs[RGB] = np.stack([s.render() for s in self._scenes])
+            obs[RGB] = np.stack([self._scenes[i].render() for i in rows])
         return TimeStep(
-            observation=obs, goal={}, instruction=tuple(self._instructions), success=success
+            observation=obs, goal={}, instruction=tuple(self._instructions[i] for i in rows), success=success
         )
 
 

@@ -73,6 +73,46 @@ def add_counts(*counts: Mapping[str, int]) -> dict[str, int]:
     return total
 
 
+def replace_rows(last: TimeStep, rows: Sequence[int], new: TimeStep) -> TimeStep:
+    """`last` with envs `rows` taken from `new` (a TimeStep of those envs, in that order). The
+    arrays are new: a caller may hold views of `last`'s (an episode's buffered observations)."""
+    idx = np.asarray(rows, np.int64)
+
+    def merged(old: Array, part: Array) -> Array:
+        out = old.copy()
+        out[idx] = part
+        return out
+
+    instruction = list(last.instruction)
+    for j, i in enumerate(idx):
+        instruction[i] = new.instruction[j]
+    return TimeStep(observation={k: merged(v, new.observation[k]) for k, v in last.observation.items()},
+                    goal={k: merged(v, new.goal[k]) for k, v in last.goal.items()},
+                    instruction=tuple(instruction), success=merged(np.asarray(last.success), new.success))
+
+
+class ObservedEnv:
+    """What the simulated domains share: the last TimeStep, kept, so that a reset observes (and
+    renders) only the envs it reset. The others did not move since the last step, and in a
+    rollout some env resets at nearly every step of demonstration generation: re-observing
+    every env there rendered each frame twice. Subclasses implement `_observe(rows)`."""
+
+    num_envs: int
+    _last: TimeStep | None = None
+
+    def _observe(self, rows: Sequence[int]) -> TimeStep:
+        """The TimeStep of envs `rows` now, in that order."""
+        raise NotImplementedError
+
+    def _timestep(self, rows: Sequence[int] | None = None) -> TimeStep:
+        """Every env observed now (`rows` None), or only `rows`, the others as last observed."""
+        if rows is None or self._last is None:
+            self._last = self._observe(range(self.num_envs))
+        elif len(rows):
+            self._last = replace_rows(self._last, rows, self._observe(rows))
+        return self._last
+
+
 def task_rng(seed: int, task: int) -> np.random.Generator:
     """The generator task number `task` is drawn from: a pure function of the env's seed and it."""
     return np.random.default_rng([seed, int(task)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from dm_control.rl.control import PhysicsError
@@ -22,7 +23,7 @@ from dm_control.rl.control import PhysicsError
 from efm.config import AlohaConfig, EnvConfig
 from efm.envs.aloha import scene
 from efm.envs.aloha.tasks import INSTRUCTION, LIFT_BANDS, held_up, inserted, sample_poses
-from efm.envs.base import Array, TimeStep, reset_rngs
+from efm.envs.base import Array, ObservedEnv, TimeStep, reset_rngs
 
 JOINTS = "joints"
 PEG_POSE = "peg_pose"
@@ -79,7 +80,7 @@ def validated_chunks(actions: Array, num_envs: int, chunk_length: int) -> Array:
     return np.clip(a, -1.0, 1.0).reshape(num_envs, chunk_length, scene.NUM_JOINTS)
 
 
-class AlohaInsertionEnv:
+class AlohaInsertionEnv(ObservedEnv):
     """The bimanual peg-in-socket task; see the module docstring."""
 
     def __init__(self, cfg: EnvConfig, num_envs: int, seed: int, first_env: int = 0):
@@ -98,9 +99,10 @@ class AlohaInsertionEnv:
     # -- VectorEnv --
 
     def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
-        for i, rng in reset_rngs(self._rngs, self._seed, mask, tasks):
+        resets = reset_rngs(self._rngs, self._seed, mask, tasks)
+        for i, rng in resets:
             self._reset_one(i, rng)
-        return self._timestep()
+        return self._timestep(None if mask is None else [i for i, _ in resets])
 
     def step(self, actions: Array) -> TimeStep:
         chunks = validated_chunks(actions, self.num_envs, self.cfg.chunk_length)
@@ -144,10 +146,12 @@ class AlohaInsertionEnv:
     def physics(self, i: int):
         return self._physics[i]
 
-    def render(self) -> tuple[Array, Array]:
-        """([N, H, W, 3], [N, H, W, 3]) the two stacked images now, whatever `render_images`."""
+    def render(self, rows: Sequence[int] | None = None) -> tuple[Array, Array]:
+        """([N, H, W, 3], [N, H, W, 3]) the two stacked images now (of envs `rows` only, if
+        given), whatever `render_images`."""
+        physics = self._physics if rows is None else [self._physics[i] for i in rows]
         pairs = [scene.stacked_images(scene.render_views(p, self.cfg.view_height, self.cfg.view_width),
-                                      self.cfg.band_height) for p in self._physics]
+                                      self.cfg.band_height) for p in physics]
         return np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
 
     def __enter__(self) -> AlohaInsertionEnv:
@@ -166,15 +170,14 @@ class AlohaInsertionEnv:
             physics.step()
         self._command[i] = joints
 
-    def _timestep(self) -> TimeStep:
-        n = self.num_envs
-        joints = np.stack([scene.arm_joints(p) for p in self._physics])
+    def _observe(self, rows: Sequence[int]) -> TimeStep:
+        physics = [self._physics[i] for i in rows]
+        joints = np.stack([scene.arm_joints(p) for p in physics])
         obs = {JOINTS: scene.normalize_joints(joints).astype(np.float32)}
         if self.cfg.state_observation:
-            obs[PEG_POSE] = np.stack([scene.object_pose(p, scene.PEG_JOINT) for p in self._physics]).astype(np.float32)
-            obs[SOCKET_POSE] = np.stack([scene.object_pose(p, scene.SOCKET_JOINT)
-                                         for p in self._physics]).astype(np.float32)
+            obs[PEG_POSE] = np.stack([scene.object_pose(p, scene.PEG_JOINT) for p in physics]).astype(np.float32)
+            obs[SOCKET_POSE] = np.stack([scene.object_pose(p, scene.SOCKET_JOINT) for p in physics]).astype(np.float32)
         if self.cfg.render_images:
-            obs[RGB], obs[RGB_WRIST] = self.render()
-        success = np.array([inserted(scene.contact_pairs(p)) for p in self._physics], bool)
-        return TimeStep(observation=obs, goal={}, instruction=(INSTRUCTION,) * n, success=success)
+            obs[RGB], obs[RGB_WRIST] = self.render(rows)
+        success = np.array([inserted(scene.contact_pairs(p)) for p in physics], bool)
+        return TimeStep(observation=obs, goal={}, instruction=(INSTRUCTION,) * len(physics), success=success)

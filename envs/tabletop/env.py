@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from efm.config import BananaTableConfig, EnvConfig, TabletopConfig
-from efm.envs.base import Array, TimeStep, reset_rngs
+from efm.envs.base import Array, ObservedEnv, TimeStep, reset_rngs
 from efm.envs.tabletop.geometry import (
     BLOCK_FRICTION,
     BLOCK_MASS,
@@ -65,7 +65,7 @@ def effector_targets(command: Array, actions: Array, max_delta: float) -> Array:
     return np.clip(command + max_delta * np.clip(actions, -1.0, 1.0), WORKSPACE[0], WORKSPACE[1])
 
 
-class TableEnvBase:
+class TableEnvBase(ObservedEnv):
     """What the PyBullet table domains share: N scenes, bounded effector deltas, and the
     VectorEnv plumbing. Subclasses sample episodes (`_reset_one`) and observe (`_timestep`)."""
 
@@ -93,9 +93,10 @@ class TableEnvBase:
         self._optimal = np.zeros(num_envs)
 
     def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
-        for i, rng in reset_rngs(self._rngs, self._seed, mask, tasks):
+        resets = reset_rngs(self._rngs, self._seed, mask, tasks)
+        for i, rng in resets:
             self._reset_one(i, rng)
-        return self._timestep()
+        return self._timestep(None if mask is None else [i for i, _ in resets])
 
     def step(self, actions: Array) -> TimeStep:
         a = _validated_actions(actions, self.num_envs, self.action_dim)
@@ -133,9 +134,6 @@ class TableEnvBase:
             self.close()
 
     def _reset_one(self, i: int, rng: np.random.Generator) -> None:
-        raise NotImplementedError
-
-    def _timestep(self) -> TimeStep:
         raise NotImplementedError
 
 
@@ -217,26 +215,27 @@ class TabletopEnv(TableEnvBase):
             cfg.max_delta,
         )
 
-    def _timestep(self) -> TimeStep:
-        n = self.num_envs
+    def _observe(self, rows: Sequence[int]) -> TimeStep:
+        n = len(rows)
         effector = np.zeros((n, 2), np.float32)
         blocks = np.zeros((n, len(BLOCKS), 2), np.float32)
         success = np.zeros(n, bool)
-        for i, scene in enumerate(self._scenes):
-            effector[i] = scene.effector_xy()
+        for j, i in enumerate(rows):
+            scene = self._scenes[i]
+            effector[j] = scene.effector_xy()
             positions = {name: scene.pose(name)[0] for name in self._on_board[i]}
             for name, p in positions.items():
-                blocks[i, BLOCKS.index(name)] = p
+                blocks[j, BLOCKS.index(name)] = p
             task = self._tasks[i]
             if task is not None:
-                success[i] = task_satisfied(task, positions, self.cfg, self._start[i]) and all(
+                success[j] = task_satisfied(task, positions, self.cfg, self._start[i]) and all(
                     scene.speed(b) < self.cfg.stable_speed for b in task.blocks
                 )
         obs = {EFFECTOR_TRANSLATION: effector}
         if self.cfg.state_observation:
             obs[BLOCK_TRANSLATION] = blocks
         if self.cfg.render_images:
-            obs[RGB] = np.stack([s.render() for s in self._scenes])
+            obs[RGB] = np.stack([self._scenes[i].render() for i in rows])
         return TimeStep(
-            observation=obs, goal={}, instruction=tuple(self._instructions), success=success
+            observation=obs, goal={}, instruction=tuple(self._instructions[i] for i in rows), success=success
         )

@@ -423,6 +423,32 @@ def test_reset_mask_only_resets_masked_envs() -> None:
     env.close()
 
 
+def test_a_masked_reset_renders_only_the_envs_it_resets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The others keep their last observation: the same as observing every env again, at the
+    cost of the reset envs' frames only; and arrays already handed out are never changed."""
+    from efm.envs.tabletop.scene import TableScene
+
+    env = TabletopEnv(env_cfg(render_images=True, image_height=24, image_width=40), 4, seed=3)
+    env.reset()
+    held = env.step(np.random.default_rng(0).uniform(-1, 1, (4, 2)))
+    kept = {k: v.copy() for k, v in held.observation.items()}
+    renders = []
+    original = TableScene.render
+    monkeypatch.setattr(TableScene, "render", lambda self: renders.append(self) or original(self))
+    after = env.reset(np.array([False, True, False, True]))
+    assert len(renders) == 2
+    for k, v in held.observation.items():
+        np.testing.assert_array_equal(v, kept[k])  # a rollout's buffered views of the last step
+    full = env.timestep()  # every env observed again
+    assert len(renders) == 6 and after.instruction == full.instruction
+    np.testing.assert_array_equal(after.success, full.success)
+    for k in full.observation:
+        np.testing.assert_array_equal(after.observation[k], full.observation[k])
+    for i in (0, 2):
+        np.testing.assert_array_equal(after.observation[RGB][i], held.observation[RGB][i])
+    env.close()
+
+
 def test_observation_switches() -> None:
     env = TabletopEnv(env_cfg(state_observation=False), 1, seed=0)
     ts = env.reset()
