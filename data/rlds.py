@@ -314,15 +314,75 @@ def write_splits(
             )
         built = Path(os.fspath(builder.data_dir))
         (built / METADATA_FILE).write_text(json.dumps(dict(metadata or {}), indent=2, sort_keys=True))
-        old = tmp / "old"
-        if directory.exists():  # empty, or a dataset the caller allowed us to replace
-            directory.rename(old)
-        try:
-            built.rename(directory)
-        except OSError:
-            if old.exists():
-                old.rename(directory)
-            raise
+        _move_into_place(built, directory, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _move_into_place(built: Path, directory: Path, tmp: Path) -> None:
+    """Renames the finished dataset `built` to `directory`, keeping what was there in `tmp`
+    until it succeeds: a failed write leaves any previous dataset intact."""
+    old = tmp / "old"
+    if directory.exists():  # empty, or a dataset the caller allowed us to replace
+        directory.rename(old)
+    try:
+        built.rename(directory)
+    except OSError:
+        if old.exists():
+            old.rename(directory)
+        raise
+
+
+def copy_episodes(
+    source: str | os.PathLike[str],
+    split: str,
+    positions: Iterable[int],
+    directory: str | os.PathLike[str],
+    *,
+    out_split: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes the episodes at `positions` (indices in stored order) of `source`'s split as a
+    dataset of one split, `out_split` (default `split`), in stored order, copying their records
+    as they are: no frame is decoded or encoded again and one record is in memory at a time.
+    The dataset reads as `write_episodes` writes them (same features, layout and metadata)."""
+    builder = _open(source)
+    _check_split(builder, split, source)
+    directory = Path(directory).absolute()
+    _check_target(directory, overwrite)
+    info = builder.info.splits[split]
+    keep = sorted(set(int(i) for i in positions))
+    if not keep:
+        raise DatasetError(f"no episodes to copy from {source}; TFDS cannot store an empty split")
+    if keep[0] < 0 or keep[-1] >= info.num_examples:
+        raise DatasetError(f"{source} (split {split!r}) holds episodes 0..{info.num_examples - 1}, "
+                           f"not {keep[0] if keep[0] < 0 else keep[-1]}")
+    out_split = out_split or split
+    src = epath.Path(source)
+    layout = json.loads((src / "dataset_info.json").read_text())
+    wanted = np.zeros(info.num_examples, bool)
+    wanted[keep] = True
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        built = tmp / "build"
+        built.mkdir()
+        size = 0
+        records = tf.data.TFRecordDataset([os.fspath(f) for f in info.filepaths])
+        shard = built / f"{layout['name']}-{out_split}.tfrecord-00000-of-00001"
+        with tf.io.TFRecordWriter(os.fspath(shard)) as writer:
+            for take, record in zip(wanted, records.as_numpy_iterator(), strict=True):
+                if take:
+                    writer.write(record)
+                    size += len(record)
+        layout["splits"] = [{"filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+                             "name": out_split, "numBytes": str(size), "shardLengths": [str(len(keep))]}]
+        (built / "dataset_info.json").write_text(json.dumps(layout, indent=2))
+        (built / "features.json").write_text((src / "features.json").read_text())
+        (built / METADATA_FILE).write_text(json.dumps(dict(metadata or {}), indent=2, sort_keys=True))
+        _move_into_place(built, directory, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory

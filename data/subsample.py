@@ -118,7 +118,7 @@ def subsample_dataset(
                                 "(delete it, or pass overwrite=True to replace its datasets)")
     if num_validation < 1:
         raise ValueError(f"num_validation={num_validation}: need at least one validation episode")
-    ids = rlds.read_episode_ids(source_dir, split)  # one pass over the ids; episodes stream below
+    ids = rlds.read_episode_ids(source_dir, split)  # one pass over the ids; records are copied below
     train_ids, val_ids = split_validation(ids, num_validation, seed)
     subsets = nested_fractions(train_ids, fractions, seed)
     if out.is_dir():  # overwrite: no longer complete until the new manifest, no stale fractions
@@ -139,12 +139,14 @@ def subsample_dataset(
         "fractions": {},
     }
 
+    position = {k: i for i, k in enumerate(ids)}
+
     def write(ids_: list[str], name: str, split_: str, role: str) -> None:
-        """Streams the source once, keeping `ids_` (in source order): nothing is held in memory."""
+        """Copies the episodes `ids_` as stored (in source order): no frame decoded again, one
+        record in memory at a time."""
         meta = {"source": source, "seed": seed, "role": role, "count": len(ids_)}
-        keep = set(ids_)
-        episodes = (ep for ep in rlds.iter_episodes(source_dir, split, batch_size=8) if ep.episode_id in keep)
-        rlds.write_episodes(episodes, out / name, split=split_, metadata=meta, overwrite=overwrite)
+        rlds.copy_episodes(source_dir, split, [position[k] for k in ids_], out / name, out_split=split_,
+                           metadata=meta, overwrite=overwrite)
 
     write(val_ids, VALIDATION_DIR, VALIDATION_SPLIT, "validation")
     for f, subset in subsets.items():

@@ -129,6 +129,37 @@ def test_fast_encoder_writes_the_same_bytes_as_tfds(tmp_path: Path) -> None:
     assert ours.serialize_example(example) == stock.serialize_example(example)
 
 
+def test_copied_episodes_are_the_records_as_written(tmp_path: Path) -> None:
+    """What subsampling writes: chosen episodes of a split, in stored order, records copied
+    as they are (no frame decoded or encoded again): the same bytes `write_episodes` writes."""
+    episodes = [make_episode(i, 2 + i % 3, image=True, success=i % 2 == 0) for i in range(8)]
+    rlds_io.write_splits({"train": episodes[:6], "validation": episodes[6:]}, tmp_path / "ds")
+    out = rlds_io.copy_episodes(tmp_path / "ds", "train", [4, 1, 2], tmp_path / "copy",
+                                out_split="fraction", metadata={"role": "test"})
+    assert rlds_io.split_sizes(out) == {"fraction": 3}
+    back = rlds_io.read_episodes(out, "fraction")
+    for a, b in zip([episodes[i] for i in (1, 2, 4)], back, strict=True):
+        assert_same(a, b)
+    assert rlds_io.read_metadata(out) == {"role": "test"}
+    rlds_io.write_episodes([episodes[i] for i in (1, 2, 4)], tmp_path / "written", split="fraction")
+    records = [sorted(d.glob("*.tfrecord*")) for d in (out, tmp_path / "written")]
+    assert [p.name for p in records[0]] == [p.name for p in records[1]]
+    assert [p.read_bytes() for p in records[0]] == [p.read_bytes() for p in records[1]]
+    info = [json.loads((d / "dataset_info.json").read_text()) for d in (out, tmp_path / "written")]
+    assert info[0]["splits"] == info[1]["splits"]
+
+
+def test_copying_refuses_positions_the_split_lacks_and_an_occupied_target(tmp_path: Path) -> None:
+    rlds_io.write_episodes([make_episode(i, 2) for i in range(3)], tmp_path / "ds")
+    with pytest.raises(DatasetError, match=r"0\.\.2, not 3"):
+        rlds_io.copy_episodes(tmp_path / "ds", "train", [0, 3], tmp_path / "a")
+    with pytest.raises(DatasetError, match="empty split"):
+        rlds_io.copy_episodes(tmp_path / "ds", "train", [], tmp_path / "a")
+    with pytest.raises(DatasetError, match="not empty"):
+        rlds_io.copy_episodes(tmp_path / "ds", "train", [0], tmp_path / "ds")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # nothing half-written
+
+
 def test_refuses_to_overwrite(tmp_path: Path) -> None:
     first = [make_episode(0, 3)]
     rlds_io.write_episodes(first, tmp_path / "ds")
