@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from efm.data import rlds
 from efm.data.subsample import subsample_dataset
 
 
@@ -41,7 +42,9 @@ def main() -> None:
                      "records_sha256": {d.name: records_digest(d) for d in sorted(out.iterdir()) if d.is_dir()}})
         print(json.dumps(runs[-1]), flush=True)
     if args.results is not None:
-        args.results.write_text(json.dumps({"dataset": str(args.dataset), "runs": runs}, indent=1) + "\n")
+        # the source by its content, not its (machine-specific) path
+        source = {"records_sha256": records_digest(args.dataset), "episodes": rlds.split_sizes(args.dataset)}
+        args.results.write_text(json.dumps({"dataset": source, "runs": runs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

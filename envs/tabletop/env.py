@@ -67,7 +67,7 @@ def effector_targets(command: Array, actions: Array, max_delta: float) -> Array:
 
 class TableEnvBase(ObservedEnv):
     """What the PyBullet table domains share: N scenes, bounded effector deltas, and the
-    VectorEnv plumbing. Subclasses sample episodes (`_reset_one`) and observe (`_timestep`)."""
+    VectorEnv plumbing. Subclasses sample episodes (`_reset_one`) and observe (`_observe`)."""
 
     action_dim = 2
 
