@@ -92,17 +92,36 @@ def replace_rows(last: TimeStep, rows: Sequence[int], new: TimeStep) -> TimeStep
 
 
 class ObservedEnv:
-    """What the simulated domains share: the last TimeStep, kept, so that a reset observes (and
-    renders) only the envs it reset. The others did not move since the last step, and in a
-    rollout some env resets at nearly every step of demonstration generation: re-observing
-    every env there rendered each frame twice. Subclasses implement `_observe(rows)`."""
+    """What the simulated domains share: per-env task streams, and the last TimeStep, kept, so
+    that a reset observes (and renders) only the envs it reset. The others did not move since
+    the last step, and in a rollout some env resets at nearly every step of demonstration
+    generation: re-observing every env there rendered each frame twice. Subclasses call
+    `_seed_envs` and implement `_reset_one(i, rng)` and `_observe(rows)`."""
 
     num_envs: int
+    _seed: int
+    _rngs: list[np.random.Generator]
     _last: TimeStep | None = None
+
+    def _seed_envs(self, seed: int, first_env: int) -> None:
+        """One random stream per env, so episodes depend on the seed and the env's index only
+        (a worker of efm.envs.subprocess holding envs first_env.. gets the same episodes)."""
+        self._seed = seed
+        self._rngs = [np.random.default_rng([seed, first_env + i]) for i in range(self.num_envs)]
+
+    def _reset_one(self, i: int, rng: np.random.Generator) -> None:
+        """Start env i's next episode, its task drawn from `rng`."""
+        raise NotImplementedError
 
     def _observe(self, rows: Sequence[int]) -> TimeStep:
         """The TimeStep of envs `rows` now, in that order."""
         raise NotImplementedError
+
+    def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
+        resets = reset_rngs(self._rngs, self._seed, mask, tasks)
+        for i, rng in resets:
+            self._reset_one(i, rng)
+        return self._timestep(None if mask is None else [i for i, _ in resets])
 
     def _timestep(self, rows: Sequence[int] | None = None) -> TimeStep:
         """Every env observed now (`rows` None), or only `rows`, the others as last observed."""

@@ -23,7 +23,7 @@ from dm_control.rl.control import PhysicsError
 from efm.config import AlohaConfig, EnvConfig
 from efm.envs.aloha import scene
 from efm.envs.aloha.tasks import INSTRUCTION, LIFT_BANDS, held_up, inserted, sample_poses
-from efm.envs.base import Array, ObservedEnv, TimeStep, reset_rngs
+from efm.envs.base import Array, ObservedEnv, TimeStep
 
 JOINTS = "joints"
 PEG_POSE = "peg_pose"
@@ -89,20 +89,13 @@ class AlohaInsertionEnv(ObservedEnv):
         self.cfg: AlohaConfig = cfg.aloha
         self.num_envs = num_envs
         self.action_dim = self.cfg.action_dim
-        self._seed = seed
-        self._rngs = [np.random.default_rng([seed, first_env + i]) for i in range(num_envs)]
+        self._seed_envs(seed, first_env)
         self._physics = [scene.load_physics() for _ in range(num_envs)]
         self._command = np.tile(scene.start_joints(), (num_envs, 1))  # last 10 Hz target, raw joints
         self.rejected_chunks = 0  # chunks refused because the simulation went unstable (see step)
         self._closed = False
 
     # -- VectorEnv --
-
-    def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
-        resets = reset_rngs(self._rngs, self._seed, mask, tasks)
-        for i, rng in resets:
-            self._reset_one(i, rng)
-        return self._timestep(None if mask is None else [i for i, _ in resets])
 
     def step(self, actions: Array) -> TimeStep:
         chunks = validated_chunks(actions, self.num_envs, self.cfg.chunk_length)

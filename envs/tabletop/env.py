@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from efm.config import BananaTableConfig, EnvConfig, TabletopConfig
-from efm.envs.base import Array, ObservedEnv, TimeStep, reset_rngs
+from efm.envs.base import Array, ObservedEnv, TimeStep
 from efm.envs.tabletop.geometry import (
     BLOCK_FRICTION,
     BLOCK_MASS,
@@ -85,18 +85,10 @@ class TableEnvBase(ObservedEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.num_envs = num_envs
         self._max_delta = cfg.max_delta
-        self._seed = seed
-        # One random stream per env, so episodes depend on the seed and the env's index only.
-        self._rngs = [np.random.default_rng([seed, first_env + i]) for i in range(num_envs)]
+        self._seed_envs(seed, first_env)
         self._scenes = [TableScene(scene_params(cfg), bodies) for _ in range(num_envs)]
         self._instructions = [""] * num_envs
         self._optimal = np.zeros(num_envs)
-
-    def reset(self, mask: Array | None = None, tasks: Array | None = None) -> TimeStep:
-        resets = reset_rngs(self._rngs, self._seed, mask, tasks)
-        for i, rng in resets:
-            self._reset_one(i, rng)
-        return self._timestep(None if mask is None else [i for i, _ in resets])
 
     def step(self, actions: Array) -> TimeStep:
         a = _validated_actions(actions, self.num_envs, self.action_dim)
