@@ -25,12 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 EFM = [sys.executable, "-m", "efm.cli"]
 
 
-def _data_digest(directory: Path) -> str:
-    """Hash of the dataset's record files (TFDS shards), which hold every step of every episode."""
+def records_digest(directory: Path, chars: int = 16) -> str:
+    """Hash of a dataset's record files (TFDS shards), which hold every step of every episode:
+    equal digests, the same episodes to the byte, whichever code wrote them."""
     h = hashlib.sha256()
     for path in sorted(directory.rglob("*tfrecord*")):
         h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:chars]
 
 
 def run_once(domain: str, episodes: int, workers: int, root: Path) -> dict:
@@ -47,7 +48,7 @@ def run_once(domain: str, episodes: int, workers: int, root: Path) -> dict:
     stats = json.loads(proc.stdout[proc.stdout.index("{"):])
     return {"workers": workers, "stage_seconds": round(stats["seconds"], 2), "process_seconds": round(wall, 2),
             "steps": stats["steps"], "steps_per_second": round(stats["steps"] / stats["seconds"], 1),
-            "success_rate": stats["success_rate"], "records_sha256": _data_digest(out)}
+            "success_rate": stats["success_rate"], "records_sha256": records_digest(out)}
 
 
 def main(argv: list[str] | None = None) -> int:

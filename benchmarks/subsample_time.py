@@ -8,21 +8,15 @@ output's record files (equal digests: the same bytes, whichever code wrote them)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
+from dataset_workers import records_digest
+
 from efm.data import rlds
 from efm.data.subsample import subsample_dataset
-
-
-def records_digest(directory: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(directory.glob("*.tfrecord*")):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
 
 
 def main() -> None:
@@ -39,11 +33,11 @@ def main() -> None:
         t0 = time.perf_counter()
         subsample_dataset(args.dataset, out, fractions, args.validation, seed=0)
         runs.append({"fractions": list(fractions), "seconds": round(time.perf_counter() - t0, 1),
-                     "records_sha256": {d.name: records_digest(d) for d in sorted(out.iterdir()) if d.is_dir()}})
+                     "records_sha256": {d.name: records_digest(d, 12) for d in sorted(out.iterdir()) if d.is_dir()}})
         print(json.dumps(runs[-1]), flush=True)
     if args.results is not None:
         # the source by its content, not its (machine-specific) path
-        source = {"records_sha256": records_digest(args.dataset), "episodes": rlds.split_sizes(args.dataset)}
+        source = {"records_sha256": records_digest(args.dataset, 12), "episodes": rlds.split_sizes(args.dataset)}
         args.results.write_text(json.dumps({"dataset": source, "runs": runs}, indent=1) + "\n")
 
 
