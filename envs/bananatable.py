@@ -162,8 +162,7 @@ class BananaTableEnv(TableEnvBase):
             raise RuntimeError("could not place the effector clear of the banana")
         start = region_of(xy)
         region = str(rng.choice([r for r in REGIONS if r != start]))
-        scene.add(BANANA, xy, yaw)
-        scene.reset_effector(effector)
+        scene.start({BANANA: (xy, yaw)}, effector)
         self._regions[i] = region
         self._instructions[i] = banana_instruction(region, rng)
         lo_r, hi_r = region_bounds(region)

@@ -188,11 +188,7 @@ class TabletopEnv(TableEnvBase):
                 break
         else:
             raise RuntimeError("could not sample a tabletop board and task in 100 attempts")
-        for name in scene.bodies:
-            scene.remove(name)
-        for name, p in positions.items():
-            scene.add(name, p, float(rng.uniform(-np.pi, np.pi)))
-        scene.reset_effector(effector[0])
+        scene.start({name: (p, float(rng.uniform(-np.pi, np.pi))) for name, p in positions.items()}, effector[0])
         self._on_board[i], self._tasks[i] = names, task
         self._start[i] = positions[task.block]
         self._instructions[i] = instruction_for(task, rng)

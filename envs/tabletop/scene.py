@@ -9,7 +9,7 @@ the table; yaw inertia is the real one, so blocks and the banana still rotate wh
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,18 +138,33 @@ def planar_pose(position: Sequence[float], quaternion: Sequence[float]) -> tuple
 class TableScene:
     """One PyBullet client: table, board walls, the effector and the given movable bodies.
 
-    Only the bodies of the current episode are in the world (idle ones would cost physics);
-    their shapes are built once and shared, so adding a body is cheap. The same sequence of
-    calls gives the same world.
+    Every episode starts in a fresh world (`start`) holding only that episode's bodies (idle ones
+    would cost physics). Reusing the world would carry the last episode into the next: Bullet
+    keeps contact manifolds (their order decides the solver's) and warm-start impulses across a
+    teleport, so an extra step before a reset changed the next episode's pushes. With a fresh
+    world, an episode is a function of its start and its actions only.
     """
 
     def __init__(self, params: SceneParams, bodies: Sequence[BodySpec]):
         self.params = params
         self.client = pb.connect(pb.DIRECT)
+        self._specs = {spec.name: spec for spec in bodies}
+        self._ids: dict[str, int] = {}  # bodies in the world
+        cam = CAMERAS[params.camera]
+        self._view = pb.computeViewMatrix(cam.eye, cam.target, cam.up, physicsClientId=self.client)
+        self._projection = pb.computeProjectionMatrixFOV(
+            cam.fov, params.image_width / params.image_height, 0.05, 5.0, physicsClientId=self.client
+        )
+        self.start({}, BOARD_CENTER)
+
+    def start(self, bodies: Mapping[str, tuple[Sequence[float], float]], effector_xy: Sequence[float]) -> None:
+        """A new episode in a fresh world: `bodies` (name -> (x, y), yaw) at rest on the table and
+        the effector at `effector_xy`."""
         c = self.client
+        pb.resetSimulation(physicsClientId=c)
         pb.setGravity(0, 0, -9.81, physicsClientId=c)
         pb.setPhysicsEngineParameter(
-            fixedTimeStep=CONTROL_PERIOD / params.physics_substeps,
+            fixedTimeStep=CONTROL_PERIOD / self.params.physics_substeps,
             numSolverIterations=SOLVER_ITERATIONS,
             erp=EFFECTOR_ERP,
             deterministicOverlappingPairs=1,
@@ -159,10 +174,7 @@ class TableScene:
         self._effector = self._build_effector()
         # The effector hovers over the table: skip that (never touching) pair in the physics.
         pb.setCollisionFilterPair(self._effector, table, -1, -1, 0, physicsClientId=c)
-        self._specs = {spec.name: spec for spec in bodies}
-        self._shapes: dict[str, tuple[int, int]] = {}  # name -> (collision, visual) shape ids
-        self._ids: dict[str, int] = {}  # bodies in the world
-        self._command = np.array(BOARD_CENTER, float)
+        self._command = np.array(effector_xy, float)
         self._constraint = pb.createConstraint(
             self._effector,
             -1,
@@ -175,16 +187,14 @@ class TableScene:
             physicsClientId=c,
         )
         self.reset_effector(self._command)
-        cam = CAMERAS[params.camera]
-        self._view = pb.computeViewMatrix(cam.eye, cam.target, cam.up, physicsClientId=c)
-        self._projection = pb.computeProjectionMatrixFOV(
-            cam.fov, params.image_width / params.image_height, 0.05, 5.0, physicsClientId=c
-        )
+        self._ids = {name: self._build_body(self._specs[name]) for name in bodies}
+        for name, (xy, yaw) in bodies.items():
+            self.place(name, xy, yaw)
 
     def _build_table(self) -> int:
         """The table top, the board and its walls; returns the table's body id."""
         c = self.client
-        # An infinite collision plane (unused bodies rest on it far away), drawn as a table top.
+        # An infinite collision plane, drawn as a table top.
         plane = pb.createCollisionShape(pb.GEOM_PLANE, physicsClientId=c)
         table = pb.createVisualShape(
             pb.GEOM_BOX,
@@ -264,31 +274,18 @@ class TableScene:
         )
         return col, vis
 
-    def add(self, name: str, xy: Sequence[float], yaw: float) -> None:
-        """Put body `name` at rest on the table (adding it to the world if needed)."""
-        spec = self._specs[name]
-        if name not in self._ids:
-            if name not in self._shapes:
-                self._shapes[name] = self._build_shapes(spec)
-            col, vis = self._shapes[name]
-            body = pb.createMultiBody(spec.mass, col, vis, physicsClientId=self.client)
-            pb.changeDynamics(
-                body,
-                -1,
-                lateralFriction=spec.friction,
-                restitution=0.0,
-                localInertiaDiagonal=[TIP_INERTIA, TIP_INERTIA, spec.shape.yaw_inertia(spec.mass)],
-                physicsClientId=self.client,
-            )
-            self._ids[name] = body
-        self.place(name, xy, yaw)
-
-    def remove(self, name: str) -> None:
-        pb.removeBody(self._ids.pop(name), physicsClientId=self.client)
-
-    @property
-    def bodies(self) -> tuple[str, ...]:
-        return tuple(self._ids)
+    def _build_body(self, spec: BodySpec) -> int:
+        col, vis = self._build_shapes(spec)
+        body = pb.createMultiBody(spec.mass, col, vis, physicsClientId=self.client)
+        pb.changeDynamics(
+            body,
+            -1,
+            lateralFriction=spec.friction,
+            restitution=0.0,
+            localInertiaDiagonal=[TIP_INERTIA, TIP_INERTIA, spec.shape.yaw_inertia(spec.mass)],
+            physicsClientId=self.client,
+        )
+        return body
 
     def place(self, name: str, xy: Sequence[float], yaw: float) -> None:
         """Teleport a body in the world to rest on the table at (x, y) with the given yaw."""
