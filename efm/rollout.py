@@ -151,7 +151,7 @@ def rollout_steps(
         act_specs = {k: (v.shape[1:], v.dtype) for k, v in actions.items() if k != ACTION}
         for i in np.flatnonzero(active & ~done):
             act_buf[i].append({k: v[i] for k, v in actions.items()})
-        ts = env.step(actions[ACTION])
+        ts = env.step(actions[ACTION], active & ~done)  # ended episodes' envs wait for their reset
         restart = done & active
         if restart.any():
             ts = env.reset(restart, tasks=started * n + np.arange(n)) if fixed_tasks else env.reset(restart)

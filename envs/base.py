@@ -44,8 +44,10 @@ class VectorEnv(Protocol):
         two policies the same task list (evaluation).
         """
 
-    def step(self, actions: Array) -> TimeStep:
-        """Apply actions [N, action_dim] in [-1, 1] to every environment."""
+    def step(self, actions: Array, mask: Array | None = None) -> TimeStep:
+        """Apply actions [N, action_dim] in [-1, 1] to the environments where mask [N] is True
+        (all if None). The others do not move (their episode has ended, or their robot waits)
+        and keep their rows of the last TimeStep; their actions are not read."""
 
     def optimal_length(self) -> Array:
         """[N] steps a perfect policy needs for the current tasks."""
@@ -130,6 +132,16 @@ class ObservedEnv:
         elif len(rows):
             self._last = replace_rows(self._last, rows, self._observe(rows))
         return self._last
+
+
+def step_rows(mask: Array | None, num_envs: int) -> list[int] | None:
+    """The envs `VectorEnv.step(actions, mask)` moves: None for all (mask None), else their indices."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask, bool)
+    if mask.shape != (num_envs,):
+        raise ValueError(f"mask must have shape {(num_envs,)}, got {mask.shape}")
+    return [int(i) for i in np.flatnonzero(mask)]
 
 
 def task_rng(seed: int, task: int) -> np.random.Generator:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from efm.config import EnvConfig, PointmassConfig
-from efm.envs.base import Array, TimeStep, task_rng
+from efm.envs.base import Array, TimeStep, step_rows, task_rng
 
 POSITION = "position"
 TARGET = "target"
@@ -77,10 +77,15 @@ class PointmassEnv:
         self._pos[idx], self._start[idx], self._target[idx] = start, start, target
         return self._timestep()
 
-    def step(self, actions: Array) -> TimeStep:
+    def step(self, actions: Array, mask: Array | None = None) -> TimeStep:
         a = clip_to_unit_norm(np.clip(np.asarray(actions, np.float32), -1.0, 1.0))
         h = self.cfg.arena_half_size
-        self._pos = np.clip(self._pos + self.cfg.max_speed * a, -h, h).astype(np.float32)
+        moved = np.clip(self._pos + self.cfg.max_speed * a, -h, h).astype(np.float32)
+        rows = step_rows(mask, self.num_envs)
+        if rows is None:
+            self._pos = moved
+        else:
+            self._pos[rows] = moved[rows]
         return self._timestep()
 
     def optimal_length(self) -> Array:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from efm.config import EnvConfig
-from efm.envs.base import Array, TimeStep, add_counts, counters
+from efm.envs.base import Array, TimeStep, add_counts, counters, step_rows
 
 START_METHOD = "spawn"
 JOIN_TIMEOUT_S = 10.0
@@ -43,7 +43,7 @@ def _share_step(env: Any, command: str, arg: Any) -> Any:
         return ts, np.asarray(env.optimal_length())
     if command == "counters":
         return counters(env)
-    return env.step(arg), None
+    return env.step(*arg), None
 
 
 def _worker(conn: Connection, cfg: EnvConfig, num_envs: int, seed: int, first_env: int) -> None:
@@ -165,13 +165,20 @@ class SubprocessVectorEnv:
             self._optimal[a:b] = optimal
         return self._timestep()
 
-    def step(self, actions: Array) -> TimeStep:
+    def step(self, actions: Array, mask: Array | None = None) -> TimeStep:
+        """Steps the shares holding an env where mask is True; the others keep their last
+        TimeStep (as VectorEnv.step)."""
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs, self.action_dim):
             raise ValueError(f"actions must have shape {(self.num_envs, self.action_dim)}, got {actions.shape}")
-        for conn, (a, b) in zip(self._conns, self._shares, strict=True):
-            conn.send(("step", actions[a:b]))
-        self._last = [ts for ts, _ in self._receive_all()]
+        rows = step_rows(mask, self.num_envs)
+        moved = np.ones(self.num_envs, bool) if rows is None else np.isin(np.arange(self.num_envs), rows)
+        todo = [w for w, (a, b) in enumerate(self._shares) if moved[a:b].any()]
+        for w in todo:
+            a, b = self._shares[w]
+            self._conns[w].send(("step", (actions[a:b], None if rows is None else moved[a:b])))
+        for w, (ts, _) in zip(todo, self._receive_all(todo), strict=True):
+            self._last[w] = ts
         return self._timestep()
 
     def optimal_length(self) -> Array:

@@ -41,6 +41,7 @@ class StationEnv:
         self.action_dim = station.action_dim
         self._goal: dict[str, Array] = {}
         self._instruction = ""
+        self._last: TimeStep | None = None
 
     def _timestep(self, observation: dict[str, Any]) -> TimeStep:
         return TimeStep(observation={k: np.asarray(v)[None] for k, v in observation.items()},
@@ -52,10 +53,14 @@ class StationEnv:
         if mask is not None and not np.asarray(mask).any():
             raise ValueError("a station resets its one robot or nothing; mask selects none")
         observation, self._goal, self._instruction = self._station.reset()
-        return self._timestep(observation)
+        self._last = self._timestep(observation)
+        return self._last
 
-    def step(self, actions: Array) -> TimeStep:
-        return self._timestep(self._station.step(np.clip(np.asarray(actions, np.float32)[0], -1.0, 1.0)))
+    def step(self, actions: Array, mask: Array | None = None) -> TimeStep:
+        if mask is not None and not np.asarray(mask).any():  # the episode ended: the robot waits
+            return self._last
+        self._last = self._timestep(self._station.step(np.clip(np.asarray(actions, np.float32)[0], -1.0, 1.0)))
+        return self._last
 
     def optimal_length(self) -> Array:
         return np.full(1, np.nan)  # unknown on a real robot

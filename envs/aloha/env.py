@@ -23,7 +23,7 @@ from dm_control.rl.control import PhysicsError
 from efm.config import AlohaConfig, EnvConfig
 from efm.envs.aloha import scene
 from efm.envs.aloha.tasks import INSTRUCTION, LIFT_BANDS, held_up, inserted, sample_poses
-from efm.envs.base import Array, ObservedEnv, TimeStep
+from efm.envs.base import Array, ObservedEnv, TimeStep, step_rows
 
 JOINTS = "joints"
 PEG_POSE = "peg_pose"
@@ -97,9 +97,11 @@ class AlohaInsertionEnv(ObservedEnv):
 
     # -- VectorEnv --
 
-    def step(self, actions: Array) -> TimeStep:
+    def step(self, actions: Array, mask: Array | None = None) -> TimeStep:
         chunks = validated_chunks(actions, self.num_envs, self.cfg.chunk_length)
-        for i, physics in enumerate(self._physics):
+        rows = step_rows(mask, self.num_envs)
+        for i in range(self.num_envs) if rows is None else rows:
+            physics = self._physics[i]
             targets = scene.unnormalize_joints(chunks[i])  # [chunk, 14]
             state, ctrl = physics.get_state(), physics.data.ctrl.copy()
             try:
@@ -118,7 +120,7 @@ class AlohaInsertionEnv(ObservedEnv):
                     physics.data.ctrl[:] = ctrl
                 continue
             self._command[i] = targets[-1]
-        return self._timestep()
+        return self._timestep(rows)
 
     def counters(self) -> dict[str, int]:
         return {"rejected_chunks": self.rejected_chunks}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from efm.config import BananaTableConfig, EnvConfig, TabletopConfig
-from efm.envs.base import Array, ObservedEnv, TimeStep
+from efm.envs.base import Array, ObservedEnv, TimeStep, step_rows
 from efm.envs.tabletop.geometry import (
     BLOCK_FRICTION,
     BLOCK_MASS,
@@ -90,11 +90,13 @@ class TableEnvBase(ObservedEnv):
         self._instructions = [""] * num_envs
         self._optimal = np.zeros(num_envs)
 
-    def step(self, actions: Array) -> TimeStep:
+    def step(self, actions: Array, mask: Array | None = None) -> TimeStep:
         a = _validated_actions(actions, self.num_envs, self.action_dim)
-        for scene, ai in zip(self._scenes, a, strict=True):
-            scene.move_effector(effector_targets(scene.command, ai, self._max_delta))
-        return self._timestep()
+        rows = step_rows(mask, self.num_envs)
+        for i in range(self.num_envs) if rows is None else rows:
+            scene = self._scenes[i]
+            scene.move_effector(effector_targets(scene.command, a[i], self._max_delta))
+        return self._timestep(rows)
 
     def optimal_length(self) -> Array:
         return self._optimal.copy()

@@ -22,6 +22,7 @@ class ScriptedEnv:
         self._episode = np.full(self.num_envs, -1)
         self._count = np.zeros(self.num_envs, np.int64)
         self.steps_taken = 0
+        self.env_steps = np.zeros(self.num_envs, np.int64)  # actions applied, per env
         self.tasks_given: list[tuple[int, int]] = []  # (env, task index) per reset with tasks
 
     def _target(self) -> np.ndarray:
@@ -42,10 +43,12 @@ class ScriptedEnv:
             self.tasks_given.extend((i, int(tasks[i])) for i in np.flatnonzero(mask))
         return self._ts()
 
-    def step(self, actions: np.ndarray) -> TimeStep:
+    def step(self, actions: np.ndarray, mask: np.ndarray | None = None) -> TimeStep:
         assert actions.shape == (self.num_envs, 1)
+        moved = np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)
         self.steps_taken += 1
-        self._count += 1
+        self.env_steps += moved
+        self._count += moved
         return self._ts()
 
     def optimal_length(self) -> np.ndarray:
@@ -123,6 +126,18 @@ def test_episodes_per_env_quota_keeps_long_episodes() -> None:
         check_episode(e)
     # Each env was reset for its 3 episodes only (1 initial + 2 restarts).
     np.testing.assert_array_equal(agent.resets, [3, 3, 3, 3])
+
+
+def test_envs_move_only_while_their_episode_runs() -> None:
+    # An ended episode's env waits for its reset (a robot would otherwise act once more after
+    # success), and an env past its quota stays still while the others finish.
+    lengths = [[2, 2, 2], [40, 1, 1], [3, 30, 3], [1, 1, 25]]
+    env = ScriptedEnv(lengths)
+    episodes = list(rollout(env, CountingAgent(4), max_steps=100, episodes_per_env=3))
+    assert all(e.success for e in episodes)
+    np.testing.assert_array_equal(env.env_steps, [sum(ls) for ls in lengths])
+    # env 1 sets the pace: its 42 steps, and a call for each of its two restarts, where it waits
+    assert env.steps_taken == 44
 
 
 def test_unbounded_rollout_keeps_going() -> None:

@@ -170,3 +170,13 @@ def test_reset_with_task_indices_is_a_pure_function_of_seed_and_index() -> None:
     assert not np.allclose(other_seed.goal[TARGET], ts_a.goal[TARGET])
     d = np.linalg.norm(ts_a.goal[TARGET] - ts_a.observation[POSITION], axis=-1)
     assert (d >= PM.min_start_target_distance).all()
+
+
+def test_a_masked_step_moves_only_the_envs_it_steps() -> None:
+    env = PointmassEnv(CFG, 4, seed=0)
+    before = env.reset().observation[POSITION]
+    actions = np.full((4, 2), 0.5, np.float32)
+    after = env.step(actions, np.array([False, True, True, False])).observation[POSITION]
+    np.testing.assert_array_equal(after[[0, 3]], before[[0, 3]])
+    np.testing.assert_allclose(after[[1, 2]], before[[1, 2]] + PM.max_speed * clip_to_unit_norm(actions[[1, 2]]),
+                               atol=1e-6)

@@ -61,6 +61,9 @@ def test_workers_give_the_in_process_episodes_images_included(domain: str) -> No
         _assert_same(local.reset(tasks=tasks), sub.reset(tasks=tasks))
         mask = np.array([False, False, False, True, True])  # the second share only
         _assert_same(local.reset(mask, tasks + 5), sub.reset(mask, tasks + 5))
+        for mask in ([True, False, True, False, False], [False, False, False, False, True]):  # one share idle
+            actions = rng.uniform(-1, 1, (n, local.action_dim))
+            _assert_same(local.step(actions, np.array(mask)), sub.step(actions, np.array(mask)))
 
 
 def test_counters_add_up_key_wise_and_default_to_none() -> None:

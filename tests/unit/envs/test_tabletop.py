@@ -449,6 +449,32 @@ def test_a_masked_reset_renders_only_the_envs_it_resets(monkeypatch: pytest.Monk
     env.close()
 
 
+def test_a_masked_step_moves_and_renders_only_the_envs_it_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envs outside the mask (their episode ended) keep their state and rows; those inside move
+    as in a step of every env (each scene is its own simulation)."""
+    from efm.envs.tabletop.scene import TableScene
+
+    cfg = env_cfg(render_images=True, image_height=24, image_width=40)
+    env, twin = TabletopEnv(cfg, 4, seed=3), TabletopEnv(cfg, 4, seed=3)
+    before, _ = env.reset(), twin.reset()
+    actions = np.random.default_rng(0).uniform(-1, 1, (4, 2))
+    renders = []
+    original = TableScene.render
+    monkeypatch.setattr(TableScene, "render", lambda self: renders.append(self) or original(self))
+    mask = np.array([True, False, False, True])
+    after = env.step(actions, mask)
+    assert len(renders) == 2
+    every = twin.step(actions)
+    for k in after.observation:
+        np.testing.assert_array_equal(after.observation[k][mask], every.observation[k][mask], err_msg=k)
+        np.testing.assert_array_equal(after.observation[k][~mask], before.observation[k][~mask], err_msg=k)
+    assert not np.array_equal(after.observation[EFFECTOR_TRANSLATION], before.observation[EFFECTOR_TRANSLATION])
+    with pytest.raises(ValueError, match="mask"):
+        env.step(actions, np.ones(3, bool))
+    env.close()
+    twin.close()
+
+
 def test_observation_switches() -> None:
     env = TabletopEnv(env_cfg(state_observation=False), 1, seed=0)
     ts = env.reset()

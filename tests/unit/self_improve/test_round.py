@@ -57,8 +57,8 @@ class ScriptedPointEnv:
         self.resets += int(np.sum(mask))
         return self._ts()
 
-    def step(self, actions: np.ndarray) -> TimeStep:
-        self._count += 1
+    def step(self, actions: np.ndarray, mask: np.ndarray | None = None) -> TimeStep:
+        self._count += np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)
         return self._ts()
 
     def optimal_length(self) -> np.ndarray:
