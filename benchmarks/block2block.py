@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from resumable import merge, recipe
+from resumable import code_version, merge, recipe
 
 from efm.cli import load_config
 from efm.evaluation.report import markdown_table
@@ -144,6 +144,7 @@ def main() -> None:
             out["parts"] = [p for p in out["parts"] if (p["data_fraction"], p["seed"]) != (fraction, seed)] + [
                 {"data_fraction": fraction, "seed": seed, "pretrained": args.pretrained or "the pipeline's step",
                  "seconds": time.time() - t0, "task_seconds": summary["kfp"]["seconds"], "cpu": cpu_model(),
+                 "commit": code_version(),
                  "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
             out["claims"] = claims(out["results"])
             args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,13 @@
 """Resumable benchmark parts: a part's result is written when it completes, and a rerun reads it
 instead of running the part again (long CPU benchmarks span sessions); `merge` keeps a results
 file's rows of branches measured in earlier invocations, when `recipe` says they were measured
-the same way."""
+the same way; `code_version` names the code that measured a part (a recipe does not change when
+the simulation does)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 from efm.cli import load_config
 
 DONE = "part.json"  # a part's result, written when it completed
+REPO = Path(__file__).resolve().parents[1]
 
 
 def part(directory: Path, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -44,3 +47,10 @@ def recipe(domain: str, config: dict[str, Any], drop: tuple[tuple[str, str], ...
     dropped = {("data", "fractions"), *drop}
     return {**full, **{section: {k: v for k, v in full[section].items() if (section, k) not in dropped}
                        for section in {s for s, _ in dropped}}}
+
+
+def code_version() -> str:
+    """The checkout's commit, "-dirty" if it has uncommitted changes ("unknown" outside git)."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=REPO,
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"

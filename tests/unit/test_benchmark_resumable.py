@@ -4,6 +4,7 @@ invocations are kept only when measured the same way, and a finished part never 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import resumable
@@ -47,3 +48,9 @@ def test_a_finished_part_is_read_not_run_again(tmp_path: Path) -> None:
     again = resumable.part(tmp_path / "a", run)
     assert first["value"] == again["value"] == 1 and len(runs) == 1
     assert "seconds" in again
+
+
+def test_code_version_names_the_checkout_commit() -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=resumable.REPO, capture_output=True, text=True).stdout
+    version = resumable.code_version()
+    assert head and head.startswith(version.removesuffix("-dirty")) and len(version.removesuffix("-dirty")) == 12
