@@ -139,9 +139,9 @@ class TableScene:
     """One PyBullet client: table, board walls, the effector and the given movable bodies.
 
     Every episode starts in a fresh world (`start`) holding only that episode's bodies (idle ones
-    would cost physics). Reusing the world would carry the last episode into the next: Bullet
-    keeps contact manifolds (their order decides the solver's) and warm-start impulses across a
-    teleport, so an extra step before a reset changed the next episode's pushes. With a fresh
+    would cost physics). Reusing the world carried the last episode into the next: Bullet keeps
+    state across a teleport that `restoreState` does not clear (likely its contact manifolds and
+    warm starts), so an extra step before a reset changed the next episode's pushes. With a fresh
     world, an episode is a function of its start and its actions only.
     """
 

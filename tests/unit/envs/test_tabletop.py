@@ -668,8 +668,8 @@ def demonstrated_episodes(num_episodes: int, steps_after_end: int) -> list[np.nd
 
 
 def test_an_episode_does_not_depend_on_the_steps_before_its_reset() -> None:
-    # Bullet keeps contact manifolds and warm starts across a teleport: pushing on after an
-    # episode ended changed later episodes' block positions (by ~1e-6 m here, enough to change
-    # what a policy does next) until each episode started in a fresh world.
+    # Bullet keeps state across a teleport: pushing on after an episode ended changed later
+    # episodes' block positions (by up to 1.8e-6 m here, enough to change what a policy does
+    # next) until each episode started in a fresh world.
     for a, b in zip(demonstrated_episodes(40, 0), demonstrated_episodes(40, 3), strict=True):
         np.testing.assert_array_equal(a, b)
