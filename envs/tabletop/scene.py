@@ -64,6 +64,22 @@ class BodySpec:
 
 
 @dataclass(frozen=True)
+class BodyMesh:
+    """What building a body reads of its spec's geometry: computed once per spec, not per episode."""
+
+    vertices: list[list[float]]  # the visual mesh
+    indices: list[int]
+    hull: list[list[float]]  # the convex collision mesh's points, for outlines without boxes
+    yaw_inertia: float
+
+
+def body_mesh(spec: BodySpec) -> BodyMesh:
+    vertices, indices = extrude(spec.shape)
+    hull = [v for v in vertices if abs(v[0]) + abs(v[1]) > 0]  # every vertex but a fan cap's centre
+    return BodyMesh(vertices, indices, hull, spec.shape.yaw_inertia(spec.mass))
+
+
+@dataclass(frozen=True)
 class Camera:
     """A pinhole look-at camera, as PyBullet renders it: eye, target, up, vertical FOV (degrees)."""
 
@@ -149,6 +165,7 @@ class TableScene:
         self.params = params
         self.client = pb.connect(pb.DIRECT)
         self._specs = {spec.name: spec for spec in bodies}
+        self._meshes = {spec.name: body_mesh(spec) for spec in bodies}
         self._ids: dict[str, int] = {}  # bodies in the world
         cam = CAMERAS[params.camera]
         self._view = pb.computeViewMatrix(cam.eye, cam.target, cam.up, physicsClientId=self.client)
@@ -249,8 +266,7 @@ class TableScene:
         return body
 
     def _build_shapes(self, spec: BodySpec) -> tuple[int, int]:
-        c, shape = self.client, spec.shape
-        vertices, indices = extrude(shape)
+        c, shape, mesh = self.client, spec.shape, self._meshes[spec.name]
         if len(shape.boxes) == 1 and shape.boxes[0][:3] == (0.0, 0.0, 0.0):
             _, _, _, hl, hw = shape.boxes[0]
             col = pb.createCollisionShape(
@@ -267,10 +283,9 @@ class TableScene:
                 physicsClientId=c,
             )
         else:  # the convex hull of the outline's prism
-            hull = [v for v in vertices if abs(v[0]) + abs(v[1]) > 0]
-            col = pb.createCollisionShape(pb.GEOM_MESH, vertices=hull, physicsClientId=c)
+            col = pb.createCollisionShape(pb.GEOM_MESH, vertices=mesh.hull, physicsClientId=c)
         vis = pb.createVisualShape(
-            pb.GEOM_MESH, vertices=vertices, indices=indices, rgbaColor=spec.rgba, physicsClientId=c
+            pb.GEOM_MESH, vertices=mesh.vertices, indices=mesh.indices, rgbaColor=spec.rgba, physicsClientId=c
         )
         return col, vis
 
@@ -282,7 +297,7 @@ class TableScene:
             -1,
             lateralFriction=spec.friction,
             restitution=0.0,
-            localInertiaDiagonal=[TIP_INERTIA, TIP_INERTIA, spec.shape.yaw_inertia(spec.mass)],
+            localInertiaDiagonal=[TIP_INERTIA, TIP_INERTIA, self._meshes[spec.name].yaw_inertia],
             physicsClientId=self.client,
         )
         return body
