@@ -48,9 +48,11 @@ def data_configs(config_json: str) -> NamedTuple("DataConfigs", [("data", str), 
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def dataset(config_json: str, tracking_uri: str, episodes: Output[Dataset],
+def dataset(config_json: str, simulation: str, tracking_uri: str, episodes: Output[Dataset],
             kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
-    """Demonstrations as an RLDS dataset; the artifact path is the dataset directory."""
+    """Demonstrations as an RLDS dataset; the artifact path is the dataset directory.
+    `simulation` (`efm.envs.simulation_version()`) names the simulation's code: an input, so that
+    the cache does not hand on a dataset of other physics; recorded with the dataset."""
     from efm.components.artifacts import staged
     from efm.components.tracking import stage_run
     from efm.config import RunConfig
@@ -58,11 +60,13 @@ def dataset(config_json: str, tracking_uri: str, episodes: Output[Dataset],
 
     cfg = RunConfig.from_json(config_json)
     with stage_run("dataset", cfg, tracking_uri, "", kfp_run, kfp_task, [], [episodes]) as run:
+        run.log_params({"simulation": simulation})
         with staged(episodes.path) as work:
             stats = dataset_stage(cfg, work)
         run.log_metrics({f"dataset.{k}": v for k, v in stats.items()})
         run.log_artifacts(episodes.path, "*.gif")  # camera domains: the first demonstrations
     episodes.metadata.update({k: v for k, v in stats.items() if isinstance(v, int | float | str)})
+    episodes.metadata["simulation"] = simulation
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
@@ -139,11 +143,12 @@ def subsample(config_json: str, episodes: Input[Dataset], fraction: float, seed:
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def pretrain(config_json: str, tracking_uri: str, model: Output[Model], metrics: Output[Metrics],
+def pretrain(config_json: str, simulation: str, tracking_uri: str, model: Output[Model], metrics: Output[Metrics],
              kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_task: str = dsl.PIPELINE_TASK_NAME_PLACEHOLDER):
     """The towers pretrained on questions about rendered table boards (`efm pretrain`), once
     per pipeline: every branch's SFT starts from it (model.init="pretrain"). The model artifact
-    is the pretraining workdir, mirrored as SFT's is, so a restarted task resumes."""
+    is the pretraining workdir, mirrored as SFT's is, so a restarted task resumes. `simulation`
+    as for `dataset`: the boards are the simulation's renders."""
     from efm.components.artifacts import mirrored
     from efm.components.tracking import stage_run
     from efm.config import RunConfig
@@ -151,6 +156,7 @@ def pretrain(config_json: str, tracking_uri: str, model: Output[Model], metrics:
 
     cfg = RunConfig.from_json(config_json)
     with stage_run("pretrain", cfg, tracking_uri, "", kfp_run, kfp_task, [], [model, metrics]) as run:
+        run.log_params({"simulation": simulation})
         with mirrored(model.path) as (work, sync):
             out = pretrain_stage(cfg, work, log=run, on_checkpoint=sync)
         found = {f"localization.{k}": float(v) for k, v in out["localization"].items() if k != "step"}
@@ -158,7 +164,7 @@ def pretrain(config_json: str, tracking_uri: str, model: Output[Model], metrics:
         run.log_artifacts(model.path, "*.png")
     for k, v in {**found, "final_step": out["final_step"]}.items():
         metrics.log_metric(k, float(v))
-    model.metadata.update({"final_step": out["final_step"]})
+    model.metadata.update({"final_step": out["final_step"], "simulation": simulation})
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)

@@ -19,7 +19,9 @@ unfinished attempt left in its task root (a stage that checkpoints as it goes, m
 artifact, continues from its last checkpoint; `components.artifacts`).
 
 Like the backends' cache this trusts the component: a change in library code that a component
-calls does not change the key (`efm run --no-cache` reruns everything).
+calls does not change the key (`efm run --no-cache` reruns everything), but for the simulation's:
+the steps that first run it (dataset, pretrain) take its source digest as an input
+(`efm.envs.simulation_version`), so other physics regenerates them and everything downstream.
 """
 
 from __future__ import annotations

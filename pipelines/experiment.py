@@ -38,6 +38,7 @@ from kfp import compiler, dsl
 from efm.components import stages
 from efm.components.tracking import branch_label
 from efm.config import RunConfig
+from efm.envs import simulation_version
 from efm.pipelines.vertex import VertexResources
 
 Target = Literal["local", "vertex"]
@@ -153,6 +154,10 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
         sft_op, sft_args = _vertex_job(sft_component, "efm-sft", resources)
         pretrain_op, pretrain_args = _vertex_job(stages.pretrain, "efm-pretrain", resources)
 
+    # The steps that first run the simulation take its code's digest: the cache keys on inputs,
+    # not on library code, and a change of physics must not reuse data made with the old one.
+    simulation = simulation_version()
+
     @dsl.pipeline(name=name, description="Self-Improving Embodied Foundation Models: SFT then "
                   f"Self-Improvement for data fractions {fractions} and seeds {seeds}.")
     def experiment_pipeline(config_json: str, tracking_uri: str = "") -> dsl.Artifact:
@@ -167,7 +172,8 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
         views = _on_cpu(_configure(stages.data_configs(config_json=config_json), "config", "data-configs"),
                         resources)
         # The parent run exists before any stage's run looks for it.
-        data = _on_cpu(_configure(stages.dataset(config_json=views.outputs["data"], **track).after(start),
+        data = _on_cpu(_configure(stages.dataset(config_json=views.outputs["data"], simulation=simulation,
+                                                 **track).after(start),
                                   "dataset", "dataset"), resources)
         # The data gate: every branch's subsample (hence SFT) waits for it; it also checks the
         # train/validation skew of the branches, drawn as subsample will draw them.
@@ -179,7 +185,8 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
         pretrained: dict[str, Any] = {}
         if shape.pretrain:
             job = {"display_name": "efm-pretrain", **pretrain_args} if target == "vertex" else {}
-            pre = _configure(pretrain_op(config_json=config_json, **track, **job).after(start), "pretrain", "pretrain")
+            pre = _configure(pretrain_op(config_json=config_json, simulation=simulation, **track, **job).after(start),
+                             "pretrain", "pretrain")
             pretrained = {"pretrained": pre.outputs["model"]}
         summary = None
         branches = [(seed, fraction) for seed in seeds for fraction in fractions]

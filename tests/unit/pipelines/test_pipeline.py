@@ -233,3 +233,39 @@ def test_a_run_from_a_missing_pretraining_is_refused_before_any_step(tmp_path: P
     with pytest.raises(FileNotFoundError, match="nowhere/params does not exist"):
         run_local(cfg, tmp_path / "out", [0.1], [0])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_steps_that_first_run_the_simulation_take_its_code_digest(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache keys on a task's inputs, not on library code: dataset and pretrain take the
+    simulation's source digest as a constant input, so other physics misses the cache there
+    (and downstream, whose inputs are their artifacts) instead of reusing data made before."""
+    from efm.pipelines import experiment
+    from efm.pipelines.experiment import GraphShape
+
+    for version in ("a" * 16, "b" * 16):
+        monkeypatch.setattr(experiment, "simulation_version", lambda v=version: v)
+        path = compile_pipeline(tmp_path / f"{version}.yaml", [0.1], [0], shape=GraphShape(pretrain=True))
+        spec = json_format.ParseDict(yaml.safe_load(path.read_text()), pipeline_spec_pb2.PipelineSpec())
+        tasks = {t.task_info.name: t for t in spec.root.dag.tasks.values()}
+        for name in ("dataset", "pretrain"):
+            assert tasks[name].inputs.parameters["simulation"].runtime_value.constant.string_value == version
+        assert all("simulation" not in t.inputs.parameters for n, t in tasks.items() if n not in ("dataset", "pretrain"))
+
+
+def test_the_source_digest_follows_the_sources_and_only_them(tmp_path: Path) -> None:
+    from efm.envs import simulation_version, source_digest
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    first = source_digest(tmp_path)
+    (tmp_path / "notes.txt").write_text("not code")
+    assert source_digest(tmp_path) == first
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    assert source_digest(tmp_path) != first
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    assert source_digest(tmp_path) == first
+    (tmp_path / "sub" / "b.py").rename(tmp_path / "b.py")  # same bytes, another module
+    assert source_digest(tmp_path) != first
+    assert len(simulation_version()) == 16 and int(simulation_version(), 16) >= 0
