@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from efm.cli import main, ui_command
 from efm.components.tracking import FAULT_ENV, REUSED_RUNS, STAGE_RUNS
 from efm.config import debug_config
+from efm.envs import simulation_version
 from efm.tracking import PARENT, UPSTREAM
 
 SEED = 7
@@ -196,9 +197,11 @@ def test_mlflow_lineage_walks_from_evaluate_back_to_dataset(run_dir: dict[str, P
             assert (r.data.tags["data_fraction"], r.data.tags["seed"]) == ("0.5", str(SEED))
         if stage in ("dataset", "validate", "subsample"):  # the config sections it read
             assert {k.split(".")[0] for k in r.data.params} == {"env", "data", "tokenizer"} | (
-                {"validation"} if stage == "validate" else set())
+                {"validation"} if stage == "validate" else set()) | ({"simulation"} if stage == "dataset" else set())
         else:
             assert r.data.params["sft.seed"] == str(SEED)
+    # the dataset names the simulation that made it
+    assert stages["dataset"].data.params["simulation"] == simulation_version()
     # the data gate ran on the dataset and left its report in MLflow
     gate = stages["validate"]
     assert gate.data.tags["efm.upstream_run_ids"] == stages["dataset"].info.run_id
