@@ -138,13 +138,13 @@ def main() -> None:
     out = {"config": config, **load_previous(args.results, config)}
     for seed in args.seeds:
         for fraction in args.fractions:
-            t0 = time.time()
+            t0, commit = time.time(), code_version()  # the code the branch starts with
             summary = run_local(cfg, args.out, [fraction], [seed])
             out["results"] = merge(out["results"], summary["results"], key)
             out["parts"] = [p for p in out["parts"] if (p["data_fraction"], p["seed"]) != (fraction, seed)] + [
                 {"data_fraction": fraction, "seed": seed, "pretrained": args.pretrained or "the pipeline's step",
                  "seconds": time.time() - t0, "task_seconds": summary["kfp"]["seconds"], "cpu": cpu_model(),
-                 "commit": code_version(),
+                 "commit": commit,
                  "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
             out["claims"] = claims(out["results"])
             args.results.parent.mkdir(parents=True, exist_ok=True)
