@@ -204,7 +204,7 @@ class TableScene:
             physicsClientId=c,
         )
         self.reset_effector(self._command)
-        self._ids = {name: self._build_body(self._specs[name]) for name in bodies}
+        self._ids = {name: self._build_body(self._specs[name], self._meshes[name]) for name in bodies}
         for name, (xy, yaw) in bodies.items():
             self.place(name, xy, yaw)
 
@@ -265,8 +265,8 @@ class TableScene:
         pb.changeDynamics(body, -1, lateralFriction=EFFECTOR_FRICTION, physicsClientId=c)
         return body
 
-    def _build_shapes(self, spec: BodySpec) -> tuple[int, int]:
-        c, shape, mesh = self.client, spec.shape, self._meshes[spec.name]
+    def _build_shapes(self, spec: BodySpec, mesh: BodyMesh) -> tuple[int, int]:
+        c, shape = self.client, spec.shape
         if len(shape.boxes) == 1 and shape.boxes[0][:3] == (0.0, 0.0, 0.0):
             _, _, _, hl, hw = shape.boxes[0]
             col = pb.createCollisionShape(
@@ -289,15 +289,15 @@ class TableScene:
         )
         return col, vis
 
-    def _build_body(self, spec: BodySpec) -> int:
-        col, vis = self._build_shapes(spec)
+    def _build_body(self, spec: BodySpec, mesh: BodyMesh) -> int:
+        col, vis = self._build_shapes(spec, mesh)
         body = pb.createMultiBody(spec.mass, col, vis, physicsClientId=self.client)
         pb.changeDynamics(
             body,
             -1,
             lateralFriction=spec.friction,
             restitution=0.0,
-            localInertiaDiagonal=[TIP_INERTIA, TIP_INERTIA, self._meshes[spec.name].yaw_inertia],
+            localInertiaDiagonal=[TIP_INERTIA, TIP_INERTIA, mesh.yaw_inertia],
             physicsClientId=self.client,
         )
         return body
