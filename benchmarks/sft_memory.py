@@ -32,11 +32,16 @@ print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 """
 
 
+PRETRAINED = Path(__file__).parent / "checkpoints" / "table-pretrain"
+
+
 def config(steps: int):
+    """The table's defaults, starting (as the pipeline's SFT does) from the shipped pretraining."""
     from efm.config import default_config
 
     cfg = default_config("tabletop")
-    return cfg.replace(sft=dataclasses.replace(cfg.sft, num_steps=steps, eval_every=steps, checkpoint_every=steps))
+    return cfg.replace(sft=dataclasses.replace(cfg.sft, num_steps=steps, eval_every=steps, checkpoint_every=steps),
+                       model=dataclasses.replace(cfg.model, init_path=str(PRETRAINED)))
 
 
 def write_sized(root: Path, size: int, source: list) -> Path:
