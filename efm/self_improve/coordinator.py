@@ -12,6 +12,7 @@ centred on it, whose policies differ by a few updates.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,12 +70,19 @@ def cut_episodes(started: int, finished: int, steps: int) -> list[dict[str, floa
 
 def round_score(rounds: list[dict[str, float]], r: int, window: int) -> tuple[float, float]:
     """(detected success rate, -mean episode length) of the complete rounds within window/2 of
-    round r, pooled over their episodes. Round r must be complete."""
+    round r, pooled over the episodes the policy acted in. Round r must be complete.
+
+    Episodes the reward model called a success at their first observation (`detected_at_start`)
+    are left out: no action was taken, so they score the task draw, not the policy, and would
+    count as successes of length 0."""
     h = window // 2
     pool = [row for row in rounds[max(0, r - h):r + h + 1] if row["complete"]]
-    episodes = sum(row["episodes"] for row in pool)
-    success = sum(row["success_rate"] * row["episodes"] for row in pool) / episodes
-    length = sum(row["env_steps"] for row in pool) / episodes
+    at_start = [row.get("detected_at_start", 0.0) for row in pool]  # absent from rounds.json before it
+    acted = sum(row["episodes"] * (1.0 - s) for row, s in zip(pool, at_start, strict=True))
+    if acted <= 0:
+        return 0.0, -math.inf
+    success = sum((row["success_rate"] - s) * row["episodes"] for row, s in zip(pool, at_start, strict=True)) / acted
+    length = sum(row["env_steps"] for row in pool) / acted
     return success, -length
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from efm.config import SelfImproveConfig
 from efm.self_improve.coordinator import (
@@ -48,6 +49,16 @@ def test_incomplete_rounds_are_never_picked_nor_pooled() -> None:
     assert best_round(rounds, window=1) == 2
     assert round_score(rounds, 0, 3) == (0.5, -20.0)  # round 1 left out of the pool
     assert best_round([row(1.0, 5, complete=False)], window=3) == 0
+
+
+def test_episodes_detected_before_any_action_do_not_score_the_policy() -> None:
+    # Round 1 detects as often as round 0, but half of its detections are the reward model firing
+    # at the first observation (length 0): the policy acted in 8 episodes and succeeded in 2.
+    fooled = row(0.4, 10) | {"env_steps": 80.0, "detected_at_start": 0.2}
+    rounds = [row(0.4, 10), fooled]
+    assert round_score(rounds, 1, 1) == (0.25, -10.0)
+    assert best_round(rounds, window=1) == 0  # counted as successes of length 0, round 1 won
+    assert round_score([row(1.0, 0) | {"detected_at_start": 1.0}], 0, 1) == (0.0, -math.inf)
 
 
 def test_coordinate_keeps_the_best_rounds_policy_and_few_candidates() -> None:
