@@ -34,7 +34,7 @@ import numpy as np
 from resumable import code_version, merge, recipe
 
 from efm.cli import load_config
-from efm.evaluation.report import markdown_table
+from efm.evaluation.report import markdown_table, plot_success_vs_episodes
 from efm.pipelines.local import run_local
 
 RESULTS = Path(__file__).parent / "results" / "block2block.json"
@@ -63,6 +63,21 @@ def claims(rows: list[dict]) -> dict:
             else si_small > sft_large,
             "bananatable_sft": mean(rows, "bananatable", small, "sft"),
             "bananatable_self_improved": mean(rows, "bananatable", small, "self_improved")}
+
+
+def plot_path(results: Path) -> Path:
+    return results.with_name(results.stem + "_success_vs_episodes.png")
+
+
+def write_results(out: dict, results: Path) -> None:
+    """The results file, and Block2Block's Figure 5 beside it (BananaTable's data held no banana,
+    so its episodes-used axis means nothing)."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(out, indent=1))
+    table = [r for r in out["results"] if r["domain"] == "tabletop"]
+    if table:
+        plot_success_vs_episodes(table, plot_path(results), full_scale=False,
+                                 title="Block2Block: success rate against episodes used")
 
 
 def key(row: dict) -> tuple:
@@ -126,7 +141,15 @@ def main() -> None:
     parser.add_argument("--pretrained", default=str(PRETRAINED.relative_to(REPO)),
                         help='an `efm pretrain` output every branch starts from, relative to the repository '
                              'or absolute ("": the pipeline pretrains)')
+    parser.add_argument("--plot", action="store_true",
+                        help="only draw the results file's Figure 5 again (beside it, *_success_vs_episodes.png)")
     args = parser.parse_args()
+    if args.plot:
+        if not args.results.is_file():
+            raise SystemExit(f"--plot: no results file {args.results}")
+        write_results(json.loads(args.results.read_text()), args.results)
+        print(plot_path(args.results))
+        return
     cfg = load_config("tabletop", args.config)
     if args.pretrained:
         start = Path(args.pretrained) if Path(args.pretrained).is_absolute() else REPO / args.pretrained
@@ -147,8 +170,7 @@ def main() -> None:
                  "commit": commit,
                  "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
             out["claims"] = claims(out["results"])
-            args.results.parent.mkdir(parents=True, exist_ok=True)
-            args.results.write_text(json.dumps(out, indent=1))
+            write_results(out, args.results)
             print(markdown_table(out["results"]))
             print(json.dumps(out["claims"], indent=1))
             print(f"(seed {seed}, fraction {fraction:g}: {out['parts'][-1]['seconds'] / 60:.1f} min; {args.results})")

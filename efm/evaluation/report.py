@@ -104,12 +104,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
-def plot_success_vs_episodes(rows: Sequence[Row], path: str | Path) -> Path:
+def plot_success_vs_episodes(rows: Sequence[Row], path: str | Path, full_scale: bool = True,
+                              title: str = "Success rate against episodes used") -> Path:
     """Figure 5: ground-truth success against episodes used, SFT and Self-Improved.
 
     SFT sits at the dataset episodes it trained on; Self-Improved at those plus its practice
     episodes, joined by an arrow per data fraction. Points are means over seeds (bars: std);
-    faint dots are single seeds.
+    faint dots are single seeds. `full_scale` draws success from 0 to 1; otherwise the axis fits
+    the points (the table's rates are a few %).
     """
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     for domain in sorted({r["domain"] for r in rows}):
@@ -133,8 +135,9 @@ def plot_success_vs_episodes(rows: Sequence[Row], path: str | Path) -> Path:
                         arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 0.8})
     ax.set_xlabel("total episodes (dataset for SFT + Self-Improvement)")
     ax.set_ylabel("success rate (ground truth)")
-    ax.set_ylim(-0.03, 1.03)  # points at 0 and 1 stay visible
-    ax.set_title("Success rate against episodes used", fontsize=10)
+    if full_scale:
+        ax.set_ylim(-0.03, 1.03)  # points at 0 and 1 stay visible
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
