@@ -110,8 +110,8 @@ def plot_success_vs_episodes(rows: Sequence[Row], path: str | Path, full_scale: 
 
     SFT sits at the dataset episodes it trained on; Self-Improved at those plus its practice
     episodes, joined by an arrow per data fraction. Points are means over seeds (bars: std);
-    faint dots are single seeds. `full_scale` draws success from 0 to 1; otherwise the axis fits
-    the points (the table's rates are a few %).
+    faint dots are single seeds. `full_scale` draws success from 0 to 1; otherwise from 0 to just
+    above the highest point (the table's rates are a few %).
     """
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     for domain in sorted({r["domain"] for r in rows}):
@@ -135,8 +135,8 @@ def plot_success_vs_episodes(rows: Sequence[Row], path: str | Path, full_scale: 
                         arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 0.8})
     ax.set_xlabel("total episodes (dataset for SFT + Self-Improvement)")
     ax.set_ylabel("success rate (ground truth)")
-    if full_scale:
-        ax.set_ylim(-0.03, 1.03)  # points at 0 and 1 stay visible
+    top = 1.03 if full_scale else ax.get_ylim()[1]
+    ax.set_ylim(-0.03 * top, top)  # from 0, where points stay visible
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
