@@ -3,8 +3,9 @@ episodes.
 
 Real tabletop demonstrations (`--source-episodes`, generated once) are replicated under new ids
 into datasets of each size (PNG frames, as `efm dataset` writes them); each size then trains
-`--steps` SFT steps in a fresh process that reports its own peak RSS. Rerunning reuses the
-datasets already written.
+`--steps` SFT steps in a fresh process that reports its own peak RSS; with `--data-only`, the
+same number of batches from the data pipeline alone, no model. Rerunning reuses the datasets
+already written.
 
   .venv/bin/python benchmarks/sft_memory.py --sizes 2000 20000 --out benchmarks/results/sft_memory.json
 """
@@ -27,6 +28,19 @@ from efm.sft.trainer import run_sft
 cfg = RunConfig.from_json(sys.argv[1])
 t = time.time()
 run_sft(cfg, sys.argv[2], sys.argv[3], sys.argv[4], progress=False)
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "seconds": time.time() - t}))
+"""
+
+# The same batches without the model: what the data pipeline alone holds after N of them.
+CHILD_DATA = """
+import json, resource, sys, time
+from efm.config import RunConfig
+from efm.data.stage1 import Stage1Data
+cfg = RunConfig.from_json(sys.argv[1])
+t = time.time()
+for _ in zip(range(cfg.sft.num_steps), Stage1Data(cfg).training(sys.argv[2], seed=cfg.sft.seed)):
+    pass
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": time.time() - t}))
 """
@@ -66,6 +80,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--data", default="runs/bench-memory")
     p.add_argument("--out", default="benchmarks/results/sft_memory.json")
+    p.add_argument("--data-only", action="store_true",
+                   help="the data pipeline's batches alone, no model (where the memory goes)")
     args = p.parse_args()
     from efm.data import rlds
     from efm.stages import dataset_stage
@@ -86,14 +102,15 @@ def main() -> None:
         t = time.time()
         train = write_sized(root, size, source)
         written = time.time() - t
-        proc = subprocess.run([sys.executable, "-c", CHILD, cfg.to_json(), str(train), str(validation),
-                               str(root / f"sft-{size}-{time.time_ns()}")], capture_output=True, text=True)
+        child = [CHILD_DATA, cfg.to_json(), str(train)] if args.data_only else [
+            CHILD, cfg.to_json(), str(train), str(validation), str(root / f"sft-{size}-{time.time_ns()}")]
+        proc = subprocess.run([sys.executable, "-c", *child], capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(proc.stderr[-4000:])
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row |= {"episodes": size, "dataset_mb": sum(f.stat().st_size for f in train.rglob("*")) / 2**20,
                 "write_seconds": written, "steps": args.steps, "shuffle_buffer": cfg.sft.shuffle_buffer,
-                "variant": cfg.model.variant}
+                "variant": cfg.model.variant, "data_only": args.data_only}
         print(json.dumps(row), flush=True)
         results[str(size)] = row
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
