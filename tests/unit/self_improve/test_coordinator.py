@@ -57,7 +57,7 @@ def test_episodes_detected_before_any_action_do_not_score_the_policy() -> None:
     fooled = row(0.4, 10) | {"env_steps": 80.0, "detected_at_start": 0.2}
     rounds = [row(0.4, 10), fooled]
     assert round_score(rounds, 1, 1) == (0.25, -10.0)
-    assert best_round(rounds, window=1) == 0  # counted as successes of length 0, round 1 won
+    assert best_round(rounds, window=1) == 0  # scored as successes of length 0, they made round 1 win
     assert round_score([row(1.0, 0) | {"detected_at_start": 1.0}], 0, 1) == (0.0, -math.inf)
 
 
