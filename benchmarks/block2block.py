@@ -69,15 +69,20 @@ def plot_path(results: Path) -> Path:
     return results.with_name(results.stem + "_success_vs_episodes.png")
 
 
-def write_results(out: dict, results: Path) -> None:
-    """The results file, and Block2Block's Figure 5 beside it (BananaTable's data held no banana,
-    so its episodes-used axis means nothing)."""
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(out, indent=1))
+def plot_results(out: dict, results: Path) -> None:
+    """Block2Block's Figure 5 beside the results file (BananaTable's data held no banana, so its
+    episodes-used axis means nothing); none without table rows."""
     table = [r for r in out["results"] if r["domain"] == "tabletop"]
     if table:
         plot_success_vs_episodes(table, plot_path(results), full_scale=False,
                                  title="Block2Block: success rate against episodes used")
+
+
+def write_results(out: dict, results: Path) -> None:
+    """The results file, and its figure."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(out, indent=1))
+    plot_results(out, results)
 
 
 def key(row: dict) -> tuple:
@@ -147,7 +152,7 @@ def main() -> None:
     if args.plot:
         if not args.results.is_file():
             raise SystemExit(f"--plot: no results file {args.results}")
-        write_results(json.loads(args.results.read_text()), args.results)
+        plot_results(json.loads(args.results.read_text()), args.results)
         print(plot_path(args.results))
         return
     cfg = load_config("tabletop", args.config)
