@@ -21,6 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+# What the process holds at the end (the peak may be set earlier, by start-up alone).
+RSS = """
+def rss_mb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
+"""
+
 CHILD = """
 import json, resource, sys, time
 from efm.config import RunConfig
@@ -29,7 +35,7 @@ cfg = RunConfig.from_json(sys.argv[1])
 t = time.time()
 run_sft(cfg, sys.argv[2], sys.argv[3], sys.argv[4], progress=False)
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": time.time() - t}))
+                  "rss_mb": rss_mb(), "seconds": time.time() - t}))
 """
 
 # The same batches without the model: what the data pipeline alone holds after N of them.
@@ -42,8 +48,9 @@ t = time.time()
 for _ in zip(range(cfg.sft.num_steps), Stage1Data(cfg).training(sys.argv[2], seed=cfg.sft.seed)):
     pass
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": time.time() - t}))
+                  "rss_mb": rss_mb(), "seconds": time.time() - t}))
 """
+
 
 
 PRETRAINED = Path(__file__).parent / "checkpoints" / "table-pretrain"
@@ -102,8 +109,8 @@ def main() -> None:
         t = time.time()
         train = write_sized(root, size, source)
         written = time.time() - t
-        child = [CHILD_DATA, cfg.to_json(), str(train)] if args.data_only else [
-            CHILD, cfg.to_json(), str(train), str(validation), str(root / f"sft-{size}-{time.time_ns()}")]
+        child = [RSS + CHILD_DATA, cfg.to_json(), str(train)] if args.data_only else [
+            RSS + CHILD, cfg.to_json(), str(train), str(validation), str(root / f"sft-{size}-{time.time_ns()}")]
         proc = subprocess.run([sys.executable, "-c", *child], capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(proc.stderr[-4000:])

@@ -36,6 +36,11 @@ Batch = dict[str, np.ndarray]
 BLOCK_POSITIONS = "block_translation"  # the table's privileged block positions (envs.tabletop.BLOCK_TRANSLATION)
 GROUND_BLOCKS = "ground/blocks"  # a raw sample's block positions, the grounding targets' source
 EPISODE_BUFFER = 64  # encoded episodes mixed before they are cut into samples
+# Bytes read ahead per open shard file. TFDS's default, 8 MiB, is held for every file its
+# interleave keeps open (up to 16 per objective), so a dataset of more shards held more memory:
+# SFT from 20,000 episodes (8 shards) peaked 59 MB above 2,000 (1 shard); with 256 KiB they
+# peak the same (benchmarks/sft_memory.py). An encoded episode is tens of kB.
+READ_BUFFER = 256 << 10
 _f = tfds.features
 
 
@@ -79,7 +84,7 @@ def _episodes(directory: str | os.PathLike[str], split: str | None,
     # No TFDS auto-cache: it would hold a small dataset's encoded episodes in memory (and warn
     # when a partial read drops it); memory must stay bounded by the shuffle buffers.
     ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                            read_config=tfds.ReadConfig(try_autocache=False))
+                            read_config=tfds.ReadConfig(try_autocache=False, override_buffer_size=READ_BUFFER))
     if shard[0] > 1:  # multi-host: each process reads its own episodes
         ds = ds.shard(*shard)
     if shuffle_seed is not None:  # datasets are stored in order: mix episodes, then samples
