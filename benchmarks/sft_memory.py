@@ -3,7 +3,8 @@ episodes.
 
 Real tabletop demonstrations (`--source-episodes`, generated once) are replicated under new ids
 into datasets of each size (PNG frames, as `efm dataset` writes them); each size then trains
-`--steps` SFT steps in a fresh process that reports its own peak RSS; with `--data-only`, the
+`--steps` SFT steps in a fresh process that reports its own peak RSS and what it holds at
+the end; with `--data-only`, the
 same number of batches from the data pipeline alone, no model. Rerunning reuses the datasets
 already written.
 
@@ -50,7 +51,6 @@ for _ in zip(range(cfg.sft.num_steps), Stage1Data(cfg).training(sys.argv[2], see
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "rss_mb": rss_mb(), "seconds": time.time() - t}))
 """
-
 
 
 PRETRAINED = Path(__file__).parent / "checkpoints" / "table-pretrain"
