@@ -3,10 +3,9 @@ episodes.
 
 Real tabletop demonstrations (`--source-episodes`, generated once) are replicated under new ids
 into datasets of each size (PNG frames, as `efm dataset` writes them); each size then trains
-`--steps` SFT steps in a fresh process that reports its own peak RSS and what it holds at
-the end; with `--data-only`, the
-same number of batches from the data pipeline alone, no model. Rerunning reuses the datasets
-already written.
+`--steps` SFT steps in a fresh process that reports its own peak RSS and what it holds at the
+end; with `--data-only`, the same number of batches from the data pipeline alone, no model.
+Rerunning reuses the datasets already written.
 
   .venv/bin/python benchmarks/sft_memory.py --sizes 2000 20000 --out benchmarks/results/sft_memory.json
 """
