@@ -7,7 +7,7 @@ Success is not monotone over rounds (Section 6), so the policy of the best round
 judged on detected success and then episode length, never on ground truth. One round's
 episodes are few (about 70 on pointmass), and the best of some 60 noisy round scores is an
 optimistic pick; a round is therefore scored on the episodes of the `best_round_window` rounds
-centred on it, whose policies differ by a few updates.
+centred on it (shifted inward at the practice's ends), whose policies differ by a few updates.
 """
 
 from __future__ import annotations
@@ -68,15 +68,24 @@ def cut_episodes(started: int, finished: int, steps: int) -> list[dict[str, floa
     return [{"length": steps / cut, "detected": 0.0, "success": 0.0, CUT_BY_FAULT: 1.0}] * cut if cut else []
 
 
+def window_positions(p: int, window: int, n: int) -> range:
+    """The `window` consecutive positions centred on position p of n, shifted inward where the
+    start or the end would cut them short: every round is then scored on as many rounds, so a
+    single detection weighs the same at the practice's ends as in its middle."""
+    lo = min(max(0, p - window // 2), max(0, n - window))
+    return range(lo, min(n, lo + window))
+
+
 def round_score(rounds: list[dict[str, float]], r: int, window: int) -> tuple[float, float]:
-    """(detected success rate, -mean episode length) of the complete rounds within window/2 of
-    round r, pooled over the episodes the policy acted in. Round r must be complete.
+    """(detected success rate, -mean episode length) of the `window` complete rounds centred on
+    round r (`window_positions`), pooled over the episodes the policy acted in. Round r must be
+    complete; incomplete rounds are neither scored nor pooled.
 
     Episodes the reward model called a success at their first observation (`detected_at_start`)
     are left out: no action was taken, so they score the task draw, not the policy, and would
     count as successes of length 0."""
-    h = window // 2
-    pool = [row for row in rounds[max(0, r - h):r + h + 1] if row["complete"]]
+    complete = [i for i, row in enumerate(rounds) if row["complete"]]
+    pool = [rounds[complete[p]] for p in window_positions(complete.index(r), window, len(complete))]
     at_start = [row.get("detected_at_start", 0.0) for row in pool]  # absent from rounds.json before it
     acted = sum(row["episodes"] * (1.0 - s) for row, s in zip(pool, at_start, strict=True))
     if acted <= 0:
@@ -120,8 +129,9 @@ LearnFn = Callable[[float], tuple[dict[str, float], Any]]  # (learning rate) -> 
 class CoordinatorState:
     """Everything a restarted coordinator needs to carry on after the last completed round.
 
-    `candidates` holds the policies of rounds whose pooled score is not final yet (the window
-    reaches past the last round) and of the best round so far; older ones are dropped.
+    `candidates` holds the policies of rounds whose pooled score is not final yet (the centred
+    window reaches past the last round, so it still moves with each new one) and of the best
+    round so far; older ones are dropped.
     """
 
     rounds: list[dict[str, float]] = field(default_factory=list)
@@ -138,9 +148,12 @@ class CoordinatorState:
 
 
 def prune_candidates(state: CoordinatorState, window: int) -> None:
-    """Drops the params of rounds that can no longer be the best: among rounds whose window is
-    closed (their score is final), only the best is kept; rounds still open are all kept."""
-    open_from = len(state.rounds) - window // 2
+    """Drops the params of rounds that can no longer be the best: among rounds whose score is
+    final, only the best is kept; the last window//2 complete rounds, whose windows still move
+    with each new round, are all kept. (Before `window` rounds are complete, the rounds this
+    settles all share the first window, so their order is final too: a tie, the latest wins.)"""
+    complete = [r for r, row in enumerate(state.rounds) if row["complete"]]
+    open_from = min(complete[max(0, len(complete) - window // 2):], default=len(state.rounds))
     settled = sorted(r for r in state.candidates if r < open_from)
     scored = [r for r in settled if state.rounds[r]["complete"] and state.rounds[r]["episodes"] > 0]
     keep = {_best_of(state.rounds, scored, window)} if scored else set(settled[:1])

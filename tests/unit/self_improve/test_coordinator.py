@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+import pytest
+
 from efm.config import SelfImproveConfig
 from efm.self_improve.coordinator import (
     CUT_BY_FAULT,
@@ -33,7 +36,19 @@ def test_a_lucky_round_alone_does_not_win_with_a_window() -> None:
     # Success still comes first; pooling weighs rounds by their episodes.
     rounds[0] = row(1.0, 50, episodes=1)
     rounds[1] = row(1.0, 20, episodes=3)
-    assert round_score(rounds, 0, 3) == (1.0, -(50 + 60) / 4)
+    assert round_score(rounds, 0, 3) == (1.0, -(50 + 60 + 120) / 14)  # rounds 0-2: the window shifted inward
+
+
+def test_every_round_is_scored_on_as_many_rounds_at_the_practices_ends() -> None:
+    # One detection in each of rounds 2 and 4 and two in round 3, three in the last round (9).
+    # A window cut short at the end (rounds 7-9, 30 episodes) made the last round's 3/30 beat
+    # the middle's 4/50; shifted inward (rounds 5-9), it pools 50 episodes like every other.
+    rounds = [row(0.0, 100) for _ in range(10)]
+    for r, detected in {2: 1, 3: 2, 4: 1, 9: 3}.items():
+        rounds[r] = row(detected / 10, 100)
+    assert [round_score(rounds, r, 5) for r in (7, 8, 9)] == [(3 / 50, -100.0)] * 3
+    assert round_score(rounds, 0, 5) == round_score(rounds, 2, 5) == (4 / 50, -100.0)
+    assert best_round(rounds, window=5) == 4  # rounds 0-4 all pool 4 of 50: the latest wins
 
 
 def test_rounds_the_detector_cannot_tell_apart_keep_the_latest_policy() -> None:
@@ -47,7 +62,7 @@ def test_rounds_the_detector_cannot_tell_apart_keep_the_latest_policy() -> None:
 def test_incomplete_rounds_are_never_picked_nor_pooled() -> None:
     rounds = [row(0.5, 20), row(1.0, 5, complete=False), row(0.6, 20)]
     assert best_round(rounds, window=1) == 2
-    assert round_score(rounds, 0, 3) == (0.5, -20.0)  # round 1 left out of the pool
+    assert round_score(rounds, 0, 3) == (0.55, -20.0)  # rounds 0 and 2: round 1 left out of the pool
     assert best_round([row(1.0, 5, complete=False)], window=3) == 0
 
 
@@ -80,6 +95,30 @@ def test_coordinate_keeps_the_best_rounds_policy_and_few_candidates() -> None:
     assert result.total_episodes == 100 and len(result.rounds) == 10
     assert result.best_round == 7 and result.policy == 7  # the weights that collected round 7
     assert max(sizes) <= 3  # the settled best plus the rounds whose window is open
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_pruning_never_drops_the_round_kept_in_the_end(window: int) -> None:
+    """Random rounds, some cut short mid-practice (too few samples for every update): the
+    policy kept from the pruned candidates is the best of all rounds, scored at the end."""
+    rng = np.random.default_rng(window)
+    cfg = dataclasses.replace(SelfImproveConfig(), max_episodes=240, best_round_window=window)
+    detected = rng.integers(0, 4, size=24)
+    short = set(rng.choice(24, size=4, replace=False).tolist())
+
+    def collect(params: int, r: int, budget: int) -> list[dict[str, float]]:
+        return [{"length": 10.0 + (i >= detected[r]) * 40, "detected": float(i < detected[r]), "success": 0.0}
+                for i in range(min(10, budget))]
+
+    def learn(lr: float) -> tuple[dict[str, float], int]:
+        rounds_done.append(len(rounds_done))
+        r = rounds_done[-1]
+        return {"updates": float(cfg.updates_per_round - (r in short))}, r + 1
+
+    rounds_done: list[int] = []
+    result = coordinate(cfg, 0, collect, learn, progress=False)
+    assert result.best_round == best_round(result.rounds, window) and result.policy == result.best_round
+    assert not all(row["complete"] for row in result.rounds)
 
 
 def test_coordinate_resumes_from_a_saved_state() -> None:
