@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--pretrained", default=str(PRETRAINED.relative_to(REPO)),
                         help='an `efm pretrain` output every branch starts from, relative to the repository '
                              'or absolute ("": the pipeline pretrains)')
+    parser.add_argument("--rerun", nargs="+", default=[], metavar="STEP",
+                        help="execute these steps of the branches though cached (as efm run --rerun)")
     parser.add_argument("--plot", action="store_true",
                         help="only draw the results file's Figure 5 again (beside it, *_success_vs_episodes.png)")
     args = parser.parse_args()
@@ -167,7 +169,7 @@ def main() -> None:
     for seed in args.seeds:
         for fraction in args.fractions:
             t0, commit = time.time(), code_version()  # the code the branch starts with
-            summary = run_local(cfg, args.out, [fraction], [seed])
+            summary = run_local(cfg, args.out, [fraction], [seed], rerun=args.rerun)
             out["results"] = merge(out["results"], summary["results"], key)
             out["parts"] = [p for p in out["parts"] if (p["data_fraction"], p["seed"]) != (fraction, seed)] + [
                 {"data_fraction": fraction, "seed": seed, "pretrained": args.pretrained or "the pipeline's step",

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite database OUT/mlflow.db; '' for none)")
     p.add_argument("--no-cache", action="store_true",
                    help="execute every step (default: reuse steps an earlier run in OUT executed with the same inputs)")
+    p.add_argument("--rerun", nargs="+", default=[], metavar="STEP",
+                   help="execute these steps though cached (e.g. self-improve after a change to Stage 2); "
+                        "the steps downstream follow")
     _add_fleet(p)
 
     p = sub.add_parser("data", help="look at datasets")
@@ -428,7 +431,7 @@ def run(args: argparse.Namespace) -> dict:
         from efm.pipelines.local import run_local
 
         return run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri, progress=progress,
-                         cache=not args.no_cache)
+                         cache=not args.no_cache, rerun=args.rerun)
     raise ValueError(f"unknown command {args.command}")
 
 

@@ -19,7 +19,9 @@ unfinished attempt left in its task root (a stage that checkpoints as it goes, m
 artifact, continues from its last checkpoint; `components.artifacts`).
 
 Like the backends' cache this trusts the component: a change in library code that a component
-calls does not change the key (`efm run --no-cache` reruns everything), but for the simulation's:
+calls does not change the key (`efm run --no-cache` reruns everything, `--rerun STEP` the named
+steps, whose new outputs replace the cached ones and make every step downstream run again), but
+for the simulation's:
 the steps that first run it (dataset, pretrain) take its source digest as an input
 (`efm.envs.simulation_version`), so other physics regenerates them and everything downstream.
 """
@@ -29,9 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,11 @@ from kfp.local import executor_input_utils, status, task_dispatcher
 
 ENTRY_SUFFIX = ".pkl"
 ATTEMPT_SUFFIX = ".attempt"  # names the task root of an execution that started and did not finish
+
+
+def step_name(task: str) -> str:
+    """A task's step: kfp numbers the second and later tasks of a step (self-improve-2)."""
+    return re.sub(r"-\d+$", "", task)
 
 
 def _plain(value: Any) -> Any:
@@ -76,7 +84,8 @@ def _written(outputs: Mapping[str, Any]) -> list[str]:
 @dataclass
 class LocalTaskCache:
     """`directory` holds one entry per cached execution; `cacheable` names the components whose
-    tasks were compiled with caching on (None: every one). After a run, `executed` and
+    tasks were compiled with caching on (None: every one); the steps in `rerun` execute even where
+    an entry matches, and their outputs replace it. After a run, `executed` and
     `cached` list its tasks, `resumed` those executed from an unfinished attempt's files,
     `seconds` the wall time of each executed task, and `run_name` is kfp's name for it (the
     KFP run name)."""
@@ -84,6 +93,7 @@ class LocalTaskCache:
     directory: Path
     cacheable: frozenset[str] | None = None
     enabled: bool = True
+    rerun: frozenset[str] = frozenset()
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
@@ -91,11 +101,17 @@ class LocalTaskCache:
     run_name: str | None = None
 
     @classmethod
-    def for_pipeline(cls, pipeline: Any, directory: str | Path, enabled: bool = True) -> LocalTaskCache:
-        """The components of `pipeline` (a compiled @dsl.pipeline) whose tasks enable caching."""
-        tasks = pipeline.pipeline_spec.root.dag.tasks.values()
-        return cls(Path(directory), frozenset(t.component_ref.name for t in tasks if t.caching_options.enable_cache),
-                   enabled)
+    def for_pipeline(cls, pipeline: Any, directory: str | Path, enabled: bool = True,
+                     rerun: Collection[str] = ()) -> LocalTaskCache:
+        """The components of `pipeline` (a compiled @dsl.pipeline) whose tasks enable caching.
+        Raises ValueError, before anything runs, for a step in `rerun` the pipeline lacks."""
+        tasks = pipeline.pipeline_spec.root.dag.tasks
+        steps = {step_name(t) for t in tasks}
+        unknown = sorted(set(rerun) - steps)
+        if unknown:
+            raise ValueError(f"rerun: no step {', '.join(unknown)} in this pipeline; its steps: {', '.join(sorted(steps))}")
+        return cls(Path(directory), frozenset(t.component_ref.name for t in tasks.values()
+                                              if t.caching_options.enable_cache), enabled, frozenset(rerun))
 
     def _lookup(self, key: str) -> dict[str, Any] | None:
         path = self.directory / f"{key}{ENTRY_SUFFIX}"
@@ -135,7 +151,7 @@ class LocalTaskCache:
             name = executor_input_utils.get_local_task_resource_name(kwargs["component_name"])
             use = self.enabled and (self.cacheable is None or kwargs["component_name"] in self.cacheable)
             key = task_key(kwargs["component_spec"], kwargs["executor_spec"], kwargs["arguments"]) if use else ""
-            entry = self._lookup(key) if use else None
+            entry = self._lookup(key) if use and step_name(name) not in self.rerun else None
             if entry is not None:
                 print(f"kfp.local: {name}: cached, outputs of run {entry['run']}", flush=True)
                 self.cached.append(name)

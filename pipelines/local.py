@@ -56,13 +56,14 @@ CACHE_DIR = "kfp_cache"  # under OUT: the local task cache (efm.pipelines.cache)
 
 def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float] | None = None,
               seeds: Sequence[int] = (0,), tracking_uri: str | None = None, progress: bool = True,
-              cache: bool = True) -> dict[str, Any]:
+              cache: bool = True, rerun: Sequence[str] = ()) -> dict[str, Any]:
     """Runs every branch (fractions default to config.data.fractions) and returns the summary;
     OUT/summary.json, report.md and the Figure 5 plot are copies of the report's artifact.
 
     Tracking goes to `tracking_uri`, by default a SQLite store OUT/mlflow.db with its
     artifacts in OUT/mlartifacts; "" tracks nothing. `progress` False silences the steps'
-    progress lines. `cache` False executes every task (and records nothing in the cache). The
+    progress lines. `cache` False executes every task (and records nothing in the cache); the
+    steps in `rerun` (e.g. self-improve, after a change to Stage 2) execute though cached. The
     summary's `kfp` entry names the run and its executed, resumed and cached tasks, and the
     executed ones' wall seconds. If a task fails, the
     parent MLflow run is ended as FAILED and the error raised.
@@ -72,9 +73,10 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
     if not shape.pretrain:  # no step makes the starting weights: they must exist before any step runs
         check_initial_weights(config.model)
     out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     pipeline = make_experiment_pipeline(config.data.fractions if fractions is None else fractions, seeds,
                                         shape=shape)
+    tasks = LocalTaskCache.for_pipeline(pipeline, out / CACHE_DIR, enabled=cache, rerun=rerun)
+    out.mkdir(parents=True, exist_ok=True)
     if tracking_uri is None:
         tracking_uri = local_store(out)
         # The experiment is made here so that its artifacts live beside the database; tasks
@@ -87,7 +89,6 @@ def run_local(config: RunConfig, out_dir: str | Path, fractions: Sequence[float]
         # The project image's name has no "python" in it, which kfp.local warns about per task;
         # locally the image is not used at all.
         warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
-        tasks = LocalTaskCache.for_pipeline(pipeline, out / CACHE_DIR, enabled=cache)
         try:
             with tasks.installed():
                 task = pipeline(config_json=config.to_json(), tracking_uri=tracking_uri)
@@ -115,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: OUT/mlflow.db; '' for none)")
     p.add_argument("--no-cache", action="store_true", help="execute every task, cached or not")
+    p.add_argument("--rerun", nargs="+", default=[], metavar="STEP", help="execute these steps though cached")
     args = p.parse_args(argv)
     cfg = debug_config(args.domain) if args.debug else default_config(args.domain)
     print(json.dumps(run_local(cfg, args.out, args.fractions, args.seeds, args.tracking_uri,
-                               cache=not args.no_cache), indent=1))
+                               cache=not args.no_cache, rerun=args.rerun), indent=1))
     return 0
 
 

@@ -37,10 +37,11 @@ def two_steps(text: str, suffix: str) -> str:
     return read(data=first.outputs["out"], suffix=suffix).set_caching_options(enable_caching=False).output
 
 
-def _run(root: Path, text: str = "a", suffix: str = "!", enabled: bool = True) -> tuple[str, LocalTaskCache]:
+def _run(root: Path, text: str = "a", suffix: str = "!", enabled: bool = True,
+         rerun: tuple[str, ...] = ()) -> tuple[str, LocalTaskCache]:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "pipeline_root"),
                raise_on_error=True)
-    cache = LocalTaskCache.for_pipeline(two_steps, root / "cache", enabled)
+    cache = LocalTaskCache.for_pipeline(two_steps, root / "cache", enabled, rerun)
     with cache.installed():
         task = two_steps(text=text, suffix=suffix)
     return task.output, cache
@@ -73,6 +74,18 @@ def test_other_inputs_a_disabled_cache_or_a_deleted_artifact_execute_again(tmp_p
     (tmp_path / "pipeline_root" / c1.run_name / "make" / "out").unlink()
     _, c4 = _run(tmp_path)  # c1's entry points to a missing file: a miss; c2 was "b"
     assert c4.cached == [] and entry.exists()
+
+
+def test_a_rerun_step_executes_though_cached_and_its_outputs_replace_the_entry(tmp_path: Path) -> None:
+    _run(tmp_path)
+    out2, c2 = _run(tmp_path, rerun=("make",))
+    assert (c2.executed, c2.cached) == (["make", "read"], [])
+    assert out2 == f"a! made in {c2.run_name}, read in {c2.run_name}"  # read got the new artifact
+    out3, c3 = _run(tmp_path)
+    assert c3.cached == ["make"] and out3.startswith(f"a! made in {c2.run_name},")
+    assert len(list((tmp_path / "cache").glob(f"*{ENTRY_SUFFIX}"))) == 1
+    with pytest.raises(ValueError, match="no step evaluate in this pipeline; its steps: make, read"):
+        LocalTaskCache.for_pipeline(two_steps, tmp_path / "cache", rerun=("make", "evaluate"))
 
 
 def test_a_failed_task_is_not_cached_and_the_run_name_is_known(tmp_path: Path) -> None:
