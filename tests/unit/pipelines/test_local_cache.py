@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kfp import dsl, local
 
-from efm.pipelines.cache import ATTEMPT_SUFFIX, ENTRY_SUFFIX, LocalTaskCache
+from efm.pipelines.cache import ATTEMPT_SUFFIX, ENTRY_SUFFIX, LocalTaskCache, step_name
 
 IMAGE = "python:3.11"  # not used locally: tasks run in this interpreter
 
@@ -86,6 +86,9 @@ def test_a_rerun_step_executes_though_cached_and_its_outputs_replace_the_entry(t
     assert len(list((tmp_path / "cache").glob(f"*{ENTRY_SUFFIX}"))) == 1
     with pytest.raises(ValueError, match="no step evaluate in this pipeline; its steps: make, read"):
         LocalTaskCache.for_pipeline(two_steps, tmp_path / "cache", rerun=("make", "evaluate"))
+    # A step's second and later tasks (another branch's) are kfp-numbered: one name reruns them all.
+    assert [step_name(t) for t in ("self-improve", "self-improve-2", "report-append")] == [
+        "self-improve", "self-improve", "report-append"]
 
 
 def test_a_failed_task_is_not_cached_and_the_run_name_is_known(tmp_path: Path) -> None:
