@@ -111,11 +111,11 @@ def test_pruning_never_drops_the_round_kept_in_the_end(window: int) -> None:
                 for i in range(min(10, budget))]
 
     def learn(lr: float) -> tuple[dict[str, float], int]:
-        rounds_done.append(len(rounds_done))
-        r = rounds_done[-1]
+        r = len(learned)  # the round just collected; its weights are params r + 1
+        learned.append(r)
         return {"updates": float(cfg.updates_per_round - (r in short))}, r + 1
 
-    rounds_done: list[int] = []
+    learned: list[int] = []
     result = coordinate(cfg, 0, collect, learn, progress=False)
     assert result.best_round == best_round(result.rounds, window) and result.policy == result.best_round
     assert not all(row["complete"] for row in result.rounds)
