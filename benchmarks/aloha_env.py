@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import time
@@ -27,16 +26,10 @@ from efm.config import default_config
 from efm.domains import make_demonstrator
 from efm.envs.aloha.env import JOINTS, NOMINAL_LENGTH, AlohaInsertionEnv
 from efm.envs.base import TimeStep
+from efm.evaluation.stats import wilson_interval
 from efm.rollout import rollout
 
 RESULTS = Path(__file__).parent / "results" / "aloha_env.json"
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def throughput(num_envs: int, render: bool, steps: int) -> dict:
@@ -75,7 +68,7 @@ def demonstrator(episodes: int, num_envs: int) -> dict:
     env.close()
     ok = [e for e in eps if e.success]
     lengths = np.array([e.length for e in ok])
-    lo, hi = wilson(len(ok), len(eps))
+    lo, hi = wilson_interval(len(ok), len(eps))
     return {
         "episodes": len(eps), "success_rate": len(ok) / len(eps), "success_rate_95": [lo, hi],
         "mean_length_successful": float(lengths.mean()), "median_length_successful": float(np.median(lengths)),

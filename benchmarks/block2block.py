@@ -35,6 +35,7 @@ from resumable import code_version, merge, recipe
 
 from efm.cli import load_config
 from efm.evaluation.report import markdown_table, plot_success_vs_episodes
+from efm.evaluation.stats import difference_interval, successes, verdict, wilson_interval
 from efm.pipelines.local import run_local
 
 RESULTS = Path(__file__).parent / "results" / "block2block.json"
@@ -47,8 +48,27 @@ def mean(rows: list[dict], domain: str, fraction: float, key: str) -> float | No
     return float(np.mean(values)) if values else None
 
 
-def claims(rows: list[dict]) -> dict:
-    """The claim over the table's smallest and largest fractions measured so far."""
+def pooled(rows: list[dict], domain: str, fraction: float, policy: str, episodes: int) -> dict:
+    """A policy's successes over every seed measured, each seed's rate out of `episodes`
+    evaluation tasks, with the pooled rate's Wilson interval."""
+    ks = [successes(r[policy]["success_rate"], episodes) for r in rows
+          if r["domain"] == domain and r["data_fraction"] == fraction]
+    n = episodes * len(ks)
+    return {"domain": domain, "data_fraction": fraction, "policy": policy, "seeds": len(ks), "successes": sum(ks),
+            "episodes": n, "success_rate": sum(ks) / n, "wilson_95": list(wilson_interval(sum(ks), n))}
+
+
+def compare(a: dict, b: dict) -> dict:
+    """a's success rate minus b's, with Newcombe's interval and what it says of 'a beats b'."""
+    interval = difference_interval(a["successes"], a["episodes"], b["successes"], b["episodes"])
+    return {"difference": a["success_rate"] - b["success_rate"], "newcombe_95": list(interval),
+            "a_beats_b": verdict(interval)}
+
+
+def claims(rows: list[dict], episodes: int) -> dict:
+    """The claim over the table's smallest and largest fractions measured so far, and every
+    policy's pooled success and Self-Improvement's effect per domain and fraction, with 95%
+    intervals of the evaluation's noise (`episodes` tasks per seed; efm.evaluation.stats)."""
     fractions = sorted({r["data_fraction"] for r in rows if r["domain"] == "tabletop"})
     if not fractions:
         return {}
@@ -57,12 +77,23 @@ def claims(rows: list[dict]) -> dict:
     sft_small = mean(rows, "tabletop", small, "sft")
     sft_large = mean(rows, "tabletop", large, "sft") if large > small else None  # one fraction: no claim
     extra = [r["self_improvement_episodes"] / r["dataset_episodes"] for r in rows if r["domain"] == "tabletop"]
+    branches = sorted({(r["domain"], r["data_fraction"]) for r in rows}, key=lambda b: (b[0] != "tabletop", b))
+    success = {(d, f, p): pooled(rows, d, f, p, episodes) for d, f in branches for p in ("sft", "self_improved")}
     return {"sft_small": sft_small, "self_improved_small": si_small, "sft_large": sft_large,
             "self_improvement_episodes_over_dataset": float(np.mean(extra)) if extra else None,
             "self_improved_small_beats_sft_large": None if si_small is None or sft_large is None
             else si_small > sft_large,
+            # a: Self-Improved at the smallest fraction, b: SFT at the largest
+            "self_improved_small_vs_sft_large": None if sft_large is None else compare(
+                success["tabletop", small, "self_improved"], success["tabletop", large, "sft"]),
             "bananatable_sft": mean(rows, "bananatable", small, "sft"),
-            "bananatable_self_improved": mean(rows, "bananatable", small, "self_improved")}
+            "bananatable_self_improved": mean(rows, "bananatable", small, "self_improved"),
+            "evaluation_episodes_per_seed": episodes,
+            "success": list(success.values()),
+            # a: Self-Improved, b: SFT, from the same Stage-1 checkpoints
+            "self_improvement": [{"domain": d, "data_fraction": f} | compare(success[d, f, "self_improved"],
+                                                                               success[d, f, "sft"])
+                                 for d, f in branches]}
 
 
 def plot_path(results: Path) -> Path:
@@ -149,12 +180,16 @@ def main() -> None:
     parser.add_argument("--rerun", nargs="+", default=[], metavar="STEP",
                         help="execute these steps of the branches though cached (as efm run --rerun)")
     parser.add_argument("--plot", action="store_true",
-                        help="only draw the results file's Figure 5 again (beside it, *_success_vs_episodes.png)")
+                        help="only compute the results file's claims and draw its Figure 5 again (beside it, "
+                             "*_success_vs_episodes.png), from the rows it holds")
     args = parser.parse_args()
     if args.plot:
         if not args.results.is_file():
             raise SystemExit(f"--plot: no results file {args.results}")
-        plot_results(json.loads(args.results.read_text()), args.results)
+        out = json.loads(args.results.read_text())
+        out["claims"] = claims(out["results"], out["config"]["eval"]["num_episodes"])
+        write_results(out, args.results)
+        print(json.dumps(out["claims"], indent=1))
         print(plot_path(args.results))
         return
     cfg = load_config("tabletop", args.config)
@@ -176,7 +211,7 @@ def main() -> None:
                  "seconds": time.time() - t0, "task_seconds": summary["kfp"]["seconds"], "cpu": cpu_model(),
                  "commit": commit,
                  "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
-            out["claims"] = claims(out["results"])
+            out["claims"] = claims(out["results"], cfg.eval.num_episodes)
             write_results(out, args.results)
             print(markdown_table(out["results"]))
             print(json.dumps(out["claims"], indent=1))

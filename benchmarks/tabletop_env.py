@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 from efm.config import TABLETOP_TASK_FAMILIES, BananaTableConfig, EnvConfig, TabletopConfig
 from efm.domains import make_demonstrator, make_env
+from efm.evaluation.stats import wilson_interval
 from efm.rollout import rollout
 
 RESULTS = Path(__file__).parent / "results" / "tabletop_env.json"
@@ -68,13 +68,6 @@ def throughput(domain: str, num_envs: int, render: bool, steps: int) -> dict:
     }
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def demonstrator(
     domain: str, families: tuple[str, ...], episodes: int, num_envs: int, seed: int
 ) -> dict:
@@ -88,7 +81,7 @@ def demonstrator(
     done = [e for e in eps if e.success]
     lengths = np.array([e.length for e in done], float)
     optimal = np.array([e.optimal_length for e in done], float)
-    lo, hi = wilson(wins, len(eps))
+    lo, hi = wilson_interval(wins, len(eps))
     return {
         "family": "bananatable" if domain == "bananatable" else families[0],
         "episodes": len(eps),

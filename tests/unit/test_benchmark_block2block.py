@@ -5,21 +5,50 @@ from __future__ import annotations
 import json
 
 import block2block as bench
+import pytest
 
 
-def row(domain: str, fraction: float, sft: float, si: float) -> dict:
-    return {"domain": domain, "data_fraction": fraction, "seed": 0, "sft": {"success_rate": sft},
+def row(domain: str, fraction: float, sft: float, si: float, seed: int = 0) -> dict:
+    return {"domain": domain, "data_fraction": fraction, "seed": seed, "sft": {"success_rate": sft},
             "self_improved": {"success_rate": si}, "self_improvement_episodes": 400, "dataset_episodes": 4000}
 
 
 def test_the_claim_compares_the_smallest_fraction_with_the_largest() -> None:
     rows = [row("tabletop", 0.1, 0.05, 0.07), row("tabletop", 0.8, 0.13, 0.08), row("bananatable", 0.1, 0.02, 0.03)]
-    claims = bench.claims(rows)
+    claims = bench.claims(rows, 100)
     assert (claims["sft_small"], claims["self_improved_small"], claims["sft_large"]) == (0.05, 0.07, 0.13)
     assert claims["self_improved_small_beats_sft_large"] is False
     assert (claims["bananatable_sft"], claims["bananatable_self_improved"]) == (0.02, 0.03)
-    one = bench.claims(rows[:1])  # a single fraction is no comparison
+    one = bench.claims(rows[:1], 100)  # a single fraction is no comparison
     assert one["sft_large"] is None and one["self_improved_small_beats_sft_large"] is None
+    assert one["self_improved_small_vs_sft_large"] is None
+
+
+def test_the_claim_is_judged_on_the_pooled_seeds_intervals() -> None:
+    """7 vs 13 tasks of 100 is within the evaluation's noise; 14 vs 26 of 200 (two seeds each)
+    is not, though the means are the same."""
+    def verdict(rows: list[dict]) -> str:
+        return bench.claims(rows, 100)["self_improved_small_vs_sft_large"]["a_beats_b"]
+
+    one_seed = [row("tabletop", 0.1, 0.05, 0.07), row("tabletop", 0.8, 0.13, 0.08)]
+    assert verdict(one_seed) == "inconclusive"
+    four_seeds = one_seed * 4
+    assert verdict(four_seeds) == "refuted"  # 28 of 400 against 52 of 400
+    claims = bench.claims(four_seeds, 100)
+    small = next(s for s in claims["success"] if (s["data_fraction"], s["policy"]) == (0.1, "self_improved"))
+    assert (small["seeds"], small["successes"], small["episodes"]) == (4, 28, 400)
+    assert small["wilson_95"][0] < 0.07 < small["wilson_95"][1]
+    assert verdict([row("tabletop", 0.1, 0.05, 0.30), row("tabletop", 0.8, 0.13, 0.08)]) == "supported"
+
+
+def test_self_improvements_effect_per_domain_and_fraction() -> None:
+    rows = [row("tabletop", 0.1, 0.11, 0.02), row("bananatable", 0.1, 0.03, 0.04)]
+    effect = {(e["domain"], e["data_fraction"]): e for e in bench.claims(rows, 100)["self_improvement"]}
+    assert effect["tabletop", 0.1]["difference"] == pytest.approx(-0.09)
+    assert effect["tabletop", 0.1]["a_beats_b"] == "refuted"  # 2 of 100 after against 11 before
+    assert effect["bananatable", 0.1]["a_beats_b"] == "inconclusive"
+    with pytest.raises(ValueError, match="not a count out of 100"):  # a rate no 100 tasks give
+        bench.claims([row("tabletop", 0.1, 0.115, 0.02)], 100)
 
 
 def test_results_come_with_block2blocks_figure_5(tmp_path) -> None:
