@@ -14,14 +14,15 @@ def row(domain: str, fraction: float, sft: float, si: float, seed: int = 0) -> d
 
 
 def test_the_claim_compares_the_smallest_fraction_with_the_largest() -> None:
-    rows = [row("tabletop", 0.1, 0.05, 0.07), row("tabletop", 0.8, 0.13, 0.08), row("bananatable", 0.1, 0.02, 0.03)]
+    rows = [row("tabletop", 0.1, 0.05, 0.07), row("tabletop", 0.2, 0.30, 0.30), row("tabletop", 0.8, 0.13, 0.08),
+            row("bananatable", 0.1, 0.02, 0.03)]
     claims = bench.claims(rows, 100)
-    assert (claims["sft_small"], claims["self_improved_small"], claims["sft_large"]) == (0.05, 0.07, 0.13)
-    assert claims["self_improved_small_beats_sft_large"] is False
-    assert (claims["bananatable_sft"], claims["bananatable_self_improved"]) == (0.02, 0.03)
+    assert claims["self_improved_small_vs_sft_large"]["difference"] == pytest.approx(0.07 - 0.13)
+    rates = {(s["domain"], s["data_fraction"], s["policy"]): s["success_rate"] for s in claims["success"]}
+    assert rates["bananatable", 0.1, "sft"] == 0.02 and rates["bananatable", 0.1, "self_improved"] == 0.03
+    assert claims["self_improvement_episodes_over_dataset"] == pytest.approx(0.1)
     one = bench.claims(rows[:1], 100)  # a single fraction is no comparison
-    assert one["sft_large"] is None and one["self_improved_small_beats_sft_large"] is None
-    assert one["self_improved_small_vs_sft_large"] is None
+    assert one["self_improved_small_vs_sft_large"] is None and len(one["success"]) == 2
 
 
 def test_the_claim_is_judged_on_the_pooled_seeds_intervals() -> None:
