@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -879,11 +878,51 @@ def _from_dict(cls: type, raw: Any, path: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _from_dict(hint, value, f"{path}{name}.")
-        elif typing.get_origin(hint) is tuple or (isinstance(hint, types.GenericAlias) and hint.__origin__ is tuple):
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(hint, value, f"{path}{name}")
     return cls(**kwargs)
+
+
+def _typed(hint: Any, value: Any, path: str) -> Any:
+    """`value` as a field of type `hint` holds it, or a ValueError naming the field: a float
+    where a count is due (or a string where a list is) fails here, not hours into a run."""
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"invalid config: {path} must be {expected}, got {value!r}")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise bad("an integer")
+        return int(value)  # 1e3 in JSON is a float
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise bad(f"one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise bad("a list")
+        if args[-1] is Ellipsis:
+            return tuple(_typed(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise bad(f"a list of {len(args)}")
+        return tuple(_typed(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("an object")
+        return {_typed(args[0], k, f"{path} key"): _typed(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    raise TypeError(f"config field {path}: no rule for type {hint!r}")
 
 
 INSTRUCTION_GOAL_DOMAINS = ("tabletop", "bananatable")  # the goal is the instruction text alone

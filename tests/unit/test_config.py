@@ -95,6 +95,30 @@ def test_from_json_rejects_unknown_and_malformed() -> None:
         RunConfig.from_json(json.dumps({"self_improve": {"gamma": 0}}))
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ({"sft": {"num_steps": 1.5}}, r"sft\.num_steps must be an integer, got 1\.5"),
+    ({"data": {"validation_episodes": True}}, r"data\.validation_episodes must be an integer"),
+    ({"sft": {"learning_rate": "1e-3"}}, r"sft\.learning_rate must be a number"),
+    ({"tokenizer": {"cameras": "rgb"}}, r"tokenizer\.cameras must be a list, got 'rgb'"),  # not ('r', 'g', 'b')
+    ({"self_improve": {"freeze": "vision_encoder"}}, r"self_improve\.freeze must be a list"),
+    ({"data": {"fractions": [0.1, "0.2"]}}, r"data\.fractions\[1\] must be a number"),
+    ({"model": {"compute_dtype": "float16"}}, r"model\.compute_dtype must be one of \['float32', 'bfloat16'\]"),
+])
+def test_from_json_checks_each_fields_type(override: dict, message: str) -> None:
+    """A value of the wrong type fails when the config is read, naming the field, not when a
+    step hours later first uses it (a float step count once reached SFT's range())."""
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_json(json.dumps(override))
+
+
+def test_from_json_reads_an_integral_float_as_a_count() -> None:
+    cfg = RunConfig.from_json(json.dumps({"sft": {"num_steps": 1e3}, "self_improve": {"learning_rate": 1}}))
+    assert cfg.sft.num_steps == 1000 and isinstance(cfg.sft.num_steps, int)
+    assert isinstance(cfg.self_improve.learning_rate, float)
+    for domain in ("pointmass", "tabletop", "bananatable", "aloha-insertion"):  # every default reads back
+        assert RunConfig.from_json(default_config(domain).to_json()) == default_config(domain)
+
+
 def test_from_json_partial_fills_defaults() -> None:
     cfg = RunConfig.from_json(json.dumps({"sft": {"batch_size": 64}, "data": {"fractions": [0.5]}}))
     default = RunConfig()
