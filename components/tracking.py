@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +37,7 @@ STAGE_RUNS = "efm.stage_run_ids"  # on the parent: every stage run its results c
 REUSED_RUNS = "efm.reused_run_ids"  # on the parent: those of them made by an earlier pipeline run (cached)
 LINEAGE = "lineage.json"  # on the parent: one entry per stage run (stage, name, reused, upstream)
 FAULT_ENV = "EFM_FAIL_STAGE"  # tests: the stage named here raises once its run is open
+TERMINATED_EXIT = 128 + signal.SIGTERM  # a shell's exit status for a process ended by SIGTERM
 
 
 class ArtifactLike(Protocol):
@@ -139,13 +142,36 @@ def fail_experiment(tracking_uri: str, kfp_run: str) -> str | None:
     return parent_id
 
 
+class Terminated(SystemExit):
+    """SIGTERM (a preempted node, a task timeout, a cancelled run) arrived while a stage run was open."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(TERMINATED_EXIT)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While open, SIGTERM raises `Terminated` so that `finally` blocks run (by default it ends
+    the process at once); the previous handler is restored on exit. Python delivers signals to
+    the main thread only, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def stage_run(stage: str, cfg: RunConfig, tracking_uri: str, parent_run_id: str, kfp_run: str, kfp_task: str,
               inputs: Sequence[ArtifactLike], outputs: Sequence[ArtifactLike],
               fraction: float | None = None, seed: int | None = None) -> Iterator[StageRun]:
     """The stage's child run: tagged with stage, domain, branch, KFP names and upstream runs,
     with the config as params. On exit the outputs' metadata get the run id and the failures
-    (inherited plus this task's).
+    (inherited plus this task's). A task ended by SIGTERM ends its run KILLED and exits 143.
 
     `parent_run_id` "" (what the stage components pass, so that their inputs stay the same from
     one pipeline run to the next and the cache can reuse them) finds the parent by `kfp_run`.
@@ -161,10 +187,14 @@ def stage_run(stage: str, cfg: RunConfig, tracking_uri: str, parent_run_id: str,
     run.log_params(cfg.flat(STAGE_SECTIONS.get(stage)))  # a data step: the sections it reads
     status = "FAILED"
     try:
-        if os.environ.get(FAULT_ENV) == stage:
-            raise RuntimeError(f"fault injected into stage {stage!r} ({FAULT_ENV})")
-        yield run
+        with sigterm_raises():
+            if os.environ.get(FAULT_ENV) == stage:
+                raise RuntimeError(f"fault injected into stage {stage!r} ({FAULT_ENV})")
+            yield run
         status = "FINISHED"
+    except Terminated:
+        status = "KILLED"
+        raise
     finally:
         tracker.end_run(run, status)
         failures = _unique([*inherited_failures(inputs), *(f"{name}: {f}" for f in tracker.failures)])

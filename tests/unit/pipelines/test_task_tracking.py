@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from efm.components.tracking import (
     REUSED_RUNS,
     RUN_ID,
     STAGE_RUNS,
+    TERMINATED_EXIT,
     fail_experiment,
     find_parent,
     finish_experiment,
@@ -67,6 +71,34 @@ def test_a_failing_stage_marks_its_run_failed(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), stage_run("sft", debug_config(), uri, "", "r", "t", [], [out]):
         raise RuntimeError("diverged")
     assert MlflowClient(uri).get_run(out.metadata[RUN_ID]).info.status == "FAILED"
+
+
+_OPEN_AND_WAIT = """
+import sys, time
+from efm.components.tracking import stage_run
+from efm.config import debug_config
+class Out: metadata = {}
+with stage_run("sft", debug_config(), sys.argv[1], "", "kfp-run", "sft", [], [Out()], 0.5, 0) as run:
+    print(run.run_id, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_terminated_task_ends_its_run_killed(tmp_path: Path) -> None:
+    """SIGTERM (preemption, a task timeout) ends the run; by default it skipped every finally."""
+    uri = local_store(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", _OPEN_AND_WAIT, uri], stdout=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == TERMINATED_EXIT
+    assert run_id and MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_stage_run_restores_the_sigterm_handler() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with stage_run("dataset", debug_config(), "", "", "r", "t", [], [FakeArtifact()]):
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_unreachable_server_costs_nothing_but_a_report(monkeypatch: pytest.MonkeyPatch) -> None:
