@@ -35,6 +35,16 @@ def start_tracking(config_json: str, tracking_uri: str, branches: str, kfp_run: 
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
+def end_tracking(tracking_uri: str, status: dsl.PipelineTaskFinalStatus,
+                 kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER):
+    """The exit handler (vertex target): a run that did not succeed ends its parent MLflow run,
+    and the stage runs left running, FAILED. Takes no task's output: it runs whatever failed."""
+    from efm.components.tracking import end_experiment
+
+    end_experiment(status.state, tracking_uri, kfp_run)
+
+
+@dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
 def data_configs(config_json: str) -> NamedTuple("DataConfigs", [("data", str), ("validate", str)]):
     """The config as the data steps read it (`efm.config.stage_view`): `data` for dataset and
     subsample, `validate` for the gate. Their cache keys then hold only what they read."""

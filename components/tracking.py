@@ -11,7 +11,8 @@ pipeline's cache can reuse them: a stage run finds its parent (the pipeline run'
 opened by `start_experiment`) by the KFP run name tag, not by an input. The final report step
 (`finish_experiment`) records on the parent every stage run its results came from, those
 reused from the cache included (`efm.stage_run_ids`, `efm.reused_run_ids`, lineage.json), and a
-failed pipeline run ends its parent as FAILED (`fail_experiment`, called by `efm run`).
+failed pipeline run ends its parent as FAILED (`fail_experiment`: called by `efm run` locally, by
+the exit handler's `end_experiment` on Vertex). A task ended by SIGTERM ends its own run KILLED.
 """
 
 from __future__ import annotations
@@ -140,6 +141,17 @@ def fail_experiment(tracking_uri: str, kfp_run: str) -> str | None:
     for failure in tracker.failures:
         print(f"MLflow: could not log: {failure}")
     return parent_id
+
+
+def end_experiment(state: str, tracking_uri: str, kfp_run: str) -> str | None:
+    """The exit handler's step (vertex target): a pipeline run whose tasks did not all succeed
+    (`state` FAILED or CANCELLED, from `dsl.PipelineTaskFinalStatus`) fails its parent run as
+    `fail_experiment` does; a succeeded one was finished by the final report step. Returns the
+    id of the parent it failed, if any."""
+    if state == "SUCCEEDED":
+        return None
+    print(f"pipeline run {kfp_run!r} ended {state}: its MLflow runs end FAILED")
+    return fail_experiment(tracking_uri, kfp_run)
 
 
 class Terminated(SystemExit):

@@ -21,7 +21,8 @@ Two targets share the graph. "local" (the default) is what kfp.local runs: every
 lightweight component. "vertex" makes SFT (and pretraining) a Vertex AI custom job on a TPU VM (gcpc's
 `create_custom_training_job_from_component`; kfp.local cannot run that launcher) and puts CPU
 and memory limits, and optionally an accelerator for Self-Improvement, on the other steps; the
-machines come from `efm.pipelines.vertex.VertexResources`.
+machines come from `efm.pipelines.vertex.VertexResources`. On Vertex the graph runs inside an
+exit handler (kfp.local runs none) whose exit step fails the MLflow runs of a failed run.
 
 No `from __future__ import annotations`: kfp reads the pipeline function's annotations as types.
 """
@@ -158,9 +159,8 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
     # not on library code, and a change of physics must not reuse data made with the old one.
     simulation = simulation_version()
 
-    @dsl.pipeline(name=name, description="Self-Improving Embodied Foundation Models: SFT then "
-                  f"Self-Improvement for data fractions {fractions} and seeds {seeds}.")
-    def experiment_pipeline(config_json: str, tracking_uri: str = "") -> dsl.Artifact:
+    def graph(config_json: str, tracking_uri: str) -> Any:
+        """Every task; returns the final report's summary."""
         start = _on_cpu(_configure(stages.start_tracking(
             config_json=config_json, tracking_uri=tracking_uri,
             branches=" ".join(branch_label(f, s) for s in seeds for f in fractions)), "tracking", "start-tracking"),
@@ -225,7 +225,27 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                 summary = rep.outputs["summary"]
         return summary
 
-    return experiment_pipeline
+    description = ("Self-Improving Embodied Foundation Models: SFT then "
+                   f"Self-Improvement for data fractions {fractions} and seeds {seeds}.")
+    if target == "local":
+        @dsl.pipeline(name=name, description=description)
+        def experiment_pipeline(config_json: str, tracking_uri: str = "") -> dsl.Artifact:
+            return graph(config_json, tracking_uri)
+
+        return experiment_pipeline
+
+    # On Vertex the graph runs inside an exit handler whose exit task ends the MLflow runs of a
+    # failed pipeline run FAILED (kfp.local runs no exit handler: locally `run_local` does it).
+    # kfp takes pipeline outputs from the top level only, so here the summary is the final
+    # report task's output alone.
+    @dsl.pipeline(name=name, description=description)
+    def vertex_pipeline(config_json: str, tracking_uri: str = ""):
+        end = _on_cpu(_configure(stages.end_tracking(tracking_uri=tracking_uri), "tracking", "end-tracking"),
+                      resources)
+        with dsl.ExitHandler(end, name="experiment"):
+            graph(config_json, tracking_uri)
+
+    return vertex_pipeline
 
 
 def compile_pipeline(path: str | Path, fractions: Sequence[float], seeds: Sequence[int],

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from efm.components import stages
 from efm.components.artifacts import SYNC_MANIFEST, mirrored, sync_tree
 from efm.components.tracking import (
     FAILURES,
@@ -23,6 +24,7 @@ from efm.components.tracking import (
     RUN_ID,
     STAGE_RUNS,
     TERMINATED_EXIT,
+    end_experiment,
     fail_experiment,
     find_parent,
     finish_experiment,
@@ -264,6 +266,29 @@ def test_a_failed_pipeline_run_ends_its_parent_and_running_stages_failed(tmp_pat
     assert client.get_run(killed.run_id).info.status == "FAILED"
     assert client.get_run(other).info.status == "RUNNING"
     assert fail_experiment(uri, "never-started") is None
+
+
+@dataclass
+class FakeFinalStatus:
+    """What the exit task sees of `dsl.PipelineTaskFinalStatus`."""
+
+    state: str
+    pipeline_task_name: str = "exit-handler-1"
+    error_message: str | None = None
+
+
+def test_the_exit_handler_fails_the_runs_of_a_pipeline_run_that_did_not_succeed(tmp_path: Path) -> None:
+    uri, cfg = local_store(tmp_path), debug_config()
+    Tracker(uri, artifact_location=local_artifacts(tmp_path))
+    done, failed, cancelled = (start_experiment(cfg, uri, f"run-{i}", "b") for i in range(3))
+    killed = Tracker(uri).start_run("sft", {"stage": "sft"}, failed)
+    assert end_experiment("SUCCEEDED", uri, "run-0") is None  # the final report finishes it
+    stages.end_tracking.python_func(tracking_uri=uri, status=FakeFinalStatus("FAILED"), kfp_run="run-1")
+    assert end_experiment("CANCELLED", uri, "run-2") == cancelled
+    client = MlflowClient(uri)
+    assert client.get_run(done).info.status == "RUNNING"
+    assert [client.get_run(i).info.status for i in (failed, killed.run_id, cancelled)] == ["FAILED"] * 3
+    assert end_experiment("FAILED", "", "run-3") is None  # tracking off
 
 
 def test_an_injected_fault_fails_the_stage_with_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

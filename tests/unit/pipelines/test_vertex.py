@@ -72,8 +72,16 @@ def _spec(path: Path) -> tuple[dict, pipeline_spec_pb2.PipelineSpec]:
     return raw, json_format.ParseDict(raw, pipeline_spec_pb2.PipelineSpec())  # strict: unknown fields fail
 
 
+def _steps(spec: pipeline_spec_pb2.PipelineSpec) -> dict[str, pipeline_spec_pb2.PipelineTaskSpec]:
+    """Every task that runs a container, by name: the root's and those of groups (the vertex
+    graph runs inside an exit handler group)."""
+    dags = [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]
+    return {name: t for dag in dags for name, t in dag.tasks.items()
+            if spec.components[t.component_ref.name].executor_label}
+
+
 def _tasks(spec: pipeline_spec_pb2.PipelineSpec, stage: str) -> list[pipeline_spec_pb2.PipelineTaskSpec]:
-    return [t for t in spec.root.dag.tasks.values() if t.task_info.name.startswith(f"{stage}-")]
+    return [t for t in _steps(spec).values() if t.task_info.name.startswith(f"{stage}-")]
 
 
 def _executor(raw: dict, spec: pipeline_spec_pb2.PipelineSpec, task: pipeline_spec_pb2.PipelineTaskSpec) -> dict:
@@ -108,19 +116,34 @@ def test_vertex_yaml_parses_strictly_and_runs_sft_as_a_tpu_custom_job(vertex_yam
     # select consumes the custom job's model output
     for task in _tasks(spec, "select"):
         producer = task.inputs.artifacts["sft_model"].task_output_artifact.producer_task
-        assert spec.root.dag.tasks[producer].task_info.name.startswith("sft-")
+        assert _steps(spec)[producer].task_info.name.startswith("sft-")
 
 
 def test_vertex_yaml_puts_cpu_and_memory_limits_on_the_other_steps(vertex_yaml) -> None:
     raw, spec = vertex_yaml
-    others = [t for t in spec.root.dag.tasks.values() if not t.task_info.name.startswith("sft-")]
-    assert len(others) == 4 + 5 * 2  # start-tracking, data-configs, dataset, validate, and 5 steps per branch
+    others = [t for t in _steps(spec).values() if not t.task_info.name.startswith("sft-")]
+    # start-tracking, data-configs, dataset, validate, 5 steps per branch, and end-tracking
+    assert len(others) == 4 + 5 * 2 + 1
     for task in others:
         container = _executor(raw, spec, task)
         assert container["image"] == EFM_IMAGE
         assert container["resources"]["resourceCpuLimit"] == "4"
         assert container["resources"]["resourceMemoryLimit"] == "16G"
         assert "accelerator" not in container["resources"]  # none unless configured
+
+
+def test_vertex_runs_every_step_inside_an_exit_handler_that_ends_tracking(vertex_yaml) -> None:
+    """A failed Vertex run reaches no report step: the exit task fails its MLflow runs."""
+    raw, spec = vertex_yaml
+    assert set(spec.root.dag.tasks) == {"exit-handler-1", "end-tracking"}
+    end = spec.root.dag.tasks["end-tracking"]
+    assert end.trigger_policy.strategy == end.trigger_policy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
+    assert end.inputs.parameters["status"].task_final_status.producer_task == "exit-handler-1"
+    assert end.inputs.parameters["tracking_uri"].component_input_parameter == "tracking_uri"
+    assert not end.caching_options.enable_cache
+    assert "end_experiment(status.state" in " ".join(_executor(raw, spec, end)["command"])
+    group = spec.components[spec.root.dag.tasks["exit-handler-1"].component_ref.name].dag
+    assert set(_steps(spec)) - set(group.tasks) == {"end-tracking"}  # every other step is inside
 
 
 def test_multi_host_topology_and_self_improve_accelerator(tmp_path: Path) -> None:
@@ -144,7 +167,7 @@ def test_vertex_runs_pretraining_as_a_tpu_custom_job_too(tmp_path: Path) -> None
 
     raw, spec = _spec(compile_pipeline(tmp_path / "p.yaml", [0.5], [3], target="vertex",
                                        shape=GraphShape(pretrain=True)))
-    (pre,) = [t for t in spec.root.dag.tasks.values() if t.task_info.name == "pretrain"]
+    (pre,) = [t for t in _steps(spec).values() if t.task_info.name == "pretrain"]
     component = raw["components"][pre.component_ref.name]
     (pool,) = component["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
     assert pool["machine_spec"] == {"machine_type": "ct5lp-hightpu-4t"}
@@ -163,6 +186,8 @@ def test_local_target_is_unchanged_plain_components(tmp_path: Path) -> None:
     assert not any("resources" in e["container"] for e in executors)
     (sft,) = _tasks(spec, "sft")
     assert set(sft.inputs.parameters) == {"config_json", "fraction", "seed", "tracking_uri"}
+    assert set(_steps(spec)) == set(spec.root.dag.tasks) and "end-tracking" not in _steps(spec)  # no exit handler
+    assert "Output" in raw["root"]["outputDefinitions"]["artifacts"]  # the summary, for kfp.local
     with pytest.raises(ValueError, match="target"):
         make_experiment_pipeline([0.5], [0], target="cloud")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="resources"):
