@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 from efm.data import languagetable
 from efm.data import rlds as rlds_io
@@ -39,13 +39,13 @@ _f = tfds.features
 # ----------------------------------------------------------------------------- locating
 
 
-def resolve_dataset_dir(path: str | os.PathLike[str]) -> Path:
+def resolve_dataset_dir(path: str | os.PathLike[str]) -> epath.Path:
     """The TFDS directory at `path`, or in its one subdirectory (TFDS's name/version layout).
 
     Users point at .../language_table/0.0.1 or at .../language_table; more than one version
     below is ambiguous, so it is an error listing them rather than a guess.
     """
-    p = Path(path)
+    p = epath.Path(path)  # pathlib would fold gs://b into gs:/b
     if not p.exists():
         raise DatasetError(f"{p}: no such file or directory")
     if not p.is_dir():
@@ -134,7 +134,7 @@ def _skip_images(f: _f.FeatureConnector) -> Any:
     return None
 
 
-def _format(features: _f.FeaturesDict, directory: Path) -> str:
+def _format(features: _f.FeaturesDict, directory: epath.Path) -> str:
     if not languagetable.schema_problems(features):
         return "language_table"
     if (directory / rlds_io.METADATA_FILE).is_file():
@@ -240,7 +240,7 @@ def inspect_dataset(path: str | os.PathLike[str], examples: int = 3, *,
     where = instruction_feature(features)
     example_split = "train" if "train" in splits else next(iter(splits), None)
     return {
-        "path": str(directory.absolute()),
+        "path": rlds_io.absolute(directory),
         "name": info.name,
         "version": str(info.version),
         "format": _format(features, directory),

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 from efm.data import rlds as rlds_io
 from efm.data.rlds import DatasetError
@@ -273,7 +274,7 @@ def read_languagetable(
     `image_size` = (height, width) when given, else kept as stored. `limit` caps the number of
     episodes. The path, schema, split and arguments are checked here, before the first episode.
     """
-    path = Path(directory)
+    path = epath.Path(directory)  # pathlib would fold gs://b into gs:/b
     size = _check_image_size(image_size)
     if limit is not None and (not isinstance(limit, int | np.integer) or limit < 0):
         raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
@@ -290,7 +291,7 @@ def read_languagetable(
     return _episodes(ds, path, split)
 
 
-def _episodes(ds: tf.data.Dataset, path: Path, split: str) -> Iterator[Episode]:
+def _episodes(ds: tf.data.Dataset, path: epath.Path, split: str) -> Iterator[Episode]:
     it = ds.as_numpy_iterator()
     i = 0
     while True:
@@ -416,7 +417,7 @@ def import_languagetable(
         raise ValueError(f"max_clipped_fraction must be in [0, 1], got {max_clipped_fraction!r}")
     count = {"episodes": 0, "steps": 0, "successes": 0}
     clipped = {"values": 0, "total": 0, "max_abs": 0.0}
-    metadata: dict[str, Any] = {"source": {"path": str(Path(source).absolute()), "format": DATASET_NAME,
+    metadata: dict[str, Any] = {"source": {"path": rlds_io.absolute(source), "format": DATASET_NAME,
                                            "split": split, "action_scale": 1.0 / MAX_ACTION,
                                            "image_size": list(image_size) if image_size else None}}
 

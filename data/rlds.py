@@ -405,6 +405,13 @@ def write_episodes(
 # ----------------------------------------------------------------------------- reading
 
 
+def absolute(path: str | os.PathLike[str]) -> str:
+    """`path` made absolute; a URI (gs://...) is absolute already (pathlib, and epath's
+    `absolute()` too, would turn gs://b into a local /cwd/gs:/b)."""
+    text = os.fspath(path)
+    return text if "://" in text else str(Path(text).absolute())
+
+
 def _open(directory: str | os.PathLike[str]) -> tfds.core.DatasetBuilder:
     """A TFDS builder for an RLDS dataset directory (a local path or a URI such as gs://, which
     Dataflow's workers read), or a DatasetError saying what is wrong."""
@@ -458,7 +465,7 @@ def split_sizes(directory: str | os.PathLike[str]) -> dict[str, int]:
 def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The `metadata` given when the dataset was written ({} for foreign datasets)."""
     _open(directory)
-    path = Path(directory) / METADATA_FILE
+    path = epath.Path(directory) / METADATA_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

@@ -20,6 +20,8 @@ from efm.config import (
 )
 
 if TYPE_CHECKING:
+    from etils import epath
+
     from efm.pipelines.vertex import VertexResources
 
 
@@ -54,8 +56,11 @@ def load_config(domain: str, override: str | None = None, debug: bool = False) -
     return base.overridden(changes)
 
 
-def _existing(path: str, what: str) -> Path:
-    p = Path(path)
+def _existing(path: str, what: str) -> epath.Path:
+    """`path` (a local path or a URI such as gs://...), which must exist."""
+    from etils import epath  # here: the CLI starts without it
+
+    p = epath.Path(path)  # pathlib would fold gs://b into gs:/b
     if not p.exists():
         raise FileNotFoundError(f"{what} not found: {p}")
     return p

@@ -4,6 +4,7 @@ clear errors on anything that is not an RLDS dataset."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from efm.data import languagetable as lt
 from efm.data import rlds as rlds_io
-from efm.data.inspect import format_inspection, inspect_dataset
+from efm.data.inspect import format_inspection, inspect_dataset, resolve_dataset_dir
 from efm.data.rlds import DatasetError
 from efm.envs.base import Episode
 
@@ -165,6 +166,14 @@ def test_what_is_not_an_rlds_dataset_is_a_clear_error(tmp_path: Path) -> None:
     plain = _store(tmp_path / "plain", "plain", _f.FeaturesDict({"x": _f.Scalar(dtype=np.int32)}),
                    [{"x": 1}])
     fails(plain.parent, "not an RLDS dataset: no 'steps' feature")
+
+
+def test_a_dataset_dir_resolves_by_uri(language_table: Path, fake_gcs: Path) -> None:
+    """A gs:// URI keeps its prefix (pathlib would fold gs://b into gs:/b and find nothing)."""
+    shutil.copytree(language_table.parent, fake_gcs / "language_table")
+    assert str(resolve_dataset_dir("gs://bucket/language_table")) == "gs://bucket/language_table/0.0.1"
+    with pytest.raises(DatasetError, match="gs://bucket/nope: no such file"):
+        resolve_dataset_dir("gs://bucket/nope")
 
 
 def test_cli_prints_json_or_text_and_exits_2_on_a_non_dataset(language_table: Path, tmp_path: Path,

@@ -4,6 +4,7 @@ schema (checked against plain TFDS reads), and clear errors on anything else."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,6 +241,28 @@ def test_success_is_terminal_or_a_final_reward() -> None:
     assert not success(terminal=False, reward_at=None)
     with pytest.raises(DatasetError, match="last step is not is_last"):
         lt._to_episode(_steps(4, terminal=False, reward_at=None, last=False), "e")
+
+
+def test_import_reads_a_gs_uri_whole(small: Path, fake_gcs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """LanguageTable lives on GCS: `efm data import-languagetable gs://...` keeps the URI whole
+    through the CLI, the reader's checks and the recorded source (pathlib: gs:/...)."""
+    from efm.cli import main
+
+    shutil.copytree(small, fake_gcs / "language_table" / "0.0.1")
+    uri, loaded = "gs://bucket/language_table/0.0.1", []
+    load_rlds = rlds_io.load_rlds
+
+    def load_local(directory: Any, split: str) -> tf.data.Dataset:  # TF's readers cannot reach the fake bucket
+        loaded.append(os.fspath(directory))
+        return load_rlds(os.fspath(directory).replace("gs://bucket", str(fake_gcs)), split)
+
+    monkeypatch.setattr(rlds_io, "load_rlds", load_local)
+    out = tmp_path / "imported"
+    assert main(["data", "import-languagetable", uri, "--out", str(out), "--image-size", "18", "32"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 3
+    assert loaded == [uri]
+    assert rlds_io.read_metadata(out)["source"]["path"] == uri
 
 
 def test_import_converts_to_project_rlds_for_the_pipeline(small: Path, tmp_path: Path,

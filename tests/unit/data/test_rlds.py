@@ -258,22 +258,17 @@ def test_foreign_rlds_dataset_reads_with_fallbacks(tmp_path: Path) -> None:
     assert np.all(ep.actions == 0.5) and ep.actions.shape == (3, 2)
 
 
-def test_a_dataset_opens_by_uri(tmp_path: Path) -> None:
+def test_a_dataset_opens_by_uri(fake_gcs: Path) -> None:
     """Dataflow's workers read the dataset as gs://…: the URI reaches the filesystem whole
     (pathlib would fold it into gs:/…). Here a fake gs:// backend serves a local dataset."""
-    import os
-    from unittest import mock
+    rlds_io.write_episodes([make_episode(i, 3) for i in range(3)], fake_gcs / "ds", metadata={"made_by": "test"})
+    assert rlds_io.split_sizes("gs://bucket/ds") == {"train": 3}
+    assert rlds_io.read_metadata("gs://bucket/ds") == {"made_by": "test"}
+    with pytest.raises(DatasetError, match="gs://bucket/nope: the directory does not exist"):
+        rlds_io.split_sizes("gs://bucket/nope")
 
-    from etils.epath import gpath
-    from etils.epath import testing as epath_testing
 
-    rlds_io.write_episodes([make_episode(i, 3) for i in range(3)], tmp_path / "ds")
-
-    def local(fn, path, *args, **kwargs):  # gs://bucket/x -> tmp_path/x
-        return fn(os.fspath(path).replace("gs://bucket", str(tmp_path)), *args, **kwargs)
-
-    fake_gcs = epath_testing.mock_epath(exists=local, isdir=local, glob=local, open=local, listdir=local, stat=local)
-    with mock.patch.object(gpath, "_is_tf_installed", lambda: False), fake_gcs:  # else TF's own GCS client
-        assert rlds_io.split_sizes("gs://bucket/ds") == {"train": 3}
-        with pytest.raises(DatasetError, match="gs://bucket/nope: the directory does not exist"):
-            rlds_io.split_sizes("gs://bucket/nope")
+def test_absolute_keeps_a_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert rlds_io.absolute("gs://bucket/ds") == "gs://bucket/ds"
+    assert rlds_io.absolute("ds") == str(tmp_path / "ds")
