@@ -26,12 +26,15 @@ from efm.components import EFM_IMAGE
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def start_tracking(config_json: str, tracking_uri: str, branches: str, kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER) -> str:
-    """Opens the pipeline run's parent MLflow run; returns its id ("" without tracking)."""
+def start_tracking(config_json: str, tracking_uri: str, branches: str, fractions: str,
+                   kfp_run: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER) -> str:
+    """Opens the pipeline run's parent MLflow run, its params the config with the branches'
+    `fractions` (space-separated); returns its id ("" without tracking)."""
     from efm.components.tracking import start_experiment
     from efm.config import RunConfig
 
-    return start_experiment(RunConfig.from_json(config_json), tracking_uri, kfp_run, branches)
+    return start_experiment(RunConfig.from_json(config_json), tracking_uri, kfp_run, branches,
+                            [float(f) for f in fractions.split()])
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)

@@ -17,6 +17,7 @@ the exit handler's `end_experiment` on Vertex). A task ended by SIGTERM ends its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -69,11 +70,18 @@ def inherited_failures(inputs: Sequence[ArtifactLike]) -> list[str]:
     return _unique(f for a in inputs for f in a.metadata.get(FAILURES, []))
 
 
-def start_experiment(cfg: RunConfig, tracking_uri: str, kfp_run: str, branches: str) -> str:
-    """The pipeline run's parent MLflow run; its id, or "" if tracking is off or failed."""
+def start_experiment(cfg: RunConfig, tracking_uri: str, kfp_run: str, branches: str,
+                     fractions: Sequence[float] | None = None) -> str:
+    """The pipeline run's parent MLflow run; its id, or "" if tracking is off or failed.
+
+    Its params are the config with `data.fractions` the `fractions` the branches run (None: the
+    config's). The pipeline's tasks ignore the config's own fractions, and it is not rewritten
+    before it reaches them: their cache keys stay the same whichever branches a run has."""
     tracker = Tracker(tracking_uri or None)
     run = tracker.start_run(kfp_run or "experiment", {"stage": EXPERIMENT_STAGE, "domain": cfg.domain,
                                                       KFP_RUN: kfp_run, "branches": branches})
+    if fractions is not None:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, fractions=tuple(fractions)))
     run.log_params(cfg.flat())
     for failure in tracker.failures:
         print(f"MLflow: could not log: {failure}")

@@ -277,14 +277,12 @@ def _pipeline_command(args: argparse.Namespace, cfg: RunConfig) -> dict:
     """compile / submit / schedule. Every setting is checked, then the pipeline is compiled,
     then (unless --dry-run) the request is sent: nothing reaches Vertex on a bad parameter."""
     import tempfile
-    from dataclasses import replace
 
     from efm.pipelines import vertex
     from efm.pipelines.experiment import GraphShape
 
     check_trainable(cfg)
-    fractions = args.fractions or list(cfg.data.fractions)
-    cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(fractions)))  # what MLflow logs matches the branches
+    fractions = args.fractions or list(cfg.data.fractions)  # the parent MLflow run logs these (start_experiment)
     if args.command == "compile":
         from efm.pipelines.experiment import compile_pipeline
 

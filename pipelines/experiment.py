@@ -133,7 +133,8 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                              resources: VertexResources | None = None,
                              shape: GraphShape = GraphShape()) -> Callable[..., Any]:
     """A pipeline function with one branch per (seed, fraction); its parameter is `config_json`
-    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use. `shape`
+    (a `RunConfig.to_json()`), whose own data.fractions the branches do not use (the parent
+    MLflow run logs theirs). `shape`
     (`GraphShape.of(config)`): each branch also self-improves in its transfer domains from its
     selected checkpoints, and with `pretrain` one pretrain step feeds every branch's SFT.
 
@@ -163,7 +164,8 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
         """Every task; returns the final report's summary."""
         start = _on_cpu(_configure(stages.start_tracking(
             config_json=config_json, tracking_uri=tracking_uri,
-            branches=" ".join(branch_label(f, s) for s in seeds for f in fractions)), "tracking", "start-tracking"),
+            branches=" ".join(branch_label(f, s) for s in seeds for f in fractions),
+            fractions=" ".join(str(f) for f in fractions)), "tracking", "start-tracking"),
             resources)
         track = {"tracking_uri": tracking_uri}
         report_track = {**track, "parent_run_id": start.output}  # reports run every time: they may take it

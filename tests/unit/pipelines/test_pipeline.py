@@ -69,6 +69,8 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
             assert all(p.task_output_parameter.producer_task in ("", "data-configs")
                        for p in t.inputs.parameters.values())
     assert "start-tracking" in tasks["dataset"].dependent_tasks  # the parent run exists before any stage
+    start = tasks["start-tracking"].inputs.parameters  # the parent run logs the branches' fractions
+    assert start["fractions"].runtime_value.constant.string_value == " ".join(str(f) for f in fractions)
     names = {t.task_info.name for t in tasks.values()}
     for f in fractions:
         for s in seeds:

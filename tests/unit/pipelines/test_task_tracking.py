@@ -213,6 +213,19 @@ def test_quiet_reaches_progress_bars_through_the_environment(monkeypatch: pytest
     assert progress_bar(range(3), total=3, desc="x", enabled=True).disable
 
 
+def test_the_parent_run_logs_the_fractions_its_branches_run(tmp_path: Path) -> None:
+    """`efm run --fractions` and `efm submit --fractions` log the same: the branches', not the
+    config's (which no pipeline task reads, and which stays as given for the cache's sake)."""
+    uri, cfg = local_store(tmp_path), debug_config()  # data.fractions (0.5,)
+    Tracker(uri, artifact_location=local_artifacts(tmp_path))
+    branches = stages.start_tracking.python_func(config_json=cfg.to_json(), tracking_uri=uri, branches="f0.1-s0 f0.2-s0",
+                                                 fractions="0.1 0.2", kfp_run="run-1")
+    as_configured = start_experiment(cfg, uri, "run-2", "f0.5-s0")
+    client = MlflowClient(uri)
+    assert client.get_run(branches).data.params["data.fractions"] == "(0.1, 0.2)"
+    assert client.get_run(as_configured).data.params["data.fractions"] == "(0.5,)"
+
+
 def test_stage_runs_find_their_parent_by_the_kfp_run_name(tmp_path: Path) -> None:
     uri, cfg = local_store(tmp_path), debug_config()
     Tracker(uri, artifact_location=local_artifacts(tmp_path))

@@ -339,6 +339,8 @@ def test_cli_dry_run_prints_the_request_and_sends_nothing(fake: FakeClient, tmp_
     _, spec = _spec(out)  # the printed template is the compiled vertex pipeline
     (sft,) = _tasks(spec, "sft")
     assert sft.task_info.name == "sft-f0.5-s7"
+    fractions = _steps(spec)["start-tracking"].inputs.parameters["fractions"]  # what the parent run logs
+    assert fractions.runtime_value.constant.string_value == "0.5"
 
 
 def test_cli_submit_sends_through_the_client(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
