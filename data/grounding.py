@@ -21,15 +21,27 @@ from efm.models.tokenizers import TextTokenizer
 EFFECTOR = "effector"
 
 
+def _byte_offset(sentence: str, char: int) -> int:
+    """Where character offset `char` is in the sentence's UTF-8 bytes, moved back over the
+    spaces before it: a word's space goes with the word (token " red"), so a span owns it."""
+    return len(sentence[:char].rstrip(" ").encode("utf-8"))
+
+
 def span_owners(text: TextTokenizer, sentence: str, spans: Sequence[tuple[int, int]]) -> np.ndarray:
     """Which span (its index in `spans`, character offsets) each text token of the sentence
-    belongs to, -1 for tokens outside every span. [text length]"""
-    def count(prefix: str) -> int:  # tokens of a prefix ending before a word (its space goes with the word)
-        return int(np.count_nonzero(text.encode([prefix.rstrip(" ")])[0]))
+    belongs to, -1 for tokens outside every span; a later span wins a shared token. [text length]
 
+    Spans map to the tokens of one encoding of the whole sentence (a token belongs to a span
+    if it stands for any of its bytes), so a name followed by punctuation ("moon." is no word
+    token) owns the bytes it is spelled in."""
+    tokens = text.encode([sentence])[0]  # [L]
+    ends = np.cumsum(text.byte_lengths(tokens))  # [L] byte offset after each token
+    starts = ends - text.byte_lengths(tokens)
     owner = np.full(text.length, -1, np.int32)
     for i, (start, end) in enumerate(spans):
-        owner[count(sentence[:start]):count(sentence[:end])] = i
+        lo, hi = _byte_offset(sentence, start), _byte_offset(sentence, end)
+        if lo < hi:  # an empty span owns no token
+            owner[(tokens != 0) & (starts < hi) & (ends > lo)] = i
     return owner
 
 

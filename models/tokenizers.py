@@ -193,6 +193,15 @@ class TextTokenizer:
             out[i, : len(tokens)] = tokens
         return out
 
+    @cached_property
+    def _byte_lengths(self) -> np.ndarray:
+        pieces = [len(self._piece_bytes[t]) for t in range(256, self.vocab_size)]
+        return np.array([0] + [1] * 255 + pieces, np.int64)
+
+    def byte_lengths(self, tokens: np.ndarray) -> np.ndarray:
+        """How many bytes of the text each token stands for (0 for padding). [..., L]"""
+        return self._byte_lengths[np.asarray(tokens)]
+
     def decode(self, tokens: np.ndarray) -> list[str]:
         """[N, L] tokens -> strings, each ending at its first 0."""
         out = []
