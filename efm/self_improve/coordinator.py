@@ -35,12 +35,16 @@ def round_metrics(episodes: list[dict[str, float]]) -> dict[str, float]:
     by a fault count as started (the budget) and by their steps, not in success or length.
     The task stages the episodes report (Aloha's objects lifted) become ground_truth_<stage>:
     the share that reached each, reported like ground-truth success and never used."""
-    ended = [e for e in episodes if not e.get(CUT_BY_FAULT)] or [{"length": 0.0, "detected": 0.0, "success": 0.0}]
+    finished = [e for e in episodes if not e.get(CUT_BY_FAULT)]
+    ended = finished or [{"length": 0.0, "detected": 0.0, "success": 0.0}]
     stages = sorted(set(ended[0]) - SUMMARY_KEYS)
     return {
         **{f"ground_truth_{k}": float(np.mean([e[k] for e in ended])) for k in stages},
         "episodes": float(len(episodes)),  # every episode started this round
         "env_steps": float(sum(e["length"] for e in episodes)),
+        # the episodes the rates below are over, and their steps: what `round_score` weighs
+        "ended_episodes": float(len(finished)),
+        "ended_env_steps": float(sum(e["length"] for e in finished)),
         "success_rate": float(np.mean([e["detected"] for e in ended])),  # learned detector, no ground truth
         "mean_episode_length": float(np.mean([e["length"] for e in ended])),
         "ground_truth_success_rate": float(np.mean([e["success"] for e in ended])),  # reported, never used
@@ -83,16 +87,24 @@ def round_score(rounds: list[dict[str, float]], r: int, window: int) -> tuple[fl
 
     Episodes the reward model called a success at their first observation (`detected_at_start`)
     are left out: no action was taken, so they score the task draw, not the policy, and would
-    count as successes of length 0."""
+    count as successes of length 0. So are episodes cut by a fault: the rates are over the
+    episodes that ended, and a cut episode's partial steps would make the round look shorter."""
     complete = [i for i, row in enumerate(rounds) if row["complete"]]
     pool = [rounds[complete[p]] for p in window_positions(complete.index(r), window, len(complete))]
     at_start = [row.get("detected_at_start", 0.0) for row in pool]  # absent from rounds.json before it
-    acted = sum(row["episodes"] * (1.0 - s) for row, s in zip(pool, at_start, strict=True))
+    ended = [_ended(row) for row in pool]
+    acted = sum(n * (1.0 - s) for (n, _), s in zip(ended, at_start, strict=True))
     if acted <= 0:
         return 0.0, -math.inf
-    success = sum((row["success_rate"] - s) * row["episodes"] for row, s in zip(pool, at_start, strict=True)) / acted
-    length = sum(row["env_steps"] for row in pool) / acted
+    success = sum((row["success_rate"] - s) * n for row, (n, _), s in zip(pool, ended, at_start, strict=True)) / acted
+    length = sum(steps for _, steps in ended) / acted
     return success, -length
+
+
+def _ended(row: dict[str, float]) -> tuple[float, float]:
+    """(episodes, env steps) of the round's ended episodes; rounds.json rows written before
+    they were recorded hold only every started episode's (the same where no actor died)."""
+    return row.get("ended_episodes", row["episodes"]), row.get("ended_env_steps", row["env_steps"])
 
 
 def _best_of(rounds: list[dict[str, float]], candidates: list[int], window: int) -> int:

@@ -76,6 +76,20 @@ def test_episodes_detected_before_any_action_do_not_score_the_policy() -> None:
     assert round_score([row(1.0, 0) | {"detected_at_start": 1.0}], 0, 1) == (0.0, -math.inf)
 
 
+def test_episodes_cut_by_a_fault_do_not_score_the_round() -> None:
+    """Two rounds of the same 10 episodes, the second with 8 more cut by an actor's death (3
+    steps in flight): success and length are over the ended episodes, so they score the same,
+    and the crash neither shortens the round nor lends its cut episodes the round's success."""
+    ended = [{"length": 20.0, "detected": 1.0, "success": 1.0}] * 5 + [{"length": 40.0, "detected": 0.0, "success": 0.0}] * 5
+    rounds = [round_metrics(ended + cut_episodes(started=8, finished=0, steps=3)) | {"complete": 1.0},
+              round_metrics(ended) | {"complete": 1.0}]
+    assert round_score(rounds, 0, 1) == round_score(rounds, 1, 1) == (0.5, -30.0)
+    assert best_round(rounds, window=1) == 1  # a tie: the latest, not the crashed round
+    # rows of rounds.json written before ended episodes were recorded score as they did
+    old = {k: v for k, v in rounds[1].items() if not k.startswith("ended_")}
+    assert round_score([old], 0, 1) == round_score([rounds[1]], 0, 1)
+
+
 def test_coordinate_keeps_the_best_rounds_policy_and_few_candidates() -> None:
     cfg = dataclasses.replace(SelfImproveConfig(), max_episodes=100, best_round_window=3)
     lengths = [30, 30, 12, 30, 30, 16, 14, 14, 14, 16]
