@@ -86,6 +86,8 @@ def rollout_steps(
     episodes ending at a step have been yielded and consumed); `in_flight` is a lower bound on
     the samples the running episodes will still deliver: their steps so far plus the one each
     takes next. When it answers False no episode starts any more; the running ones finish.
+    `interrupt()` ends the running episodes that have taken an action (an operator's stop,
+    a demonstrator giving up); an episode at its first observation runs on.
     Episode k of env i is `{id_prefix}-{i}-{k}`; with `fixed_tasks` it runs task k * N + i.
     `on_start(n)` hears of every n episodes started, `on_step(steps)` of the actions taken so
     far in each running episode (-1 where none runs) after every step: a fleet's ledger and
@@ -114,8 +116,10 @@ def rollout_steps(
             ext_buf[i].append({k: v[i] for k, v in extras.items()})
         steps = np.array([len(a) for a in act_buf])
         done = np.asarray(end_on(ts, extras), bool) | (steps >= max_steps)
-        if interrupt is not None:
-            done = done | np.asarray(interrupt(), bool)
+        if interrupt is not None:  # ends the episodes that have acted: a stop seen before an
+            # episode's first action (asked between rounds) has nothing of it to end, and would
+            # leave a 0-step failure
+            done = done | (np.asarray(interrupt(), bool) & (steps > 0))
         done &= active
         optimal = env.optimal_length() if done.any() else None
         finished = []

@@ -363,6 +363,8 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
             call = next(calls)
             running[actors[i].run_round.remote(ref, version, cap, si.samples_per_round, call)] = (i, call, cap)
 
+        if interrupt is not None:  # a STOP made while no episode ran (the learner's turn) ends nothing:
+            interrupt()  # seen once the actors started, it would cut this round's first episodes
         for i, cap in enumerate(split_budget(budget, len(actors))):
             launch(i, cap)
         out: list[dict[str, float]] = []

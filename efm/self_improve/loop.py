@@ -123,7 +123,8 @@ def run_self_improve(cfg: RunConfig, select_dir: str | Path, out_dir: str | Path
                      progress: bool = True, on_round: Callable[[], None] | None = None) -> SelfImproveResult:
     """Reads the selected checkpoints, runs Stage 2, writes out_dir/policy and rounds.json.
 
-    An operator ends the running episodes by creating out_dir/STOP (consumed when seen). Each
+    An operator ends the running episodes by creating out_dir/STOP (consumed when seen; made
+    while none runs, between rounds, it ends nothing, not the next round's first). Each
     completed round is saved in out_dir/resume, so a restarted task carries on from the last
     one (policy, optimizer state, round counter, best round); it is removed at the end.
     """

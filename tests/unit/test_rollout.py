@@ -162,6 +162,18 @@ def test_interrupt_ends_all_active_episodes() -> None:
     assert [e.success for e in episodes if e.instruction != "env2"] == [False, False]
 
 
+def test_interrupt_never_ends_an_episode_before_its_first_action() -> None:
+    """A stop seen at an episode's first observation (asked while none ran) ends nothing: it
+    would leave a 0-step failure. Stops come at the first observation (nothing ends) and after
+    3 steps: env 1's episode ends there, env 0's second, just begun, runs on."""
+    env = ScriptedEnv([[2, 3], [4]])
+    calls = iter(range(100))
+    episodes = list(rollout(env, CountingAgent(2), max_steps=100, episodes_per_env=None, max_episodes=3,
+                            interrupt=lambda: next(calls) in (0, 3)))
+    assert sorted((e.instruction, e.length) for e in episodes) == [("env0", 2), ("env0", 3), ("env1", 3)]
+    assert all(e.length > 0 for e in episodes)
+
+
 def test_interrupt_per_env_array() -> None:
     env = ScriptedEnv([[100], [100]])
     episodes = list(rollout(env, CountingAgent(2), max_steps=100, episodes_per_env=1,

@@ -23,8 +23,9 @@ from efm.self_improve.actor import (
     STEPS_TO_GO,
     Actor,
 )
+from efm.self_improve.coordinator import round_metrics
 from efm.self_improve.learner import Learner, check_freeze, module_names
-from efm.self_improve.loop import replay_spec, self_improve
+from efm.self_improve.loop import STOP, replay_spec, self_improve, stop_file
 from efm.self_improve.monitor import FleetMonitor
 from efm.self_improve.replay import ReverbReplay
 
@@ -158,6 +159,25 @@ def test_round_respects_the_episode_budget(setup) -> None:
     summaries = actor.run_round(None, 0, max_episodes=3, target_size=1000)
     assert len(summaries) == env.resets == 3
     assert replay.size() == 6
+
+
+@pytest.mark.parametrize("by", ["file", "console"])
+def test_a_stop_made_between_rounds_cuts_no_episode(setup, tmp_path, by: str) -> None:
+    """STOP while the learner runs (no episode running): the next round's episodes all run
+    to their end; none is ended at length 0 and counted as a failure."""
+    cfg, fns, replay = setup
+    monitor = FleetMonitor()
+    actor, _ = scripted_actor(cfg, fns, replay, [[5] * 20, [5] * 20], monitor=monitor)
+    monitor.status(0, {})  # the actor was seen by the console in an earlier round
+    if by == "file":
+        (tmp_path / STOP).touch()
+        actor._interrupt = stop_file(tmp_path / STOP)
+    else:
+        monitor.request_stop(None)
+    summaries = actor.run_round(None, 0, max_episodes=100, target_size=20)
+    assert [s["length"] for s in summaries] == [5.0] * len(summaries) and len(summaries) >= 4
+    assert round_metrics(summaries)["success_rate"] == 1.0
+    assert not (tmp_path / STOP).exists() and not monitor.take_stop(0)  # seen, not kept for later
 
 
 def test_actor_counts_the_other_actors_in_flight_samples(setup) -> None:
