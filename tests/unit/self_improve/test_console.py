@@ -44,8 +44,12 @@ def test_console_shows_actors_and_its_buttons_reach_the_fleet() -> None:
 
 
 def test_the_stop_button_ends_a_running_actors_episodes() -> None:
-    """The monitor's stop is the episode loop's external stop in the one-process runtime too."""
+    """The monitor's stop is the episode loop's external stop in the one-process runtime too:
+    pressed while the actor's episodes run, it ends them; pressed between rounds, it ends
+    nothing (it used to end the next round's episodes at their first observation)."""
     import dataclasses
+    import threading
+    import time
 
     import jax
     import numpy as np
@@ -59,12 +63,27 @@ def test_the_stop_button_ends_a_running_actors_episodes() -> None:
     inputs = {"observation/position": np.zeros((1, 2), np.float32), "goal/target": np.zeros((1, 2), np.float32)}
     params = builder.fns.init(jax.random.PRNGKey(0), inputs)
     fleet = builder.build(params, params)
-    try:
+    limit = float(cfg.env.max_episode_steps)  # fresh weights: every episode runs to it
+
+    def stop_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while fleet.view.snapshot()["actors"].get("0", {}).get("step", -1) < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
         fleet.view.request_stop(0)
-        episodes = fleet.collect_round(params, 0, 3)
+
+    try:
+        fleet.view.request_stop(0)  # before the round: no episode runs
+        between = fleet.collect_round(params, 0, 3)
+        _, params = fleet.learn_round(cfg.self_improve.learning_rate)  # empties the replay
+        fleet.view.status(0, {})  # forget round 0's last step: the thread waits for round 1's
+        pressing = threading.Thread(target=stop_once_running)
+        pressing.start()
+        running = fleet.collect_round(params, 1, 3)
+        pressing.join()
     finally:
         fleet.close()
-    assert [e["length"] for e in episodes] == [0.0, 0.0, 0.0]  # ended at their first observation
+    assert [e["length"] for e in between] == [limit] * 3
+    assert len(running) == 3 and all(0 < e["length"] < limit for e in running)
 
 
 def test_console_in_a_headless_browser(tmp_path: Path) -> None:
