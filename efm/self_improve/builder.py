@@ -56,6 +56,22 @@ def with_fleet(cfg: RunConfig, actors: int | None = None, ray_address: str | Non
     return cfg.replace(self_improve=si)
 
 
+def actor_seed(seed: int, index: int, life: int = 0, rounds_done: int = 0) -> int:
+    """The seed of actor `index`'s envs and action sampling in its `life`-th process (Ray
+    restarts it) of a task resumed after `rounds_done` rounds (0: a fresh task).
+
+    Actor 0's first life in a fresh task keeps the branch `seed`: every committed result was
+    measured so. Any other draws its own stream from a hash of all four, at or above 2**31 so
+    that it meets no branch seed: `seed + index` gave branch s's actor k+1 the boards of branch
+    s+1's actor k, and a resumed task redrew the boards of round 0 onward. (Strides of large
+    primes still meet: seed + 1_000_003 k + 1_000_033 l is branch s+30's actor 1 for branch
+    s's actor 0 in its second life.) Below 2**32: JAX keeps only a seed's low 32 bits.
+    """
+    if index == life == rounds_done == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index, life, rounds_done]).generate_state(1)[0]) | 1 << 31
+
+
 def replay_spec(fns: EFMFunctions, cfg: RunConfig) -> SampleSpec:
     """Shapes of one replay sample (o_t, a_t, g, R_t), read off a reset environment."""
     env = make_env(cfg.env, 1, 0)
@@ -126,22 +142,26 @@ class FleetBuilder:
 
     def make_actor(self, index: int, params: Any, steps_to_go: StepsToGoClient, replay: Replay,
                    monitor: Monitor | None = None, policy: PolicyClient | None = None,
-                   interrupt: Callable[[], Any] | None = None, seed_offset: int = 0, env: Any = None) -> Actor:
-        """Actor `index` (seeded seed + index; a restarted one gets `seed_offset` too); `env`: a
-        robot station instead of the simulator."""
-        return Actor(self.cfg, self.fns, params, steps_to_go, replay, seed=self.cfg.self_improve.seed + index + seed_offset,
+                   interrupt: Callable[[], Any] | None = None, life: int = 0, rounds_done: int = 0,
+                   env: Any = None) -> Actor:
+        """Actor `index` in its `life`-th process, of a task resumed after `rounds_done` rounds,
+        seeded by `actor_seed`; `env`: a robot station instead of the simulator."""
+        seed = actor_seed(self.cfg.self_improve.seed, index, life, rounds_done)
+        return Actor(self.cfg, self.fns, params, steps_to_go, replay, seed=seed,
                      interrupt=interrupt, actor_index=index, monitor=monitor, policy=policy, env=env)
 
-    def build(self, policy_params: Any, reward_params: Any, interrupt: Callable[[], Any] | None = None) -> Fleet:
-        """The roles for `self_improve.runtime`."""
+    def build(self, policy_params: Any, reward_params: Any, interrupt: Callable[[], Any] | None = None,
+              rounds_done: int = 0) -> Fleet:
+        """The roles for `self_improve.runtime`; `rounds_done`: the rounds a resumed task has
+        behind it (its actors draw other boards than those rounds')."""
         if self.cfg.self_improve.runtime == "ray":
             from efm.self_improve.distributed import build_ray_fleet
 
-            return build_ray_fleet(self, policy_params, reward_params, interrupt)
-        return self.build_single_process(policy_params, reward_params, interrupt)
+            return build_ray_fleet(self, policy_params, reward_params, interrupt, rounds_done)
+        return self.build_single_process(policy_params, reward_params, interrupt, rounds_done)
 
     def build_single_process(self, policy_params: Any, reward_params: Any,
-                             interrupt: Callable[[], Any] | None = None) -> Fleet:
+                             interrupt: Callable[[], Any] | None = None, rounds_done: int = 0) -> Fleet:
         si = self.cfg.self_improve
         with ExitStack() as made:  # a failure part-way closes what was made (env workers, the server)
             replay = self.make_replay_server()
@@ -150,7 +170,8 @@ class FleetBuilder:
             monitor = FleetMonitor()
             actors = []
             for i in range(si.num_actors):
-                actors.append(self.make_actor(i, policy_params, service, replay, monitor=monitor, interrupt=interrupt))
+                actors.append(self.make_actor(i, policy_params, service, replay, monitor=monitor, interrupt=interrupt,
+                                              rounds_done=rounds_done))
                 made.callback(actors[-1].close)
             learner = self.make_learner(policy_params)
             cleanup = made.pop_all()

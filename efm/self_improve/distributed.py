@@ -191,7 +191,7 @@ class ActorWorker:
     """One actor (a simulator or a robot station) as a Ray actor."""
 
     def __init__(self, builder: FleetBuilder, index: int, params: Any, service: Any, replay_address: str,
-                 monitor: Any, learner: Any | None):
+                 monitor: Any, learner: Any | None, rounds_done: int = 0):
         fleet = builder.cfg.self_improve.fleet
         life = ray.get(monitor.actor_started.remote(index))
         self._stg = RemoteStepsToGo(service, fleet.service_retries, fleet.retry_delay_s)
@@ -200,7 +200,7 @@ class ActorWorker:
         # monitor: should the monitor itself restart, the count starts again).
         self._actor = builder.make_actor(index, params, self._stg, builder.connect_replay(replay_address),
                                          monitor=RemoteMonitor(monitor), policy=self._policy,
-                                         seed_offset=1000 * life)
+                                         life=life, rounds_done=rounds_done)
 
     def run_round(self, params: Any, version: int, max_episodes: int, target_size: int, call: int,
                   ) -> list[dict[str, float]]:
@@ -317,9 +317,9 @@ def start_ray(address: str, bind_host: str) -> bool:
 
 
 def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: Any,
-                    interrupt: Callable[[], Any] | None = None) -> Fleet:
+                    interrupt: Callable[[], Any] | None = None, rounds_done: int = 0) -> Fleet:
     """The roles as Ray actors; `interrupt()` (the operator's STOP file) ends every actor's
-    running episodes through the monitor."""
+    running episodes through the monitor; `rounds_done`: see `FleetBuilder.build`."""
     cfg = builder.cfg
     si = cfg.self_improve
     fc = si.fleet
@@ -344,7 +344,7 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
         made.callback(ray.kill, learner)
         serve = learner if fc.policy_inference == "learner" else None
         actors = [ray.remote(ActorWorker).options(**ray_options(fc.actor, max_restarts=fc.max_actor_restarts))
-                  .remote(builder_ref, i, policy_ref, service, replay.address, monitor, serve)
+                  .remote(builder_ref, i, policy_ref, service, replay.address, monitor, serve, rounds_done)
                   for i in range(si.num_actors)]
         made.callback(close_actors, actors)
         cleanup = made.pop_all()

@@ -49,7 +49,8 @@ def self_improve(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_p
     it to the task's output artifact)."""
     si = cfg.self_improve
     check_freeze(policy_params, si.freeze, fns.model)  # a typo would freeze nothing: fail before any rollout
-    fleet = FleetBuilder(cfg).build(policy_params, reward_params, interrupt=interrupt)
+    fleet = FleetBuilder(cfg).build(policy_params, reward_params, interrupt=interrupt,
+                                    rounds_done=saved_rounds(resume_dir))
     console = None
     try:
         if si.fleet.console_port:
@@ -96,6 +97,13 @@ def save_round_state(directory: Path, state: CoordinatorState, learner: dict[str
     for old in directory.glob("round_*"):
         if old.name != f"round_{r}":
             shutil.rmtree(old, ignore_errors=True)
+
+
+def saved_rounds(directory: Path | None) -> int:
+    """The rounds a restarted task completed before (0: a fresh one): its actors must not
+    draw those rounds' boards again."""
+    state = None if directory is None else directory / "state.json"
+    return len(json.loads(state.read_text())["rounds"]) if state is not None and state.is_file() else 0
 
 
 def load_round_state(directory: Path, params: Any, learner: dict[str, Any]) -> tuple[CoordinatorState, dict[str, Any]]:

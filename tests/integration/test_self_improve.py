@@ -16,8 +16,10 @@ import pytest
 import ray
 
 from efm.config import FleetConfig, RunConfig, debug_config
+from efm.domains import make_env
 from efm.models.efm import make_functions
 from efm.models.tokenizers import make_vocabulary
+from efm.self_improve import builder as builder_module
 from efm.self_improve.builder import FleetBuilder
 from efm.self_improve.coordinator import coordinate
 from efm.self_improve.distributed import (
@@ -251,12 +253,21 @@ class Crash(Exception):
     pass
 
 
-def test_restarted_run_resumes_from_the_last_completed_round(tmp_path: Path) -> None:
+def test_restarted_run_resumes_from_the_last_completed_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The task dies after round 1 is saved; a restart carries on from round 2 with the saved
-    policy, optimizer state, round counter and candidate policies, and spends the budget."""
+    policy, optimizer state, round counter and candidate policies, and spends the budget. Its
+    actor draws other boards than round 0's (it used to be built with the same seed)."""
     cfg = tiny(max_episodes=16, best_round_window=3)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     saved: list[int] = []
+    seeds: list[int] = []
+
+    class RecordedActor(builder_module.Actor):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: object, seed: int, **kwargs: object) -> None:
+            seeds.append(seed)
+            super().__init__(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(builder_module, "Actor", RecordedActor)
 
     def crash_after_round_1() -> None:
         saved.append(len(saved))
@@ -278,3 +289,7 @@ def test_restarted_run_resumes_from_the_last_completed_round(tmp_path: Path) -> 
     assert len(resumed.rounds) == len(uninterrupted.rounds)
     assert [r["updates"] for r in resumed.rounds] == [r["updates"] for r in uninterrupted.rounds]
     assert [r["round"] for r in resumed.rounds] == list(map(float, range(len(resumed.rounds))))
+    first_life, resumed_life, fresh = seeds
+    assert first_life == fresh == cfg.self_improve.seed  # an uninterrupted run keeps its seed
+    boards = [make_env(cfg.env, cfg.self_improve.num_envs, seed).reset().goal for seed in (first_life, resumed_life)]
+    assert not any(np.array_equal(boards[0][k], boards[1][k]) for k in boards[0])

@@ -11,7 +11,7 @@ import pytest
 from efm import cli
 from efm.config import FleetConfig, RoleResources, RunConfig, default_config
 from efm.models.frame_cache import bucket_size
-from efm.self_improve.builder import with_fleet
+from efm.self_improve.builder import actor_seed, with_fleet
 from efm.self_improve.distributed import RoundLedger, ray_options, split_budget
 from efm.self_improve.monitor import FleetMonitor
 from efm.self_improve.service import BatchingStepsToGo, concat_padded, split_rows
@@ -35,6 +35,18 @@ def test_actors_and_ray_address_flags_select_the_ray_fleet() -> None:
     with pytest.raises(ValueError, match="policy_inference"):
         FleetConfig(policy_inference="remote")  # type: ignore[arg-type]
     assert FleetConfig().bind_host == "127.0.0.1"  # loopback unless configured
+
+
+def test_actor_seeds_are_never_shared() -> None:
+    """Actor 0's first life in a fresh task keeps the branch seed (the committed results); no
+    other actor, life or resumed task meets another's stream, in a branch or across branches
+    (`seed + index` gave branch 0's actor 1 the stream of branch 1's actor 0)."""
+    assert [actor_seed(s, 0) for s in (0, 1, 7, 12345)] == [0, 1, 7, 12345]
+    grid = [(s, k, life, r) for s in range(10) for k in range(8) for life in range(4) for r in range(0, 61, 3)]
+    seeds = [actor_seed(*g) for g in grid]
+    assert len(set(seeds)) == len(grid)
+    assert all(0 <= x < 2**32 for x in seeds)  # JAX keeps a seed's low 32 bits only
+    assert actor_seed(0, 1) != actor_seed(1, 0) and actor_seed(0, 0, rounds_done=2) != actor_seed(0, 0)
 
 
 def test_budget_split_over_actors() -> None:
