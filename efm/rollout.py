@@ -67,7 +67,7 @@ def rollout_steps(
     *,
     max_steps: int,
     end_on: EndFn = end_on_ground_truth,
-    episodes_per_env: int | None = None,
+    episodes_per_env: int | Array | None = None,
     max_episodes: int | None = None,
     interrupt: Callable[[], Array | bool] | None = None,
     may_start: Callable[[int], bool] | None = None,
@@ -78,8 +78,9 @@ def rollout_steps(
 ) -> Iterator[list[Episode]]:
     """Yields the episodes that end at each step, until every env ran `episodes_per_env`.
 
-    With `episodes_per_env=None` it runs until the caller stops iterating. A fixed quota per
-    env matters for evaluation: stopping at a total count would drop the longest episodes.
+    With `episodes_per_env=None` it runs until the caller stops iterating; an [N] array gives
+    each env its own quota. A fixed quota per env matters for evaluation: stopping at a total
+    count would drop the longest episodes.
     Yielding per step lets a caller that stops early keep every episode that already ended.
     `max_episodes` caps the episodes started in all (a practice budget is never overshot).
     `may_start(in_flight)` is asked before episodes start (at the beginning, and after the

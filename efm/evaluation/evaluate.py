@@ -73,6 +73,14 @@ def detector_metrics(episodes: list[Episode], threshold: float) -> dict[str, Any
     return {**precision_recall(d, truth, threshold), "best_f1": best_threshold(d, truth)}
 
 
+def episodes_per_env(num_episodes: int, num_envs: int) -> np.ndarray:
+    """[num_envs] quotas running tasks 0 .. num_episodes - 1 of the fixed list (env i: tasks
+    i, i + num_envs, ...): exactly `num_episodes` episodes, as the reported counts and
+    intervals assume (a ceiling per env ran up to num_envs - 1 more), each env's decided
+    before any episode runs so that none favours quick episodes."""
+    return (num_episodes - np.arange(num_envs) + num_envs - 1) // num_envs
+
+
 def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, reward_params: Any,
                     progress: bool = False, name: str = "policy",
                     ) -> tuple[dict[str, float], dict[str, Any], list[Episode]]:
@@ -82,14 +90,13 @@ def evaluate_policy(cfg: RunConfig, fns: EFMFunctions, policy_params: Any, rewar
     ev = cfg.eval
     env = make_env(cfg.env, ev.num_envs, seed=ev.seed)
     agent = PolicyAgent(fns, policy_params, StepsToGoService(fns, reward_params), seed=ev.seed)
-    per_env = -(-ev.num_episodes // ev.num_envs)
     # fixed_tasks: env i's k-th episode runs task k * num_envs + i, so every policy evaluated
     # with this config sees the same task list, whatever order its episodes finish in.
     source = rollout(env, agent, max_steps=cfg.env.max_episode_steps, end_on=end_on_ground_truth,
-                     episodes_per_env=per_env, fixed_tasks=True, id_prefix="eval")
+                     episodes_per_env=episodes_per_env(ev.num_episodes, ev.num_envs), fixed_tasks=True,
+                     id_prefix="eval")
     try:
-        episodes = list(progress_bar(source, total=per_env * ev.num_envs, desc=f"evaluate {name}",
-                                     enabled=progress))
+        episodes = list(progress_bar(source, total=ev.num_episodes, desc=f"evaluate {name}", enabled=progress))
         events = counters(env)  # e.g. Aloha's rejected action chunks
     finally:
         env.close()  # worker processes (subprocess envs) end here, not at garbage collection

@@ -49,6 +49,30 @@ def test_different_policies_see_identical_task_lists(monkeypatch: pytest.MonkeyP
     assert len(set(a.values())) == len(a)  # and the tasks are distinct
 
 
+def test_evaluation_runs_exactly_num_episodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """6 episodes on 4 envs run 6 (tasks 0-5 of the fixed list), not 8: the reported counts
+    and intervals take n = eval.num_episodes. Multiples of num_envs (every shipped config) run
+    as before: num_episodes / num_envs each."""
+    import dataclasses
+
+    assert evaluate.episodes_per_env(6, 4).tolist() == [2, 2, 1, 1]
+    assert evaluate.episodes_per_env(3, 4).tolist() == [1, 1, 1, 0]
+    for n, envs in ((100, 25), (8, 4), (2, 2), (200, 50)):
+        assert evaluate.episodes_per_env(n, envs).tolist() == [n // envs] * envs
+    monkeypatch.setattr(evaluate, "PolicyAgent", StraightLineAgent)
+    monkeypatch.setattr(evaluate, "StepsToGoService", lambda fns, params: None)
+    cfg = debug_config()
+
+    def run(num_episodes: int) -> dict[str, tuple]:
+        c = cfg.replace(eval=dataclasses.replace(cfg.eval, num_episodes=num_episodes, num_envs=4))
+        _, _, episodes = evaluate.evaluate_policy(c, None, np.asarray([1.0, 0.3, 1.0, 0.5]), None)  # type: ignore[arg-type]
+        return {e.episode_id: (tuple(e.observations["position"][0]), tuple(e.goal["target"])) for e in episodes}
+
+    six, eight = run(6), run(8)
+    assert len(six) == 6 and len(eight) == 8
+    assert six == {k: v for k, v in eight.items() if k not in ("eval-2-1", "eval-3-1")}  # tasks 6 and 7 left out
+
+
 def test_aloha_steps_to_go_strip_is_written_for_a_tiny_model(tmp_path) -> None:
     """Figures 2-3 for an Aloha episode in state mode: the scene rendered from the recorded
     state, each frame with the predicted steps-to-go distribution and d(o, g); a PNG, logged
