@@ -144,6 +144,22 @@ class SubprocessVectorEnv:
             raise error
         return results
 
+    def _ask(self, requests: dict[int, tuple[str, Any]]) -> list[Any]:
+        """Each worker's answer to its request, in `requests`' order. A worker that died takes
+        no request (the pipe is broken): the others' answers are still read, so none is left
+        mid-conversation, and the death is raised as the one a read would have found."""
+        sent, broken = [], None
+        for w, request in requests.items():
+            try:
+                self._conns[w].send(request)
+                sent.append(w)
+            except OSError as e:  # BrokenPipeError, ConnectionResetError
+                broken = broken or e
+        results = self._receive_all(sent)
+        if broken is not None:
+            raise RuntimeError("an env worker exited unexpectedly") from broken
+        return results
+
     def _timestep(self) -> TimeStep:
         return merge([s for s in self._last if s is not None])
 
@@ -156,10 +172,9 @@ class SubprocessVectorEnv:
             raise ValueError(f"mask must have shape {(self.num_envs,)}, got {mask.shape}")
         todo = [w for w, (a, b) in enumerate(self._shares)
                 if mask is None or mask[a:b].any() or self._last[w] is None]
-        for w in todo:
-            a, b = self._shares[w]
-            self._conns[w].send(("reset", (None if mask is None else mask[a:b], None if tasks is None else tasks[a:b])))
-        for w, (ts, optimal) in zip(todo, self._receive_all(todo), strict=True):
+        requests = {w: ("reset", (None if mask is None else mask[a:b], None if tasks is None else tasks[a:b]))
+                    for w, (a, b) in ((w, self._shares[w]) for w in todo)}
+        for w, (ts, optimal) in zip(todo, self._ask(requests), strict=True):
             a, b = self._shares[w]
             self._last[w] = ts
             self._optimal[a:b] = optimal
@@ -174,10 +189,9 @@ class SubprocessVectorEnv:
         rows = step_rows(mask, self.num_envs)
         moved = np.ones(self.num_envs, bool) if rows is None else np.isin(np.arange(self.num_envs), rows)
         todo = [w for w, (a, b) in enumerate(self._shares) if moved[a:b].any()]
-        for w in todo:
-            a, b = self._shares[w]
-            self._conns[w].send(("step", (actions[a:b], None if rows is None else moved[a:b])))
-        for w, (ts, _) in zip(todo, self._receive_all(todo), strict=True):
+        requests = {w: ("step", (actions[a:b], None if rows is None else moved[a:b]))
+                    for w, (a, b) in ((w, self._shares[w]) for w in todo)}
+        for w, (ts, _) in zip(todo, self._ask(requests), strict=True):
             self._last[w] = ts
         return self._timestep()
 
@@ -186,9 +200,7 @@ class SubprocessVectorEnv:
 
     def counters(self) -> dict[str, int]:
         """The shares' counters, summed."""
-        for conn in self._conns:
-            conn.send(("counters", None))
-        return add_counts(*self._receive_all())
+        return add_counts(*self._ask({w: ("counters", None) for w in range(len(self._conns))}))
 
     def close(self) -> None:
         """Ends every worker (asked first, then terminated if it does not exit) and reaps it."""
@@ -211,5 +223,7 @@ class SubprocessVectorEnv:
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105 (contextlib.suppress: at interpreter exit module globals may be None already)
             self.close()
+        except Exception:
+            pass

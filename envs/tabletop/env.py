@@ -9,7 +9,6 @@ image-based models should ignore them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,8 +123,10 @@ class TableEnvBase(ObservedEnv):
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter shutdown pybullet may be gone
+        try:  # noqa: SIM105 (contextlib.suppress: at interpreter exit pybullet and module globals may be gone)
             self.close()
+        except Exception:
+            pass
 
     def _reset_one(self, i: int, rng: np.random.Generator) -> None:
         raise NotImplementedError

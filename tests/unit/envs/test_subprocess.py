@@ -123,6 +123,22 @@ def test_a_worker_error_is_raised_in_the_parent_and_the_env_stays_usable() -> No
         assert env.step(np.zeros((4, 2))).success.shape == (4,)
 
 
+@pytest.mark.parametrize("dead", [0, 1])
+def test_a_dead_worker_is_reported_as_one_whichever_it_is(dead: int) -> None:
+    """A worker killed between calls: a send to it breaks its pipe, a read from it ends; both
+    are the same error, and the other worker's answer is read so close() finds it idle."""
+    env = SubprocessVectorEnv(_cfg("tabletop"), 4, 0, num_workers=2)
+    env.reset()
+    env._procs[dead].kill()
+    env._procs[dead].join()
+    for call in (lambda: env.step(np.zeros((4, 2))), env.reset, env.counters):
+        with pytest.raises(RuntimeError, match="an env worker exited unexpectedly"):
+            call()
+    alive = env._procs[1 - dead]
+    env.close()
+    assert alive.exitcode == 0  # it answered every request, then was asked to stop
+
+
 def test_automatic_worker_count_and_config() -> None:
     cores = len(os.sched_getaffinity(0))
     assert env_workers(_cfg("pointmass"), 1000) == 1
