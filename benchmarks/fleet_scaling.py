@@ -118,9 +118,10 @@ def main() -> None:
         plan = [("single_process", 1, "actor")] + [("ray", k, "actor") for k in args.actors] + [("ray", 2, "learner")]
         rounds, episodes = args.rounds, 100_000
     settings = {"compare": args.compare, "rounds": rounds, "episodes": episodes, "num_envs": args.num_envs,
-                "select": str(args.select) if args.select else None, "debug": args.debug}
+                "select": str(args.select) if args.select else None, "debug": args.debug,
+                "final_rounds": args.final_rounds}  # the rows' last_<n>_rounds_* fields
     done: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if done and done.get("settings") != settings:
+    if done and {"final_rounds": 3, **done.get("settings", {})} != settings:  # files before it was recorded: 3
         raise SystemExit(f"{args.out} holds runs of other settings ({done.get('settings')}): choose another --out")
     runs: list[dict[str, Any]] = done.get("runs", [])
     args.out.parent.mkdir(parents=True, exist_ok=True)

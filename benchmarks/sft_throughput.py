@@ -42,6 +42,14 @@ def peak_flops() -> float | None:
     return next((v for k, v in table.items() if k.lower() in d.device_kind.lower()), None)
 
 
+def program_flops(compiled: jax.stages.Compiled) -> float | None:
+    """A compiled step's FLOPs over every device: XLA's cost analysis counts one device's
+    program, a 1/n share of a data-parallel or sharded step (None where it reports none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) * jax.device_count() or None
+
+
 def ensure_dataset(root: Path, episodes: int) -> Path:
     cfg = default_config("tabletop")
     cfg = cfg.replace(data=dataclasses.replace(cfg.data, num_episodes=episodes, validation_episodes=10,
@@ -67,13 +75,10 @@ def measure_variant(variant: str, train: Path, steps: int, warmup: int, batch_si
     first = next(batches)
     state, shardings = init_state(cfg, fns, optimizer, first, mesh)
     step = make_train_step(fns, optimizer, cfg.sft, mesh, shardings)
-    flops = None
     try:
-        cost = step.lower(state, device_batch(mesh, first)).compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        flops = float(cost.get("flops", 0.0)) or None
+        flops = program_flops(step.lower(state, device_batch(mesh, first)).compile())
     except Exception:  # cost analysis is best effort (not every backend reports it)
-        pass
+        flops = None
     for _ in range(warmup):
         state, m = step(state, device_batch(mesh, next(batches)))
     jax.block_until_ready(m)

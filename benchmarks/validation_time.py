@@ -53,7 +53,8 @@ def task_seconds(log: str) -> dict[str, float]:
             starts[m.group(2)] = datetime.strptime(m.group(1)[:12], "%H:%M:%S.%f")
         elif (m := _END.match(line)) and m.group(2) in starts:
             end = datetime.strptime(m.group(1)[:12], "%H:%M:%S.%f")
-            out[m.group(2)] = (end - starts[m.group(2)]).total_seconds()
+            # the lines hold the time of day only: a task that runs past midnight ends "before" it began
+            out[m.group(2)] = (end - starts[m.group(2)]).total_seconds() % 86400
     return out
 
 
