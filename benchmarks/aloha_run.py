@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from resumable import merge, part, recipe
+from resumable import config_changes, made_with, merge, part, recipe
 
 from efm.cli import load_config
 from efm.config import RunConfig
@@ -95,13 +95,18 @@ def key(row: dict[str, Any]) -> tuple[int, float]:
     return row["seed"], -row["data_fraction"]
 
 
-def previous_rows(path: Path, cfg: RunConfig) -> list[dict[str, Any]]:
-    """The results file's rows, if it was measured with this recipe."""
+def previous_rows(path: Path, cfg: RunConfig, source: str | None) -> list[dict[str, Any]]:
+    """The results file's rows, if they were measured with this recipe from this dataset (`source`:
+    --dataset's folder name, None when generated from the config)."""
     if not path.exists():
         return []
     old = json.loads(path.read_text())
     if recipe(DOMAIN, old["config"]) != recipe(DOMAIN, json.loads(cfg.to_json())):
         print(f"{path} was measured with another config: starting it anew")
+        return []
+    if old["dataset"].get("source") != source:
+        print(f"{path} was measured on another dataset ({old['dataset'].get('source') or 'generated'}, "
+              f"this invocation: {source or 'generated'}): starting it anew")
         return []
     return old["results"]
 
@@ -138,11 +143,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(DOMAIN, args.config)
     cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    config_path = args.out / "config.json"
-    if config_path.exists() and config_path.read_text() != cfg.to_json():
-        raise SystemExit(f"{args.out} holds a run of another config ({config_path}): use a new --out")
-    config_path.write_text(cfg.to_json())
+    # the parts under --out (the dataset and subsamples first) are keyed by fraction and seed only
+    made_with(args.out, {"config": config_changes(DOMAIN, cfg),
+                         "dataset": None if args.dataset is None else str(args.dataset.resolve())})
     t0 = time.time()
     if args.dataset is None:
         dataset_dir = args.out / "dataset"
@@ -152,10 +155,11 @@ def main() -> None:
         # its folder's name, not its path: results are committed and paths are this machine's
         dataset = {"source": args.dataset.name, **rlds.read_metadata(args.dataset).get("stats", {})}
     rows: list[dict[str, Any]] = []
+    source = None if args.dataset is None else args.dataset.name
     for seed in args.seeds:
         for fraction in args.fractions:
             row = branch(cfg, args.out, dataset_dir, fraction, seed)
-            rows = merge(previous_rows(args.results, cfg), [row], key)  # read again: another invocation may have written
+            rows = merge(previous_rows(args.results, cfg, source), [row], key)  # read again: another invocation may have written
             config = json.loads(cfg.to_json())
             config["data"]["fractions"] = sorted({r["data_fraction"] for r in rows}, reverse=True)  # the rows'
             result = {"command": "benchmarks/aloha_run.py", "seconds_this_invocation": time.time() - t0,

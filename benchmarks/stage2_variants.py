@@ -4,7 +4,8 @@ a Stage-2 ablation costs no Stage 1.
 
 The branches are found through the run's MLflow lineage (OUT/mlflow.db: each select step's run
 carries its data fraction, seed and kfp task); the baseline figures come from OUT/summary.json.
-One directory per branch under --out; a finished branch is skipped on a rerun (resumable).
+One directory per branch under --out; a finished branch is skipped on a rerun (resumable), and
+a branch directory made with another --change or from other checkpoints is refused.
 
     .venv/bin/python benchmarks/stage2_variants.py --run runs/bench-pointmass \\
         --change '{"self_improve": {"learning_rate": 0.0005, "final_learning_rate": 0.00005}}' \\
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from resumable import part
+from resumable import made_with, part
 
 from efm.config import RunConfig
 from efm.stages import evaluate_stage, self_improve_stage
@@ -46,6 +47,9 @@ def selections(run: Path) -> list[dict[str, Any]]:
 
 
 def branch(select: Path, change: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The branch's Stage 2 again, with `change`: under `out`, whose parts are keyed by fraction and
+    seed only, so the change and the checkpoints are recorded there and checked on a rerun."""
+    made_with(out, {"change": change, "select": str(select.resolve())})
     cfg = RunConfig.from_json((select / "config.json").read_text()).overridden(change)
     part(out / "self_improve", lambda d: {k: v for k, v in self_improve_stage(cfg, select, d, progress=False).items()
                                           if k != "rounds"})

@@ -8,7 +8,8 @@ count's SFT policy (ground-truth success per observation recorded), so the detec
 the states they judge do not. Per bin count and threshold s (in steps): precision, recall and
 F1 of d(o, g) <= s; the mean absolute error of d on the validation demonstrations (true
 steps-to-go T - t); and the SFT policy's own success rate (the bins are also the policy's
-steps-to-go objective). Resumable: finished parts are kept under --out and skipped.
+steps-to-go objective). Resumable: finished parts are kept under --out and skipped; an --out
+made with another domain, fraction, seed or config is refused (the bin count names its folder).
 
   .venv/bin/python benchmarks/steps_to_go_bins.py --out runs/bench-stg-bins --bins 100 50 25
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from resumable import part
+from resumable import config_changes, made_with, part
 
 from efm.cli import load_config
 from efm.config import RunConfig
@@ -64,6 +65,11 @@ def scores(fns: Any, reward: Any, episodes: list[Episode]) -> np.ndarray:
     return np.concatenate([np.asarray(fns.steps_to_go(reward, spec.episode_inputs(e))) for e in episodes])
 
 
+def settings(domain: str, fraction: float, seed: int, cfg: RunConfig) -> dict[str, Any]:
+    """What every part under --out depends on but its folder's name does not say."""
+    return {"domain": domain, "fraction": fraction, "seed": seed, "config": config_changes(domain, cfg)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--domain", default="pointmass")
@@ -76,9 +82,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench-stg-bins"))
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
-    base = seeded(load_config(args.domain, args.config), args.seed)
+    asked = load_config(args.domain, args.config)
+    base = seeded(asked, args.seed)
     base = base.replace(data=replace(base.data, fractions=(args.fraction,)))
     t0 = time.time()
+    made_with(args.out, settings(args.domain, args.fraction, args.seed, asked))
     data_dir = args.out / "dataset"
     part(data_dir, lambda d: dataset_stage(base, d, overwrite=True, progress=False))
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import resumable
 
 from efm.config import default_config
@@ -54,3 +55,28 @@ def test_code_version_names_the_checkout_commit() -> None:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=resumable.REPO, capture_output=True, text=True).stdout
     version = resumable.code_version()
     assert head and head.startswith(version.removesuffix("-dirty")) and len(version.removesuffix("-dirty")) == 12
+
+
+def test_made_with_records_settings_and_refuses_others_naming_both(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "branch"
+    resumable.made_with(folder, {"change": {"lr": 0.001}, "seed": 0})
+    resumable.made_with(folder, {"change": {"lr": 0.001}, "seed": 0})  # the same: resumes
+    with pytest.raises(SystemExit, match=r"change\.lr: 0\.001 \(this invocation: 0\.002\); seed: 0 \(this invocation: 1\)"):
+        resumable.made_with(folder, {"change": {"lr": 0.002}, "seed": 1})
+    with pytest.raises(SystemExit, match=r"change\.lr: 0\.001 \(this invocation: unset\)"):
+        resumable.made_with(folder, {"change": {}, "seed": 0})
+    before = tmp_path / "old"  # made before settings were recorded: taken as these, said so
+    (before / "part").mkdir(parents=True)
+    resumable.made_with(before, {"seed": 0})
+    assert "no record of its settings" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        resumable.made_with(before, {"seed": 1})
+
+
+def test_config_changes_are_what_differs_from_the_domains_defaults() -> None:
+    cfg = default_config("pointmass")
+    assert resumable.config_changes("pointmass", cfg) == {}
+    steps = cfg.sft.num_steps + 1
+    assert resumable.config_changes("pointmass", cfg.overridden({"sft": {"num_steps": steps}})) == {
+        "sft.num_steps": steps}
+
