@@ -58,8 +58,11 @@ def branch(select: Path, change: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Mean and sample sd (ddof=1, as the README quotes the seeds' spread; none of one run) of
+    `key`'s length ratio, the lowest success and the runs over the length target."""
     ratios = [r[key]["optimal_length_ratio"] for r in rows]
-    return {"mean_optimal_length_ratio": float(np.mean(ratios)), "std_optimal_length_ratio": float(np.std(ratios)),
+    return {"mean_optimal_length_ratio": float(np.mean(ratios)),
+            "std_optimal_length_ratio": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else None,
             "min_success_rate": float(min(r[key]["success_rate"] for r in rows)),
             f"runs_over_{RATIO_TARGET}": int(sum(x > RATIO_TARGET for x in ratios))}
 

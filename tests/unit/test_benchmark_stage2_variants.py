@@ -1,4 +1,5 @@
-"""benchmarks/stage2_variants.py: a branch folder answers only for the change it was made with."""
+"""benchmarks/stage2_variants.py: a branch folder answers only for the change it was made with;
+the seeds' spread is the sample sd."""
 
 from __future__ import annotations
 
@@ -46,3 +47,8 @@ def test_a_branch_folder_made_with_another_change_is_refused(tmp_path: Path, fak
     again = s2.branch(select, change(0.001), out)  # the same change resumes: read, not run again
     assert again == first and fake_stages == [0.001]
 
+
+def test_the_summary_sd_is_the_sample_sd() -> None:
+    rows = [{"v": {"optimal_length_ratio": x, "success_rate": 1.0}} for x in (1.0, 2.0, 3.0)]
+    assert s2.summary(rows, "v")["std_optimal_length_ratio"] == pytest.approx(1.0)
+    assert s2.summary(rows[:1], "v")["std_optimal_length_ratio"] is None  # no spread of one run
