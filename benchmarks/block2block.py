@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from resumable import code_version, merge, recipe
+from resumable import code_version, merge, recipe, warn_other_code
 
 from efm.cli import load_config
 from efm.evaluation.report import markdown_table, plot_success_vs_episodes
@@ -144,13 +144,17 @@ def cpu_model() -> str:
 
 
 def load_previous(path: Path, config: dict) -> dict:
-    """The results file's rows and parts, if it was measured with this config."""
+    """The results file's rows and parts, if it was measured with this config; those measured by
+    other code than this checkout's are kept, and warned about."""
     if not path.exists():
         return {"results": [], "parts": []}
     old = json.loads(path.read_text())
     if "config" not in old or same_recipe(old["config"]) != same_recipe(config):
         print(f"{path} was measured with another config: starting it anew")
         return {"results": [], "parts": []}
+    current = code_version()
+    for p in old.get("parts", []):
+        warn_other_code(f"{path}: seed {p['seed']}, fraction {p['data_fraction']:g}", p.get("commit"), current)
     return {"results": old.get("results", []), "parts": old.get("parts", [])}
 
 

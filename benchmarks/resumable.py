@@ -3,7 +3,7 @@ instead of running the part again (long CPU benchmarks span sessions); `merge` k
 file's rows of branches measured in earlier invocations, when `recipe` says they were measured
 the same way; `made_with` refuses a part folder made with other settings than this invocation's;
 `code_version` names the code that measured a part (a recipe does not change when the simulation
-does)."""
+does), and a part read back from other code is warned about."""
 
 from __future__ import annotations
 
@@ -23,12 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def part(directory: Path, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """The part's result: read when it completed before, else run (resuming what it can)."""
+    """The part's result, with its seconds and the commit that ran it: read when it completed
+    before (warned about when by other code), else run (resuming what it can)."""
     done = directory / DONE
     if done.exists():
-        return json.loads(done.read_text())
-    t0 = time.time()
-    result = {**run(directory), "seconds": time.time() - t0}
+        result = json.loads(done.read_text())
+        warn_other_code(str(directory), result.get("commit"), code_version())
+        return result
+    t0, commit = time.time(), code_version()  # the code the part starts with
+    result = {**run(directory), "seconds": time.time() - t0, "commit": commit}
     directory.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=1, default=float))
     print(f"{directory}: {result['seconds']:.0f} s", flush=True)
@@ -57,6 +60,16 @@ def code_version() -> str:
     done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=REPO,
                           capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
+
+
+def warn_other_code(what: str, commit: str | None, current: str) -> bool:
+    """Prints a warning when `what` was measured at another commit than `current`, naming both:
+    not an error, as results may mix commits (each part records its own); False when the same
+    or not recorded."""
+    if commit is None or commit == current:
+        return False
+    print(f"warning: {what} was measured at {commit}, this code is {current}", flush=True)
+    return True
 
 
 def jsonable(value: Any) -> Any:

@@ -7,6 +7,8 @@ import json
 import block2block as bench
 import pytest
 
+from efm.config import default_config
+
 
 def row(domain: str, fraction: float, sft: float, si: float, seed: int = 0) -> dict:
     return {"domain": domain, "data_fraction": fraction, "seed": seed, "sft": {"success_rate": sft},
@@ -64,3 +66,16 @@ def test_results_come_with_block2blocks_figure_5(tmp_path) -> None:
     banana = tmp_path / "banana.json"  # no table rows: no figure
     bench.write_results({"results": [full(row("bananatable", 0.1, 0.02, 0.03))]}, banana)
     assert banana.is_file() and not bench.plot_path(banana).exists()
+
+
+def test_previous_parts_measured_by_other_code_are_kept_and_warned_about(tmp_path, monkeypatch, capsys) -> None:
+    config = json.loads(default_config("tabletop").to_json())
+    parts = [{"data_fraction": 0.1, "seed": 0, "commit": "aaaaaaaaaaaa"},
+             {"data_fraction": 0.8, "seed": 1, "commit": "bbbbbbbbbbbb"}]
+    results = tmp_path / "b2b.json"
+    results.write_text(json.dumps({"config": config, "results": [], "parts": parts}))
+    monkeypatch.setattr(bench, "code_version", lambda: "bbbbbbbbbbbb")
+    assert bench.load_previous(results, config)["parts"] == parts
+    out = capsys.readouterr().out
+    assert "seed 0, fraction 0.1 was measured at aaaaaaaaaaaa, this code is bbbbbbbbbbbb" in out
+    assert "fraction 0.8" not in out  # measured by this code

@@ -80,3 +80,12 @@ def test_config_changes_are_what_differs_from_the_domains_defaults() -> None:
     assert resumable.config_changes("pointmass", cfg.overridden({"sft": {"num_steps": steps}})) == {
         "sft.num_steps": steps}
 
+
+def test_a_part_read_back_from_other_code_is_warned_about(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(resumable, "code_version", lambda: "aaaaaaaaaaaa")
+    assert resumable.part(tmp_path / "a", lambda d: {"value": 1})["commit"] == "aaaaaaaaaaaa"
+    resumable.part(tmp_path / "a", lambda d: {"value": 2})
+    assert "warning" not in capsys.readouterr().out
+    monkeypatch.setattr(resumable, "code_version", lambda: "bbbbbbbbbbbb")
+    assert resumable.part(tmp_path / "a", lambda d: {"value": 3})["value"] == 1  # read, not an error
+    assert "measured at aaaaaaaaaaaa, this code is bbbbbbbbbbbb" in capsys.readouterr().out
