@@ -90,9 +90,15 @@ def branch(cfg: RunConfig, out: Path, dataset_dir: Path, fraction: float, seed: 
     }
 
 
+def normalised(fraction: float) -> float:
+    """A data fraction as its branch is named: 1/3 and 0.3333 are one branch (the results files
+    hold 0.3333 and 0.6667), not two rows and folders."""
+    return round(fraction, 4)
+
+
 def key(row: dict[str, Any]) -> tuple[int, float]:
     """Results in run order: seed, then the larger fraction first."""
-    return row["seed"], -row["data_fraction"]
+    return row["seed"], -normalised(row["data_fraction"])
 
 
 def previous_rows(path: Path, cfg: RunConfig, source: str | None) -> list[dict[str, Any]]:
@@ -104,8 +110,9 @@ def previous_rows(path: Path, cfg: RunConfig, source: str | None) -> list[dict[s
     if recipe(DOMAIN, old["config"]) != recipe(DOMAIN, json.loads(cfg.to_json())):
         print(f"{path} was measured with another config: starting it anew")
         return []
-    if old["dataset"].get("source") != source:
-        print(f"{path} was measured on another dataset ({old['dataset'].get('source') or 'generated'}, "
+    measured_on = old.get("dataset", {}).get("source")
+    if measured_on != source:
+        print(f"{path} was measured on another dataset ({measured_on or 'generated'}, "
               f"this invocation: {source or 'generated'}): starting it anew")
         return []
     return old["results"]
@@ -134,15 +141,17 @@ def plot_rounds(rows: list[dict[str, Any]], path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-aloha"))
-    parser.add_argument("--fractions", type=float, nargs="+", default=[1 / 3, 2 / 3])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.3333, 0.6667],
+                        help="data fractions, to 4 decimals (1/3 is 0.3333)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--config", help="JSON overriding the aloha-insertion defaults, as for efm --config")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--dataset", type=Path,
                         help="an existing aloha-insertion demonstration dataset (efm dataset) instead of generating one")
     args = parser.parse_args()
+    fractions = list(dict.fromkeys(normalised(f) for f in args.fractions))
     cfg = load_config(DOMAIN, args.config)
-    cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
+    cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(fractions)))
     # the parts under --out (the dataset and subsamples first) are keyed by fraction and seed only
     made_with(args.out, {"config": config_changes(DOMAIN, cfg),
                          "dataset": None if args.dataset is None else str(args.dataset.resolve())})
@@ -157,9 +166,10 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     source = None if args.dataset is None else args.dataset.name
     for seed in args.seeds:
-        for fraction in args.fractions:
+        for fraction in fractions:
             row = branch(cfg, args.out, dataset_dir, fraction, seed)
-            rows = merge(previous_rows(args.results, cfg, source), [row], key)  # read again: another invocation may have written
+            # read again: another invocation may have written
+            rows = merge(previous_rows(args.results, cfg, source), [row], key)
             config = json.loads(cfg.to_json())
             config["data"]["fractions"] = sorted({r["data_fraction"] for r in rows}, reverse=True)  # the rows'
             result = {"command": "benchmarks/aloha_run.py", "seconds_this_invocation": time.time() - t0,

@@ -1,5 +1,5 @@
 """benchmarks/aloha_run.py: --out and the results file answer only for the dataset they were
-measured on."""
+measured on; a fraction names one branch however it is written."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import aloha_run as bench
 import pytest
+from resumable import merge
 
 from efm.cli import load_config
 
@@ -50,3 +51,16 @@ def test_results_of_another_dataset_are_not_merged(tmp_path: Path) -> None:
     assert bench.previous_rows(path, cfg, "other-data") == []
     assert bench.previous_rows(path, cfg, None) == []  # generated from the config
 
+
+def test_a_third_and_0_3333_are_one_branch() -> None:
+    old, new = {"seed": 0, "data_fraction": 0.3333, "v": 1}, {"seed": 0, "data_fraction": 1 / 3, "v": 2}
+    assert merge([old], [new], bench.key) == [new]
+    assert bench.normalised(1 / 3) == bench.normalised(0.3333) == 0.3333
+
+
+@pytest.mark.parametrize("name", ["aloha-insertion.json", "aloha-insertion-mlp-small.json"])
+def test_the_committed_rows_are_the_default_fractions_branches(name: str) -> None:
+    """A rerun with the default fractions (1/3 and 2/3 as 0.3333 and 0.6667) replaces them."""
+    rows = json.loads((Path(bench.__file__).parent / "results" / name).read_text())["results"]
+    rerun = {bench.key({"seed": r["seed"], "data_fraction": f}) for r in rows for f in (1 / 3, 2 / 3)}
+    assert {bench.key(r) for r in rows} <= rerun
