@@ -53,7 +53,18 @@ def load_config(domain: str, override: str | None = None, debug: bool = False) -
         raise ValueError(f"--config is not valid JSON ({e})") from e
     if not isinstance(changes, dict):
         raise ValueError("--config must be a JSON object")
-    return base.overridden(changes)
+    cfg = base.overridden(changes)
+    if cfg.env.domain != base.env.domain:  # the rest of the config would stay the other domain's defaults
+        raise ValueError(f"--config sets env.domain {cfg.env.domain!r} but the domain is {base.env.domain!r}: "
+                         f"pass --domain {cfg.env.domain} instead")
+    return cfg
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{port} is no TCP port (1 to 65535)")
+    return port
 
 
 def _existing(path: str, what: str) -> epath.Path:
@@ -183,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="the MLflow UI on a run's local store (loopback only)")
     p.add_argument("--out", help="a run directory of efm run (its mlflow.db)")
     p.add_argument("--tracking-uri", help="any MLflow backend store instead of --out")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_port, default=5000)
 
     p = sub.add_parser("compile", help="compile the experiment pipeline to YAML (Vertex AI or any KFP backend)")
     _add_common(p)
@@ -399,7 +410,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = _config(args)
     progress = not args.quiet
     if args.command == "dataset":
-        if args.episodes:
+        if args.episodes is not None:  # 0 is the config's to refuse, not to ignore
             cfg = cfg.replace(data=replace(cfg.data, num_episodes=args.episodes))
         return stages.dataset_stage(cfg, args.out, overwrite=args.overwrite, progress=progress)
     if args.command == "subsample":
@@ -407,7 +418,7 @@ def run(args: argparse.Namespace) -> dict:
             cfg = cfg.replace(data=replace(cfg.data, fractions=tuple(args.fractions)))
         return stages.subsample_stage(cfg, _existing(args.dataset, "dataset"), args.out, args.seed)
     if args.command == "pretrain":
-        if args.steps:
+        if args.steps is not None:
             cfg = cfg.replace(pretrain=replace(cfg.pretrain, num_steps=args.steps))
         out = stages.pretrain_stage(cfg, args.out, progress=progress)
         init = {"model": {"init": "pretrain", "init_path": str(Path(args.out).absolute())}}

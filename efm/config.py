@@ -867,7 +867,7 @@ def _merge(into: dict, override: dict, path: str) -> None:
 
 def _from_dict(cls: type, raw: Any, path: str) -> Any:
     if not isinstance(raw, dict):
-        raise ValueError(f"invalid config: {path or 'config'} must be an object, got {raw!r}")
+        raise ValueError(f"invalid config: {path.rstrip('.') or 'config'} must be an object, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - names

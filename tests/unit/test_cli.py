@@ -14,3 +14,23 @@ def test_an_input_given_by_uri_keeps_its_prefix(fake_gcs: Path) -> None:
     assert str(cli._existing("gs://bucket/ds", "dataset")) == "gs://bucket/ds"  # pathlib: gs:/bucket/ds
     with pytest.raises(FileNotFoundError, match="dataset not found: gs://bucket/nope"):
         cli._existing("gs://bucket/nope", "dataset")
+
+
+def test_a_config_that_names_another_domain_is_refused() -> None:
+    """The rest of the config would keep the other domain's defaults (model, tokenizer)."""
+    with pytest.raises(ValueError, match=r"sets env\.domain 'tabletop' but the domain is 'pointmass'"):
+        cli.load_config("pointmass", '{"env": {"domain": "tabletop"}}')
+    assert cli.load_config("tabletop", '{"env": {"domain": "tabletop"}}').domain == "tabletop"
+
+
+def test_zero_episodes_or_steps_are_refused_not_ignored(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["dataset", "--debug", "--episodes", "0", "--out", str(tmp_path / "ds")]) == 2
+    assert "data.num_episodes" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+    assert cli.main(["pretrain", "--debug", "--domain", "tabletop", "--steps", "0", "--out", str(tmp_path / "p")]) == 2
+    assert "pretrain.num_steps" in capsys.readouterr().err
+
+
+def test_the_ui_port_is_checked_by_the_parser() -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["ui", "--out", "runs", "--port", "99999"])
+    assert cli.build_parser().parse_args(["ui", "--out", "runs", "--port", "5001"]).port == 5001
