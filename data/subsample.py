@@ -10,6 +10,7 @@ validation set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from efm.data import rlds
 
@@ -96,6 +98,29 @@ def fraction_dirname(fraction: float) -> str:
     return f"fraction_{fraction_key(fraction)}"
 
 
+FINGERPRINTED_FILES = ("dataset_info.json", "features.json", rlds.METADATA_FILE)
+
+
+def dataset_fingerprint(directory: str | os.PathLike[str]) -> str | None:
+    """A sha1 identifying a dataset directory's contents cheaply, without reading its records:
+    its dataset_info.json, features.json and efm_metadata.json as they are, and the name and size
+    of every record file. None if `directory` holds no dataset_info.json (not a dataset: whoever
+    reads it reports that). Two datasets of the same size with positional ids (demo-000000...)
+    differ here, though not in their ids."""
+    path = epath.Path(directory)
+    if not (path / "dataset_info.json").is_file():
+        return None
+    h = hashlib.sha1()
+    for name in FINGERPRINTED_FILES:
+        f = path / name
+        h.update(f"{name}\0".encode())
+        h.update(f.read_bytes() if f.is_file() else b"<absent>")
+    for f in sorted(path.iterdir(), key=lambda f: f.name):
+        if ".tfrecord" in f.name or ".array_record" in f.name:
+            h.update(f"{f.name}\0{f.stat().length}\0".encode())
+    return h.hexdigest()
+
+
 def subsample_dataset(
     source_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -128,7 +153,8 @@ def subsample_dataset(
             if stale.name not in keep:
                 shutil.rmtree(stale)
 
-    source = {"path": str(Path(source_dir).absolute()), "split": split}
+    source = {"path": str(Path(source_dir).absolute()), "split": split,
+              "fingerprint": dataset_fingerprint(source_dir)}
     manifest: dict[str, Any] = {
         "source": source,
         "seed": seed,
@@ -164,8 +190,11 @@ def manifest_mismatch(manifest: dict[str, Any], source_dir: str | os.PathLike[st
                       fractions: Iterable[float], num_validation: int, seed: int,
                       split: str = TRAIN_SPLIT) -> str | None:
     """Why a finished subsampling is not the one `subsample_dataset` would write from this
-    source with these arguments (None if it is): the draws are recomputed from the source's
-    episode ids, so a regenerated or different source is caught, not only other arguments."""
+    source with these arguments (None if it is): the source's fingerprint (`dataset_fingerprint`)
+    must be the one the manifest records (a manifest written before fingerprints were recorded
+    has none and is not checked so), and the draws are recomputed from the source's episode ids,
+    so a regenerated or different source is caught, not only other arguments (ids alone are
+    positional, demo-%06d, the same for any two datasets of one size)."""
     if manifest["seed"] != seed or manifest["validation"]["count"] != num_validation:
         return (f"it holds seed {manifest['seed']} and {manifest['validation']['count']} validation episodes, "
                 f"not seed {seed} and {num_validation}")
@@ -173,6 +202,13 @@ def manifest_mismatch(manifest: dict[str, Any], source_dir: str | os.PathLike[st
     missing = sorted(set(fractions) - set(stored))
     if missing:
         return f"it has no fraction {', '.join(map(fraction_key, missing))} (it has {sorted(stored)})"
+    recorded = manifest["source"].get("fingerprint")
+    if recorded is not None:
+        current = dataset_fingerprint(source_dir)
+        if current != recorded:
+            return (f"it was drawn from other episodes than {source_dir} (split {split!r}) now holds: "
+                    f"its source was {manifest['source']['path']} (fingerprint {recorded}), "
+                    f"{source_dir}'s fingerprint is {current}")
     train_ids, val_ids = split_validation(rlds.read_episode_ids(source_dir, split), num_validation, seed)
     subsets = nested_fractions(train_ids, fractions, seed)
     if val_ids != manifest["validation"]["episode_ids"] or any(stored[f] != ids for f, ids in subsets.items()):

@@ -11,6 +11,7 @@ import pytest
 
 from efm.data import rlds as rlds_io
 from efm.data.subsample import (
+    dataset_fingerprint,
     fraction_dirname,
     fraction_key,
     fraction_size,
@@ -167,3 +168,41 @@ def test_overwriting_a_subsampling_leaves_only_the_new_one(tmp_path: Path) -> No
     manifest = subsample_dataset(tmp_path / "full", out, (0.5,), num_validation=2, seed=1, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["fraction_0.5", "manifest.json", "validation"]
     assert load_manifest(out) == manifest and manifest["seed"] == 1
+
+
+def _positional(episodes: list[Episode]) -> list[Episode]:
+    """The episodes renamed demo-%06d by position, as `efm dataset` names them."""
+    return [dataclasses.replace(e, episode_id=f"demo-{k:06d}") for k, e in enumerate(episodes)]
+
+
+def test_resuming_a_subsampling_refuses_another_dataset_with_the_same_ids(tmp_path: Path) -> None:
+    """Two datasets of one size have the same positional ids: the manifest's source fingerprint
+    tells them apart, and the error names both."""
+    from efm.config import debug_config
+    from efm.stages import subsample_stage
+
+    rlds_io.write_episodes(_positional([_episode(i) for i in range(30)]), tmp_path / "a")
+    rlds_io.write_episodes(_positional([_episode(i) for i in range(100, 130)]), tmp_path / "b")
+    base = debug_config()
+    cfg = base.replace(data=dataclasses.replace(base.data, fractions=(0.5,), validation_episodes=3))
+    first = subsample_stage(cfg, tmp_path / "a", tmp_path / "out", seed=0)
+    assert subsample_stage(cfg, tmp_path / "a", tmp_path / "out", seed=0) == first
+    with pytest.raises(ValueError, match="other episodes") as e:
+        subsample_stage(cfg, tmp_path / "b", tmp_path / "out", seed=0)
+    assert str(tmp_path / "a") in str(e.value) and str(tmp_path / "b") in str(e.value)
+    assert first["source"]["fingerprint"] == dataset_fingerprint(tmp_path / "a") != dataset_fingerprint(tmp_path / "b")
+
+
+def test_a_manifest_without_a_fingerprint_is_accepted_as_before(tmp_path: Path) -> None:
+    from efm.config import debug_config
+    from efm.stages import subsample_stage
+
+    rlds_io.write_episodes(_positional([_episode(i) for i in range(30)]), tmp_path / "a")
+    base = debug_config()
+    cfg = base.replace(data=dataclasses.replace(base.data, fractions=(0.5,), validation_episodes=3))
+    subsample_stage(cfg, tmp_path / "a", tmp_path / "out", seed=0)
+    path = tmp_path / "out" / "manifest.json"
+    old = json.loads(path.read_text())
+    del old["source"]["fingerprint"]
+    path.write_text(json.dumps(old))
+    assert subsample_stage(cfg, tmp_path / "a", tmp_path / "out", seed=0) == old
