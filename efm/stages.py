@@ -33,6 +33,7 @@ from efm.types import Logger
 # write RLDS.
 
 CONFIG = "config.json"
+INPUTS = "inputs.json"
 PREVIEW = "demonstrations.gif"
 PREVIEW_EPISODES = 3
 METRICS = "metrics.json"
@@ -56,16 +57,85 @@ def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=1, sort_keys=True))
 
 
-def _start(cfg: RunConfig, out_dir: str | Path) -> Path:
-    """The stage's output directory; refuses one that holds outputs of another config."""
+def _input_record(inputs: dict[str, str | Path | None]) -> dict[str, Any]:
+    """name -> {"path": resolved path, "fingerprint": the dataset's (`subsample.dataset_fingerprint`;
+    None for a directory that is no dataset)}; a None input is recorded as None."""
+    return {k: None if v is None else {"path": str(v) if "://" in str(v) else str(Path(v).resolve()),
+                                       "fingerprint": subsample.dataset_fingerprint(v)}
+            for k, v in inputs.items()}
+
+
+def _input_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The inputs that differ: a dataset by its fingerprint (so a moved copy still matches), any
+    other directory by its path."""
+    def same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+        if a is None or b is None:
+            return a is b
+        if a.get("fingerprint") is not None and b.get("fingerprint") is not None:
+            return a["fingerprint"] == b["fingerprint"]
+        return a.get("path") == b.get("path")
+
+    def show(v: dict[str, Any] | None) -> str:
+        return "none" if v is None else str(v.get("path")) + (f" (fingerprint {v['fingerprint']})"
+                                                             if v.get("fingerprint") else "")
+
+    return [f"{k}: {show(stored.get(k))}, now {show(current.get(k))}"
+            for k in sorted(set(stored) | set(current)) if not same(stored.get(k), current.get(k))]
+
+
+def _start(cfg: RunConfig, out_dir: str | Path, inputs: dict[str, str | Path | None] | None = None) -> Path:
+    """The stage's output directory; refuses one that holds outputs of another config, or (where
+    `inputs` are given: name -> input directory) of other inputs, as INPUTS records them (a
+    directory made before INPUTS was written is accepted and gets one)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG
     if path.exists() and path.read_text() != cfg.to_json():
         raise ValueError(f"{out} holds outputs of a different config (see {path}): use a new output "
                          "directory, or the same config to resume")
+    record = _input_record(inputs) if inputs is not None else None
+    inputs_path = out / INPUTS
+    if record is not None and inputs_path.exists():
+        differ = _input_mismatch(json.loads(inputs_path.read_text()), record)
+        if differ:
+            raise ValueError(f"{out} holds outputs of different inputs (see {inputs_path}): "
+                             f"{'; '.join(differ)}; use a new output directory, or the same inputs to resume")
     path.write_text(cfg.to_json())
+    if record is not None:
+        _write_json(inputs_path, record)
     return out
+
+
+def check_select_config(cfg: RunConfig, select_dir: str | Path) -> None:
+    """Refuses a selection (`efm select`'s output) made under another model or tokenizer config
+    than `cfg`'s: its checkpoints would be read with the wrong shapes or steps-to-go scale. A
+    selection without a config.json is not checked."""
+    path = Path(select_dir) / CONFIG
+    if not path.is_file():
+        return
+    text = path.read_text()
+    try:
+        theirs = json.loads(RunConfig.from_json(text).to_json())  # defaults filled as for this run
+    except ValueError:
+        theirs = json.loads(text)
+    ours = json.loads(cfg.to_json())
+
+    def flat(prefix: str, v: Any, into: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                flat(f"{prefix}.{k}", x, into)
+        else:
+            into[prefix] = v
+        return into
+
+    differ = []
+    for section in ("model", "tokenizer"):
+        a, b = flat(section, ours.get(section), {}), flat(section, theirs.get(section, "<absent>"), {})
+        differ += [f"{k}: {a.get(k, '<absent>')!r} here, {b.get(k, '<absent>')!r} in the selection"
+                   for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    if differ:
+        raise ValueError(f"{select_dir} was selected under another model/tokenizer config (see {path}): "
+                         f"{'; '.join(differ)}")
 
 
 ROUND_SEED_STRIDE = 1_000_003  # success-only datasets: round r's envs and demonstrator use seed + r * this
@@ -198,7 +268,7 @@ def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path,
 
     check_trainable(cfg)
     check_initial_weights(cfg.model)
-    out = _start(cfg, out_dir)
+    out = _start(cfg, out_dir, {"train": train_dir, "validation": validation_dir})
     result = run_sft(cfg, train_dir, validation_dir, out, log=log, progress=progress, on_checkpoint=on_checkpoint)
     steps = [h["step"] for h in result.history]
     plot_curves({k: (steps, [h[k] for h in result.history]) for k in result.history[0] if k.startswith("val/")},
@@ -220,7 +290,8 @@ def self_improve_stage(cfg: RunConfig, select_dir: str | Path, out_dir: str | Pa
     from efm.self_improve.coordinator import round_rate_series
     from efm.self_improve.loop import run_self_improve
 
-    out = _start(cfg, out_dir)
+    check_select_config(cfg, select_dir)
+    out = _start(cfg, out_dir, {"select": select_dir})
     result = run_self_improve(cfg, select_dir, out, log=log, progress=progress, on_round=on_round)
     x = [r["total_episodes"] for r in result.rounds]
     plot_curves(round_rate_series(result.rounds), out / "success_rate.png", xlabel="Self-Improvement episodes",
@@ -243,6 +314,7 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
     from efm.models.tokenizers import make_vocabulary
     from efm.sft.select import POLICY, REWARD, load_selected
 
+    check_select_config(cfg, select_dir)
     out = _start(cfg, out_dir)
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     reward = load_selected(select_dir, REWARD)
