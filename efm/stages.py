@@ -106,6 +106,11 @@ def _start(cfg: RunConfig, out_dir: str | Path, inputs: dict[str, str | Path | N
     return out
 
 
+# What the checkpoints were trained from and in: not what reading them needs (an evaluation
+# without the pipeline's init_path, or in float32 after bfloat16 training, reads them alike).
+READ_ANYHOW = frozenset({"model.init", "model.init_path", "model.init_parts", "model.compute_dtype"})
+
+
 def check_select_config(cfg: RunConfig, select_dir: str | Path) -> None:
     """Refuses a selection (`efm select`'s output) made under another model or tokenizer config
     than `cfg`'s: its checkpoints would be read with the wrong shapes or steps-to-go scale. A
@@ -132,7 +137,8 @@ def check_select_config(cfg: RunConfig, select_dir: str | Path) -> None:
     for section in ("model", "tokenizer"):
         a, b = flat(section, ours.get(section), {}), flat(section, theirs.get(section, "<absent>"), {})
         differ += [f"{k}: {a.get(k, '<absent>')!r} here, {b.get(k, '<absent>')!r} in the selection"
-                   for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+                   for k in sorted(set(a) | set(b))
+                   if k not in READ_ANYHOW and a.get(k, "<absent>") != b.get(k, "<absent>")]
     if differ:
         raise ValueError(f"{select_dir} was selected under another model/tokenizer config (see {path}): "
                          f"{'; '.join(differ)}")

@@ -80,8 +80,15 @@ def test_self_improve_refuses_an_output_directory_of_another_selection(tmp_path:
 
 
 def _other_model(cfg: RunConfig) -> RunConfig:
+    variant = "mlp-small" if cfg.model.variant != "mlp-small" else "mlp-base"
     return cfg.replace(tokenizer=dataclasses.replace(cfg.tokenizer, steps_to_go_max=200.0),
-                       model=dataclasses.replace(cfg.model, compute_dtype="bfloat16"))
+                       model=dataclasses.replace(cfg.model, variant=variant))
+
+
+def _trained_elsewhere(cfg: RunConfig) -> RunConfig:
+    """Started from other weights, in bfloat16: read alike."""
+    return cfg.replace(model=dataclasses.replace(cfg.model, init="orbax", init_path="/elsewhere/params",
+                                                 compute_dtype="bfloat16"))
 
 
 @pytest.mark.parametrize("stage", ["evaluate", "self_improve"])
@@ -97,10 +104,12 @@ def test_a_selection_of_another_model_or_tokenizer_config_is_refused(tmp_path: P
     with pytest.raises(ValueError, match="another model/tokenizer config") as e:
         run(sel)
     assert "tokenizer.steps_to_go_max: 100.0 here, 200.0 in the selection" in str(e.value)
-    assert "model.compute_dtype" in str(e.value) and not out.exists()
-    if stage == "self_improve":  # the same config, or none recorded (made before), passes
+    assert "model.variant" in str(e.value) and not out.exists()
+    if stage == "self_improve":  # the same config, one trained from elsewhere, or none recorded (made before), passes
         with pytest.raises(_Ran):
             run(_selection(tmp_path / "same", cfg))
+        with pytest.raises(_Ran):
+            run(_selection(tmp_path / "elsewhere", _trained_elsewhere(cfg)), tmp_path / "out3")
         (sel / CONFIG).unlink()
         with pytest.raises(_Ran):
             run(sel, tmp_path / "out2")
