@@ -91,8 +91,9 @@ def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple
 
     The batch is grouped by objective (a stable sort: its layout across hosts does not matter)
     and each group decodes only its own outputs: 4 action tokens, not the 64 an instruction has.
-    A group whose objective reads the instruction has its grounding from that same pass; only a
-    group that hides it (the auxiliary objective) runs the image tower again, with the text.
+    A group whose objective reads the instruction has its grounding from that same pass. A group
+    that hides it (the auxiliary objective) has nothing to ground: its samples carry no names
+    (`efm.data.stage1` gives them no grounding targets), so no pass is spent on it.
     """
     names = sorted(objectives, key=OBJECTIVE_ID.__getitem__)
     per = batch["objective"].shape[0] // len(names)
@@ -101,9 +102,7 @@ def objective_nll(fns: EFMFunctions, params: Any, batch: dict, objectives: tuple
     for j, name in enumerate(names):
         group = {k: v[order[j * per:(j + 1) * per]] for k, v in batch.items()}
         nll[name], grounded = _per_sample_nll(fns, params, group, name, sigma)
-        if grounding:
-            if not reads_text(name):
-                grounded = fns.ground(params, objective_inputs(split_inputs(group)[0], "locate"))
+        if grounding and reads_text(name):
             t, c = grounding_sums(grounded, group[GROUND_RC], group[GROUND_MASK])
             total, count = total + t, count + c
     return nll, (grounding_mean(total, count) if grounding else None)

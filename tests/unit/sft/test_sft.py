@@ -14,7 +14,7 @@ from efm import checkpoints
 from efm.config import RunConfig, SelectConfig, check_trainable, debug_config
 from efm.data import rlds
 from efm.data.stage1 import Stage1Data
-from efm.models.efm import GROUND_MASK, GROUND_RC, make_functions
+from efm.models.efm import GROUND_MASK, GROUND_RC, OBJECTIVE_ID, make_functions
 from efm.models.prefix_lm import split_inputs
 from efm.models.tokenizers import make_vocabulary
 from efm.sft.history import keep_steps, pick_step, stalled
@@ -284,10 +284,13 @@ def test_stage1_grounding_trains_where_the_instruction_names_are_found(tmp_path:
     history = run_sft(cfg, train, validation, tmp_path / "sft", progress=False).history
     first, last = (h["train/grounding_loss"] for h in history)
     assert np.isfinite(first) and last < first
-    # The step reuses its Stage-1 passes' grounding (the instruction objective hides the text:
-    # its share runs the tower again): the loss and its gradient are those of a separate pass.
+    # The step reuses its Stage-1 passes' grounding and spends none on the instruction objective's
+    # share, which hides the text and so names nothing: the loss and its gradient are those of a
+    # separate pass over the whole batch.
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     batch = next(Stage1Data(cfg, fns.vocab).training(train, seed=1))
+    hidden = batch["objective"] == OBJECTIVE_ID["instruction"]
+    assert hidden.any() and not batch[GROUND_MASK][hidden].any()
     params = restore_params(tmp_path / "sft", 30)
 
     def reused(p: dict) -> jax.Array:
