@@ -48,16 +48,18 @@ def end_tracking(tracking_uri: str, status: dsl.PipelineTaskFinalStatus,
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)
-def data_configs(config_json: str) -> NamedTuple("DataConfigs", [("data", str), ("validate", str)]):
-    """The config as the data steps read it (`efm.config.stage_view`): `data` for dataset and
-    subsample, `validate` for the gate. Their cache keys then hold only what they read."""
+def stage_configs(config_json: str) -> NamedTuple("StageConfigs", [("data", str), ("validate", str),
+                                                                   ("pretrain", str), ("stage1", str)]):
+    """The config as the steps that read part of it read it (`efm.config.stage_view`): `data`
+    for dataset and subsample, `validate` for the gate, `pretrain`, and `stage1` for sft and
+    select. Their cache keys then hold only what they read."""
     from collections import namedtuple
 
     from efm.config import RunConfig, stage_view
 
     cfg = RunConfig.from_json(config_json)
-    return namedtuple("DataConfigs", ["data", "validate"])(stage_view(cfg, "dataset").to_json(),
-                                                           stage_view(cfg, "validate").to_json())
+    return namedtuple("StageConfigs", ["data", "validate", "pretrain", "stage1"])(
+        *(stage_view(cfg, s).to_json() for s in ("dataset", "validate", "pretrain", "sft")))
 
 
 @dsl.component(install_kfp_package=False, base_image=EFM_IMAGE)

@@ -831,27 +831,33 @@ class RunConfig:
         return out
 
 
-# The sections of the config each data step reads (efm.stages, efm.data, efm.envs). The pipeline
-# hands these steps `stage_view`, not the whole config, so that a run which changes only
-# training, practice or evaluation settings (or where the model starts from) reuses the
-# dataset, its validation and the subsamples from the cache. A step listed here must read
-# nothing else: what it reads of another section is that section's default, not the run's.
+# The sections of the config each step reads (efm.stages, efm.data, efm.envs, efm.sft). The
+# pipeline hands these steps `stage_view`, not the whole config, so that a run which changes only
+# what a step does not read reuses it from the cache: the data steps survive changes to
+# training, practice, evaluation or where the model starts from; Stage 1 (pretrain, sft,
+# select) survives changes to practice and evaluation. A step listed here must read nothing
+# else: what it reads of another section is that section's default, not the run's.
 DATA_SECTIONS = ("env", "data", "tokenizer")
+STAGE1_SECTIONS = (*DATA_SECTIONS, "model", "pretrain", "sft", "select")
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "dataset": DATA_SECTIONS, "subsample": DATA_SECTIONS, "validate": (*DATA_SECTIONS, "validation")}
+    "dataset": DATA_SECTIONS, "subsample": DATA_SECTIONS, "validate": (*DATA_SECTIONS, "validation"),
+    "pretrain": ("env", "tokenizer", "model", "pretrain"), "sft": STAGE1_SECTIONS, "select": STAGE1_SECTIONS}
 
 
 def stage_view(cfg: RunConfig, stage: str) -> RunConfig:
-    """The config as data step `stage` reads it: its STAGE_SECTIONS as given, data.fractions
-    (1.0,) (each branch passes its own fraction) and every other section at its defaults, but for
-    the model: the first variant that reads text and input tokens exactly when the config's does,
-    as the rules between tokenizer and model ask."""
+    """The config as step `stage` reads it: its STAGE_SECTIONS as given, data.fractions (1.0,)
+    (each branch passes its own fraction) and every other section at its defaults. A data step
+    reads no model: it gets the first variant that reads text and input tokens exactly when the
+    config's does, as the rules between tokenizer and model ask."""
     keep = STAGE_SECTIONS[stage]
-    def reads(m: ModelConfig) -> tuple[bool, bool]:
-        return m.reads_text, m.reads_tokens
+    kept = {k: getattr(cfg, k) for k in keep}
+    if "model" not in keep:
+        def reads(m: ModelConfig) -> tuple[bool, bool]:
+            return m.reads_text, m.reads_tokens
 
-    variant = next(n for n in MODEL_VARIANTS if reads(ModelConfig(variant=n)) == reads(cfg.model))
-    view = RunConfig(model=ModelConfig(variant=variant), **{k: getattr(cfg, k) for k in keep})
+        kept["model"] = ModelConfig(variant=next(n for n in MODEL_VARIANTS
+                                                 if reads(ModelConfig(variant=n)) == reads(cfg.model)))
+    view = RunConfig(**kept)
     return view.replace(data=dataclasses.replace(view.data, fractions=(1.0,)))
 
 

@@ -1,8 +1,8 @@
 """The experiment as a KFP pipeline: dataset, the data validation gate (validate), with
 model.init="pretrain" one pretrain step, then per seed and data fraction a branch subsample ->
-sft -> select -> self_improve -> evaluate, then the report. The data steps take the config as
-they read it (data-configs, `efm.config.stage_view`), so that a run that changes anything else
-reuses them from the cache.
+sft -> select -> self_improve -> evaluate, then the report. The data and Stage-1 steps take
+the config as they read it (stage-configs, `efm.config.stage_view`), so that a run that changes
+anything else reuses them from the cache.
 
 kfp 2.13 runs neither dsl.ParallelFor nor dsl.If locally, so branches are unrolled with plain
 Python loops when the pipeline is defined: `make_experiment_pipeline` takes the fractions and
@@ -169,9 +169,9 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
             resources)
         track = {"tracking_uri": tracking_uri}
         report_track = {**track, "parent_run_id": start.output}  # reports run every time: they may take it
-        # The data steps take the config as they read it (cached on the whole config: a rerun
-        # with other training settings gets the same views, and so reuses the data steps).
-        views = _on_cpu(_configure(stages.data_configs(config_json=config_json), "config", "data-configs"),
+        # The data and Stage-1 steps take the config as they read it (cached on the whole config:
+        # a rerun with other practice settings gets the same views, and so reuses those steps).
+        views = _on_cpu(_configure(stages.stage_configs(config_json=config_json), "config", "stage-configs"),
                         resources)
         # The parent run exists before any stage's run looks for it.
         data = _on_cpu(_configure(stages.dataset(config_json=views.outputs["data"], simulation=simulation,
@@ -187,8 +187,8 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
         pretrained: dict[str, Any] = {}
         if shape.pretrain:
             job = {"display_name": "efm-pretrain", **pretrain_args} if target == "vertex" else {}
-            pre = _configure(pretrain_op(config_json=config_json, simulation=simulation, **track, **job).after(start),
-                             "pretrain", "pretrain")
+            pre = _configure(pretrain_op(config_json=views.outputs["pretrain"], simulation=simulation,
+                                         **track, **job).after(start), "pretrain", "pretrain")
             pretrained = {"pretrained": pre.outputs["model"]}
         summary = None
         branches = [(seed, fraction) for seed in seeds for fraction in fractions]
@@ -199,9 +199,10 @@ def make_experiment_pipeline(fractions: Sequence[float], seeds: Sequence[int],
                                               **{**common, "config_json": views.outputs["data"]}),
                              "subsample", f"subsample-{b}").after(gate)
             job = {"display_name": f"efm-sft-{b}", **sft_args} if target == "vertex" else {}
+            stage1 = {**common, "config_json": views.outputs["stage1"]}
             sft = _configure(sft_op(train=sub.outputs["train"], validation=sub.outputs["validation"],
-                                    **pretrained, **common, **job), "sft", f"sft-{b}")
-            sel = _configure(stages.select(sft_model=sft.outputs["model"], **common), "select", f"select-{b}")
+                                    **pretrained, **stage1, **job), "sft", f"sft-{b}")
+            sel = _configure(stages.select(sft_model=sft.outputs["model"], **stage1), "select", f"select-{b}")
             _on_cpu(sub, resources)
             _on_cpu(sel, resources)
             for domain in ("", *shape.transfer_domains):  # the data's domain, then transfer (Section 4.3.2)

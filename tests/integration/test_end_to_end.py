@@ -439,10 +439,10 @@ def test_a_failed_run_ends_its_parent_failed(runs: dict[str, Any]) -> None:
 def test_later_runs_reuse_what_earlier_runs_executed(runs: dict[str, Any]) -> None:
     second, third = (s["kfp"] for s in runs["summaries"])
     # The failed run's dataset, validated, though it trained with other settings: the data
-    # steps' cache keys hold only what they read (data-configs runs again on the new config).
+    # steps' cache keys hold only what they read (stage-configs runs again on the new config).
     assert second["cached"] == ["dataset", "validate"]
-    assert sorted(second["executed"]) == sorted(["start-tracking", "data-configs", *STAGE_TASKS[2:], "report"])
-    assert sorted(third["cached"]) == sorted(["data-configs", *STAGE_TASKS])
+    assert sorted(second["executed"]) == sorted(["start-tracking", "stage-configs", *STAGE_TASKS[2:], "report"])
+    assert sorted(third["cached"]) == sorted(["stage-configs", *STAGE_TASKS])
     assert third["executed"] == ["start-tracking", "report"]
     run_root = runs["out"] / "pipeline_root" / third["run_name"]
     assert sorted(p.name for p in run_root.iterdir()) == ["report", "start-tracking"]  # nothing regenerated

@@ -165,6 +165,30 @@ def test_the_data_steps_see_only_what_they_read(domain: str) -> None:
         k for k in cfg.flat() if k.startswith(("env.", "data."))}
 
 
+@pytest.mark.parametrize("domain", ["pointmass", "tabletop", "bananatable", "aloha-insertion"])
+def test_stage1_sees_only_what_it_reads(domain: str) -> None:
+    """A run that changes only practice, evaluation or the data gate hands pretrain, sft and
+    select the same config (so Stage 1 comes from the cache); one that changes training, the
+    model, the selection rule or the data does not."""
+    from efm.cli import load_config
+
+    cfg = load_config(domain)
+    practised = cfg.overridden({"self_improve": {"max_episodes": 11, "gamma": 0.5}, "eval": {"seed": 3},
+                                "validation": {"accept": ["some_anomaly"]}, "data": {"fractions": [0.3]}})
+    for stage in ("pretrain", "sft", "select"):
+        view = stage_view(cfg, stage)
+        assert stage_view(practised, stage).to_json() == view.to_json()
+        assert (view.model, view.tokenizer, view.pretrain) == (cfg.model, cfg.tokenizer, cfg.pretrain)
+        assert view.self_improve == SelfImproveConfig()
+    for change in ({"sft": {"learning_rate": 1e-5}}, {"select": {"policy_rule": "last"}, "sft": {"patience": 0}},
+                   {"data": {"seed": 5}}, {"model": {"init_path": "/elsewhere/pretrain"}}):
+        assert stage_view(cfg.overridden(change), "sft").to_json() != stage_view(cfg, "sft").to_json()
+    # Pretraining renders its own boards: the data and Stage 1's training are not its inputs.
+    trained = cfg.overridden({"sft": {"learning_rate": 1e-5}, "data": {"seed": 5}})
+    assert stage_view(trained, "pretrain").to_json() == stage_view(cfg, "pretrain").to_json()
+    assert stage_view(cfg.overridden({"pretrain": {"seed": 4}}), "pretrain") != stage_view(cfg, "pretrain")
+
+
 def test_samples_per_round() -> None:
     assert SelfImproveConfig(batch_size=16, updates_per_round=3).samples_per_round == 48
 

@@ -45,20 +45,23 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
     raw, spec = _compiled(tmp_path, fractions, seeds)
     tasks = spec.root.dag.tasks
     branches = len(fractions) * len(seeds)
-    assert len(tasks) == 4 + STAGES_PER_BRANCH * branches  # + start-tracking, data-configs, dataset and validate
+    assert len(tasks) == 4 + STAGES_PER_BRANCH * branches  # + start-tracking, stage-configs, dataset and validate
     assert list(spec.root.input_definitions.parameters) == ["config_json", "tracking_uri"]
-    # The data steps take the config as they read it, from data-configs; the others the whole config.
+    # The data and Stage-1 steps take the config as they read it, from stage-configs; the others
+    # the whole config.
     for key, t in tasks.items():
         config = t.inputs.parameters.get("config_json")
+        view = config.task_output_parameter if config is not None else None
         if key == "dataset" or key.startswith("subsample"):
-            assert config.task_output_parameter.producer_task == "data-configs"
-            assert config.task_output_parameter.output_parameter_key == "data"
+            assert (view.producer_task, view.output_parameter_key) == ("stage-configs", "data")
         elif key == "validate":
-            assert config.task_output_parameter.output_parameter_key == "validate"
+            assert (view.producer_task, view.output_parameter_key) == ("stage-configs", "validate")
+        elif key.startswith(("sft", "select")):
+            assert (view.producer_task, view.output_parameter_key) == ("stage-configs", "stage1")
         elif config is not None:
             assert config.component_input_parameter == "config_json"
     for key, t in tasks.items():
-        if key in ("start-tracking", "data-configs"):
+        if key in ("start-tracking", "stage-configs"):
             continue
         assert t.inputs.parameters["tracking_uri"].component_input_parameter == "tracking_uri"
         if key.startswith("report"):  # never cached: they finish the parent run that start-tracking opens
@@ -66,7 +69,7 @@ def test_pipeline_compiles_to_a_strict_spec_with_one_branch_per_fraction_and_see
             assert parent.producer_task == "start-tracking"
         else:  # cached stages: no input changes from run to run (the parent is found by the KFP run name)
             assert "parent_run_id" not in t.inputs.parameters
-            assert all(p.task_output_parameter.producer_task in ("", "data-configs")
+            assert all(p.task_output_parameter.producer_task in ("", "stage-configs")
                        for p in t.inputs.parameters.values())
     assert "start-tracking" in tasks["dataset"].dependent_tasks  # the parent run exists before any stage
     start = tasks["start-tracking"].inputs.parameters  # the parent run logs the branches' fractions
@@ -195,9 +198,9 @@ def test_staged_output_replaces_an_earlier_attempt(tmp_path: Path) -> None:
 
 def test_pretraining_is_one_step_that_every_branch_starts_from(tmp_path: Path) -> None:
     """model.init="pretrain" (the table's default) adds one pretrain task, after start-tracking
-    and independent of the data; every branch's SFT takes its model as `pretrained`. Without
-    it (pointmass), or given an earlier pretraining's output (model.init_path), there is no
-    such task and SFT has no such input."""
+    and independent of the data (its config the view of what it reads); every branch's SFT takes
+    its model as `pretrained`. Without it (pointmass), or given an earlier pretraining's output
+    (model.init_path), there is no such task and SFT has no such input."""
     from efm.cli import load_config
     from efm.config import default_config
     from efm.pipelines.experiment import GraphShape
@@ -212,7 +215,9 @@ def test_pretraining_is_one_step_that_every_branch_starts_from(tmp_path: Path) -
     tasks = spec.root.dag.tasks
     key = {t.task_info.name: k for k, t in tasks.items()}
     pre = tasks[key["pretrain"]]
-    assert set(pre.dependent_tasks) == {key["start-tracking"]} and not pre.inputs.artifacts
+    assert set(pre.dependent_tasks) == {key["start-tracking"], key["stage-configs"]} and not pre.inputs.artifacts
+    view = pre.inputs.parameters["config_json"].task_output_parameter  # the config as pretraining reads it
+    assert (view.producer_task, view.output_parameter_key) == (key["stage-configs"], "pretrain")
     assert pre.caching_options.enable_cache and pre.retry_policy.max_retry_count == RETRIES["pretrain"]
     for f in (0.1, 0.2):
         sft = tasks[key[f"sft-f{f:g}-s0"]]

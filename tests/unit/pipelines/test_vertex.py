@@ -122,7 +122,7 @@ def test_vertex_yaml_parses_strictly_and_runs_sft_as_a_tpu_custom_job(vertex_yam
 def test_vertex_yaml_puts_cpu_and_memory_limits_on_the_other_steps(vertex_yaml) -> None:
     raw, spec = vertex_yaml
     others = [t for t in _steps(spec).values() if not t.task_info.name.startswith("sft-")]
-    # start-tracking, data-configs, dataset, validate, 5 steps per branch, and end-tracking
+    # start-tracking, stage-configs, dataset, validate, 5 steps per branch, and end-tracking
     assert len(others) == 4 + 5 * 2 + 1
     for task in others:
         container = _executor(raw, spec, task)
