@@ -56,6 +56,23 @@ class DatasetError(ValueError):
     """A dataset on disk (or episodes to write) is not what the caller asked for."""
 
 
+@contextlib.contextmanager
+def reading(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """Reads of the dataset at `directory` inside it fail with a DatasetError naming the dataset,
+    not TensorFlow's DataLossError, where one of its files is truncated or corrupt (a copy cut
+    short, a full disk)."""
+    try:
+        yield
+    except tf.errors.DataLossError as e:
+        raise DatasetError(f"RLDS dataset {absolute(directory)}: a data file is corrupt or truncated "
+                           f"({_op_message(e.message)}): write or copy the dataset again") from e
+
+
+def _op_message(message: str) -> str:
+    """TensorFlow's op error without the function-node prefix and [Op:...] suffix."""
+    return re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:[^\]]*\].*$", "", message).strip()
+
+
 # ----------------------------------------------------------------------------- features
 
 
@@ -372,7 +389,7 @@ def copy_episodes(
         size = 0
         records = tf.data.TFRecordDataset([os.fspath(f) for f in info.filepaths])
         shard = built / f"{layout['name']}-{out_split}.tfrecord-00000-of-00001"
-        with tf.io.TFRecordWriter(os.fspath(shard)) as writer:
+        with tf.io.TFRecordWriter(os.fspath(shard)) as writer, reading(source):
             for take, record in zip(wanted, records.as_numpy_iterator(), strict=True):
                 if take:
                     writer.write(record)
@@ -547,10 +564,11 @@ def iter_episodes(
                                          deterministic=True)
     ds = ds.ragged_batch(batch_size).prefetch(2)
     i = 0
-    for batch in ds:
-        for ex in _unbatch(batch):
-            yield _to_episode(ex, f"{split}-{i}")
-            i += 1
+    with reading(directory):
+        for batch in ds:
+            for ex in _unbatch(batch):
+                yield _to_episode(ex, f"{split}-{i}")
+                i += 1
 
 
 def _metadata_field(directory: str | os.PathLike[str], split: str, key: str) -> list[str] | None:
@@ -563,7 +581,8 @@ def _metadata_field(directory: str | os.PathLike[str], split: str, key: str) -> 
         return None
     ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"steps": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda e: e["episode_metadata"][key]).batch(4096)
-    return [_text(x) for batch in ds.as_numpy_iterator() for x in batch]
+    with reading(directory):
+        return [_text(x) for batch in ds.as_numpy_iterator() for x in batch]
 
 
 def read_episode_ids(directory: str | os.PathLike[str], split: str = "train") -> list[str]:

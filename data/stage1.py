@@ -238,7 +238,9 @@ class Stage1Data:
         where = f"{directory}" + (f" in shard {shard[1]} of {shard[0]} (this host's)" if shard[0] > 1 else "")
         for objective in self._cfg.sft.objectives:
             ds, _ = _objective_dataset(directory, None, self._spec, objective, 1, None, shard, self._ground)
-            if next(iter(ds.take(1)), None) is None:  # reads up to the first sample, still encoded
+            with rlds.reading(directory):
+                empty = next(iter(ds.take(1)), None) is None  # reads up to the first sample, still encoded
+            if empty:
                 why = "no successful episode" if objective == "steps_to_go" else "no episode with a step"
                 raise rlds.DatasetError(f"{where}: nothing to learn {objective} from ({why})")
 
@@ -260,8 +262,9 @@ class Stage1Data:
             ds = ds.map(lambda *b: tuple(decode(x) for x in b), num_parallel_calls=sft.data_threads,
                         deterministic=True)
         ds = ds.prefetch(2).with_options(_options(sft.data_threads))
-        for batch in ds.as_numpy_iterator():
-            yield self._to_batch(dict(zip(sft.objectives, batch, strict=True)))
+        with rlds.reading(directory):
+            for batch in ds.as_numpy_iterator():
+                yield self._to_batch(dict(zip(sft.objectives, batch, strict=True)))
 
     def validation(self, directory: str | os.PathLike[str], objective: str) -> Iterator[Batch]:
         """Every sample of one objective once, in stored order."""
@@ -271,8 +274,9 @@ class Stage1Data:
         if layout.image_shapes:
             ds = ds.map(_decode_frames(layout, self._spec), num_parallel_calls=sft.data_threads, deterministic=True)
         ds = ds.prefetch(2).with_options(_options(sft.data_threads))
-        for batch in ds.as_numpy_iterator():
-            yield self._to_batch({objective: batch})
+        with rlds.reading(directory):
+            for batch in ds.as_numpy_iterator():
+                yield self._to_batch({objective: batch})
 
     def _to_batch(self, parts: dict[str, dict[str, np.ndarray]]) -> Batch:
         """Raw samples per objective -> one batch with tokenized targets, objectives in order."""

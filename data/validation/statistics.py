@@ -166,19 +166,25 @@ def compute_statistics(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = {t: f"{target.rstrip('/')}/{STATS_FILE.format(table=t)}" for t in TABLES}
     pipeline = (make_pipeline or (lambda o: beam.Pipeline(options=o)))(options)
-    with pipeline as p:
-        chunks = (p | "shards" >> beam.Create([(source, split, i, shards) for i in range(shards)])
-                  | "read" >> beam.FlatMap(_read_shard))
-        for table, path in paths.items():
-            stats_options = _stats_options(None)
-            if names:
-                def slice_fn(batch: pa.RecordBatch) -> Iterator[tuple[str, pa.RecordBatch]]:
-                    return _slice_rows(names, batch)  # TFDV takes plain functions only
+    try:
+        with pipeline as p:
+            chunks = (p | "shards" >> beam.Create([(source, split, i, shards) for i in range(shards)])
+                      | "read" >> beam.FlatMap(_read_shard))
+            for table, path in paths.items():
+                stats_options = _stats_options(None)
+                if names:
+                    def slice_fn(batch: pa.RecordBatch) -> Iterator[tuple[str, pa.RecordBatch]]:
+                        return _slice_rows(names, batch)  # TFDV takes plain functions only
 
-                stats_options.experimental_slice_functions = [slice_fn]
-            _ = (chunks | f"{table} rows" >> beam.FlatMap(_table, table, members)
-                 | f"{table} statistics" >> tfdv.GenerateStatistics(stats_options)
-                 | f"write {table}" >> tfdv.WriteStatisticsToBinaryFile(path))
+                    stats_options.experimental_slice_functions = [slice_fn]
+                _ = (chunks | f"{table} rows" >> beam.FlatMap(_table, table, members)
+                     | f"{table} statistics" >> tfdv.GenerateStatistics(stats_options)
+                     | f"write {table}" >> tfdv.WriteStatisticsToBinaryFile(path))
+    except RuntimeError as e:  # the runner re-raises a worker's error as text
+        if "DataLossError" not in str(e):
+            raise
+        raise DatasetError(f"RLDS dataset {rlds_io.absolute(directory)}: a data file is corrupt or truncated: "
+                           "write or copy the dataset again") from e
     out: dict[str, dict[str, Any]] = {t: {} for t in TABLES}
     for table, path in paths.items():
         with tf.io.gfile.GFile(path, "rb") as f:
