@@ -259,7 +259,7 @@ def _check_target(directory: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise DatasetError(f"cannot write a dataset to {directory}: the directory is not empty "
-                           "(pass overwrite=True to replace a dataset)")
+                           "(--overwrite, or overwrite=True, replaces a dataset)")
     if not (directory / "dataset_info.json").is_file():
         raise DatasetError(f"refusing to overwrite {directory}: it is not empty and not a TFDS "
                            "dataset (no dataset_info.json), so it may hold something else")

@@ -140,7 +140,7 @@ def subsample_dataset(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise rlds.DatasetError(f"cannot subsample into {out}: it exists and is not empty "
-                                "(delete it, or pass overwrite=True to replace its datasets)")
+                                "(use another directory, or delete it)")
     if num_validation < 1:
         raise ValueError(f"num_validation={num_validation}: need at least one validation episode")
     ids = rlds.read_episode_ids(source_dir, split)  # one pass over the ids; records are copied below
@@ -221,4 +221,13 @@ def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise rlds.DatasetError(f"{path} does not exist: {out_dir} is not a finished subsampling")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+        # what readers of a manifest take from it
+        _ = (manifest["seed"], manifest["validation"]["count"], manifest["validation"]["episode_ids"],
+             manifest["source"]["path"], [(v["fraction"], v["episode_ids"]) for v in manifest["fractions"].values()])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise rlds.DatasetError(f"{path} is not a subsampling manifest ({what}): subsample into a new "
+                                "directory") from e
+    return manifest

@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--write-schema", action="store_true",
                    help="infer the domain's schema and reference statistics from this (clean) dataset into "
                         "data/schemas/DOMAIN/ (Aloha with cameras: aloha-insertion-cameras/) instead of validating")
+    q.add_argument("--overwrite", action="store_true", help="with --write-schema: replace the schema there")
 
     q = data_sub.add_parser("train-tokenizer", help="learn the text tokenizer's word list from datasets' "
                             "instructions (prints the tokenizer config to use)")
@@ -357,7 +358,7 @@ def _validate_command(args: argparse.Namespace) -> dict:
     cfg = _config(args)
     path = _existing(args.path, "dataset")
     if args.write_schema:
-        return {"schema": str(validation.infer_and_write_schema(cfg, path))}
+        return {"schema": str(validation.infer_and_write_schema(cfg, path, overwrite=args.overwrite))}
     if args.accept:
         cfg = cfg.replace(validation=replace(cfg.validation, accept=(*cfg.validation.accept, *args.accept)))
     if bool(args.fractions) != bool(args.seeds):
@@ -457,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"efm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError) as e:  # a directory to make where a file stands
+        print(f"efm {args.command}: error: {e.filename} exists and is not a directory", file=sys.stderr)
         return 2
     if args.command == "data" and args.data_command == "inspect" and not args.json:
         from efm.data.inspect import format_inspection

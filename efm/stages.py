@@ -86,16 +86,18 @@ def _input_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str
 def _start(cfg: RunConfig, out_dir: str | Path, inputs: dict[str, str | Path | None] | None = None) -> Path:
     """The stage's output directory; refuses one that holds outputs of another config, or (where
     `inputs` are given: name -> input directory) of other inputs, as INPUTS records them (a
-    directory made before INPUTS was written is accepted and gets one)."""
+    directory made before INPUTS was written is accepted and gets one). A directory holding
+    nothing but those records (a run refused before it wrote anything) is taken over."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG
-    if path.exists() and path.read_text() != cfg.to_json():
+    outputs = any(p.name not in (CONFIG, INPUTS) for p in out.iterdir())
+    if outputs and path.exists() and path.read_text() != cfg.to_json():
         raise ValueError(f"{out} holds outputs of a different config (see {path}): use a new output "
                          "directory, or the same config to resume")
     record = _input_record(inputs) if inputs is not None else None
     inputs_path = out / INPUTS
-    if record is not None and inputs_path.exists():
+    if outputs and record is not None and inputs_path.exists():
         differ = _input_mismatch(json.loads(inputs_path.read_text()), record)
         if differ:
             raise ValueError(f"{out} holds outputs of different inputs (see {inputs_path}): "

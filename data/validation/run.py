@@ -19,6 +19,7 @@ from efm.data.validation.schemas import (
     infer_domain_schema,
     load_reference,
     load_schemas,
+    schema_dir,
     schema_name,
     write_schemas,
 )
@@ -128,10 +129,20 @@ def schema_rules(cfg: Any) -> SchemaRules:
 
 
 def infer_and_write_schema(cfg: Any, dataset_dir: str | os.PathLike[str],
-                           root: str | os.PathLike[str] | None = None) -> Path:
+                           root: str | os.PathLike[str] | None = None, overwrite: bool = False) -> Path:
     """Infers `schema_name(cfg)`'s schema from a clean dataset and writes it with the dataset's
-    statistics as the drift reference (review the diff before committing it)."""
+    statistics as the drift reference (review the diff before committing it). Refuses a dataset
+    generated for another domain, and replaces a schema already there only with `overwrite`."""
     import tempfile
+
+    made = ((rlds.read_metadata(dataset_dir).get("config") or {}).get("env") or {}).get("domain")
+    if made is not None and made != cfg.domain:
+        raise rlds.DatasetError(f"{dataset_dir} holds {made} demonstrations, not {cfg.domain}: "
+                                f"its schema would not be the {schema_name(cfg)} schema")
+    target = schema_dir(schema_name(cfg), root)
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ValueError(f"{target} holds the {schema_name(cfg)} schema already (reviewed and committed): "
+                         "--overwrite replaces it; review the diff before committing")
 
     with tempfile.TemporaryDirectory(prefix="efm-schema-") as tmp:
         stats = compute_statistics(dataset_dir, tmp)

@@ -43,6 +43,15 @@ def test_sft_refuses_an_output_directory_of_other_inputs(tmp_path: Path, monkeyp
     for _ in range(2):  # a fresh run, then a resume with the same inputs
         with pytest.raises(_Ran):
             sft_stage(cfg, a, v, out)
+    with pytest.raises(_Ran):  # nothing written but the records: a run refused at its checks, taken over
+        sft_stage(cfg, b, v, out)
+    with pytest.raises(_Ran):
+        sft_stage(cfg.overridden({"sft": {"learning_rate": 1e-4}}), a, v, out)
+    with pytest.raises(_Ran):
+        sft_stage(cfg, a, v, out)
+    (out / "checkpoints").mkdir()  # the run has begun: its directory is its own
+    with pytest.raises(ValueError, match="different config"):
+        sft_stage(cfg.overridden({"sft": {"learning_rate": 1e-4}}), a, v, out)
     with pytest.raises(ValueError, match="different inputs") as e:
         sft_stage(cfg, b, v, out)  # same size, same ids, other episodes
     assert f"train: {a.resolve()}" in str(e.value) and f"now {b.resolve()}" in str(e.value)
@@ -72,6 +81,7 @@ def test_self_improve_refuses_an_output_directory_of_another_selection(tmp_path:
     for _ in range(2):
         with pytest.raises(_Ran):
             self_improve_stage(cfg, sel, out)
+    (out / "rounds.json").write_text("[]")  # the run has begun
     with pytest.raises(ValueError, match=r"different inputs.*select: "):
         self_improve_stage(cfg, sel2, out)
     (out / "inputs.json").unlink()

@@ -206,3 +206,19 @@ def test_a_manifest_without_a_fingerprint_is_accepted_as_before(tmp_path: Path) 
     del old["source"]["fingerprint"]
     path.write_text(json.dumps(old))
     assert subsample_stage(cfg, tmp_path / "a", tmp_path / "out", seed=0) == old
+
+
+def test_a_damaged_manifest_is_named(tmp_path: Path) -> None:
+    """A manifest cut short or edited by hand: a DatasetError naming the file and what is wrong,
+    not a bare JSON error or KeyError."""
+    rlds_io.write_episodes([_episode(i) for i in range(12)], tmp_path / "full")
+    subsample_dataset(tmp_path / "full", tmp_path / "out", [0.5], 2, 0)
+    path = tmp_path / "out" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(rlds_io.DatasetError, match=rf"{path} is not a subsampling manifest \(.*line \d+ column"):
+        load_manifest(tmp_path / "out")
+    del manifest["validation"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(rlds_io.DatasetError, match=rf"{path} is not a subsampling manifest \(no 'validation'\)"):
+        load_manifest(tmp_path / "out")
