@@ -204,7 +204,7 @@ def stage_run(stage: str, cfg: RunConfig, tracking_uri: str, parent_run_id: str,
         tags |= {"data_fraction": f"{fraction:g}", "seed": seed}
         name = f"{stage}-{branch_label(fraction, seed)}"
     run = tracker.start_run(name, tags, parent_run_id or None, upstream_run_ids(inputs))
-    run.log_params(cfg.flat(STAGE_SECTIONS.get(stage)))  # a data step: the sections it reads
+    run.log_params(cfg.flat(STAGE_SECTIONS.get(stage)))  # a step given a view: what it reads
     status = "FAILED"
     try:
         with sigterm_raises():
