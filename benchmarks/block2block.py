@@ -83,6 +83,29 @@ def claims(rows: list[dict], episodes: int) -> dict:
                                  for d, f in branches]}
 
 
+# kfp names a component's second task in a run "<name>-2": in one branch's run, the transfer
+# domain's (the data's domain comes first in the graph).
+TRANSFER_TASKS = ("self-improve-2", "evaluate-2")
+BRANCH_TASKS = ("sft", "select", "self-improve", "evaluate")
+
+
+def minutes(parts: list[dict]) -> dict:
+    """Wall minutes of each branch measured, whole and less its transfer domain's practice and
+    evaluation (the Block2Block benchmark alone), and their sums over the branches run whole
+    (every step of the branch executed in that invocation, none resumed)."""
+    rows = []
+    for p in sorted(parts, key=lambda p: (p["seed"], p["data_fraction"])):
+        tasks = p.get("task_seconds") or {}
+        transfer = sum(tasks.get(t, 0.0) for t in TRANSFER_TASKS) / 60
+        whole = all(t in p.get("executed", []) for t in BRANCH_TASKS) and not p.get("resumed")
+        rows.append({"seed": p["seed"], "data_fraction": p["data_fraction"], "run_whole": whole,
+                     "whole": p["seconds"] / 60, "block2block": p["seconds"] / 60 - transfer,
+                     "transfer": transfer, "dataset": tasks.get("dataset", 0.0) / 60, "sft": tasks.get("sft", 0.0) / 60})
+    timed = [r for r in rows if r["run_whole"]]
+    return {"branches": rows, "branches_run_whole": len(timed), "whole": sum(r["whole"] for r in timed),
+            "block2block": sum(r["block2block"] for r in timed)}
+
+
 def plot_path(results: Path) -> Path:
     return results.with_name(results.stem + "_success_vs_episodes.png")
 
@@ -171,16 +194,18 @@ def main() -> None:
     parser.add_argument("--rerun", nargs="+", default=[], metavar="STEP",
                         help="execute these steps of the branches though cached (as efm run --rerun)")
     parser.add_argument("--plot", action="store_true",
-                        help="only compute the results file's claims and draw its Figure 5 again (beside it, "
-                             "*_success_vs_episodes.png), from the rows it holds")
+                        help="only compute the results file's claims and minutes and draw its Figure 5 again "
+                             "(beside it, *_success_vs_episodes.png), from the rows and parts it holds")
     args = parser.parse_args()
     if args.plot:
         if not args.results.is_file():
             raise SystemExit(f"--plot: no results file {args.results}")
         out = json.loads(args.results.read_text())
         out["claims"] = claims(out["results"], out["config"]["eval"]["num_episodes"])
+        out["minutes"] = minutes(out.get("parts", []))
         write_results(out, args.results)
         print(json.dumps(out["claims"], indent=1))
+        print(json.dumps(out["minutes"], indent=1))
         print(plot_path(args.results))
         return
     cfg = load_config("tabletop", args.config)
@@ -203,6 +228,7 @@ def main() -> None:
                  "commit": commit,
                  "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
             out["claims"] = claims(out["results"], cfg.eval.num_episodes)
+            out["minutes"] = minutes(out["parts"])
             write_results(out, args.results)
             print(markdown_table(out["results"]))
             print(json.dumps(out["claims"], indent=1))

@@ -79,3 +79,24 @@ def test_previous_parts_measured_by_other_code_are_kept_and_warned_about(tmp_pat
     out = capsys.readouterr().out
     assert "seed 0, fraction 0.1 was measured at aaaaaaaaaaaa, this code is bbbbbbbbbbbb" in out
     assert "fraction 0.8" not in out  # measured by this code
+
+
+def test_minutes_separate_the_transfer_domain_and_count_only_branches_run_whole() -> None:
+    steps = ["dataset", "sft", "select", "self-improve", "evaluate", "self-improve-2", "evaluate-2"]
+    tasks = {"dataset": 300.0, "sft": 1500.0, "self-improve": 240.0, "evaluate": 140.0,
+             "self-improve-2": 260.0, "evaluate-2": 140.0}
+    parts = [{"seed": 1, "data_fraction": 0.1, "seconds": 1800.0, "task_seconds": dict(tasks, dataset=0.0),
+              "executed": steps[1:], "resumed": []},
+             {"seed": 0, "data_fraction": 0.1, "seconds": 2700.0, "task_seconds": tasks, "executed": steps,
+              "resumed": []},
+             {"seed": 0, "data_fraction": 0.8, "seconds": 900.0, "task_seconds": {"self-improve": 240.0},
+              "executed": ["self-improve", "evaluate"], "resumed": []},  # Stage 1 from the cache
+             {"seed": 1, "data_fraction": 0.8, "seconds": 600.0, "task_seconds": tasks, "executed": steps,
+              "resumed": ["sft"]}]  # an interrupted SFT resumed: not timed whole
+    got = bench.minutes(parts)
+    assert [(b["seed"], b["data_fraction"], b["run_whole"]) for b in got["branches"]] == [
+        (0, 0.1, True), (0, 0.8, False), (1, 0.1, True), (1, 0.8, False)]
+    first = got["branches"][0]
+    assert (first["whole"], first["transfer"], first["block2block"]) == (45.0, 400 / 60, 45.0 - 400 / 60)
+    assert got["branches_run_whole"] == 2
+    assert got["whole"] == 75.0 and got["block2block"] == pytest.approx(75.0 - 2 * 400 / 60)
