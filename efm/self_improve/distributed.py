@@ -19,6 +19,7 @@ a private network with TLS (RAY_USE_TLS, see the README).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -44,6 +45,16 @@ from efm.self_improve.service import LATENCY_WINDOW, BatchingStepsToGo
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
 STARTS = 3  # tries at starting embedded Ray
 MAX_CONCURRENCY = 64  # threads of the service and learner actors (concurrent actor requests)
+
+
+class MonitorWorker(FleetMonitor):
+    """The monitor as a Ray actor. Restarted by Ray it has forgotten the lives it handed out, so
+    it counts them on from a random base: a restarted actor must not draw an earlier life's
+    episodes again."""
+
+    def __init__(self) -> None:
+        reborn = ray.get_runtime_context().was_current_actor_reconstructed
+        super().__init__(first_life=secrets.randbits(48) + 1 if reborn else 0)
 
 
 class ServiceWorker:
@@ -196,8 +207,7 @@ class ActorWorker:
         life = ray.get(monitor.actor_started.remote(index))
         self._stg = RemoteStepsToGo(service, fleet.service_retries, fleet.retry_delay_s)
         self._policy = RemotePolicy(learner) if learner is not None else TimedPolicy(builder.make_policy(params))
-        # A restarted actor draws other episodes than each of its earlier lives (counted by the
-        # monitor: should the monitor itself restart, the count starts again).
+        # A restarted actor draws other episodes than each of its earlier lives (the monitor's count).
         self._actor = builder.make_actor(index, params, self._stg, builder.connect_replay(replay_address),
                                          monitor=RemoteMonitor(monitor), policy=self._policy,
                                          life=life, rounds_done=rounds_done)
@@ -333,7 +343,7 @@ def build_ray_fleet(builder: FleetBuilder, policy_params: Any, reward_params: An
         made.callback(replay.close)
         # Restarted actors are rebuilt from their constructor arguments: keep them in the object store.
         builder_ref, policy_ref, reward_ref = ray.put(builder), ray.put(policy_params), ray.put(reward_params)
-        monitor = ray.remote(FleetMonitor).options(num_cpus=0, max_restarts=-1).remote()
+        monitor = ray.remote(MonitorWorker).options(num_cpus=0, max_restarts=-1).remote()
         made.callback(ray.kill, monitor)
         service = ray.remote(ServiceWorker).options(
             **ray_options(fc.service, max_restarts=-1, max_concurrency=MAX_CONCURRENCY)).remote(

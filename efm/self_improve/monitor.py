@@ -18,7 +18,9 @@ EPISODE_KEY_SHIFT = 12  # sample_id >> 12 is the episode's key (see actor.sample
 
 
 class FleetMonitor:
-    def __init__(self) -> None:
+    def __init__(self, first_life: int = 0) -> None:
+        """`first_life`: where each actor's lives are counted from (above 0 for a monitor that
+        was restarted and has forgotten the lives it handed out)."""
         self._lock = threading.Lock()
         self._started: dict[int, int] = {}  # call -> episodes started
         self._finished: dict[int, dict[int, dict[str, float]]] = {}  # call -> key -> summary
@@ -31,12 +33,14 @@ class FleetMonitor:
         self._stop: set[int] = set()  # actors asked to end their running episodes
         self._paused = False
         self._round = -1
-        self._lives: dict[int, int] = {}  # actor -> processes started for it
+        self._first_life = first_life
+        self._lives: dict[int, int] = {}  # actor -> its latest life
 
     def actor_started(self, actor: int) -> int:
-        """Which life of `actor` this is: 0 for its first process, then 1, 2, ... per restart."""
+        """Which life of `actor` this is: 0 for its first process, then 1, 2, ... per restart
+        (counted from `first_life`)."""
         with self._lock:
-            self._lives[actor] = self._lives.get(actor, -1) + 1
+            self._lives[actor] = self._lives.get(actor, self._first_life - 1) + 1
             return self._lives[actor]
 
     def actor_died(self, actor: int) -> None:

@@ -11,8 +11,9 @@ import pytest
 from efm import cli
 from efm.config import FleetConfig, RoleResources, RunConfig, default_config
 from efm.models.frame_cache import bucket_size
+from efm.self_improve import distributed
 from efm.self_improve.builder import actor_seed, with_fleet
-from efm.self_improve.distributed import RoundLedger, ray_options, split_budget
+from efm.self_improve.distributed import MonitorWorker, RoundLedger, ray_options, split_budget
 from efm.self_improve.monitor import FleetMonitor
 from efm.self_improve.service import BatchingStepsToGo, concat_padded, split_rows
 
@@ -47,6 +48,24 @@ def test_actor_seeds_are_never_shared() -> None:
     assert len(set(seeds)) == len(grid)
     assert all(0 <= x < 2**32 for x in seeds)  # JAX keeps a seed's low 32 bits only
     assert actor_seed(0, 1) != actor_seed(1, 0) and actor_seed(0, 0, rounds_done=2) != actor_seed(0, 0)
+
+
+def test_a_restarted_monitor_does_not_hand_out_lives_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray restarts the monitor with its count of lives lost: the lives it hands out next must
+    not be ones an actor had before (0, 1, ...), or a restarted actor replays an earlier life's
+    boards and action samples."""
+    class Context:
+        was_current_actor_reconstructed = False
+
+    monkeypatch.setattr(distributed.ray, "get_runtime_context", lambda: Context())
+    assert MonitorWorker().actor_started(0) == 0  # a first monitor: the counted lives
+    Context.was_current_actor_reconstructed = True
+    firsts = [MonitorWorker().actor_started(0) for _ in range(5)]
+    assert min(firsts) > 10 and len(set(firsts)) == 5
+    restarted = MonitorWorker()
+    base = restarted.actor_started(4)
+    assert [restarted.actor_started(3) for _ in range(3)] == [base, base + 1, base + 2]  # counted on
+    assert 0 <= actor_seed(0, 3, firsts[0]) < 2**32
 
 
 def test_budget_split_over_actors() -> None:
