@@ -213,12 +213,6 @@ def _examples(builder: tfds.core.DatasetBuilder, split: str, count: int,
     return out
 
 
-def _read_examples(directory: str | os.PathLike[str], builder: tfds.core.DatasetBuilder, split: str, count: int,
-                   where: tuple[str, ...] | None) -> list[dict[str, Any]]:
-    with rlds_io.reading(directory):
-        return _examples(builder, split, count, where)
-
-
 def inspect_dataset(path: str | os.PathLike[str], examples: int = 3, *,
                     max_episodes: int | None = None) -> dict[str, Any]:
     """Describes the RLDS dataset at `path` (or in its single version subdirectory).
@@ -235,17 +229,19 @@ def inspect_dataset(path: str | os.PathLike[str], examples: int = 3, *,
     builder = tfds.builder_from_directory(os.fspath(directory))
     info, features = builder.info, builder.info.features
     splits: dict[str, dict[str, Any]] = {}
-    for name in sorted(info.splits.keys()):
-        episodes = int(info.splits[name].num_examples)
-        ds = _split_dataset(builder, name)
-        if max_episodes is not None:
-            ds = ds.take(max_episodes)
-        with rlds_io.reading(directory):
-            counted, steps = _count_steps(ds)
-        splits[name] = {"episodes": episodes, "steps": steps, "counted_episodes": counted,
-                        "steps_exact": counted == episodes}
     where = instruction_feature(features)
-    example_split = "train" if "train" in splits else next(iter(splits), None)
+    with rlds_io.reading(directory):  # a corrupt file: DatasetError naming the dataset
+        for name in sorted(info.splits.keys()):
+            episodes = int(info.splits[name].num_examples)
+            ds = _split_dataset(builder, name)
+            if max_episodes is not None:
+                ds = ds.take(max_episodes)
+            counted, steps = _count_steps(ds)
+            splits[name] = {"episodes": episodes, "steps": steps, "counted_episodes": counted,
+                            "steps_exact": counted == episodes}
+        example_split = "train" if "train" in splits else next(iter(splits), None)
+        examples_read = (_examples(builder, example_split, examples, where)
+                         if example_split is not None and examples else [])
     return {
         "path": rlds_io.absolute(directory),
         "name": info.name,
@@ -258,8 +254,7 @@ def inspect_dataset(path: str | os.PathLike[str], examples: int = 3, *,
         "steps_exact": all(s["steps_exact"] for s in splits.values()),
         "features": {k: describe_feature(features[k]) for k in sorted(features.keys())},
         "instruction_feature": "/".join(where) if where else None,
-        "examples": (_read_examples(directory, builder, example_split, examples, where)
-                     if example_split is not None and examples else []),
+        "examples": examples_read,
         "metadata": metadata,
     }
 
