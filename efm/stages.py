@@ -288,7 +288,7 @@ def sft_stage(cfg: RunConfig, train_dir: str | Path, validation_dir: str | Path,
 def select_stage(cfg: RunConfig, sft_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     from efm.sft.select import run_select
 
-    out = _start(cfg, out_dir)
+    out = _start(cfg, out_dir, {"sft": sft_dir})
     return run_select(sft_dir, out, cfg.select)
 
 
@@ -323,7 +323,9 @@ def evaluate_stage(cfg: RunConfig, select_dir: str | Path, self_improve_dir: str
     from efm.sft.select import POLICY, REWARD, load_selected
 
     check_select_config(cfg, select_dir)
-    out = _start(cfg, out_dir)
+    # Recomputed on every run, but refused over another run's outputs: files of the policies it
+    # does not evaluate (a GIF of another Self-Improvement) would stay beside the new metrics.
+    out = _start(cfg, out_dir, {"select": select_dir, "self_improve": self_improve_dir, "dataset": dataset_dir})
     fns = make_functions(cfg.model, make_vocabulary(cfg.tokenizer))
     reward = load_selected(select_dir, REWARD)
     policies = {"sft": load_selected(select_dir, POLICY)}

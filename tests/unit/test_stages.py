@@ -13,7 +13,7 @@ import pytest
 from efm.config import RunConfig, debug_config
 from efm.data import rlds as rlds_io
 from efm.envs.base import Episode
-from efm.stages import CONFIG, evaluate_stage, self_improve_stage, sft_stage
+from efm.stages import CONFIG, evaluate_stage, select_stage, self_improve_stage, sft_stage
 
 
 class _Ran(Exception):
@@ -87,6 +87,39 @@ def test_self_improve_refuses_an_output_directory_of_another_selection(tmp_path:
     (out / "inputs.json").unlink()
     with pytest.raises(_Ran):
         self_improve_stage(cfg, sel2, out)
+
+
+def test_select_and_evaluate_refuse_an_output_directory_of_other_inputs(tmp_path: Path, monkeypatch) -> None:
+    """They recompute on every run, so the same inputs run again; other inputs would leave the
+    first run's files (another policy's GIFs, checkpoints) beside the second's."""
+    import efm.models.efm
+    import efm.sft.select
+
+    monkeypatch.setattr(efm.sft.select, "run_select", _ran)
+    monkeypatch.setattr(efm.models.efm, "make_functions", _ran)
+    cfg = debug_config()
+    sft_a, sft_b = tmp_path / "sft_a", tmp_path / "sft_b"
+    sft_a.mkdir(), sft_b.mkdir()
+    select = tmp_path / "select"
+    with pytest.raises(_Ran):
+        select_stage(cfg, sft_a, select)
+    (select / "selection.json").write_text("{}")  # the run has written its outputs
+    with pytest.raises(_Ran):
+        select_stage(cfg, sft_a, select)
+    with pytest.raises(ValueError, match=r"different inputs.*sft: "):
+        select_stage(cfg, sft_b, select)
+
+    sel, sel2 = _selection(tmp_path / "sel", cfg), _selection(tmp_path / "sel2", cfg)
+    ev = tmp_path / "eval"
+    with pytest.raises(_Ran):
+        evaluate_stage(cfg, sel, None, ev)
+    (ev / "metrics.json").write_text("{}")
+    with pytest.raises(_Ran):
+        evaluate_stage(cfg, sel, None, ev)
+    with pytest.raises(ValueError, match=r"different inputs.*select: "):
+        evaluate_stage(cfg, sel2, None, ev)
+    with pytest.raises(ValueError, match=r"self_improve: none, now "):
+        evaluate_stage(cfg, sel, tmp_path / "si", ev)
 
 
 def _other_model(cfg: RunConfig) -> RunConfig:
