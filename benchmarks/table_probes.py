@@ -51,6 +51,7 @@ from efm.envs.base import TimeStep
 from efm.envs.tabletop.demonstrator import TabletopDemonstrator
 from efm.envs.tabletop.geometry import BLOCK_TRANSLATION, BLOCKS, EFFECTOR_TRANSLATION
 from efm.envs.tabletop.tasks import Task, parse_instruction, task_target
+from efm.evaluation.evaluate import episodes_per_env
 from efm.math import ordinal_targets
 from efm.models.efm import make_model
 from efm.models.prefix_lm import IMAGE, TEXT
@@ -220,7 +221,7 @@ def closed_loop(agent_for: Callable[[int], Any], episodes: int, seed: int) -> di
     env = make_env(cfg.env, num_envs, seed=cfg.eval.seed)
     try:
         done = list(rollout(env, agent_for(num_envs), max_steps=cfg.env.max_episode_steps, end_on=end_on_ground_truth,
-                            episodes_per_env=-(-episodes // num_envs), fixed_tasks=True))
+                            episodes_per_env=episodes_per_env(episodes, num_envs), fixed_tasks=True))
     finally:
         env.close()
     return {"episodes": len(done), "success_rate": float(np.mean([e.success for e in done])),
