@@ -106,6 +106,43 @@ def minutes(parts: list[dict]) -> dict:
             "block2block": sum(r["block2block"] for r in timed)}
 
 
+def practice_counts(rounds: dict) -> dict:
+    """One Self-Improvement's practice from its `rounds.json`: rounds, episodes ended, successes
+    the reward model detected and true ones (each round's rates times its episodes), round kept."""
+    rows = rounds["rounds"]
+    return {"rounds": len(rows), "episodes": int(sum(r["ended_episodes"] for r in rows)),
+            "detected": int(sum(round(r["success_rate"] * r["ended_episodes"]) for r in rows)),
+            "true": int(sum(round(r["ground_truth_success_rate"] * r["ended_episodes"]) for r in rows)),
+            "best_round": rounds["best_round"]}
+
+
+def run_practice(run_dir: Path) -> dict:
+    """domain -> practice counts, for the Self-Improvement steps one pipeline run executed."""
+    return {json.loads((f.parent / "config.json").read_text())["env"]["domain"]: practice_counts(json.loads(f.read_text()))
+            for f in sorted(run_dir.glob("self-improve*/model/rounds.json"))}
+
+
+def branch_runs(pipeline_root: Path) -> dict[tuple[int, float], str]:
+    """(seed, fraction) -> the newest run that subsampled that branch (run names sort by time),
+    read from the subsample step's outputs: for parts recorded before they named their run."""
+    runs = {}
+    for f in sorted(pipeline_root.glob("*/subsample/executor_output.json")):
+        meta = json.loads(f.read_text())["artifacts"]["train"]["artifacts"][0]["metadata"]
+        runs[int(meta["seed"]), float(meta["fraction"])] = f.parent.parent.name
+    return runs
+
+
+def add_practice(parts: list[dict], out_dir: Path) -> None:
+    """Each part's practice counts from its run under `out_dir` (the benchmark's --out), where
+    that run is still there."""
+    root = out_dir / "pipeline_root"
+    found = branch_runs(root) if root.is_dir() else {}
+    for p in parts:
+        name = p.get("run_name") or found.get((p["seed"], p["data_fraction"]))
+        if name and (root / name).is_dir():
+            p["run_name"], p["practice"] = name, run_practice(root / name)
+
+
 def plot_path(results: Path) -> Path:
     return results.with_name(results.stem + "_success_vs_episodes.png")
 
@@ -195,7 +232,8 @@ def main() -> None:
                         help="execute these steps of the branches though cached (as efm run --rerun)")
     parser.add_argument("--plot", action="store_true",
                         help="only compute the results file's claims and minutes and draw its Figure 5 again "
-                             "(beside it, *_success_vs_episodes.png), from the rows and parts it holds")
+                             "(beside it, *_success_vs_episodes.png), from the rows and parts it holds; "
+                             "the practice counts again from the runs in --out")
     args = parser.parse_args()
     if args.plot:
         if not args.results.is_file():
@@ -203,9 +241,12 @@ def main() -> None:
         out = json.loads(args.results.read_text())
         out["claims"] = claims(out["results"], out["config"]["eval"]["num_episodes"])
         out["minutes"] = minutes(out.get("parts", []))
+        add_practice(out.get("parts", []), Path(args.out))
         write_results(out, args.results)
         print(json.dumps(out["claims"], indent=1))
         print(json.dumps(out["minutes"], indent=1))
+        print(json.dumps({f"seed {p['seed']}, fraction {p['data_fraction']:g}": p.get("practice")
+                          for p in out.get("parts", [])}, indent=1))
         print(plot_path(args.results))
         return
     cfg = load_config("tabletop", args.config)
@@ -225,8 +266,9 @@ def main() -> None:
             out["parts"] = [p for p in out["parts"] if (p["data_fraction"], p["seed"]) != (fraction, seed)] + [
                 {"data_fraction": fraction, "seed": seed, "pretrained": args.pretrained or "the pipeline's step",
                  "seconds": time.time() - t0, "task_seconds": summary["kfp"]["seconds"], "cpu": cpu_model(),
-                 "commit": commit,
+                 "commit": commit, "run_name": summary["kfp"]["run_name"],
                  "executed": summary["kfp"]["executed"], "resumed": summary["kfp"]["resumed"]}]
+            add_practice(out["parts"], Path(args.out))
             out["claims"] = claims(out["results"], cfg.eval.num_episodes)
             out["minutes"] = minutes(out["parts"])
             write_results(out, args.results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import block2block as bench
 import pytest
@@ -100,3 +101,36 @@ def test_minutes_separate_the_transfer_domain_and_count_only_branches_run_whole(
     assert (first["whole"], first["transfer"], first["block2block"]) == (45.0, 400 / 60, 45.0 - 400 / 60)
     assert got["branches_run_whole"] == 2
     assert got["whole"] == 75.0 and got["block2block"] == pytest.approx(75.0 - 2 * 400 / 60)
+
+
+def _run(root: Path, name: str, seed: int, fraction: float, rounds: dict[str, list[tuple[int, float, float]]]) -> None:
+    """A pipeline run's files that the practice counts read: the subsample step's output metadata
+    and, per Self-Improvement step, its config's domain and rounds.json."""
+    (root / name / "subsample").mkdir(parents=True)
+    meta = {"seed": seed, "fraction": fraction, "count": 390}
+    (root / name / "subsample" / "executor_output.json").write_text(
+        json.dumps({"artifacts": {"train": {"artifacts": [{"name": "train", "metadata": meta}]}}}))
+    for task, (domain, rows) in zip(("self-improve", "self-improve-2"), rounds.items(), strict=False):
+        model = root / name / task / "model"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text(json.dumps({"env": {"domain": domain}}))
+        (model / "rounds.json").write_text(json.dumps({"best_round": len(rows) - 1, "rounds": [
+            {"ended_episodes": n, "success_rate": detected, "ground_truth_success_rate": true}
+            for n, detected, true in rows]}))
+
+
+def test_practice_counts_come_from_each_branch_newest_run(tmp_path: Path) -> None:
+    root = tmp_path / "pipeline_root"
+    _run(root, "efm-experiment-2026-12-06-01-00-00-000000", 0, 0.1, {"tabletop": [(16, 0.0, 0.0)]})
+    _run(root, "efm-experiment-2026-12-06-02-00-00-000000", 0, 0.1,  # the branch run again: this one counts
+         {"tabletop": [(16, 0.25, 0.125), (12, 0.5, 0.0)], "bananatable": [(20, 0.0, 0.05)]})
+    parts = [{"seed": 0, "data_fraction": 0.1}, {"seed": 1, "data_fraction": 0.1}]  # seed 1: no run left
+    bench.add_practice(parts, tmp_path)
+    assert parts[0]["run_name"] == "efm-experiment-2026-12-06-02-00-00-000000"
+    assert parts[0]["practice"] == {
+        "tabletop": {"rounds": 2, "episodes": 28, "detected": 4 + 6, "true": 2, "best_round": 1},
+        "bananatable": {"rounds": 1, "episodes": 20, "detected": 0, "true": 1, "best_round": 0}}
+    assert "practice" not in parts[1] and "run_name" not in parts[1]
+    parts[0]["run_name"] = "efm-experiment-2026-12-06-01-00-00-000000"  # a recorded run name wins
+    bench.add_practice(parts, tmp_path)
+    assert parts[0]["practice"] == {"tabletop": {"rounds": 1, "episodes": 16, "detected": 0, "true": 0, "best_round": 0}}

@@ -99,7 +99,8 @@ def test_select_and_evaluate_refuse_an_output_directory_of_other_inputs(tmp_path
     monkeypatch.setattr(efm.models.efm, "make_functions", _ran)
     cfg = debug_config()
     sft_a, sft_b = tmp_path / "sft_a", tmp_path / "sft_b"
-    sft_a.mkdir(), sft_b.mkdir()
+    sft_a.mkdir()
+    sft_b.mkdir()
     select = tmp_path / "select"
     with pytest.raises(_Ran):
         select_stage(cfg, sft_a, select)
